@@ -1,0 +1,101 @@
+"""DreamShot studio: label film frames, caption them, train one LoRA per shot type, generate,
+survey and evaluate - one Gradio app.
+
+    pip install -r requirements.txt
+    python app.py [--data DIR] [--model ID|DIR|demo] [--host H] [--port P] [--share] [--survey-only]
+
+Importing this module builds ``demo`` (settings from the environment) without launching it and
+without loading any model.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import gradio as gr
+
+from dreamshot import settings as config
+from dreamshot.errors import DreamShotError
+from dreamshot.safety import configure_logging
+from dreamshot.studio import Studio
+from dreamshot import evaluate_tab, generate_tab, survey_tab
+from labeling import captions_tab, label_tab
+from training import train_tab
+
+TITLE = "DreamShot studio"
+CSS = ".not-built { opacity: .75 } #demo-banner { border-left: 4px solid #e8a33d; padding-left: .75em }"
+
+STUDIO_TABS = [  # (tab title, builder, needs login when a password is set)
+    ("Label", label_tab.build, True),
+    ("Captions", captions_tab.build, True),
+    ("Train", train_tab.build, True),
+    ("Generate", generate_tab.build, False),
+    ("Survey", survey_tab.build, False),
+    ("Evaluate", evaluate_tab.build, True),
+]
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type.")
+        banner = gr.Markdown(visible=False, elem_id="demo-banner")
+        tabs = [t for t in STUDIO_TABS if t[0] == "Survey"] if studio.settings.survey_only else STUDIO_TABS
+        with gr.Tabs():
+            for title, build, _ in tabs:
+                with gr.Tab(title, id=title.lower()):
+                    build(studio)
+
+        def show_banner():
+            text = studio.model_status().banner_markdown()
+            return gr.Markdown(value=text or "", visible=bool(text))
+
+        demo.load(show_banner, outputs=banner, api_visibility="private")
+    return demo
+
+
+def launch_kwargs(studio: Studio) -> dict:
+    s = studio.settings
+    data = s.data_dir.resolve()
+    return dict(
+        server_name=s.host,
+        server_port=s.port,
+        share=s.share,
+        auth=studio.access.check_login if studio.access.login_required else None,
+        auth_message="DreamShot studio: log in with your name and the studio password.",
+        # Nothing under the data folder (database, frames, models, LoRAs) is ever served directly;
+        # tabs hand images to Gradio as pixels, which it serves from its own cache.
+        blocked_paths=[str(data), str(s.models_dir.resolve())],
+        allowed_paths=[],
+        max_file_size="1gb",
+        show_error=True,  # only our own gr.Error texts: see dreamshot.ui.guarded
+        css=CSS,
+        footer_links=["api", "gradio"],
+    )
+
+
+def _settings_from_cli() -> config.Settings:
+    # Flags only when run as a script; on import (tests, Spaces' loaders) the environment decides.
+    return config.parse(sys.argv[1:] if __name__ == "__main__" else [], server=True, description=__doc__)
+
+
+try:
+    configure_logging()
+    studio = Studio.open(_settings_from_cli())
+    demo = build_app(studio)
+except DreamShotError as exc:
+    if __name__ != "__main__":
+        raise
+    sys.exit(f"dreamshot: {exc}")
+
+
+def main() -> None:
+    configure_logging([studio.settings.admin_password or ""])
+    status = studio.model_status()  # resolve now so the log says which model is used
+    print(f"DreamShot studio: base model {status.source}" + (" (untrained demo model)" if status.is_demo else ""))
+    threading.Thread(target=studio.models.pipeline, name="preload-model", daemon=True).start()
+    demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Generate tab (UI builder). The feature is not built yet."""
+
+from dreamshot.ui import not_built
+
+
+def build(studio) -> None:
+    not_built("Shot-type generation")

@@ -1,0 +1,186 @@
+"""Base-model loading, in one place, shared by every tab of a process.
+
+``--model`` may be a Hub id (default SD 1.5), a local diffusers folder, or ``demo``. Resolution is
+cheap and happens at start-up (it decides the banner); the weights load lazily on first use, once
+per process: fp16 on CUDA when available, float32 on the CPU. When the configured model cannot be
+had (bad path, offline with no cache), the studio falls back to the built-in demo model and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .demo_model import ensure_demo_model, is_demo_model
+from .errors import ModelLoadError
+from .settings import DEFAULT_MODEL, DEMO_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+SD1_CROSS_ATTENTION_DIM = 768
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    requested: str            # what --model said
+    source: str               # local folder or Hub id actually used
+    is_demo: bool
+    reason: str | None = None  # why we fell back to the demo model, if we did
+
+    def banner_markdown(self) -> str | None:
+        """The warning every page shows while images come from the untrained demo model."""
+        if not self.is_demo:
+            return None
+        why = f" ({self.reason})" if self.reason else ""
+        return (
+            f"**Demo model: images come from an untrained model with random weights**{why}. "
+            f"They are noise, not cinema shots. To use Stable Diffusion 1.5, start the studio with "
+            f"`--model {DEFAULT_MODEL}` (needs Hub access once, or a cached copy) or "
+            f"`--model /path/to/a/diffusers/folder`, or set `DREAMSHOT_MODEL`."
+        )
+
+
+def device_and_dtype():
+    """fp16 on CUDA, float32 elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.float16
+    return torch.device("cpu"), torch.float32
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    parsed = urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(repo_id: str) -> str | None:
+    """The cached snapshot folder of repo_id if model_index.json is in the local Hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # malformed id and the like
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def check_sd1_folder(path: Path) -> None:
+    """Raise ModelLoadError unless path holds a Stable Diffusion 1.x diffusers pipeline."""
+    path = Path(path)
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{path} is not a diffusers model folder (no model_index.json).")
+    try:
+        info = json.loads(index.read_text())
+        unet = json.loads((path / "unet" / "config.json").read_text())
+    except (OSError, ValueError):
+        raise ModelLoadError(f"{path}: model_index.json or unet/config.json is missing or unreadable.") from None
+    if info.get("_class_name") != "StableDiffusionPipeline" or unet.get("in_channels") != 4:
+        raise ModelLoadError(f"{path} is a {info.get('_class_name')}, not a Stable Diffusion 1.x pipeline.")
+    if not is_demo_model(path) and unet.get("cross_attention_dim") != SD1_CROSS_ATTENTION_DIM:
+        raise ModelLoadError(
+            f"{path} has cross_attention_dim {unet.get('cross_attention_dim')}: not SD 1.x "
+            "(SD 2.x uses 1024, SDXL is a different pipeline)."
+        )
+
+
+def resolve(settings: Settings, *, probe_hub=_hub_reachable) -> ModelStatus:
+    """Decide which model the studio uses, without loading weights. Never raises for a bad --model:
+    the demo model is used instead and ``reason`` says why."""
+    spec = settings.model
+
+    def demo(reason: str | None) -> ModelStatus:
+        path = ensure_demo_model(settings.models_dir)
+        if reason:
+            log.warning("Using the built-in demo model: %s", reason)
+        return ModelStatus(spec, str(path), True, reason)
+
+    if spec == DEMO_MODEL:
+        return demo(None)
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+    if path.exists() or looks_like_path:
+        if not path.exists():
+            return demo(f"the model folder {spec!r} does not exist")
+        if not (path / "model_index.json").is_file():
+            return demo(f"{spec!r} is not a diffusers model folder (no model_index.json)")
+        return ModelStatus(spec, str(path.resolve()), is_demo_model(path))
+    if not HUB_ID.match(spec):
+        return demo(f"{spec!r} is neither a local folder nor a Hub id like owner/name")
+    if _hub_cached(spec) or probe_hub():
+        return ModelStatus(spec, spec, False)
+    return demo(f"{spec!r} is not in the local Hub cache and the Hub cannot be reached")
+
+
+class ModelManager:
+    """Loads the base pipeline once per process and hands the same object to every feature."""
+
+    def __init__(self, settings: Settings, status: ModelStatus):
+        self.settings = settings
+        self.status = status
+        self._pipe = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    def pipeline(self):
+        """The shared StableDiffusionPipeline (loaded on first call). Callers that change its
+        adapters or scheduler must hold ``generation_lock`` of their own service."""
+        if self._pipe is None:
+            with self._lock:
+                if self._pipe is None:
+                    self._pipe = self._load()
+        return self._pipe
+
+    def _load(self):
+        try:
+            return load_pipeline(self.status.source)
+        except ModelLoadError as exc:
+            if self.status.is_demo:
+                raise
+            log.warning("Falling back to the demo model: %s", exc)
+            self.status = ModelStatus(
+                self.status.requested, str(ensure_demo_model(self.settings.models_dir)), True, str(exc)
+            )
+            return load_pipeline(self.status.source)
+
+
+def load_pipeline(source: str):
+    """StableDiffusionPipeline.from_pretrained for a Hub id or a local folder, on the best device."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    device, dtype = device_and_dtype()
+    kwargs = dict(dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    local = Path(source).exists()
+    try:
+        if dtype == torch.float16 and not local:
+            try:
+                pipe = StableDiffusionPipeline.from_pretrained(source, variant="fp16", **kwargs)
+            except (OSError, ValueError):
+                pipe = StableDiffusionPipeline.from_pretrained(source, **kwargs)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(source, local_files_only=local, **kwargs)
+    except Exception as exc:  # network, missing files, wrong architecture: all mean "cannot load"
+        raise ModelLoadError(f"Cannot load the base model {source!r}: {exc.__class__.__name__}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

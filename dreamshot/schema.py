@@ -1,0 +1,162 @@
+"""The current database schema, as SQLAlchemy Core tables used by every query.
+
+This file describes the schema *now*; ``migrations.py`` holds the frozen steps that build it. A test
+(`tests/test_storage.py`) compares a freshly migrated database with these tables, so a change here
+without a migration (or the reverse) fails the suite.
+
+Conventions: times are UNIX seconds (float, UTC); paths are relative to the data folder;
+free-form extras go in JSON columns.
+"""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+schema_meta = sa.Table(
+    "schema_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+# Project-wide settings edited from the UI: taxonomy preset, quotas, prompt template, ...
+project_settings = sa.Table(
+    "project_settings", metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# One import of a pool (folder, zip, dataset, video); resumable through `cursor`.
+import_runs = sa.Table(
+    "import_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("counts", sa.JSON, nullable=False),
+    sa.Column("cursor", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+)
+
+# Every image seen by an import, kept or filtered out (status/filter_reason say which and why).
+frames = sa.Table(
+    "frames", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("import_run_id", sa.Integer, sa.ForeignKey("import_runs.id", ondelete="SET NULL"), nullable=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=True),
+    sa.Column("content_hash", sa.String(64), nullable=True),
+    sa.Column("phash", sa.String(32), nullable=True),
+    sa.Column("width", sa.Integer, nullable=True),
+    sa.Column("height", sa.Integer, nullable=True),
+    sa.Column("mode", sa.String(16), nullable=True),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("filter_reason", sa.Text, nullable=True),
+    sa.Column("crop_box", sa.JSON, nullable=True),
+    sa.Column("crop_source", sa.String(16), nullable=True),
+    sa.Column("split", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("content_hash", name="uq_frames_content_hash"),
+)
+sa.Index("ix_frames_status_split", frames.c.status, frames.c.split)
+sa.Index("ix_frames_phash", frames.c.phash)
+
+# Every annotator action (label, reject, skip); undo marks a row, it never deletes it.
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("frame_id", sa.Integer, sa.ForeignKey("frames.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("annotator", sa.String(128), nullable=False),
+    sa.Column("taxonomy", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("shot", sa.String(64), nullable=True),
+    sa.Column("is_extra", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("undone_at", sa.Float, nullable=True),
+)
+sa.Index("ix_labels_annotator_frame", labels.c.annotator, labels.c.frame_id)
+sa.Index("ix_labels_frame", labels.c.frame_id)
+
+# Machine caption and its human edit, side by side. `version` guards edits against races.
+captions = sa.Table(
+    "captions", metadata,
+    sa.Column("frame_id", sa.Integer, sa.ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("caption_original", sa.Text, nullable=True),
+    sa.Column("caption", sa.Text, nullable=True),
+    sa.Column("model", sa.String(256), nullable=True),
+    sa.Column("captioner_prompt", sa.Text, nullable=True),
+    sa.Column("edited_by", sa.String(128), nullable=True),
+    sa.Column("edited_at", sa.Float, nullable=True),
+    sa.Column("reviewed", sa.Boolean, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# One LoRA training run (one shot type). The job runner owns status/pid; the trainer writes files.
+training_runs = sa.Table(
+    "training_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("shot", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("preset", sa.String(32), nullable=True),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("output_dir", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=True),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("total_steps", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+)
+
+# LoRAs the generator can use: trained by the studio or uploaded.
+loras = sa.Table(
+    "loras", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("shot", sa.String(64), nullable=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("origin", sa.String(16), nullable=False),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("training_runs.id", ondelete="SET NULL"), nullable=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("base_model", sa.Text, nullable=True),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Blind A/B pairs: base and fine-tuned from the same prompt and seed.
+survey_pairs = sa.Table(
+    "survey_pairs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("shot", sa.String(64), nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("alpha", sa.Float, nullable=False),
+    sa.Column("lora_name", sa.String(128), nullable=True),
+    sa.Column("base_image", sa.Text, nullable=False),
+    sa.Column("lora_image", sa.Text, nullable=False),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+votes = sa.Table(
+    "votes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pair_id", sa.Integer, sa.ForeignKey("survey_pairs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("participant", sa.String(128), nullable=False),
+    sa.Column("lora_side", sa.String(1), nullable=False),
+    sa.Column("answer_like", sa.String(8), nullable=False),
+    sa.Column("answer_shot", sa.String(8), nullable=False),
+    sa.Column("answer_prompt", sa.String(8), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("ix_votes_pair", votes.c.pair_id)

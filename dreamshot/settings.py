@@ -1,0 +1,146 @@
+"""Settings shared by the app and every ``python -m`` CLI of the project.
+
+Each flag has an environment-variable twin (flag wins over variable, variable over default), so a
+Space is configured with variables and secrets and a laptop with flags::
+
+    --data DIR            DREAMSHOT_DATA            ./studio-data
+    --model ID|DIR|demo   DREAMSHOT_MODEL           stable-diffusion-v1-5/stable-diffusion-v1-5
+    --db URL              DREAMSHOT_DB              sqlite:///<data>/studio.db
+    --host HOST           DREAMSHOT_HOST            127.0.0.1 (GRADIO_SERVER_NAME is honoured too)
+    --port PORT           DREAMSHOT_PORT            7860 (GRADIO_SERVER_PORT is honoured too)
+    --share               DREAMSHOT_SHARE=1         off
+    --admin-password PW   DREAMSHOT_ADMIN_PASSWORD  unset: no login
+    --survey-only         DREAMSHOT_SURVEY_ONLY=1   off
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SettingsError
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_DATA = "./studio-data"
+DEMO_MODEL = "demo"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env(name: str, *fallbacks: str, default: str | None = None) -> str | None:
+    for key in (name, *fallbacks):
+        value = os.environ.get(key)
+        if value not in (None, ""):
+            return value
+    return default
+
+
+def _env_flag(name: str) -> bool:
+    return (os.environ.get(name) or "").strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(DEFAULT_DATA)
+    model: str = DEFAULT_MODEL
+    db_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    admin_password: str | None = field(default=None, repr=False)
+    survey_only: bool = False
+
+    # ---- derived paths: everything the studio writes lives under data_dir -------------------
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'studio.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.data_dir / "frames"
+
+    @property
+    def loras_dir(self) -> Path:
+        return self.data_dir / "loras"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def login_required(self) -> bool:
+        return bool(self.admin_password)
+
+    def prepare_data_dir(self) -> "Settings":
+        """Create the data folder and prove it is writable; raise SettingsError otherwise.
+
+        Called before any UI is built so an unusable folder is reported in one clear line."""
+        path = self.data_dir
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True) as fh:
+                fh.write(b"ok")
+                fh.flush()
+        except OSError as exc:
+            raise SettingsError(
+                f"The data folder {str(path)!r} is not writable ({exc.strerror or exc}). "
+                "Choose another one with --data DIR or DREAMSHOT_DATA."
+            ) from None
+        return self
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False) -> argparse.ArgumentParser:
+    """Add the common flags to a CLI parser. ``server=True`` adds the serving flags too."""
+    group = parser.add_argument_group("studio settings (each also read from the environment)")
+    group.add_argument("--data", metavar="DIR", default=None,
+                       help=f"folder holding everything the studio writes [DREAMSHOT_DATA, default {DEFAULT_DATA}]")
+    group.add_argument("--model", metavar="ID|DIR|demo", default=None,
+                       help=f"base model: a Hub id, a local diffusers folder, or 'demo' [DREAMSHOT_MODEL, default {DEFAULT_MODEL}]")
+    group.add_argument("--db", metavar="URL", default=None,
+                       help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/db [DREAMSHOT_DB, default SQLite in the data folder]")
+    group.add_argument("--admin-password", metavar="PW", default=None,
+                       help="password for the admin tabs; prefer the DREAMSHOT_ADMIN_PASSWORD variable or Space secret")
+    if server:
+        group.add_argument("--host", default=None, help="interface to serve on [DREAMSHOT_HOST, default 127.0.0.1]")
+        group.add_argument("--port", type=int, default=None, help="port [DREAMSHOT_PORT, default 7860]")
+        group.add_argument("--share", action="store_true", default=None, help="create a public gradio.live link [DREAMSHOT_SHARE=1]")
+        group.add_argument("--survey-only", action="store_true", default=None,
+                           help="serve nothing but the Survey tab, for participants [DREAMSHOT_SURVEY_ONLY=1]")
+    return parser
+
+
+def from_args(ns: argparse.Namespace | None = None) -> Settings:
+    """Settings from parsed flags, falling back to environment variables, then defaults."""
+    get = (lambda name: getattr(ns, name, None)) if ns is not None else (lambda name: None)
+    port_text = get("port") or _env("DREAMSHOT_PORT", "GRADIO_SERVER_PORT", default="7860")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise SettingsError(f"--port must be a number, got {port_text!r}") from None
+    return Settings(
+        data_dir=Path(get("data") or _env("DREAMSHOT_DATA", default=DEFAULT_DATA)).expanduser(),
+        model=(get("model") or _env("DREAMSHOT_MODEL", default=DEFAULT_MODEL)).strip(),
+        db_url=get("db") or _env("DREAMSHOT_DB"),
+        host=get("host") or _env("DREAMSHOT_HOST", "GRADIO_SERVER_NAME", default="127.0.0.1"),
+        port=port,
+        share=bool(get("share")) or _env_flag("DREAMSHOT_SHARE"),
+        admin_password=get("admin_password") or _env("DREAMSHOT_ADMIN_PASSWORD"),
+        survey_only=bool(get("survey_only")) or _env_flag("DREAMSHOT_SURVEY_ONLY"),
+    )
+
+
+def parse(argv: list[str] | None = None, *, server: bool = False, description: str | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser, server=server)
+    return from_args(parser.parse_args(argv))

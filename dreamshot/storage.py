@@ -1,0 +1,181 @@
+"""The studio's database: one SQLite file in the data folder by default, PostgreSQL when
+``--db postgresql://...`` is given. Everything goes through SQLAlchemy Core.
+
+Durability rules (labels and votes are hours of people's work):
+- SQLite runs in WAL mode with ``synchronous=FULL``, foreign keys on and a busy timeout.
+- Every write happens inside ``db.write()``: one transaction, opened with ``BEGIN IMMEDIATE`` on
+  SQLite so two writers never deadlock half-way, committed before the call returns.
+- The schema is versioned (``schema_meta.schema_version``). A new database gets the current schema
+  and the latest version; an older one is upgraded step by step (``STEPS``); a newer one is refused
+  and left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from . import schema
+from .errors import SchemaTooNewError, SettingsError
+
+BUSY_TIMEOUT_MS = 15_000
+
+# Upgrade steps. STEPS[i] takes a database from version i+1 to i+2 and receives an alembic
+# ``Operations`` object (``op.add_column``, ``op.create_table``, ... ; use ``op.batch_alter_table``
+# for SQLite column changes). Never edit a step that has shipped; append a new one and change
+# schema.py to match.
+STEPS: list[Callable] = []
+SCHEMA_VERSION = 1 + len(STEPS)
+
+
+def normalize_url(url: str) -> str:
+    """Accept the URLs people paste (``postgres://``, ``postgresql://``) and use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def now() -> float:
+    return time.time()
+
+
+class Database:
+    """A migrated database. Build one per process with :func:`open_database` and share it."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    # ---- transactions -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction, committed when the block ends (rolled back on error)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(dreamshot_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection (a consistent snapshot per statement group)."""
+        with self.engine.connect() as conn:
+            yield conn
+            conn.rollback()
+
+    # ---- small helpers used across features --------------------------------------------------
+    def get_setting(self, key: str, default=None):
+        with self.read() as conn:
+            value = conn.execute(
+                sa.select(schema.project_settings.c.value).where(schema.project_settings.c.key == key)
+            ).scalar_one_or_none()
+        return default if value is None else value
+
+    def set_setting(self, key: str, value) -> None:
+        table = schema.project_settings
+        with self.write() as conn:
+            updated = conn.execute(
+                table.update().where(table.c.key == key).values(value=value, updated_at=now())
+            ).rowcount
+            if not updated:
+                conn.execute(table.insert().values(key=key, value=value, updated_at=now()))
+
+    def schema_version(self) -> int:
+        with self.read() as conn:
+            return _read_version(conn) or 0
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _install_sqlite_rules(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event below decide how each transaction starts.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        immediate = conn.get_execution_options().get("dreamshot_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def create_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+            pool_pre_ping=False,
+        )
+        _install_sqlite_rules(engine)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _read_version(conn: Connection) -> int | None:
+    if not sa.inspect(conn).has_table(schema.schema_meta.name):
+        return None
+    value = conn.execute(
+        sa.select(schema.schema_meta.c.value).where(schema.schema_meta.c.key == "schema_version")
+    ).scalar_one_or_none()
+    return int(value) if value is not None else None
+
+
+def _write_version(conn: Connection, version: int) -> None:
+    table = schema.schema_meta
+    conn.execute(table.delete().where(table.c.key == "schema_version"))
+    conn.execute(table.insert().values(key="schema_version", value=str(version)))
+
+
+def migrate(db: Database) -> int:
+    """Bring the schema to SCHEMA_VERSION; refuse (untouched) a database from a newer DreamShot."""
+    with db.write() as conn:
+        version = _read_version(conn)
+        if version is None:
+            existing = sa.inspect(conn).get_table_names()
+            if existing:
+                raise SchemaTooNewError(
+                    "This database has tables but no DreamShot schema version; it was not made by "
+                    "DreamShot studio. Point --db or --data somewhere else."
+                )
+            schema.metadata.create_all(conn)
+            _write_version(conn, SCHEMA_VERSION)
+            return SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"This database uses schema version {version}, but this DreamShot only knows up to "
+                f"{SCHEMA_VERSION}. Upgrade DreamShot studio; the database was not modified."
+            )
+        if version < SCHEMA_VERSION:
+            from alembic.migration import MigrationContext
+            from alembic.operations import Operations
+
+            op = Operations(MigrationContext.configure(conn))
+            for step in STEPS[version - 1:]:
+                step(op)
+            _write_version(conn, SCHEMA_VERSION)
+        return SCHEMA_VERSION
+
+
+def open_database(url: str) -> Database:
+    """Connect, apply the durability rules and migrate. Raises SettingsError or SchemaTooNewError."""
+    try:
+        db = Database(create_engine(url))
+        migrate(db)
+    except SchemaTooNewError:
+        raise
+    except sa.exc.SQLAlchemyError as exc:
+        safe_url = sa.engine.make_url(normalize_url(url)).render_as_string(hide_password=True)
+        raise SettingsError(f"Cannot open the database {safe_url}: {exc.__class__.__name__}") from None
+    return db

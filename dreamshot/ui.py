@@ -1,0 +1,69 @@
+"""Small helpers every tab uses (a UI file: gradio is imported here and in the tab builders only).
+
+- ``guarded``: user-facing errors (DreamShotError) become ``gr.Error`` with their message; anything
+  else is logged server-side with a reference id and the browser sees only that id.
+- ``admin_name``: the role check each admin handler runs itself.
+- ``not_built``: the one-line notice for a tab whose feature does not exist yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import uuid
+
+import gradio as gr
+
+from .errors import DreamShotError
+
+log = logging.getLogger("dreamshot.ui")
+
+
+def _to_gr_error(exc: BaseException) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, DreamShotError):
+        return gr.Error(str(exc))
+    ref = uuid.uuid4().hex[:8]
+    log.error("internal error ref=%s in UI handler", ref, exc_info=exc)
+    return gr.Error(f"Internal error (ref {ref}). The server log has the details.")
+
+
+def guarded(fn):
+    """Wrap a Gradio handler (plain, generator or async) so only safe messages reach the browser."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise _to_gr_error(exc) from None
+        return gen_wrapper
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def async_wrapper(*args, **kwargs):
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                raise _to_gr_error(exc) from None
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise _to_gr_error(exc) from None
+    return wrapper
+
+
+def admin_name(studio, request: gr.Request | None) -> str:
+    """The caller's name if they may use admin features; raises AccessDenied otherwise."""
+    username = getattr(request, "username", None) if request is not None else None
+    return studio.access.require_admin(username)
+
+
+def not_built(feature: str) -> None:
+    gr.Markdown(f"*{feature} is not built yet.*", elem_classes=["not-built"])

@@ -1,0 +1,1 @@
+"""Labeling: frame pool, filters, crop, sampler, labels, captions, dataset export."""

@@ -1,0 +1,1 @@
+"""Training: the LoRA trainer (python -m training) and the job runner."""

@@ -1,0 +1,7 @@
+"""Train tab (UI builder). The feature is not built yet."""
+
+from dreamshot.ui import not_built
+
+
+def build(studio) -> None:
+    not_built("LoRA training")
