@@ -26,6 +26,7 @@ from training import train_tab
 TITLE = "DreamShot studio"
 CSS = ".not-built { opacity: .75 } #demo-banner { border-left: 4px solid #e8a33d; padding-left: .75em }"
 
+TAB_MODULES = [label_tab, captions_tab, train_tab, generate_tab, survey_tab, evaluate_tab]
 STUDIO_TABS = [  # (tab title, builder, needs login when a password is set)
     ("Label", label_tab.build, True),
     ("Captions", captions_tab.build, True),
@@ -70,6 +71,8 @@ def launch_kwargs(studio: Studio) -> dict:
         max_file_size="1gb",
         show_error=True,  # only our own gr.Error texts: see dreamshot.ui.guarded
         css=CSS,
+        # Tab modules may define HEAD (e.g. keyboard shortcuts); Gradio 6 takes it at launch().
+        head="\n".join(getattr(m, "HEAD", "") for m in TAB_MODULES),
         footer_links=["api", "gradio"],
     )
 

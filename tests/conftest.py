@@ -1,0 +1,157 @@
+"""Shared fixtures. Tests run offline on the tiny demo model (built once per session).
+
+- ``studio``: a Studio on a fresh SQLite file in a temp data folder, model = demo.
+- ``make_studio(**settings)``: the same with other settings (admin password, survey-only, db url).
+- ``pg_url``: a PostgreSQL URL on loopback (DREAMSHOT_TEST_PG_URL); skipped when unset, except in
+  CI (CI=true), where a missing server is a failure.
+- ``serve(studio)``: the real app on 127.0.0.1 (a free port); returns its URL.
+- ``page``: a Playwright page in Debian's headless Chromium.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+
+# Before anything imports app.py: its module-level `demo` must not touch ./studio-data or the Hub.
+_SESSION_DATA = tempfile.mkdtemp(prefix="dreamshot-test-")
+os.environ["DREAMSHOT_DATA"] = _SESSION_DATA
+os.environ["DREAMSHOT_MODEL"] = "demo"
+os.environ.pop("DREAMSHOT_ADMIN_PASSWORD", None)
+os.environ.pop("DREAMSHOT_SURVEY_ONLY", None)
+os.environ.pop("DREAMSHOT_DB", None)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+from dreamshot.settings import Settings  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory) -> Path:
+    from dreamshot.demo_model import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "demo-sd")
+
+
+@pytest.fixture
+def make_studio(tmp_path, demo_model_dir):
+    from dreamshot.studio import Studio
+
+    opened = []
+
+    def make(**overrides) -> "Studio":
+        data = Path(overrides.pop("data_dir", tmp_path / f"data-{len(opened)}"))
+        (data / "models").mkdir(parents=True, exist_ok=True)
+        if not (data / "models" / "demo-sd").exists():
+            shutil.copytree(demo_model_dir, data / "models" / "demo-sd")
+        settings = Settings(**{"data_dir": data, "model": "demo", **overrides})
+        studio = Studio.open(settings)
+        opened.append(studio)
+        return studio
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def studio(make_studio):
+    return make_studio()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url():
+    url = os.environ.get("DREAMSHOT_TEST_PG_URL")
+    if not url:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI must provide PostgreSQL: DREAMSHOT_TEST_PG_URL is not set")
+        pytest.skip("PostgreSQL not configured (set DREAMSHOT_TEST_PG_URL)")
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_server_url):
+    """A fresh, empty PostgreSQL database for one test (created and dropped around it)."""
+    import sqlalchemy as sa
+
+    from dreamshot.storage import normalize_url
+
+    base = sa.engine.make_url(normalize_url(pg_server_url))
+    name = f"dreamshot_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve():
+    """serve(studio) -> base URL of the real app (same launch settings as `python app.py`)."""
+    import app as app_module
+
+    launched = []
+
+    def start(studio) -> str:
+        demo = app_module.build_app(studio)
+        kwargs = app_module.launch_kwargs(studio)
+        kwargs.update(server_name="127.0.0.1", server_port=free_port(), share=False,
+                      prevent_thread_lock=True, quiet=True)
+        demo.queue().launch(**kwargs)
+        launched.append(demo)
+        return f"http://127.0.0.1:{kwargs['server_port']}/"
+
+    yield start
+    for demo in launched:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (see .ci/run)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave screenshots (kept after the run for people to look at)."""
+    out = Path(os.environ.get("DREAMSHOT_TEST_ARTIFACTS", Path(tempfile.gettempdir()) / "dreamshot-test-artifacts"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
