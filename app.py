@@ -15,7 +15,7 @@ import threading
 
 import gradio as gr
 
-from dreamshot import settings as config
+from dreamshot import __version__, settings as config
 from dreamshot.errors import DreamShotError
 from dreamshot.safety import configure_logging
 from dreamshot.studio import Studio
@@ -51,7 +51,23 @@ def build_app(studio: Studio) -> gr.Blocks:
             text = studio.model_status().banner_markdown()
             return gr.Markdown(value=text or "", visible=bool(text))
 
+        def status(request: gr.Request) -> dict:
+            """Which base model the studio uses (demo or real) and the caller's role."""
+            model = studio.model_status()
+            return {
+                "version": __version__,
+                "model_requested": model.requested,
+                "model_source": model.source if not model.is_demo else "built-in demo model",
+                "is_demo_model": model.is_demo,
+                "demo_reason": model.reason,
+                "model_loaded": studio.models.loaded,
+                "schema_version": studio.db.schema_version(),
+                "role": studio.access.role(getattr(request, "username", None)),
+                "survey_only": studio.settings.survey_only,
+            }
+
         demo.load(show_banner, outputs=banner, api_visibility="private")
+        gr.api(status, api_name="status")
     return demo
 
 

@@ -35,7 +35,8 @@ class Access:
 
     @property
     def login_required(self) -> bool:
-        return self._password is not None
+        """Whether the server asks for a login (never on a survey-only server)."""
+        return self._password is not None and not self.survey_only
 
     def check_login(self, username: str, password: str) -> bool:
         """Gradio's ``auth=`` callback: any valid name with the admin password."""
