@@ -1,0 +1,146 @@
+"""Export the labeled set as a Hugging Face imagefolder: cropped images at the project crop size plus
+``metadata.jsonl`` (file_name, shot, text, caption, caption_original, source, annotator, ...), loadable
+with ``datasets.load_dataset("imagefolder", data_dir=OUT)``; optionally pushed to the Hub.
+
+    1. final labels (single annotator, agreement or resolution; no rejects; extras only on request)
+    2. captions from the ``captions`` table; ``text`` = the training prompt
+    3. write into a temporary folder next to OUT, then swap it in (an export is never half-written)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dreamshot import schema
+from dreamshot.errors import InvalidInput
+from dreamshot.shots import DEFAULT_TEMPLATE, training_prompt
+
+from . import crop, labels
+
+F, L, C = schema.frames, schema.labels, schema.captions
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    count: int
+    per_class: dict[str, int]
+    uncaptioned: int = 0
+    size: int = 512
+    pushed_to: str | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.per_class.items())) or "none"
+        lines = [f"Exported {self.count} frames ({self.size}x{self.size}) to {self.path}", f"  per class: {parts}"]
+        if self.uncaptioned:
+            lines.append(f"  {self.uncaptioned} frames have no caption yet: their text is the prompt with an "
+                         "empty caption (caption them in the Captions tab and export again)")
+        if self.skipped:
+            lines.append(f"  {len(self.skipped)} frames could not be read: " + "; ".join(self.skipped[:10]))
+        if self.pushed_to:
+            lines.append(f"  pushed to https://huggingface.co/datasets/{self.pushed_to}")
+        return "\n".join(lines)
+
+
+def _annotators(conn, frame_ids: list[int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for i in range(0, len(frame_ids), 500):
+        chunk = frame_ids[i:i + 500]
+        rows = conn.execute(sa.select(L.c.frame_id, L.c.annotator).where(
+            L.c.frame_id.in_(chunk), L.c.undone_at.is_(None), L.c.action.in_(["label", "resolve"]))
+            .order_by(L.c.id))
+        for fid, name in rows:
+            if name not in out.setdefault(fid, []):
+                out[fid].append(name)
+    return out
+
+
+def _check_out_dir(out: Path, data_dir: Path) -> None:
+    out_r, data_r = out.resolve(), data_dir.resolve()
+    protected = [data_r] + [data_r / name for name in ("frames", "models", "loras", "runs", "outputs")]
+    if any(out_r == p or (p != data_r and p in out_r.parents) for p in protected):
+        raise InvalidInput(f"{out} is a studio folder; export somewhere else (e.g. {data_dir / 'exports' / 'set'}).")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metadata.jsonl").exists())):
+        raise InvalidInput(f"{out} exists and is not an earlier export; choose an empty or new folder.")
+
+
+def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = False, push_to_hub: str | None = None,
+                       split: str | None = "train") -> "ExportReport":
+    out = Path(out_dir).expanduser()
+    _check_out_dir(out, studio.settings.data_dir)
+    taxonomy = labels.current_taxonomy(studio)
+    wanted = set(shots) if shots else None
+    for s in wanted or ():
+        taxonomy.get(s)
+    chosen = {fid: shot for fid, shot in labels.final_labels(studio, include_extra=include_extra, split=split).items()
+              if wanted is None or shot in wanted}
+    template = studio.db.get_setting("prompt_template", DEFAULT_TEMPLATE) or DEFAULT_TEMPLATE
+    size = crop.crop_size(studio)
+    ids = sorted(chosen)
+    with studio.db.read() as conn:
+        frames = {r.id: r for r in conn.execute(sa.select(F.c.id, F.c.source, F.c.meta, F.c.split).where(F.c.id.in_(ids)))} if ids else {}
+        caps = {r.frame_id: r for r in conn.execute(sa.select(C.c.frame_id, C.c.caption, C.c.caption_original)
+                                                    .where(C.c.frame_id.in_(ids)))} if ids else {}
+        who = _annotators(conn, ids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    report = ExportReport(path=out, count=0, per_class={}, size=size)
+    try:
+        (tmp / "images").mkdir()
+        with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
+            for fid in ids:
+                shot = chosen[fid]
+                name = f"images/{fid:07d}_{shot}.png"
+                try:
+                    crop.cropped_image(studio, fid, size).save(tmp / name)
+                except (OSError, ValueError) as exc:
+                    report.skipped.append(f"frame {fid}: {exc.__class__.__name__}")
+                    continue
+                cap = caps.get(fid)
+                caption = (cap.caption if cap else None) or ""
+                if not caption:
+                    report.uncaptioned += 1
+                frame = frames[fid]
+                meta.write(json.dumps({
+                    "file_name": name, "shot": shot,
+                    "text": training_prompt(taxonomy.get(shot), caption, template),
+                    "caption": caption, "caption_original": (cap.caption_original if cap else None) or "",
+                    "source": frame.source, "annotator": ",".join(who.get(fid, [])),
+                    "frame_id": fid, "split": frame.split,
+                    "title": str((frame.meta or {}).get("title", "") or ""),
+                }, ensure_ascii=False) + "\n")
+                report.count += 1
+                report.per_class[shot] = report.per_class.get(shot, 0) + 1
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if push_to_hub:
+        push(out, push_to_hub)
+        report.pushed_to = push_to_hub
+    return report
+
+
+def push(folder: Path, repo_id: str) -> None:
+    """Upload an export to a (private) dataset repo. The token comes from HF_TOKEN only."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        raise InvalidInput("Set the HF_TOKEN environment variable (or Space secret) to push to the Hub.")
+    if not repo_id or repo_id.count("/") != 1:
+        raise InvalidInput("The Hub repository must look like 'user/name'.")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
+                      commit_message="DreamShot studio: labeled shot-type set")

@@ -1,0 +1,339 @@
+"""Import a pool of frames: read each item of a source, filter it, copy the kept ones into the data
+folder (originals never modified) and record every item in ``frames``.
+
+    1. open or resume an ``import_runs`` row (same source and options, not finished -> resume)
+    2. stream the source's items from the stored cursor on
+    3. per item: size limits, full decode, channels, resolution, metadata rules, exact and near duplicates
+    4. commit a batch of frames together with the new cursor (a killed import loses at most one batch
+       of work and never records a frame twice)
+    5. report counts per filter and the list of unreadable files
+
+Crops are *not* made here (see ``labeling.crop``: lazily, or prefetched while labeling).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dreamshot import schema
+from dreamshot.errors import InvalidInput
+from dreamshot.storage import now
+
+from . import filters, sources
+from .filters import REASONS, Rejected
+
+BATCH_ITEMS = 32
+BATCH_SECONDS = 2.0
+MAX_PROBLEMS = 500
+SPLITS = ("train", "test")
+_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+Progress = Callable[[int, int | None, str], None]
+
+
+@dataclass
+class ImportOptions:
+    source: str
+    kind: str | None = None
+    split: str = "train"
+    min_side: int = 256
+    rules: list[str] = field(default_factory=list)
+    metadata_file: str | None = None
+    labels_file: str | None = None
+    near_duplicate_distance: int = 6   # Hamming distance of 64-bit pHashes; -1 disables
+    annotator: str = "import"          # annotator name for labels from --labels
+
+    def check(self) -> "ImportOptions":
+        if self.split not in SPLITS:
+            raise InvalidInput(f"split must be one of {', '.join(SPLITS)}")
+        if not 0 <= int(self.min_side) <= 10_000:
+            raise InvalidInput("The minimum resolution must be between 0 and 10000 pixels.")
+        for rule in self.rules:
+            filters.parse_rule(rule)
+        for path in (self.metadata_file, self.labels_file):
+            if path and not Path(path).is_file():
+                raise InvalidInput(f"File {path!r} not found.")
+        self.kind = self.kind or sources.detect_kind(self.source)
+        return self
+
+
+@dataclass
+class ImportReport:
+    run_id: int
+    source: str
+    kind: str
+    status: str
+    seen: int
+    kept: int
+    filtered: dict[str, int]
+    labels_imported: int
+    labels_rejected: int
+    problems: list[dict]
+    resumed_from: int
+    seconds: float
+
+    def text(self) -> str:
+        lines = [f"Import #{self.run_id} of {self.source} ({self.kind}): {self.status}",
+                 f"  items seen: {self.seen}   kept: {self.kept}"
+                 + (f"   (resumed at item {self.resumed_from})" if self.resumed_from else "")]
+        for reason, n in sorted(self.filtered.items()):
+            lines.append(f"  filtered - {REASONS.get(reason, reason)}: {n}")
+        if self.labels_imported or self.labels_rejected:
+            lines.append(f"  labels imported: {self.labels_imported}   rejected: {self.labels_rejected}")
+        if self.seconds > 0:
+            lines.append(f"  {self.seen - self.resumed_from} items in {self.seconds:.1f} s "
+                         f"({(self.seen - self.resumed_from) / self.seconds:.1f} items/s)")
+        if self.problems:
+            lines.append("  files not imported:")
+            lines += [f"    {p['item']}: {p['message']}" for p in self.problems[:50]]
+            if len(self.problems) > 50:
+                lines.append(f"    ... and {len(self.problems) - 50} more")
+        return "\n".join(lines)
+
+
+# ---- side files: metadata (file, title, year, ...) and existing labels (file, shot) --------------
+def read_table(path: str | None) -> dict[str, dict]:
+    """CSV or JSONL rows keyed by their ``file`` column (and its base name)."""
+    if not path:
+        return {}
+    rows: list[dict] = []
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if path.lower().endswith((".jsonl", ".json")):
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise InvalidInput(f"{Path(path).name} line {n} is not JSON.") from None
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    table: dict[str, dict] = {}
+    for row in rows:
+        key = str(row.get("file") or row.get("file_name") or "").strip()
+        if not key:
+            raise InvalidInput(f"{Path(path).name}: every row needs a 'file' column.")
+        table[key] = row
+        table.setdefault(Path(key).name, row)
+    return table
+
+
+def _lookup(table: dict[str, dict], item: sources.Item) -> dict:
+    file = str(item.meta.get("file") or item.key)
+    return table.get(file) or table.get(Path(file).name) or {}
+
+
+# ---- the run ---------------------------------------------------------------------------------
+def _open_run(conn, opts: ImportOptions) -> tuple[int, int, dict]:
+    runs = schema.import_runs
+    options = {k: v for k, v in asdict(opts).items() if k not in ("source", "kind")}
+    row = conn.execute(
+        sa.select(runs.c.id, runs.c.cursor, runs.c.counts, runs.c.options)
+        .where(runs.c.source == opts.source, runs.c.kind == opts.kind, runs.c.status.in_(["running", "interrupted"]))
+        .order_by(runs.c.id.desc())
+    ).first()
+    if row is not None and row.options == options:
+        conn.execute(runs.update().where(runs.c.id == row.id).values(status="running"))
+        return row.id, int(row.cursor or 0), dict(row.counts or {})
+    counts = {"seen": 0, "kept": 0, "filtered": {}, "labels_imported": 0, "labels_rejected": 0, "problems": []}
+    run_id = conn.execute(runs.insert().values(
+        source=opts.source, kind=opts.kind, status="running", options=options, counts=counts, cursor="0",
+        created_at=now())).inserted_primary_key[0]
+    return run_id, 0, counts
+
+
+def _source_label(opts: ImportOptions, key: str) -> str:
+    if opts.kind == "zip":
+        return f"{opts.source}!{key}"
+    if opts.kind == "folder" and Path(opts.source).is_dir():
+        return str(Path(opts.source) / key)
+    if opts.kind == "video":
+        return str(Path(opts.source).parent / key)
+    return key
+
+
+def count_items(opts: ImportOptions) -> int | None:
+    if opts.kind == "folder":
+        exts = sources.IMAGE_EXTS
+        return sum(1 for p in sources._folder_files(Path(opts.source)) if p.suffix.lower() in exts) or None
+    return None
+
+
+class _Importer:
+    def __init__(self, studio, opts: ImportOptions):
+        self.studio, self.opts = studio, opts
+        self.rules = [filters.parse_rule(r) for r in opts.rules]
+        self.metadata = read_table(opts.metadata_file)
+        self.labels = read_table(opts.labels_file)
+        with studio.db.read() as conn:
+            f = schema.frames
+            hashes = conn.execute(sa.select(f.c.phash).where(f.c.status == "ok", f.c.phash.is_not(None))).scalars()
+            self.phashes = filters.PhashIndex(list(hashes), threshold=opts.near_duplicate_distance)
+            self.known = set()  # content hashes seen in this batch (the DB has the older ones)
+        from . import labels as labels_mod
+        self.labels_mod = labels_mod
+        self.taxonomy = labels_mod.current_taxonomy(studio)
+
+    def process(self, item: sources.Item) -> dict:
+        """One item -> a frames row to insert (or {"duplicate": True}). Never raises for bad input."""
+        meta = {**_lookup(self.metadata, item), **item.meta}
+        meta.pop("shot", None)
+        row = dict(source=_source_label(self.opts, item.key), meta=meta, split=self.opts.split, created_at=now(),
+                   path=None, content_hash=None, phash=None, width=None, height=None, mode=None,
+                   crop_box=None, crop_source=None)
+        try:
+            data = item.read()
+        except sources.Refused as exc:
+            return {**row, "status": exc.reason, "filter_reason": str(exc)}
+        except OSError as exc:
+            return {**row, "status": "corrupt", "filter_reason": f"cannot read: {exc.strerror or exc}"}
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in self.known or self._exists(digest):
+            return {"duplicate": True}
+        self.known.add(digest)
+        row["content_hash"] = digest
+        try:
+            decoded = filters.decode(data)
+            row.update(width=decoded.width, height=decoded.height, mode=decoded.mode)
+            self._check(decoded, meta)
+            hexhash = filters.phash_hex(decoded.image)
+            row["phash"] = hexhash
+            if self.phashes.is_near_duplicate(hexhash):
+                raise Rejected("near_duplicate", f"pHash within {self.opts.near_duplicate_distance} bits of a kept frame")
+        except Rejected as exc:
+            return {**row, "status": exc.reason, "filter_reason": str(exc)}
+        self.phashes.add(hexhash)
+        row["path"] = self._store(digest, decoded.format, data)
+        return {**row, "status": "ok", "filter_reason": None, "_label": _lookup(self.labels, item).get("shot"),
+                "_annotator": _lookup(self.labels, item).get("annotator")}
+
+    def _check(self, decoded: filters.Decoded, meta: dict) -> None:
+        if filters.is_grayscale(decoded):
+            raise Rejected("grayscale", f"mode {decoded.mode}, no color")
+        if min(decoded.width, decoded.height) < self.opts.min_side:
+            raise Rejected("too_small", f"{decoded.width}x{decoded.height} < {self.opts.min_side} px")
+        for rule in self.rules:
+            if not rule.check(meta):
+                raise Rejected("metadata_rule", f"fails {rule}")
+
+    def _exists(self, digest: str) -> bool:
+        with self.studio.db.read() as conn:
+            f = schema.frames
+            return conn.execute(sa.select(f.c.id).where(f.c.content_hash == digest)).first() is not None
+
+    def _store(self, digest: str, fmt: str | None, data: bytes) -> str:
+        rel = Path("frames") / digest[:2] / (digest + _EXT.get(fmt or "", ".img"))
+        target = self.studio.settings.data_dir / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".part")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        return rel.as_posix()
+
+
+def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
+               stop_after: int | None = None) -> ImportReport:
+    """Import (or resume importing) ``opts.source``. ``stop_after`` items is for tests and benchmarks:
+    the run is left 'interrupted' as if the process had been killed."""
+    opts.check()
+    started = time.monotonic()
+    importer = _Importer(studio, opts)
+    with studio.db.write() as conn:
+        run_id, cursor, counts = _open_run(conn, opts)
+    resumed_from = cursor
+    total = count_items(opts)
+    pending: list[tuple[dict, str]] = []
+    last_flush = time.monotonic()
+    processed = 0
+    status = "done"
+
+    def flush(next_cursor: int) -> None:
+        nonlocal pending, last_flush
+        with studio.db.write() as conn:
+            for row, key in pending:
+                _count(counts, row, key)
+                if row.get("duplicate"):
+                    continue
+                label, annotator = row.pop("_label", None), row.pop("_annotator", None)
+                frame_id = conn.execute(schema.frames.insert().values(import_run_id=run_id, **row)).inserted_primary_key[0]
+                if label:
+                    _import_label(importer, conn, counts, frame_id, label, annotator or opts.annotator, key)
+            conn.execute(schema.import_runs.update().where(schema.import_runs.c.id == run_id)
+                         .values(cursor=str(next_cursor), counts=counts))
+        pending, last_flush = [], time.monotonic()
+
+    next_index = cursor
+    try:
+        for index, item in sources.iter_items(opts.source, opts.kind, cursor):
+            if stop_after is not None and processed >= stop_after:
+                status = "interrupted"
+                break
+            pending.append((importer.process(item), item.key))
+            processed += 1
+            next_index = index + 1
+            if len(pending) >= BATCH_ITEMS or time.monotonic() - last_flush > BATCH_SECONDS:
+                flush(next_index)
+                if progress:
+                    progress(counts["seen"], total, f"{counts['kept']} kept")
+        flush(next_index)
+    except BaseException:
+        with studio.db.write() as conn:
+            conn.execute(schema.import_runs.update().where(schema.import_runs.c.id == run_id)
+                         .values(status="interrupted"))
+        raise
+    with studio.db.write() as conn:
+        conn.execute(schema.import_runs.update().where(schema.import_runs.c.id == run_id).values(
+            status=status, counts=counts, finished_at=now() if status == "done" else None))
+    if progress:
+        progress(counts["seen"], total, "done")
+    return _report(run_id, opts, status, counts, resumed_from, time.monotonic() - started)
+
+
+def _count(counts: dict, row: dict, key: str) -> None:
+    counts["seen"] += 1
+    reason = "duplicate" if row.get("duplicate") else row["status"]
+    if reason == "ok":
+        counts["kept"] += 1
+        return
+    counts["filtered"][reason] = counts["filtered"].get(reason, 0) + 1
+    if reason in ("corrupt", "too_large", "unsafe_path") and len(counts["problems"]) < MAX_PROBLEMS:
+        counts["problems"].append({"item": key, "reason": reason, "message": row.get("filter_reason") or reason})
+
+
+def _import_label(importer: _Importer, conn, counts: dict, frame_id: int, shot: str, annotator: str, key: str) -> None:
+    try:
+        importer.taxonomy.get(str(shot).strip())
+        importer.labels_mod.insert_action(conn, importer.studio, frame_id=frame_id, annotator=annotator,
+                                          action="label", shot=str(shot).strip())
+        counts["labels_imported"] += 1
+    except InvalidInput as exc:
+        counts["labels_rejected"] += 1
+        if len(counts["problems"]) < MAX_PROBLEMS:
+            counts["problems"].append({"item": key, "reason": "label", "message": str(exc)})
+
+
+def _report(run_id, opts, status, counts, resumed_from, seconds) -> ImportReport:
+    return ImportReport(run_id=run_id, source=opts.source, kind=opts.kind, status=status, seen=counts["seen"],
+                        kept=counts["kept"], filtered=dict(counts["filtered"]),
+                        labels_imported=counts.get("labels_imported", 0),
+                        labels_rejected=counts.get("labels_rejected", 0), problems=list(counts["problems"]),
+                        resumed_from=resumed_from, seconds=seconds)
+
+
+def pool_summary(studio) -> dict:
+    """Frames per status and split, for the tab and ``stats``."""
+    f = schema.frames
+    with studio.db.read() as conn:
+        rows = conn.execute(sa.select(f.c.status, f.c.split, sa.func.count()).group_by(f.c.status, f.c.split)).all()
+    out: dict = {}
+    for status, split, n in rows:
+        out.setdefault(split, {})[status] = n
+    return out

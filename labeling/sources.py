@@ -1,0 +1,245 @@
+"""Where frames come from: a folder (recursive), a ``.zip``, a Hugging Face ``datasets`` image dataset or
+imagefolder, and video files (one frame per detected shot).
+
+Every source yields :class:`Item` objects *one at a time* in a deterministic order, so an import can
+resume after item N and never holds the pool in memory. ``Item.read()`` returns the encoded bytes of
+one image (bounded in size); decoding and filtering happen in ``labeling.pool``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from dreamshot.errors import InvalidInput
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg"}
+MAX_FILE_BYTES = 100 * 1024 * 1024        # one image file; larger is refused as absurd
+MAX_ZIP_MEMBER_BYTES = 100 * 1024 * 1024  # one zip member, uncompressed
+MAX_ZIP_TOTAL_BYTES = 20 * 1024 ** 3      # the whole archive, uncompressed
+MAX_ZIP_RATIO = 200                       # uncompressed / compressed; more looks like a zip bomb
+
+
+class Refused(Exception):
+    """An item the import refuses (unsafe path, too large, ...); reported, never fatal."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Item:
+    key: str                         # stable id inside the source, e.g. a relative path
+    read: Callable[[], bytes]        # the encoded image; may raise Refused or OSError
+    meta: dict = field(default_factory=dict)
+
+
+def detect_kind(source: str) -> str:
+    if source.startswith("hf:"):
+        return "hf"
+    if source.startswith("imagefolder:"):
+        return "imagefolder"
+    path = Path(source)
+    if not path.exists():
+        raise InvalidInput(f"Source {source!r} does not exist (a folder, .zip, video file, "
+                           "'imagefolder:DIR' or 'hf:DATASET_ID_OR_PATH').")
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            return "hf"
+        return "folder"
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        return "zip"
+    if suffix in VIDEO_EXTS:
+        return "video"
+    if suffix in IMAGE_EXTS:
+        return "folder"
+    raise InvalidInput(f"Cannot import {path.name!r}: expected a folder, a .zip, a video or a dataset.")
+
+
+def iter_items(source: str, kind: str, start: int = 0) -> Iterator[tuple[int, Item]]:
+    """(index, item) pairs from index ``start`` on; the order is the same on every run."""
+    if kind == "folder":
+        yield from _folder(Path(source), start)
+    elif kind == "zip":
+        yield from _zip(Path(source), start)
+    elif kind == "video":
+        yield from _enumerate(_video(Path(source), Path(source).name), start)
+    elif kind in ("hf", "imagefolder"):
+        yield from _hf(source, kind, start)
+    else:
+        raise InvalidInput(f"Unknown source kind {kind!r}")
+
+
+def _enumerate(items: Iterator[Item], start: int) -> Iterator[tuple[int, Item]]:
+    for i, item in enumerate(items):
+        if i >= start:
+            yield i, item
+
+
+def _read_file(path: Path) -> Callable[[], bytes]:
+    def read() -> bytes:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise Refused("too_large", f"{size / 1e6:.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB limit")
+        return path.read_bytes()
+    return read
+
+
+# ---- folder (recursive; videos inside are expanded into their shots) --------------------------------
+def _folder_files(root: Path) -> Iterator[Path]:
+    if root.is_file():
+        yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _folder(root: Path, start: int) -> Iterator[tuple[int, Item]]:
+    def items() -> Iterator[Item]:
+        base = root if root.is_dir() else root.parent
+        for path in _folder_files(root):
+            rel = path.relative_to(base).as_posix()
+            suffix = path.suffix.lower()
+            if path.is_symlink():
+                continue
+            if suffix in VIDEO_EXTS:
+                yield from _video(path, rel)
+            elif suffix in IMAGE_EXTS:
+                yield Item(rel, _read_file(path), {"file": rel})
+    yield from _enumerate(items(), start)
+
+
+# ---- zip: member by member, unsafe names and bombs refused, nothing extracted to disk ----------------
+def unsafe_member_name(name: str) -> bool:
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return True
+    return ".." in PurePosixPath(name.replace("\\", "/")).parts
+
+
+def _zip(path: Path, start: int) -> Iterator[tuple[int, Item]]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidInput(f"{path.name} is not a readable zip file ({exc}).") from None
+    with archive:
+        members = sorted((m for m in archive.infolist() if not m.is_dir()), key=lambda m: m.filename)
+        total = 0
+        for i, member in enumerate(members):
+            total += member.file_size
+            if i < start:
+                continue
+            name = member.filename
+            suffix = PurePosixPath(name).suffix.lower()
+            if not unsafe_member_name(name) and suffix not in IMAGE_EXTS:
+                continue
+
+            def read(member=member, name=name, total=total) -> bytes:
+                if unsafe_member_name(name):
+                    raise Refused("unsafe_path", f"zip entry {name!r} points outside the archive")
+                if member.file_size > MAX_ZIP_MEMBER_BYTES or total > MAX_ZIP_TOTAL_BYTES:
+                    raise Refused("too_large", f"zip entry {name!r} is too large")
+                if member.compress_size and member.file_size / member.compress_size > MAX_ZIP_RATIO:
+                    raise Refused("too_large", f"zip entry {name!r} looks like a zip bomb "
+                                               f"(compressed {member.file_size // member.compress_size}:1)")
+                with archive.open(member) as fh:  # the header may lie: never read past the limit
+                    data = fh.read(MAX_ZIP_MEMBER_BYTES + 1)
+                if len(data) > MAX_ZIP_MEMBER_BYTES:
+                    raise Refused("too_large", f"zip entry {name!r} is too large")
+                return data
+
+            yield i, Item(name, read, {"file": name})
+
+
+# ---- video: PySceneDetect (PyAV backend) finds the cuts, PyAV decodes the middle frame of each shot ----
+def shot_middles(path: Path) -> list[int]:
+    """Frame numbers of the middle of each detected shot (the whole video when there is no cut)."""
+    from scenedetect import ContentDetector, SceneManager, open_video
+
+    try:
+        video = open_video(str(path), backend="pyav")
+    except Exception:  # the backend's own error types vary; the caller reports the file
+        video = open_video(str(path))
+    manager = SceneManager()
+    manager.add_detector(ContentDetector())
+    manager.detect_scenes(video, show_progress=False)
+    scenes = manager.get_scene_list(start_in_scene=True)
+    if not scenes:
+        frames = max(1, int(video.duration.get_frames()) if video.duration else 1)
+        return [frames // 2]
+    return [(a.get_frames() + b.get_frames() - 1) // 2 for a, b in scenes]
+
+
+def _video_frames(path: Path, wanted: list[int]) -> Iterator[tuple[int, bytes]]:
+    import av
+
+    targets = set(wanted)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for index, frame in enumerate(container.decode(stream)):
+            if index in targets:
+                buf = io.BytesIO()
+                frame.to_image().save(buf, format="PNG")
+                yield index, buf.getvalue()
+                targets.discard(index)
+                if not targets:
+                    break
+
+
+def _video(path: Path, rel: str) -> Iterator[Item]:
+    try:
+        middles = shot_middles(path)
+    except Exception as exc:  # unreadable video: one reported item, never a crash
+        message = f"cannot read video: {exc.__class__.__name__}"
+
+        def fail() -> bytes:
+            raise Refused("corrupt", message)
+        yield Item(rel, fail, {"file": rel})
+        return
+    for index, data in _video_frames(path, middles):
+        yield Item(f"{rel}#frame={index}", (lambda data=data: data), {"file": rel, "video_frame": index})
+
+
+# ---- Hugging Face datasets: streamed, one row at a time -----------------------------------------
+def _hf(source: str, kind: str, start: int) -> Iterator[tuple[int, Item]]:
+    import datasets
+
+    spec = source.split(":", 1)[1] if source.startswith(("hf:", "imagefolder:")) else source
+    if kind == "imagefolder":
+        stream = datasets.load_dataset("imagefolder", data_dir=spec, split="train", streaming=True)
+    elif Path(spec).is_dir() and ((Path(spec) / "dataset_info.json").exists() or (Path(spec) / "state.json").exists()):
+        stream = datasets.load_from_disk(spec)
+        if isinstance(stream, datasets.DatasetDict):
+            stream = stream[next(iter(stream))]
+    else:
+        stream = datasets.load_dataset(spec, split="train", streaming=True)
+    features = stream.features or {}
+    column = next((n for n, f in features.items() if isinstance(f, datasets.Image)), None)
+    if column is None:
+        raise InvalidInput(f"The dataset {spec!r} has no image column.")
+    stream = stream.cast_column(column, datasets.Image(decode=False))
+    if start:
+        stream = stream.skip(start) if hasattr(stream, "skip") else stream.select(range(start, len(stream)))
+    for i, row in enumerate(stream, start=start):
+        image = row.pop(column) or {}
+        meta = {k: v for k, v in row.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        name = os.path.basename(image.get("path") or "") or f"{i}"
+        meta["file"] = name
+
+        def read(image=image) -> bytes:
+            if image.get("bytes"):
+                return image["bytes"]
+            if image.get("path"):
+                return _read_file(Path(image["path"]))()
+            raise Refused("corrupt", "dataset row has no image")
+        yield i, Item(f"{spec}[{i}]", read, meta)
