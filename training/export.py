@@ -1,0 +1,140 @@
+"""Writing a trained LoRA in the two formats people use:
+
+- diffusers/PEFT ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights(path)``), with the
+  LoRA config (rank, alpha, targets) in its metadata so alpha != rank loads right;
+- kohya ``<name>.safetensors`` for AUTOMATIC1111 / ComfyUI / kohya_ss: ``lora_unet_*`` /
+  ``lora_te_*`` keys, one ``alpha`` tensor per module (= LoRA alpha) and ``ss_*`` training metadata.
+
+Every file is written under a temporary name and renamed when complete, so a crash never leaves a
+half-written LoRA with a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"
+
+
+def _atomic_target(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+def save_diffusers(out_dir: Path, unet, text_encoder=None) -> Path:
+    """``out_dir/pytorch_lora_weights.safetensors`` from PEFT-adapted models."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    if text_encoder is not None:
+        kwargs.update(text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)),
+                      text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict())
+    staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=out_dir))
+    try:
+        StableDiffusionPipeline.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
+        final = out_dir / DIFFUSERS_NAME
+        os.replace(staging / DIFFUSERS_NAME, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def diffusers_to_kohya(state_dict: dict, alpha: float, te_alpha: float | None = None) -> dict:
+    """A diffusers LoRA state dict (``unet.*.lora.down.weight``) -> kohya keys with alpha tensors.
+
+    diffusers' converter writes alpha = rank; we write the real LoRA alpha (scale = alpha / rank)."""
+    import torch
+    from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
+
+    peft_sd = {}
+    for prefix in ("unet.", "text_encoder."):
+        part = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if part:
+            peft_sd.update({prefix + k: v for k, v in convert_unet_state_dict_to_peft(part).items()})
+    kohya = convert_state_dict_to_kohya(peft_sd)
+    out = {}
+    for key, value in kohya.items():
+        # SD 1.x kohya files name the single text encoder lora_te_ (lora_te1_ is SDXL's first one).
+        key = key.replace("lora_te1_", "lora_te_", 1) if key.startswith("lora_te1_") else key
+        if key.endswith(".alpha"):
+            a = alpha if key.startswith("lora_unet_") else (te_alpha if te_alpha is not None else alpha)
+            value = torch.tensor(float(a), dtype=torch.float32)
+        out[key] = value.contiguous()
+    return out
+
+
+def kohya_metadata(*, config, base_model: str, dataset_hash: str, num_images: int, steps: int,
+                   started_at: float, finished_at: float) -> dict[str, str]:
+    """``ss_*`` training metadata as kohya_ss writes it (all values are strings), plus modelspec."""
+    res = f"({config.resolution}, {config.resolution})"
+    te_lr = config.text_encoder_lr or config.learning_rate
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.rank),
+        "ss_network_alpha": f"{config.alpha:g}",
+        "ss_network_args": json.dumps({"target": config.target, "target_modules": config.target_modules}),
+        "ss_base_model_version": "sd_v1",
+        "ss_v2": "False",
+        "ss_sd_model_name": base_model,
+        "ss_output_name": config.run_name,
+        "ss_max_train_steps": str(steps),
+        "ss_steps": str(steps),
+        "ss_resolution": res,
+        "ss_num_train_images": str(num_images),
+        "ss_dataset_hash": dataset_hash,
+        "ss_shot_type": config.shot,
+        "ss_training_prompt_template": f"a high-quality {config.phrase} picture of {{caption}}",
+        "ss_learning_rate": f"{config.learning_rate:g}",
+        "ss_unet_lr": f"{config.learning_rate:g}",
+        "ss_text_encoder_lr": f"{te_lr:g}" if config.train_text_encoder else "0",
+        "ss_network_train_unet_only": str(not config.train_text_encoder),
+        "ss_lr_scheduler": config.lr_scheduler,
+        "ss_lr_warmup_steps": str(config.lr_warmup_steps),
+        "ss_batch_size_per_device": str(config.batch_size),
+        "ss_gradient_accumulation_steps": str(config.grad_accum),
+        "ss_mixed_precision": config.mixed_precision,
+        "ss_gradient_checkpointing": str(config.gradient_checkpointing),
+        "ss_seed": str(config.seed),
+        "ss_flip_aug": str(config.random_flip),
+        "ss_noise_offset": f"{config.noise_offset:g}",
+        "ss_min_snr_gamma": f"{config.snr_gamma:g}",
+        "ss_prior_loss_weight": f"{config.prior_loss_weight:g}" if config.prior_preservation else "0",
+        "ss_training_started_at": f"{started_at:.0f}",
+        "ss_training_finished_at": f"{finished_at:.0f}",
+        "ss_training_comment": f"DreamShot: one LoRA per shot type ({config.shot})",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": config.run_name,
+        "modelspec.resolution": f"{config.resolution}x{config.resolution}",
+    }
+    return meta
+
+
+def save_kohya(diffusers_file: Path, out_path: Path, *, alpha: float, te_alpha: float | None = None,
+               metadata: dict[str, str] | None = None) -> Path:
+    """Convert a saved diffusers LoRA file to a kohya file (atomically)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(diffusers_file))
+    kohya = diffusers_to_kohya(state, alpha, te_alpha)
+    out_path = Path(out_path)
+    tmp = _atomic_target(out_path)
+    save_file(kohya, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        return dict(fh.metadata() or {})
