@@ -85,7 +85,9 @@ def launch_kwargs(studio: Studio) -> dict:
         blocked_paths=[str(data), str(s.models_dir.resolve())],
         allowed_paths=[],
         max_file_size="1gb",
-        show_error=True,  # only our own gr.Error texts: see dreamshot.ui.guarded
+        # gr.Error texts (our user-facing messages, see dreamshot.ui.guarded) are always shown;
+        # any other exception's text never reaches the browser.
+        show_error=False,
         css=CSS,
         # Tab modules may define HEAD (e.g. keyboard shortcuts); Gradio 6 takes it at launch().
         head="\n".join(getattr(m, "HEAD", "") for m in TAB_MODULES),

@@ -60,3 +60,37 @@ def test_admin_handlers_check_the_caller(make_studio):
         admin_name(studio, Req())
     Req.username = "Ada"
     assert admin_name(studio, Req()) == "Ada"
+
+
+def test_served_app_hides_unguarded_exception_text(studio):
+    """Even a handler that forgot `guarded` cannot leak its exception text to the browser."""
+    import app as app_module
+    from gradio_client import Client
+
+    kwargs = app_module.launch_kwargs(studio)
+    assert kwargs["show_error"] is False
+
+    def leaky(x):
+        raise RuntimeError("SECRET internal detail")
+
+    def polite(x):
+        raise InvalidInput("Prompt must not be empty.")
+
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        box.submit(leaky, box, box, api_name="leaky")
+        box.change(guarded(polite), box, box, api_name="polite")
+    from tests.conftest import free_port
+
+    port = free_port()
+    kwargs.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.queue().launch(**kwargs)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception) as info:
+            client.predict("x", api_name="/leaky")
+        assert "SECRET" not in str(info.value)
+        with pytest.raises(Exception, match="Prompt must not be empty"):
+            client.predict("x", api_name="/polite")
+    finally:
+        demo.close()
