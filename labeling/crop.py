@@ -1,5 +1,6 @@
 """Content-aware square crops. The box is chosen by ``smartcrop`` (edges, skin, saturation, rule of
-thirds), moved to keep faces (OpenCV's Haar cascade) inside when it would cut them, stored in
+thirds), moved to keep faces inside when OpenCV's Haar face cascade is available (it is not in
+opencv-python 5, where smartcrop's skin detection stands in for faces), stored in
 ``frames.crop_box`` as ``[left, top, right, bottom]`` in original pixels, and applied on read: the
 original file is never modified. Annotators can nudge the box or fall back to the centre.
 """
@@ -68,10 +69,19 @@ _CASCADE = None
 def _cascade():
     global _CASCADE
     if _CASCADE is None:
+        import os
+
         import cv2
 
-        c = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-        _CASCADE = c if not c.empty() else False
+        _CASCADE = False
+        # opencv-python 5 moved the Haar cascades out of the main wheel: faces then come from
+        # smartcrop's skin detection alone.
+        cls = getattr(cv2, "CascadeClassifier", None)
+        folder = getattr(getattr(cv2, "data", None), "haarcascades", "") or ""
+        path = os.path.join(folder, "haarcascade_frontalface_default.xml")
+        if cls is not None and os.path.exists(path):
+            c = cls(path)
+            _CASCADE = c if not c.empty() else False
     return _CASCADE or None
 
 
