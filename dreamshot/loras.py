@@ -7,6 +7,9 @@ this table on each request, so a LoRA registered here appears in the Generate ta
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +94,228 @@ class LoraLibrary:
     def remove(self, name: str) -> None:
         with self.db.write() as conn:
             conn.execute(schema.loras.delete().where(schema.loras.c.name == name))
+
+
+# ---- uploads: validate a .safetensors LoRA ourselves before diffusers ever sees it -----------------
+
+MAX_LORA_BYTES = 1 << 30        # 1 GiB: SD 1.5 LoRAs are 1-300 MB
+MAX_LORA_TENSORS = 5000         # a full-rank SD 1.5 kohya LoRA with every layer has ~3,000
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
+_LYCORIS = ("hada_w1", "hada_w2", "lokr_w1", "lokr_w2", "lokr_t", ".oft_", "lora_mid")
+_ROLE_SUFFIXES = [  # key ending -> role; the longest match wins
+    (".lora_down.weight", "down"), (".lora_up.weight", "up"),
+    (".lora.down.weight", "down"), (".lora.up.weight", "up"),
+    (".lora_A.weight", "down"), (".lora_B.weight", "up"),
+    (".lora_linear_layer.down.weight", "down"), (".lora_linear_layer.up.weight", "up"),
+    (".alpha", "alpha"),
+]
+# Cross-attention width of the text encoder a UNet was built for -> the family, for messages.
+_FAMILIES = {768: "Stable Diffusion 1.x", 1024: "Stable Diffusion 2.x", 2048: "SDXL"}
+
+
+@dataclass(frozen=True)
+class ModelShapes:
+    """(in, out) sizes of every Linear/Conv2d of the base model, by the names LoRA files use.
+
+    ``modules`` maps ``"unet.<module path>"`` / ``"text_encoder.<module path>"`` to (in, out)."""
+    modules: dict
+    cross_attention_dim: int
+
+    @classmethod
+    def of_pipeline(cls, pipe) -> "ModelShapes":
+        import torch
+
+        modules = {}
+        for component in ("unet", "text_encoder"):
+            model = getattr(pipe, component, None)
+            if model is None:
+                continue
+            for name, module in model.named_modules():
+                if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                    continue
+                if ".lora_" in name or name.endswith(("lora_A", "lora_B")) or ".lora_magnitude" in name:
+                    continue  # peft's own layers, once adapters are loaded
+                name = name.replace(".base_layer", "")
+                if isinstance(module, torch.nn.Linear):
+                    modules[f"{component}.{name}"] = (module.in_features, module.out_features)
+                else:
+                    modules[f"{component}.{name}"] = (module.in_channels, module.out_channels)
+        return cls(modules, int(pipe.unet.config.cross_attention_dim))
+
+    def kohya_index(self) -> dict:
+        """kohya's flat names (``lora_unet_down_blocks_0_..._to_q``) -> our module names."""
+        index = {}
+        for full in self.modules:
+            component, path = full.split(".", 1)
+            prefix = "lora_unet_" if component == "unet" else "lora_te_"
+            index[prefix + path.replace(".", "_")] = full
+        return index
+
+
+@dataclass(frozen=True)
+class LoraCheck:
+    format: str          # "diffusers" or "kohya"
+    tensors: int
+    rank: int
+    components: tuple    # ("unet",) or ("unet", "text_encoder")
+    bytes: int
+
+
+def _split_key(key: str):
+    for suffix, role in sorted(_ROLE_SUFFIXES, key=lambda s: -len(s[0])):
+        if key.endswith(suffix):
+            return key[: -len(suffix)], role
+    return key, None
+
+
+def _module_for(stem: str, kohya: dict, shapes: ModelShapes) -> str | None:
+    """Our module name for a key stem, in any of the formats we read; None when unknown."""
+    if stem.startswith(("lora_unet_", "lora_te_", "lora_te1_")):
+        return kohya.get(stem.replace("lora_te1_", "lora_te_", 1))
+    if ".processor." in stem and not stem.startswith(("unet.", "text_encoder.")):
+        # diffusers' old attention-processor format: <block>.processor.to_q_lora
+        block, proc = stem.split(".processor.", 1)
+        proc = proc.removesuffix("_lora")
+        proc = "to_out.0" if proc == "to_out" else proc
+        stem = f"unet.{block}.{proc}"
+    return stem if stem in shapes.modules else None
+
+
+def inspect_lora_file(path: Path, shapes: ModelShapes) -> LoraCheck:
+    """Check a LoRA file *without unpickling anything*: suffix, size, safetensors header, tensor
+    count, key names and shapes against this base model. Raises InvalidInput with a clear message."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise InvalidInput(
+            f"{path.name}: {suffix} files are Python pickles, which can run code when loaded; they are "
+            "refused. Convert the LoRA to .safetensors (kohya_ss and A1111 both save it) and upload that.")
+    if suffix != ".safetensors":
+        raise InvalidInput(f"{path.name}: only .safetensors LoRA files are accepted.")
+    size = path.stat().st_size
+    if size > MAX_LORA_BYTES:
+        raise InvalidInput(f"{path.name} is {size / 2**20:.0f} MB; a LoRA may be at most {MAX_LORA_BYTES >> 20} MB.")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+            if not 0 < len(keys) <= MAX_LORA_TENSORS:
+                raise InvalidInput(f"{path.name} holds {len(keys)} tensors; a LoRA has 1 to {MAX_LORA_TENSORS}.")
+            key_shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in keys}
+    except SafetensorError as exc:
+        raise InvalidInput(f"{path.name} is not a valid safetensors file ({exc}).") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path.name} cannot be read ({exc.strerror or exc}).") from None
+
+    if any(marker in k for k in keys for marker in _LYCORIS):
+        raise InvalidInput(f"{path.name} is a LyCORIS (LoHa/LoKr) file; only plain LoRA files are supported.")
+    if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):
+        raise InvalidInput(f"{path.name} is an SDXL LoRA (it has a second text encoder); the base model here "
+                           f"is {_FAMILIES.get(shapes.cross_attention_dim, 'Stable Diffusion 1.x')}.")
+    fmt = "kohya" if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) for k in keys) else "diffusers"
+    kohya = shapes.kohya_index() if fmt == "kohya" else {}
+    unknown, mismatched, ranks, components = [], [], set(), set()
+    for key, shape in key_shapes.items():
+        stem, role = _split_key(key)
+        if role is None:
+            if key.endswith((".dora_scale", ".diff", ".diff_b")):
+                raise InvalidInput(f"{path.name} uses DoRA/full-difference layers, which are not supported.")
+            unknown.append(key)
+            continue
+        module = _module_for(stem, kohya, shapes)
+        if module is None:
+            unknown.append(key)
+            continue
+        components.add(module.split(".", 1)[0])
+        if role == "alpha":
+            continue
+        d_in, d_out = shapes.modules[module]
+        if role == "down" and (len(shape) < 2 or shape[1] != d_in):
+            mismatched.append((key, shape, d_in))
+        elif role == "up" and shape[0] != d_out:
+            mismatched.append((key, shape, d_out))
+        ranks.add(shape[0] if role == "down" else shape[1])
+    if unknown or mismatched:
+        raise InvalidInput(_architecture_message(path.name, key_shapes, unknown, mismatched, shapes))
+    if not ranks:
+        raise InvalidInput(f"{path.name} holds no LoRA weight pairs (down/up).")
+    return LoraCheck(fmt, len(keys), max(ranks), tuple(sorted(components, reverse=True)), size)
+
+
+def _architecture_message(name, key_shapes, unknown, mismatched, shapes) -> str:
+    base = _FAMILIES.get(shapes.cross_attention_dim, f"a model with cross-attention width {shapes.cross_attention_dim}")
+    # The cross-attention key/value projections read the text encoder's width: it names the family.
+    for key, shape in key_shapes.items():
+        if "attn2" in key and ("to_k" in key) and _split_key(key)[1] == "down" and len(shape) >= 2:
+            family = _FAMILIES.get(shape[1])
+            if shape[1] != shapes.cross_attention_dim:
+                made_for = family or f"a model with cross-attention width {shape[1]}"
+                return f"{name} was made for {made_for}, not for this base model ({base}); it cannot be used here."
+    if mismatched:
+        key, shape, want = mismatched[0]
+        return (f"{name} does not fit this base model ({base}): {len(mismatched)} tensors have the wrong shape, "
+                f"e.g. {key} is {list(shape)} where the model needs size {want}. It was made for another architecture.")
+    return (f"{name} does not fit this base model ({base}): {len(unknown)} of {len(key_shapes)} tensor names match "
+            f"no layer, e.g. {unknown[0]!r}. It was made for another architecture or is not a LoRA.")
+
+
+def clean_lora_name(name: str) -> str:
+    name = (name or "").strip()
+    if not _NAME.match(name):
+        raise InvalidInput("A LoRA name is 1-64 letters, digits, '.', '-' or '_', starting with a letter or digit.")
+    return name
+
+
+def store_upload(library: "LoraLibrary", src: Path, *, name: str, shot: str | None, shapes: ModelShapes,
+                 base_model: str | None = None) -> LoraInfo:
+    """Validate an uploaded file, copy it under ``<data>/loras/uploads/`` and register it (origin
+    "uploaded"). Nothing is written when the file is refused."""
+    name = clean_lora_name(name)
+    check = inspect_lora_file(Path(src), shapes)
+    target_dir = Path(library.studio.settings.loras_dir) / "uploads"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    digest = file_sha256(Path(src))
+    target = target_dir / f"{name}-{digest[:8]}.safetensors"
+    tmp = target.with_suffix(".part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, target)
+    return library.register(target, name=name, shot=shot or None, origin="uploaded", fmt=check.format,
+                            base_model=base_model, meta={"rank": check.rank, "tensors": check.tensors,
+                                                         "components": list(check.components),
+                                                         "original_name": Path(src).name})
+
+
+# ---- helpers for tests and benchmarks: LoRA files made here, in both formats -----------------------
+
+def random_lora(unet, out_dir: Path, *, seed: int = 0, rank: int = 4, scale: float = 1.0,
+                target_modules=("to_q", "to_k", "to_v", "to_out.0")) -> Path:
+    """A LoRA with random non-zero weights for ``unet`` (e.g. ``pipe.unet``; it is copied, not
+    changed), saved in diffusers format as ``out_dir/pytorch_lora_weights.safetensors``."""
+    import copy
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = copy.deepcopy(unet)
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules),
+                                init_lora_weights=False), adapter_name="random")
+    state = get_peft_model_state_dict(unet, adapter_name="random")
+    state = {k: v * scale if "lora_B" in k else v for k, v in state.items()}
+    StableDiffusionPipeline.save_lora_weights(str(out_dir), unet_lora_layers=convert_state_dict_to_diffusers(state))
+    return Path(out_dir) / "pytorch_lora_weights.safetensors"
+
+
+def to_kohya(diffusers_file: Path, out_file: Path) -> Path:
+    """Write the kohya / A1111 / ComfyUI form of a diffusers-format UNet LoRA file."""
+    from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
+    from safetensors.torch import load_file, save_file
+
+    state = convert_state_dict_to_kohya(convert_unet_state_dict_to_peft(load_file(str(diffusers_file))))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out_file), metadata={"format": "pt"})
+    return Path(out_file)
