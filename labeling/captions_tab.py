@@ -1,7 +1,381 @@
-"""Captions tab (UI builder). The feature is not built yet."""
+"""Captions tab: auto-caption the labeled frames in the background, then review and edit every
+caption fast (thumbnail grid + editor with keyboard flow), bulk find/replace and shot-word strip with
+a preview, the exact training prompt and its CLIP token count, and the edit rate.
 
-from dreamshot.ui import not_built
+Keyboard (while the tab is open): Ctrl+Enter = save and go to the next caption, Alt+Down = next
+without saving, Alt+Up = previous. Every action is also a named endpoint (``api_name``).
+"""
+
+from __future__ import annotations
+
+import html
+from collections import OrderedDict
+
+import gradio as gr
+import sqlalchemy as sa
+
+from dreamshot import schema
+from dreamshot.shots import get_taxonomy
+from dreamshot.ui import admin_name, guarded
+
+from . import caption_jobs, caption_sources, captions
+from .captioner import CAPTIONERS, DEFAULT_CAPTIONER, MAX_NEW_TOKENS_LIMIT
+
+PAGE_SIZE = 40
+THUMB = 160
+EDITOR_FIELDS = 6  # image, info, frame id, version, caption text, prompt
+
+HEAD = """<script>
+(() => {
+  if (window.__dreamshotCaptionKeys) return;
+  window.__dreamshotCaptionKeys = true;
+  const visible = (el) => el && el.offsetParent !== null;
+  const click = (id) => { const b = document.getElementById(id); if (visible(b)) { b.click(); return true; } return false; };
+  document.addEventListener("keydown", (e) => {
+    if (!visible(document.getElementById("captions-editor"))) return;
+    let done = false;
+    if ((e.ctrlKey || e.metaKey) && e.key === "Enter") done = click("caption-save-next");
+    else if (e.altKey && e.key === "ArrowDown") done = click("caption-next");
+    else if (e.altKey && e.key === "ArrowUp") done = click("caption-prev");
+    if (done) { e.preventDefault(); e.stopPropagation(); }
+  }, true);
+})();
+</script>"""
+
+FOCUS_JS = """() => { setTimeout(() => {
+  const t = document.querySelector("#caption-box textarea");
+  if (t) { t.focus(); t.setSelectionRange(t.value.length, t.value.length); }
+}, 60); }"""
+
+
+class CaptionsUi:
+    """The tab's handlers; each checks the caller's role and takes plain values (API-friendly)."""
+
+    def __init__(self, studio):
+        self.studio = studio
+        self._thumbs: OrderedDict[tuple, object] = OrderedDict()
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _filter(self, split, shot, unreviewed, search, too_long) -> captions.CaptionFilter:
+        return captions.CaptionFilter(split=split or "train", shot=None if shot in (None, "", "all") else shot,
+                                      unreviewed=bool(unreviewed), search=search or "", too_long=bool(too_long))
+
+    def _thumb(self, frame_id: int, stamps: dict):
+        """A small copy of the cropped frame, cached until its file or crop box changes."""
+        key = (frame_id, stamps.get(frame_id, ""))
+        image = self._thumbs.get(key)
+        if image is None:
+            image = caption_sources.frame_image(self.studio, frame_id)
+            image.thumbnail((THUMB, THUMB))
+            self._thumbs[key] = image
+            while len(self._thumbs) > 2000:
+                self._thumbs.popitem(last=False)
+        return image
+
+    def _stamps(self, ids) -> dict[int, str]:
+        f = schema.frames
+        with self.studio.db.read() as conn:
+            rows = conn.execute(sa.select(f.c.id, f.c.path, f.c.crop_box).where(f.c.id.in_(list(ids)))).all()
+        return {r.id: f"{r.path}|{r.crop_box}" for r in rows}
+
+    def _stats(self, split) -> str:
+        return captions.stats(self.studio, split or "train").markdown()
+
+    def _prompt_md(self, view: captions.CaptionView | None, text: str | None = None) -> str:
+        if view is None:
+            return ""
+        caption = view.caption if text is None else text
+        prompt = captions.prompt_for(self.studio, view.shot, caption)
+        if prompt is None:
+            return "*No training prompt yet (needs a shot label and a caption).*"
+        tokens = captions.token_counts([prompt])[0]
+        warn = (f" ⚠ **over CLIP's {captions.CLIP_MAX_TOKENS}: the end is cut off in training**"
+                if tokens > captions.CLIP_MAX_TOKENS else "")
+        return f"Training prompt: `{prompt}`  \n{tokens}/{captions.CLIP_MAX_TOKENS} CLIP tokens{warn}"
+
+    def _editor(self, view: captions.CaptionView | None, note: str = ""):
+        if view is None:
+            return (None, note or "*Nothing to edit with these filters.*", None, None, "", "")
+        image = caption_sources.frame_image(self.studio, view.frame_id, size=384)
+        who = (f"edited by **{html.escape(view.edited_by)}**" if view.edited_by else "machine caption, not edited")
+        state = "reviewed" if view.reviewed else "**not yet reviewed**"
+        original = html.escape(view.caption_original or "(none yet)")
+        info = (f"Frame **{view.frame_id}** · {html.escape(view.shot_label)} · {view.split} · {state} · {who}  \n"
+                f"Machine caption: *{original}*" + (f"  \n{note}" if note else ""))
+        return (image, info, view.frame_id, view.version, view.caption or "", self._prompt_md(view))
+
+    def _neighbour(self, frame_id, flt, step: int) -> captions.CaptionView | None:
+        views = captions.list_captions(self.studio, flt)
+        if not views:
+            return None
+        if frame_id is None:
+            return views[0]
+        frame_id = int(frame_id)
+        if step > 0:
+            later = [v for v in views if v.frame_id > frame_id]
+            return later[0] if later else views[0]
+        earlier = [v for v in views if v.frame_id < frame_id]
+        return earlier[-1] if earlier else views[-1]
+
+    # ---- list / editor -----------------------------------------------------------------------
+    def list_page(self, split, shot, unreviewed, search, too_long, page, request: gr.Request):
+        admin_name(self.studio, request)
+        views = captions.list_captions(self.studio, self._filter(split, shot, unreviewed, search, too_long))
+        pages = max(1, -(-len(views) // PAGE_SIZE))
+        page = min(max(1, int(page or 1)), pages)
+        chunk = views[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+        stamps = self._stamps(v.frame_id for v in chunk)
+        items = [(self._thumb(v.frame_id, stamps), f"#{v.frame_id} {v.shot_label}{' ✓' if v.reviewed else ''}")
+                 for v in chunk]
+        table = [[v.frame_id, v.shot_label, "✓" if v.reviewed else "", "✎" if v.changed else "",
+                  v.caption or "(no caption)", f"{v.tokens}{' ⚠' if v.too_long else ''}" if v.tokens else ""]
+                 for v in chunk]
+        info = f"{len(views)} captions match · page {page}/{pages}"
+        return items, table, [v.frame_id for v in chunk], info, page, self._stats(split)
+
+    def open_frame(self, frame_id, request: gr.Request):
+        admin_name(self.studio, request)
+        if frame_id is None:
+            return self._editor(None)
+        return self._editor(captions.get_caption(self.studio, int(frame_id)))
+
+    def select(self, ids, evt: gr.SelectData, request: gr.Request):
+        admin_name(self.studio, request)
+        return self._editor(captions.get_caption(self.studio, int(ids[evt.index])))
+
+    def select_row(self, ids, evt: gr.SelectData, request: gr.Request):
+        admin_name(self.studio, request)
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return self._editor(captions.get_caption(self.studio, int(ids[row])))
+
+    def first(self, split, shot, unreviewed, search, too_long, request: gr.Request):
+        admin_name(self.studio, request)
+        return self._editor(self._neighbour(None, self._filter(split, shot, unreviewed, search, too_long), 1))
+
+    def move(self, step, frame_id, split, shot, unreviewed, search, too_long, request: gr.Request):
+        admin_name(self.studio, request)
+        flt = self._filter(split, shot, unreviewed, search, too_long)
+        return self._editor(self._neighbour(frame_id, flt, step))
+
+    def next(self, frame_id, split, shot, unreviewed, search, too_long, request: gr.Request):
+        return self.move(1, frame_id, split, shot, unreviewed, search, too_long, request)
+
+    def prev(self, frame_id, split, shot, unreviewed, search, too_long, request: gr.Request):
+        return self.move(-1, frame_id, split, shot, unreviewed, search, too_long, request)
+
+    def prompt_preview(self, frame_id, text, request: gr.Request):
+        admin_name(self.studio, request)
+        if frame_id is None:
+            return ""
+        return self._prompt_md(captions.get_caption(self.studio, int(frame_id)), text)
+
+    def save(self, frame_id, text, version, split, request: gr.Request):
+        editor = admin_name(self.studio, request)
+        if frame_id is None:
+            raise gr.Error("Open a caption first.")
+        view = captions.edit_caption(self.studio, captions.EditRequest(
+            int(frame_id), text, editor, None if version is None else int(version)))
+        return (*self._editor(view, "Saved ✓"), self._stats(split))
+
+    def save_next(self, frame_id, text, version, split, shot, unreviewed, search, too_long, request: gr.Request):
+        editor = admin_name(self.studio, request)
+        if frame_id is None:
+            raise gr.Error("Open a caption first.")
+        captions.edit_caption(self.studio, captions.EditRequest(
+            int(frame_id), text, editor, None if version is None else int(version)))
+        nxt = self._neighbour(frame_id, self._filter(split, shot, unreviewed, search, too_long), 1)
+        if nxt is not None and nxt.frame_id == int(frame_id):
+            nxt = None
+        return (*self._editor(nxt, f"Saved frame {int(frame_id)} ✓"), self._stats(split))
+
+    def revert(self, frame_id, split, request: gr.Request):
+        admin_name(self.studio, request)
+        if frame_id is None:
+            raise gr.Error("Open a caption first.")
+        return (*self._editor(captions.revert_caption(self.studio, int(frame_id)), "Back to the machine caption"),
+                self._stats(split))
+
+    # ---- auto-caption ------------------------------------------------------------------------
+    def start(self, model, batch, prefix, max_length, split, redo, request: gr.Request):
+        admin_name(self.studio, request)
+        req = caption_jobs.CaptionRequest(model=(model or DEFAULT_CAPTIONER).strip(), batch_size=int(batch or 8),
+                                          prefix=prefix or "", max_new_tokens=int(max_length or 30),
+                                          split=split or "train", redo=bool(redo))
+        progress = caption_jobs.worker().start(self.studio, req)
+        return progress.summary(), gr.Timer(active=True)
+
+    def poll(self, split, request: gr.Request):
+        admin_name(self.studio, request)
+        p = caption_jobs.worker().snapshot()
+        return p.summary(), gr.Timer(active=p.running), self._stats(split)
+
+    def cancel(self, request: gr.Request):
+        admin_name(self.studio, request)
+        if caption_jobs.worker().cancel():
+            return "Cancelling after the current batch ..."
+        return caption_jobs.worker().snapshot().summary()
+
+    # ---- template and bulk -------------------------------------------------------------------
+    def save_template(self, template, split, request: gr.Request):
+        admin_name(self.studio, request)
+        saved = captions.set_template(self.studio, template)
+        return saved, f"Template saved: `{saved}`", self._stats(split)
+
+    def _bulk(self, kind, find, replace, regex, terms, flt):
+        if kind == "replace":
+            return captions.preview_replace(self.studio, find or "", replace or "", flt, regex=bool(regex))
+        return captions.preview_strip(self.studio, flt, [t for t in (terms or "").split(",") if t.strip()] or None)
+
+    def bulk_preview(self, kind, find, replace, regex, terms, split, shot, unreviewed, search, too_long,
+                     request: gr.Request):
+        admin_name(self.studio, request)
+        changes = self._bulk(kind, find, replace, regex, terms, self._filter(split, shot, unreviewed, search, too_long))
+        rows = [[c.frame_id, c.before, c.after] for c in changes]
+        note = f"{len(changes)} captions would change. Check them, then Apply." if changes else "Nothing would change."
+        return rows, note, changes
+
+    def bulk_apply(self, kind, find, replace, regex, terms, split, shot, unreviewed, search, too_long, previewed,
+                   request: gr.Request):
+        editor = admin_name(self.studio, request)
+        changes = previewed if previewed else self._bulk(
+            kind, find, replace, regex, terms, self._filter(split, shot, unreviewed, search, too_long))
+        result = captions.apply_changes(self.studio, changes, editor)
+        note = f"Applied to {result.applied} captions."
+        if result.conflicts:
+            note += f" {len(result.conflicts)} changed since the preview and were left alone: {result.conflicts[:10]}"
+        return [], note, None, self._stats(split)
 
 
 def build(studio) -> None:
-    not_built("Captioning (BLIP-2 drafts, human edits)")
+    ui = CaptionsUi(studio)
+    shots = ["all"] + get_taxonomy(studio.db.get_setting("taxonomy")).names
+    stats_md = gr.Markdown(elem_id="captions-stats")
+
+    with gr.Accordion("Auto-caption", open=False):
+        with gr.Row():
+            model = gr.Dropdown([c for c, _ in CAPTIONERS], value=DEFAULT_CAPTIONER, allow_custom_value=True,
+                                label="Captioner (Hub id or local folder)", scale=3,
+                                info="; ".join(f"{c.split('/')[-1]}: {d}" for c, d in CAPTIONERS))
+            batch = gr.Number(8, precision=0, minimum=1, maximum=caption_jobs.MAX_BATCH, label="Batch size")
+            max_length = gr.Slider(5, MAX_NEW_TOKENS_LIMIT, value=30, step=1, label="Length limit (tokens)")
+        with gr.Row():
+            prefix = gr.Textbox(label="Prompt prefix for the captioner (optional)", placeholder="a photo of")
+            run_split = gr.Radio(["train", "test"], value="train", label="Frames",
+                                 info="train: labeled frames; test: held-out frames")
+            redo = gr.Checkbox(False, label="Caption again frames that already have a machine caption")
+        with gr.Row():
+            start_btn = gr.Button("Auto-caption", variant="primary")
+            cancel_btn = gr.Button("Cancel")
+        progress_md = gr.Markdown(elem_id="caption-progress")
+        timer = gr.Timer(1.0, active=False)
+
+    with gr.Accordion("Training prompt template", open=False):
+        with gr.Row():
+            template = gr.Textbox(value=lambda: captions.get_template(studio), label="Template ({shot}, {caption})",
+                                  scale=4)
+            template_btn = gr.Button("Save template")
+        template_md = gr.Markdown()
+
+    with gr.Accordion("Bulk edit (with preview)", open=False):
+        with gr.Row():
+            find = gr.Textbox(label="Find")
+            replace = gr.Textbox(label="Replace with")
+            regex = gr.Checkbox(False, label="Regular expression")
+            replace_preview_btn = gr.Button("Preview replace")
+        with gr.Row():
+            terms = gr.Textbox(", ".join(captions.SHOT_TERMS), label="Shot words to strip (comma-separated)", scale=4)
+            strip_preview_btn = gr.Button("Preview strip")
+        bulk_table = gr.Dataframe(headers=["frame", "before", "after"], interactive=False, wrap=True)
+        with gr.Row():
+            bulk_md = gr.Markdown()
+            apply_replace_btn = gr.Button("Apply replace", variant="stop")
+            apply_strip_btn = gr.Button("Apply strip", variant="stop")
+        previewed = gr.State(None)
+        replace_kind, strip_kind = gr.State("replace"), gr.State("strip")
+
+    with gr.Row():
+        split = gr.Radio(["train", "test"], value="train", label="Frames")
+        shot = gr.Dropdown(shots, value="all", label="Shot type")
+        unreviewed = gr.Checkbox(False, label="Not yet reviewed")
+        too_long = gr.Checkbox(False, label="Over 77 tokens")
+        search = gr.Textbox(label="Search captions", placeholder="text in the caption")
+    filters = [split, shot, unreviewed, search, too_long]
+
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                page = gr.Number(1, precision=0, minimum=1, label="Page", scale=1)
+                list_md = gr.Markdown()
+                refresh_btn = gr.Button("Refresh", scale=1)
+            gallery = gr.Gallery(columns=6, height=400, allow_preview=False, object_fit="cover",
+                                 label="Captions (click to edit)")
+            table = gr.Dataframe(headers=["frame", "shot", "reviewed", "changed", "caption", "tokens"],
+                                 interactive=False, wrap=True, label="This page (click a row to edit)",
+                                 elem_id="captions-table")
+            ids = gr.State([])
+        with gr.Column(scale=2, elem_id="captions-editor"):
+            image = gr.Image(type="pil", format="png", interactive=False, label="Cropped frame (as trained)",
+                             height=320)
+            info = gr.Markdown(elem_id="caption-info")
+            frame_id = gr.Number(None, precision=0, label="Frame id", visible=False)
+            version = gr.Number(None, precision=0, label="Version", visible=False)
+            caption = gr.Textbox(lines=3, label="Caption (Ctrl+Enter: save and next)", elem_id="caption-box")
+            prompt_md = gr.Markdown(elem_id="caption-prompt")
+            with gr.Row():
+                prev_btn = gr.Button("◀ Previous (Alt+↑)", elem_id="caption-prev")
+                save_btn = gr.Button("Save", elem_id="caption-save")
+                save_next_btn = gr.Button("Save & next (Ctrl+Enter)", variant="primary", elem_id="caption-save-next")
+                next_btn = gr.Button("Next ▶ (Alt+↓)", elem_id="caption-next")
+            revert_btn = gr.Button("Revert to the machine caption", size="sm")
+    editor = [image, info, frame_id, version, caption, prompt_md]
+
+    # ---- wiring ------------------------------------------------------------------------------
+    list_outputs = [gallery, table, ids, list_md, page, stats_md]
+    show_list = dict(fn=guarded(ui.list_page), inputs=[*filters, page], outputs=list_outputs)
+    refresh_btn.click(**show_list, api_name="captions_list")
+    for comp in (split, shot, unreviewed, too_long):
+        comp.change(**show_list, api_visibility="private").then(
+            guarded(ui.first), inputs=filters, outputs=editor, api_visibility="private")
+    search.submit(**show_list, api_visibility="private")
+    page.submit(**show_list, api_visibility="private")
+    gallery.select(guarded(ui.select), inputs=[ids], outputs=editor, api_visibility="private").then(
+        None, js=FOCUS_JS)
+    table.select(guarded(ui.select_row), inputs=[ids], outputs=editor, api_visibility="private").then(
+        None, js=FOCUS_JS)
+    frame_id.submit(guarded(ui.open_frame), inputs=[frame_id], outputs=editor, api_name="caption_open")
+
+    caption.input(guarded(ui.prompt_preview), inputs=[frame_id, caption], outputs=prompt_md,
+                  api_name="caption_prompt", trigger_mode="always_last", show_progress="hidden")
+    save_btn.click(guarded(ui.save), inputs=[frame_id, caption, version, split], outputs=[*editor, stats_md],
+                   api_name="caption_save")
+    save_next_btn.click(guarded(ui.save_next), inputs=[frame_id, caption, version, *filters],
+                        outputs=[*editor, stats_md], api_name="caption_save_next").then(None, js=FOCUS_JS)
+    next_btn.click(guarded(ui.next), inputs=[frame_id, *filters], outputs=editor,
+                   api_name="caption_next").then(None, js=FOCUS_JS)
+    prev_btn.click(guarded(ui.prev), inputs=[frame_id, *filters], outputs=editor,
+                   api_name="caption_prev").then(None, js=FOCUS_JS)
+    revert_btn.click(guarded(ui.revert), inputs=[frame_id, split], outputs=[*editor, stats_md],
+                     api_name="caption_revert")
+
+    start_btn.click(guarded(ui.start), inputs=[model, batch, prefix, max_length, run_split, redo],
+                    outputs=[progress_md, timer], api_name="caption_start")
+    timer.tick(guarded(ui.poll), inputs=[split], outputs=[progress_md, timer, stats_md], api_name="caption_progress",
+               show_progress="hidden")
+    cancel_btn.click(guarded(ui.cancel), outputs=progress_md, api_name="caption_cancel")
+
+    template_btn.click(guarded(ui.save_template), inputs=[template, split], outputs=[template, template_md, stats_md],
+                       api_name="caption_template")
+    bulk_inputs = [find, replace, regex, terms, *filters]
+    replace_preview_btn.click(guarded(ui.bulk_preview), inputs=[replace_kind, *bulk_inputs],
+                              outputs=[bulk_table, bulk_md, previewed], api_name="caption_replace_preview")
+    strip_preview_btn.click(guarded(ui.bulk_preview), inputs=[strip_kind, *bulk_inputs],
+                            outputs=[bulk_table, bulk_md, previewed], api_name="caption_strip_preview")
+    apply_replace_btn.click(guarded(ui.bulk_apply), inputs=[replace_kind, *bulk_inputs, previewed],
+                            outputs=[bulk_table, bulk_md, previewed, stats_md], api_name="caption_replace_apply")
+    apply_strip_btn.click(guarded(ui.bulk_apply), inputs=[strip_kind, *bulk_inputs, previewed],
+                          outputs=[bulk_table, bulk_md, previewed, stats_md], api_name="caption_strip_apply")
+
+    root = gr.context.Context.root_block
+    if root is not None:
+        root.load(**show_list, api_visibility="private").then(
+            guarded(ui.first), inputs=filters, outputs=editor, api_visibility="private")
