@@ -149,6 +149,11 @@ def check_inputs(req: GenerationRequest) -> GenerationRequest:
                        sampler=sampler_name(req.sampler), shot=shot, blend=blend)
 
 
+def random_seed() -> int:
+    """A random seed leaving room for seed + i of a batch."""
+    return random.randint(0, MAX_SEED - MAX_IMAGES)
+
+
 def parse_blend(text: str) -> dict | None:
     """``close=0.6, medium=0.4`` (or ``close:0.6``) -> {"close": 0.6, "medium": 0.4}; '' -> None."""
     text = (text or "").strip()
@@ -465,7 +470,7 @@ class GenerationService:
         """Run a request; raises Cancelled if stopped before the first image finished."""
         req = check_inputs(req)
         if req.seed == -1:
-            req = req.replace(seed=random.randint(0, MAX_SEED - MAX_IMAGES))
+            req = req.replace(seed=random_seed())
         prompt, mix = self.plan(req)
         job = job or Job()
         result = GenerationResult(req, prompt, mix)
@@ -549,7 +554,7 @@ class GenerationService:
         if not req.shot and not req.blend:
             raise InvalidInput("Choose a shot LoRA to compare with the base model.")
         if req.seed == -1:
-            req = req.replace(seed=random.randint(0, MAX_SEED - MAX_IMAGES))
+            req = req.replace(seed=random_seed())
         prompt, _ = self.plan(req)
         job = job or Job()
         lora = self.generate(req, job, save=save, progress_span=(0.0, 0.5))

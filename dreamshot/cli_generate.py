@@ -1,0 +1,193 @@
+"""Subcommands of ``python -m dreamshot`` for generation: generate, sweep, storyboard, read-png, loras.
+
+    python -m dreamshot generate --data D --prompt "a woman reading" --shot close --alpha 0.8 --seed 42
+    python -m dreamshot sweep --prompt "a man on a bridge" --shots close,medium,long --alphas 0,0.5,1
+    python -m dreamshot storyboard board.txt --out board/      # lines: "shot | description"
+    python -m dreamshot read-png image.png
+    python -m dreamshot loras add my_lora.safetensors --name noir --shot close
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .generation import DEFAULT_SAMPLER, SAMPLERS, GenerationRequest, parse_blend
+
+
+def _request_arguments(parser: argparse.ArgumentParser, *, prompt: bool = True) -> None:
+    g = parser.add_argument_group("generation settings")
+    if prompt:
+        g.add_argument("--prompt", "-p", required=True, help="the caption / prompt")
+        g.add_argument("--shot", default=None, help="shot type (close, medium, ...) or LoRA name; omit for the base model")
+        g.add_argument("--alpha", type=float, default=1.0, help="LoRA strength α, 0-1.5 [1]")
+        g.add_argument("--blend", default="", help="several LoRAs at once, e.g. close=0.6,medium=0.4")
+        g.add_argument("-n", "--num-images", type=int, default=1, help="images, seeds seed, seed+1, ... [1]")
+    g.add_argument("--no-template", action="store_true", help="use the prompt as is (no 'a high-quality {shot} picture of ...')")
+    g.add_argument("--negative", default="", help="negative prompt")
+    g.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS), metavar="NAME",
+                   help=f"one of: {', '.join(SAMPLERS)} [{DEFAULT_SAMPLER}]")
+    g.add_argument("--steps", type=int, default=16, help="[16]")
+    g.add_argument("--cfg", type=float, default=6.0, help="CFG scale [6]")
+    g.add_argument("--width", type=int, default=512, help="multiple of 8 [512]")
+    g.add_argument("--height", type=int, default=512, help="multiple of 8 [512]")
+    g.add_argument("--seed", type=int, default=-1, help="-1 = random; the seed used is printed [-1]")
+
+
+def _request(args, **overrides) -> GenerationRequest:
+    fields = dict(
+        prompt=getattr(args, "prompt", ""), shot=getattr(args, "shot", None), alpha=getattr(args, "alpha", 1.0),
+        use_template=not args.no_template, negative_prompt=args.negative, sampler=args.sampler,
+        steps=args.steps, cfg=args.cfg, width=args.width, height=args.height, seed=args.seed,
+        num_images=getattr(args, "num_images", 1), blend=parse_blend(getattr(args, "blend", "")),
+    )
+    fields.update(overrides)
+    return GenerationRequest(**fields)
+
+
+def _progress(fraction: float, text: str) -> None:
+    print(f"\r{fraction * 100:5.1f}%  {text:<40}", end="", file=sys.stderr, flush=True)
+
+
+def register(sub, parents) -> None:
+    p = sub.add_parser("generate", parents=parents, help="generate images",
+                       description="Generate images; each PNG carries its settings (A1111 'parameters').")
+    _request_arguments(p)
+    p.add_argument("--out", type=Path, default=None, help="also copy the PNGs into this folder")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(run=run_generate)
+
+    p = sub.add_parser("sweep", parents=parents, help="shot types × α grid for one prompt and seed")
+    p.add_argument("--prompt", "-p", required=True)
+    p.add_argument("--shots", default="", help="comma-separated shot types or LoRA names [every shot with a LoRA]")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="[0,0.25,0.5,0.75,1]")
+    _request_arguments(p, prompt=False)
+    p.add_argument("--out", type=Path, required=True, help="grid PNG to write")
+    p.set_defaults(run=run_sweep)
+
+    p = sub.add_parser("storyboard", parents=parents, help="'shot | description' lines -> contact sheet PNG + PDF")
+    p.add_argument("file", help="text file with one 'shot | description' per line, or - for stdin")
+    p.add_argument("--columns", type=int, default=3)
+    p.add_argument("--title", default="")
+    _request_arguments(p, prompt=False)
+    p.add_argument("--out", type=Path, required=True, help="folder for storyboard.png and storyboard.pdf")
+    p.set_defaults(run=run_storyboard)
+
+    p = sub.add_parser("read-png", parents=parents, help="print the settings stored in PNGs")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true", help="print the restored request as JSON")
+    p.set_defaults(run=run_read_png)
+
+    p = sub.add_parser("loras", parents=parents, help="list the LoRA library or add an upload")
+    p.add_argument("action", choices=["list", "add", "remove"], nargs="?", default="list")
+    p.add_argument("file", nargs="?", type=Path, help="for add: a .safetensors LoRA (diffusers or kohya format)")
+    p.add_argument("--name", help="for add/remove: the LoRA's name")
+    p.add_argument("--shot", default=None, help="for add: the shot type it teaches (optional)")
+    p.set_defaults(run=run_loras)
+
+
+def run_generate(studio, args) -> int:
+    from .generation import service
+
+    svc = service(studio)
+    with svc.job("cli", progress=_progress) as job:
+        result = svc.generate(_request(args), job)
+    print(file=sys.stderr)
+    rows = []
+    for img in result.images:
+        path = img.path
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            path = Path(shutil.copy2(img.path, args.out / img.path.name))
+        rows.append({"path": str(path), "seed": img.seed})
+        if not args.json:
+            print(f"{path}  seed {img.seed}")
+    if args.json:
+        print(json.dumps({"prompt": result.prompt, "seconds": round(result.seconds, 3), "images": rows,
+                          "loras": [[i.name, w] for i, w in result.loras]}, indent=2))
+    return 0
+
+
+def run_sweep(studio, args) -> int:
+    from . import pngmeta
+    from .generation import service
+    from .storyboard import alpha_sweep
+
+    svc = service(studio)
+    shots = [s.strip() for s in args.shots.split(",") if s.strip()] or _default_shots(svc)
+    with svc.job("cli", progress=_progress) as job:
+        result = alpha_sweep(svc, _request(args, prompt=args.prompt, num_images=1), shots, args.alphas, job)
+    print(file=sys.stderr)
+    pngmeta.save_png(result.grid, args.out, result.parameters)
+    print(f"{args.out}  {len(result.shots)} shots × {len(result.alphas)} α, seed {result.cells[0][0].seed}")
+    return 0
+
+
+def _default_shots(svc) -> list[str]:
+    shots = []
+    for info in svc.loras():
+        key = info.shot or info.name
+        if key not in shots:
+            shots.append(key)
+    return shots
+
+
+def run_storyboard(studio, args) -> int:
+    from .generation import service
+    from .storyboard import save_storyboard, storyboard
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    svc = service(studio)
+    with svc.job("cli", progress=_progress) as job:
+        result = storyboard(svc, text, _request(args, prompt="-", num_images=1), job,
+                            columns=args.columns, title=args.title)
+    print(file=sys.stderr)
+    save_storyboard(result, args.out)
+    print(f"{result.png_path}\n{result.pdf_path}\n{len(result.panels)} panels, seed {result.panels[0].seed}")
+    return 0
+
+
+def run_read_png(studio, args) -> int:
+    from . import pngmeta
+    from .generation import service
+
+    status = 0
+    for path in args.files:
+        text = pngmeta.read_parameters(path)
+        if not text:
+            print(f"{path}: no settings stored", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            req, notes = service(studio).request_from_parameters(text)
+            print(json.dumps({"file": str(path), "request": asdict(req), "notes": notes}, indent=2))
+        else:
+            print(f"# {path}\n{text}\n")
+    return status
+
+
+def run_loras(studio, args) -> int:
+    from .errors import InvalidInput
+    from .generation import service
+
+    svc = service(studio)
+    if args.action == "add":
+        if not args.file or not args.name:
+            raise InvalidInput("loras add needs a FILE and --name")
+        info = svc.upload_lora(args.file, name=args.name, shot=args.shot)
+        print(f"added {info.name} ({info.format}, shot {info.shot or '-'}) {info.short_hash}")
+        return 0
+    if args.action == "remove":
+        if not args.name:
+            raise InvalidInput("loras remove needs --name")
+        svc.library.get(args.name)
+        svc.library.remove(args.name)
+        print(f"removed {args.name} from the library (the file stays on disk)")
+        return 0
+    for info in svc.loras():
+        print(f"{info.name:<24} shot {info.shot or '-':<10} {info.format:<9} {info.origin:<9} {info.short_hash}  {info.path}")
+    return 0
