@@ -84,7 +84,7 @@ def is_grayscale(decoded: Decoded) -> bool:
 # ---- metadata rules: "year >= 2013", "title != ''" -------------------------------------------------
 _OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
         "<": operator.lt, "=": operator.eq}
-_RULE = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*(>=|<=|==|!=|=|>|<)\s*(.*?)\s*$")
+_RULE = re.compile(r"^\s*([A-Za-z_][\w ]*?)\s*(>=|<=|==|!=|=|>|<)\s*([^<>=!].*?|)\s*$")
 
 
 @dataclass(frozen=True)

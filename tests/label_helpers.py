@@ -1,0 +1,72 @@
+"""Pools for the labeling tests: real photos shipped in the gradio wheel mixed with grayscale,
+corrupt, truncated, duplicate, near-duplicate and too-small files, plus small synthetic frames."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import gradio
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = Path(gradio.__file__).parent / "media_assets" / "images"
+REAL = ["tower.jpg", "groot.jpeg", "cheetah.jpg", "lion.jpg", "cheetah1.jpg"]  # all >= 256 px, color
+
+
+def make_mixed_pool(folder: Path) -> dict:
+    """The 'new user' pool. Returns the expected counts of the import report (min side 256)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in REAL:
+        shutil.copyfile(PHOTOS / name, folder / name)
+    sub = folder / "more"
+    sub.mkdir()
+    Image.open(PHOTOS / "tower.jpg").convert("L").save(folder / "gray_tower.jpg")           # 1 channel
+    Image.open(PHOTOS / "cheetah.jpg").convert("L").convert("RGB").save(sub / "bw_as_rgb.png")  # B&W film in RGB
+    (folder / "corrupt.jpg").write_bytes(b"this is not an image")
+    data = (PHOTOS / "groot.jpeg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    shutil.copyfile(PHOTOS / "lion.jpg", sub / "lion_copy.jpg")                              # exact duplicate
+    Image.open(PHOTOS / "groot.jpeg").resize((700, 394)).save(sub / "groot_resized.jpg", quality=85)  # near dup
+    shutil.copyfile(PHOTOS / "bus.png", folder / "bus_small.png")                            # 61x68: too small
+    (folder / "notes.txt").write_text("ignored: not an image")
+    return {"seen": 12, "kept": 5, "filtered": {"grayscale": 2, "corrupt": 2, "duplicate": 1,
+                                                "near_duplicate": 1, "too_small": 1}}
+
+
+def synthetic_frames(folder: Path, n: int, size=(320, 240), seed: int = 0) -> list[Path]:
+    """``n`` distinct color frames (blocky random patterns: distinct perceptual hashes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(blocks).resize(size, Image.NEAREST)
+        path = folder / f"frame_{i:04d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(folder)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def run_cli(*args: str, data: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "labeling", "--data", str(data), "--model", "demo", *args],
+                          cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"CLI failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,187 @@
+"""Import of a frame pool: report counts per filter, originals untouched, resumable, zip safety,
+decompression bombs, metadata rules, existing labels, video shots, datasets sources."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from dreamshot import schema
+from dreamshot.errors import InvalidInput
+from labeling import filters, labels, pool, sources
+from tests.label_helpers import PHOTOS, make_mixed_pool, synthetic_frames, tree_digest
+
+
+def _frames(studio):
+    with studio.db.read() as conn:
+        return conn.execute(sa.select(schema.frames)).all()
+
+
+def test_mixed_folder_report_counts_and_originals_untouched(studio, tmp_path):
+    expected = make_mixed_pool(tmp_path / "pool")
+    before = tree_digest(tmp_path / "pool")
+    report = pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool")))
+
+    assert report.status == "done"
+    assert (report.seen, report.kept) == (expected["seen"], expected["kept"])
+    assert report.filtered == expected["filtered"]
+    problems = {p["item"]: p["reason"] for p in report.problems}
+    assert problems == {"corrupt.jpg": "corrupt", "truncated.jpg": "corrupt"}
+    assert "corrupt.jpg" in report.text() and "near-duplicate" in report.text()
+    assert tree_digest(tmp_path / "pool") == before  # originals never modified
+
+    rows = _frames(studio)
+    ok = [r for r in rows if r.status == "ok"]
+    assert len(ok) == 5 and all(r.split == "train" for r in ok)
+    for r in ok:  # copied into the data folder, relative path, byte-identical to a source file
+        stored = studio.settings.data_dir / r.path
+        assert not r.path.startswith("/") and stored.is_file()
+        assert stored.read_bytes() == (tmp_path / "pool" / r.source.split("pool/", 1)[1]).read_bytes()
+    assert {r.status for r in rows} == {"ok", "grayscale", "corrupt", "near_duplicate", "too_small"}
+
+    again = pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool")))
+    assert again.kept == 0 and len(_frames(studio)) == len(rows)
+
+
+def test_import_is_resumable(studio, tmp_path):
+    synthetic_frames(tmp_path / "many", 10)
+    opts = lambda: pool.ImportOptions(str(tmp_path / "many"), min_side=100)  # noqa: E731
+    first = pool.run_import(studio, opts(), stop_after=4)
+    assert first.status == "interrupted" and first.seen == 4
+    seen_progress = []
+    second = pool.run_import(studio, opts(), progress=lambda d, t, n: seen_progress.append((d, t)))
+    assert second.run_id == first.run_id and second.resumed_from == 4
+    assert second.status == "done" and second.seen == 10 and second.kept == 10
+    assert seen_progress[-1] == (10, 10)
+    assert len(_frames(studio)) == 10
+
+
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data, compress_type=zipfile.ZIP_DEFLATED)
+
+
+def test_zip_refuses_unsafe_paths_and_bombs(studio, tmp_path):
+    good = (PHOTOS / "tower.jpg").read_bytes()
+    buf = io.BytesIO()
+    Image.open(PHOTOS / "cheetah.jpg").save(buf, "PNG")
+    archive = tmp_path / "upload" / "frames.zip"
+    archive.parent.mkdir()
+    _zip(archive, {"a/tower.jpg": good, "../evil.png": buf.getvalue(), "/abs/evil2.png": buf.getvalue(),
+                   "bomb.png": b"\0" * 5_000_000, "readme.txt": b"skip me"})
+    report = pool.run_import(studio, pool.ImportOptions(str(archive)))
+    assert report.kind == "zip" and report.kept == 1
+    assert report.filtered == {"unsafe_path": 2, "too_large": 1}
+    assert {p["item"] for p in report.problems} == {"../evil.png", "/abs/evil2.png", "bomb.png"}
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "upload" / "evil.png").exists()
+    written = [p for p in studio.settings.data_dir.rglob("*") if p.is_file() and p.suffix in (".png", ".jpg")]
+    assert len(written) == 1 and written[0].read_bytes() == good
+
+
+def test_decompression_bomb_and_absurd_size_refused(studio, tmp_path):
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    Image.new("1", (9000, 9000)).save(folder / "huge.png")  # 81 Mpx > the 64 Mpx limit, tiny file
+    shutil_copy = (PHOTOS / "lion.jpg").read_bytes()
+    (folder / "ok.jpg").write_bytes(shutil_copy)
+    report = pool.run_import(studio, pool.ImportOptions(str(folder)))
+    assert report.filtered == {"too_large": 1} and report.kept == 1
+    assert report.problems[0]["item"] == "huge.png"
+
+
+def test_metadata_rules(studio, tmp_path):
+    paths = synthetic_frames(tmp_path / "films", 4)
+    meta = tmp_path / "films.csv"
+    meta.write_text("file,title,year\n" + "\n".join(
+        f"{p.name},Film {i},{2010 + 2 * i}" for i, p in enumerate(paths[:3])) + "\n")  # frame 3 has no row
+    report = pool.run_import(studio, pool.ImportOptions(
+        str(tmp_path / "films"), min_side=100, rules=["year >= 2013"], metadata_file=str(meta)))
+    # years 2010, 2012, 2014 and one without metadata: only 2014 passes
+    assert report.kept == 1 and report.filtered == {"metadata_rule": 3}
+    kept = [r for r in _frames(studio) if r.status == "ok"]
+    assert kept[0].meta["year"] == "2014" and kept[0].meta["title"] == "Film 2"
+    with pytest.raises(InvalidInput):
+        pool.run_import(studio, pool.ImportOptions(str(tmp_path / "films"), rules=["year >>> 3"]))
+
+
+def test_existing_labels_imported_and_unknown_class_rejected(studio, tmp_path):
+    paths = synthetic_frames(tmp_path / "films", 3)
+    old_labels = tmp_path / "labels.csv"
+    old_labels.write_text(f"file,shot,annotator\n{paths[0].name},close,ann\n{paths[1].name},wide-ish,ann\n")
+    report = pool.run_import(studio, pool.ImportOptions(str(tmp_path / "films"), min_side=100,
+                                                        labels_file=str(old_labels)))
+    assert report.kept == 3 and report.labels_imported == 1 and report.labels_rejected == 1
+    assert "wide-ish" in report.text()
+    assert list(labels.final_labels(studio).values()) == ["close"]
+
+
+def _write_video(path, colors, frames_per_shot=20, size=(160, 120)):
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for color in colors:
+            for _ in range(frames_per_shot):
+                noise = rng.integers(-8, 8, size=(size[1], size[0], 3))
+                arr = np.clip(np.array(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_video_gives_one_frame_per_shot(studio, tmp_path):
+    video = tmp_path / "clip.mp4"
+    _write_video(video, [(220, 30, 30), (30, 200, 40), (40, 40, 210)])
+    assert len(sources.shot_middles(video)) == 3
+    report = pool.run_import(studio, pool.ImportOptions(str(video), min_side=100, near_duplicate_distance=-1,
+                                                        split="test"))
+    assert report.kind == "video" and report.kept == 3
+    ok = [r for r in _frames(studio) if r.status == "ok"]
+    assert all(r.split == "test" for r in ok)
+    centers = []
+    for r in ok:
+        with Image.open(studio.settings.data_dir / r.path) as im:
+            centers.append(np.asarray(im.convert("RGB"))[60, 80].argmax())
+    assert centers == [0, 1, 2]  # red, green, blue shots in order, middle frames
+
+
+def test_datasets_sources(studio, tmp_path):
+    import datasets
+
+    folder = tmp_path / "imf"
+    paths = synthetic_frames(folder, 3, seed=1)
+    (folder / "metadata.jsonl").write_text("\n".join(
+        json.dumps({"file_name": p.name, "year": 2015 + i}) for i, p in enumerate(paths)) + "\n")
+    report = pool.run_import(studio, pool.ImportOptions(f"imagefolder:{folder}", min_side=100, rules=["year >= 2016"]))
+    assert report.kind == "imagefolder" and report.kept == 2 and report.filtered == {"metadata_rule": 1}
+
+    saved = tmp_path / "saved"
+    more = synthetic_frames(tmp_path / "more", 2, seed=2)
+    ds = datasets.Dataset.from_dict({"image": [str(p) for p in more], "title": ["a", "b"]})
+    ds.cast_column("image", datasets.Image()).save_to_disk(str(saved))
+    report = pool.run_import(studio, pool.ImportOptions(f"hf:{saved}", min_side=100))
+    assert report.kind == "hf" and report.kept == 2
+    titles = sorted(r.meta.get("title") for r in _frames(studio) if r.meta.get("title"))
+    assert titles == ["a", "b"]
+
+
+def test_filter_units():
+    index = filters.PhashIndex(["ffff000000000000"], threshold=4)
+    assert index.is_near_duplicate("ffff000000000007")       # 3 bits apart
+    assert not index.is_near_duplicate("ffff0000000000ff")   # 8 bits apart
+    rule = filters.parse_rule("year >= 2013")
+    assert rule.check({"year": "2013"}) and not rule.check({"year": 2012}) and not rule.check({})
+    assert filters.parse_rule("title != ''").check({"title": "x"})
+    for bad in ("../x.png", "/etc/passwd", "a/../../b.png", "C:\\win.png", "\\\\server\\x.png"):
+        assert sources.unsafe_member_name(bad), bad
+    assert not sources.unsafe_member_name("a/b..c.png")
