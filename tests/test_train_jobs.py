@@ -1,0 +1,140 @@
+"""The job runner with real trainer processes on the tiny model: the queue (one run at a time),
+LoRA registration, cancel + resume, recovery after a server restart, settings refused before
+anything starts, and the Hub token kept out of the command line, files and database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from dreamshot import schema
+from dreamshot.errors import InvalidInput
+from dreamshot.loras import LoraLibrary
+from training import jobs
+from training.testing import make_imagefolder
+
+FAST = dict(resolution=32, validation_inference_steps=1, validation_steps=0, checkpoint_steps=0)
+TOKEN = "hf_" + "Zq9" * 10
+
+
+def wait_for(runner, predicate, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runner.tick()
+        running = runner.list_runs((jobs.RUNNING,))
+        assert len(running) <= 1, "two runs trained at the same time"
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out; runs: " + repr(runner.list_runs()))
+
+
+@pytest.fixture
+def runner(studio):
+    r = jobs.JobRunner(studio, poll_s=0.2)
+    yield r
+    for run in r.list_runs((jobs.RUNNING,)):
+        r._signal(run, 9)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_imagefolder(tmp_path / "set", shots=("close", "long"), per_shot=2)
+
+
+def test_bad_settings_are_refused_before_anything_is_queued(runner, dataset):
+    for request, message in [
+        (jobs.TrainRequest(["close"], "smoke", {"rank": 0}, dataset=str(dataset)), "--rank"),
+        (jobs.TrainRequest(["closeup"], "smoke", dataset=str(dataset)), "Unknown shot type"),
+        (jobs.TrainRequest(["close"], "smoke", {"bogus": 1}, dataset=str(dataset)), "Unknown training setting"),
+        (jobs.TrainRequest([], "smoke", dataset=str(dataset)), "at least one shot"),
+        (jobs.TrainRequest(["close"], "fast", dataset=str(dataset)), "Unknown preset"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            runner.submit(request)
+    assert runner.list_runs() == []
+
+
+def test_queue_trains_one_run_at_a_time_and_registers_the_loras(runner, studio, dataset):
+    runs = runner.submit(jobs.TrainRequest(["close", "long"], "smoke", {**FAST, "max_steps": 3,
+                                                                       "push_to_hub": "someone/dreamshot-test"},
+                                           dataset=str(dataset), hub_token=TOKEN))
+    assert [r.status for r in runs] == ["queued", "queued"]
+    wait_for(runner, lambda: all(r.status not in ("queued", "running") for r in runner.list_runs()))
+    done = {r.shot: r for r in runner.list_runs()}
+    assert {s: r.status for s, r in done.items()} == {"close": "done", "long": "done"}, [r.error for r in done.values()]
+    assert done["close"].started_at <= done["long"].started_at
+    library = {l.name: l for l in LoraLibrary(studio).list()}
+    close = library[done["close"].name]
+    assert close.run_id == done["close"].id and close.origin == "trained" and close.path.is_file()
+    assert close.meta["kohya_file"].endswith(".safetensors")
+    assert done["close"].result["files"]["kohya"] == close.meta["kohya_file"]
+    assert done["long"].step == 3 == done["long"].total_steps
+
+    # The token reached the process (the upload was tried, offline it fails) but no file or row holds it.
+    out = done["close"].output_dir
+    status = (out / "status.jsonl").read_text()
+    assert "Upload to the Hub failed" in status and "HF_TOKEN is not set" not in status
+    command = (out / "command.txt").read_text()
+    assert command.split()[1:5] == ["-m", "training", "--config", str(out / "config.json")]
+    for path in [out / "command.txt", out / "train.log", out / "config.json", out / "status.jsonl"]:
+        assert TOKEN not in path.read_text()
+    with studio.db.read() as conn:
+        rows = conn.execute(sa.select(schema.training_runs)).all()
+    assert TOKEN not in json.dumps([list(map(str, r)) for r in rows])
+
+    progress = runner.progress(done["close"].id)
+    assert [s for s, _ in progress.losses] == [1, 2, 3] and len(progress.images) == 2
+    assert all(p.endswith(".png") for p in progress.images)
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_finishes_the_run(runner, studio, dataset):
+    (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", {**FAST, "max_steps": 150, "checkpoint_steps": 5},
+                                             dataset=str(dataset)))
+    wait_for(runner, lambda: runner.get(run.id).step >= 2)
+    runner.cancel(run.id)
+    wait_for(runner, lambda: runner.get(run.id).status != "running")
+    cancelled = runner.get(run.id)
+    assert cancelled.status == "cancelled" and cancelled.resumable, cancelled.error
+    assert 2 <= cancelled.step < 150 and "resume" in cancelled.error.lower()
+    assert list((run.output_dir / "checkpoints").glob("checkpoint-*"))
+    assert not (run.output_dir / "pytorch_lora_weights.safetensors").exists()
+    assert LoraLibrary(studio).list() == []
+
+    runner.resume(run.id)
+    assert "--resume" in runner.command(runner.get(run.id))
+    wait_for(runner, lambda: runner.get(run.id).status not in ("queued", "running"))
+    finished = runner.get(run.id)
+    assert finished.status == "done", finished.error
+    steps = [s for s, _ in runner.progress(run.id).losses]
+    assert steps == list(range(1, 151))
+    assert any(json.loads(l)["event"] == "resume" for l in (run.output_dir / "status.jsonl").read_text().splitlines())
+    assert [l.run_id for l in LoraLibrary(studio).list()] == [run.id]
+
+
+def test_a_run_left_running_by_a_dead_server_is_interrupted_and_resumable(studio, dataset):
+    runner = jobs.JobRunner(studio)
+    (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runner._update(run.id, status=jobs.RUNNING, pid=dead.pid, step=7)
+
+    restarted = jobs.JobRunner(studio)  # a new server process
+    restarted.recover()
+    after = restarted.get(run.id)
+    assert after.status == "interrupted" and after.resumable and "Resume" in after.error
+    assert restarted.resume(run.id).status == "queued"
+    with pytest.raises(InvalidInput):
+        restarted.resume(run.id)
+
+
+def test_queued_run_can_be_cancelled_before_it_starts(runner, dataset):
+    (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
+    assert runner.cancel(run.id).status == "cancelled"
+    runner.tick()
+    assert runner.list_runs((jobs.RUNNING,)) == []
