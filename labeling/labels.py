@@ -309,13 +309,13 @@ def agreement(studio) -> Agreement:
     pairs, people = [], set()
     for d in rated:
         first_two = list(d.votes.items())[:2]
-        people.update(a for a, _ in first_two)
+        people.update(d.votes)
         pairs.append(first_two)
     matrix = [[0] * len(categories) for _ in categories]
     if not pairs:
         return Agreement("none", None, 0, categories, matrix, [])
     annotators = sorted(people)
-    if len(annotators) == 2:
+    if len(annotators) == 2:  # the same two people rated every overlapping frame
         a, b = annotators
         ordered = [(dict(p)[a], dict(p)[b]) for p in pairs]
         for x, y in ordered:

@@ -1,0 +1,179 @@
+"""Sampling without repetition per annotator, skip/undo, quotas and extras, overlap, agreement
+(Cohen's and Fleiss' kappa), disagreement resolution, final labels, and resuming after a restart."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from dreamshot import schema
+from dreamshot.errors import InvalidInput
+from dreamshot.storage import now
+from labeling import labels, sampler
+from labeling.annotate import Annotation
+from labeling.sampler import Sampler
+
+
+def add_frames(studio, n: int, split: str = "train") -> list[int]:
+    with studio.db.write() as conn:
+        return [conn.execute(schema.frames.insert().values(
+            source=f"f{i}", path=f"frames/none/{i}.png", meta={}, status="ok", split=split, created_at=now(),
+            content_hash=f"{split}{i:060d}")).inserted_primary_key[0] for i in range(n)]
+
+
+def label_all(studio, s: Sampler, who: str, choose=lambda fid: "close", limit=1000) -> list[int]:
+    seen = []
+    while (fid := s.current(who)) is not None and len(seen) < limit:
+        seen.append(fid)
+        labels.record(studio, who, fid, choose(fid))
+        s.on_action(who, fid, "label")
+    return seen
+
+
+def test_order_is_seeded_per_annotator_without_repetition(studio):
+    ids = add_frames(studio, 30)
+    add_frames(studio, 5, split="test")  # held-out frames are never in the queue
+    s = Sampler(studio)
+    order_alice = s.upcoming("alice", 30)
+    assert sorted(order_alice) == sorted(ids)
+    assert Sampler(studio).upcoming("alice", 30) == order_alice          # reproducible
+    assert s.upcoming("bob", 30) != order_alice                          # each annotator their own order
+    studio.db.set_setting("label_seed", 7)
+    assert Sampler(studio).upcoming("alice", 30) != order_alice          # the seed matters
+
+    studio.db.set_setting("label_overlap", 1.0)  # let bob see alice's frames in this test
+    s = Sampler(studio)
+    seen = label_all(studio, s, "alice", limit=12)
+    assert len(set(seen)) == len(seen) == 12
+    resumed = Sampler(studio)  # a restart: state comes from the database only
+    assert resumed.current("alice") not in seen
+    rest = label_all(studio, resumed, "alice")
+    assert sorted(seen + rest) == sorted(ids) and resumed.current("alice") is None
+
+
+def test_skip_comes_back_last_and_undo_returns_to_frame(studio):
+    add_frames(studio, 4)
+    svc = Annotation.of(studio)
+    s = svc.sampler
+    first = s.current("ann")
+    labels.record(studio, "ann", first, "skip")
+    s.on_action("ann", first, "skip")
+    second = s.current("ann")
+    assert second != first
+    labels.record(studio, "ann", second, "medium")
+    s.on_action("ann", second, "label")
+    undone = labels.undo(studio, "ann")
+    assert undone.frame_id == second and undone.shot == "medium"
+    s.on_undo("ann", second, "label")
+    assert s.current("ann") == second and labels.final_labels(studio) == {}
+    rest = label_all(studio, s, "ann")
+    assert rest[-1] == first and len(rest) == 4   # the skipped frame comes back at the end
+    assert Sampler(studio).current("ann") is None
+
+
+def test_unknown_class_rejected_and_nothing_lost(studio):
+    ids = add_frames(studio, 2)
+    labels.record(studio, "a", ids[0], "long")
+    with pytest.raises(InvalidInput):
+        labels.record(studio, "a", ids[1], "extreme-wide")
+    with pytest.raises(InvalidInput):
+        labels.resolve(studio, ids[0], "bogus", "lead")
+    assert labels.final_labels(studio) == {ids[0]: "long"}
+    again = labels.record(studio, "a", ids[0], "close")  # a double keypress does not relabel
+    assert again.duplicate and labels.final_labels(studio) == {ids[0]: "long"}
+
+
+def test_quotas_extras_and_all_met(studio):
+    ids = add_frames(studio, 8)
+    labels.set_quotas(studio, {"close": 2, "medium": 1, "long": 1})
+    results = [labels.record(studio, "a", fid, "close") for fid in ids[:3]]
+    assert [r.is_extra for r in results] == [False, False, True]
+    assert set(labels.final_labels(studio)) == set(ids[:2])
+    assert set(labels.final_labels(studio, include_extra=True)) == set(ids[:3])
+    labels.record(studio, "a", ids[3], "medium")
+    assert not labels.progress(studio).all_met
+    labels.record(studio, "a", ids[4], "long")
+    p = labels.progress(studio)
+    assert p.all_met and p.counts == {"close": 2, "medium": 1, "long": 1} and p.extras == {"close": 1}
+
+    # undoing a counted label promotes the extra one: the training set keeps its quota
+    labels.record(studio, "a", ids[5], "reject")
+    labels.undo(studio, "a")                    # undo the reject
+    labels.undo(studio, "a")                    # undo "long" on ids[4]
+    assert labels.progress(studio).counts.get("long", 0) == 0
+    with studio.db.write() as conn:              # undo of a counted close label (by another path)
+        row = conn.execute(sa.select(schema.labels.c.id).where(schema.labels.c.frame_id == ids[0])).scalar_one()
+        conn.execute(schema.labels.update().where(schema.labels.c.id == row).values(undone_at=now()))
+        labels._promote_extra(conn, "paper", "close", ids[0])
+    assert set(labels.final_labels(studio)) == {ids[1], ids[2], ids[3]}
+
+
+def test_overlap_two_annotators_at_most(studio):
+    ids = add_frames(studio, 10)
+    s = Sampler(studio)
+    assert len(label_all(studio, s, "alice")) == 10
+    assert s.current("bob") is None              # no overlap: alice's frames leave bob's queue
+
+    studio.db.set_setting("label_overlap", 1.0)
+    s = Sampler(studio)
+    assert len(label_all(studio, s, "bob")) == 10
+    assert s.current("carol") is None            # two annotators per overlap frame, not three
+
+    studio.db.set_setting("label_overlap", 0.5)
+    share = sum(sampler.is_overlap(0, fid, 0.5) for fid in range(1, 2001)) / 2000
+    assert 0.45 < share < 0.55
+    assert set(ids)
+
+
+def test_cohen_kappa_known_value():
+    pairs = [("a", "a")] * 20 + [("a", "b")] * 5 + [("b", "a")] * 10 + [("b", "b")] * 15
+    kappa, observed = labels.cohen_kappa(pairs, ["a", "b"])
+    assert observed == pytest.approx(0.7) and kappa == pytest.approx(0.4)
+
+
+def test_fleiss_kappa_known_value():
+    # Fleiss (1971) worked example as given on Wikipedia: 10 items, 14 raters, 5 categories -> 0.210
+    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    assert labels.fleiss_kappa(table) == pytest.approx(0.210, abs=0.001)
+    with pytest.raises(ValueError):
+        labels.fleiss_kappa([[1, 1], [2, 1]])
+
+
+def test_agreement_confusion_and_resolution(studio):
+    ids = add_frames(studio, 6)
+    a = ["close", "close", "medium", "long", "long", "reject"]
+    b = ["close", "medium", "medium", "long", "close", "reject"]
+    for fid, x, y in zip(ids, a, b):
+        labels.record(studio, "ann", fid, x)
+        labels.record(studio, "ben", fid, y)
+    agr = labels.agreement(studio)
+    assert agr.method == "cohen" and agr.items == 6 and agr.annotators == ["ann", "ben"]
+    kappa, _ = labels.cohen_kappa(list(zip(a, b)), agr.categories)
+    assert agr.kappa == pytest.approx(kappa) and agr.observed == pytest.approx(4 / 6)
+    cats = agr.categories
+    assert agr.matrix[cats.index("close")][cats.index("medium")] == 1
+    assert agr.matrix[cats.index("long")][cats.index("close")] == 1
+    assert sum(map(sum, agr.matrix)) == 6
+
+    assert labels.final_labels(studio) == {ids[0]: "close", ids[2]: "medium", ids[3]: "long"}
+    assert {d.frame_id for d in labels.disagreements(studio)} == {ids[1], ids[4]}
+    labels.resolve(studio, ids[1], "medium", "lead")
+    labels.resolve(studio, ids[4], "reject", "lead")
+    assert labels.disagreements(studio) == []
+    assert labels.final_labels(studio) == {ids[0]: "close", ids[1]: "medium", ids[2]: "medium", ids[3]: "long"}
+
+    labels.record(studio, "cy", ids[0], "medium")  # a third annotator -> Fleiss' kappa on first two ratings
+    assert labels.agreement(studio).method == "fleiss"
+
+
+def test_reopen_studio_resumes_exactly(make_studio, tmp_path):
+    data = tmp_path / "shared-data"
+    first = make_studio(data_dir=data)
+    add_frames(first, 12)
+    done = label_all(first, Sampler(first), "ann", limit=5)
+    current = Sampler(first).current("ann")
+    first.close()
+    second = make_studio(data_dir=data)  # the server was killed: a new process on the same folder
+    assert Sampler(second).current("ann") == current
+    assert set(labels.final_labels(second)) == set(done)
