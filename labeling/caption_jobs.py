@@ -111,8 +111,9 @@ def run_captioning(studio, request: CaptionRequest, *, progress: CaptionProgress
                    cancel: threading.Event | None = None) -> CaptionProgress:
     """Caption the frames of ``request.split``. DreamShotError for bad input or an unloadable
     captioner (nothing written then)."""
-    # 1. check inputs
+    # 1. check inputs (a captioner that cannot be had is reported even when nothing is left to do)
     request.check()
+    resolve_source(request.model)
     p = progress or CaptionProgress()
     p.model, p.split, p.started_at = request.model, request.split, time.time()
     notify = on_progress or (lambda _p: None)

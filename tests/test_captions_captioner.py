@@ -1,0 +1,200 @@
+"""Auto-captioning end to end on the tiny BLIP-2 (random weights, offline tokenizer), loaded through
+the same ``from_pretrained(folder)`` path as the real checkpoints: service, background worker, CLI,
+resume, cancel, the race with human edits, and captioner ids that cannot be loaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from dreamshot.errors import InvalidInput, ModelLoadError
+from labeling import caption_jobs, captions
+from labeling.caption_jobs import CaptionRequest, run_captioning
+from labeling.captioner import load_captioner, resolve_source
+from labeling.captions import EditRequest
+
+from .captions_helpers import add_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2(tmp_path_factory) -> str:
+    from labeling.tiny_blip2 import build_tiny_blip2
+
+    return str(build_tiny_blip2(tmp_path_factory.mktemp("captioners") / "tiny-blip2"))
+
+
+def _request(model, **kw) -> CaptionRequest:
+    return CaptionRequest(model=model, **{"batch_size": 2, "max_new_tokens": 6, "min_new_tokens": 3, **kw})
+
+
+def test_captioner_loads_from_folder_fp32_on_cpu_and_is_shared(tiny_blip2):
+    import torch
+    from PIL import Image
+
+    c = load_captioner(tiny_blip2)
+    assert type(c.model).__name__ == "Blip2ForConditionalGeneration"
+    assert c.dtype == torch.float32 and next(c.model.parameters()).dtype == torch.float32
+    assert load_captioner(tiny_blip2) is c  # loaded once per process
+    images = [Image.new("RGB", (40, 30), (i * 60, 20, 90)) for i in range(3)]
+    from labeling.captioner import GenerationOptions
+
+    texts = c.caption(images, GenerationOptions(max_new_tokens=5, min_new_tokens=5))
+    assert len(texts) == 3 and all(t.strip() for t in texts)
+    assert all(len(t.split()) <= 5 for t in texts)
+    # the prompt prefix steers generation but is not kept in the caption
+    prefixed = c.caption(images[:1], GenerationOptions(prefix="a photo of", max_new_tokens=4, min_new_tokens=4))
+    assert not prefixed[0].lower().startswith("a photo of")
+
+
+def test_service_end_to_end_with_progress(studio, tiny_blip2):
+    ids = add_frames(studio, 5)
+    seen = []
+    result = run_captioning(studio, _request(tiny_blip2, prefix="a photo of"),
+                            on_progress=lambda p: seen.append((p.state, p.done, p.total, p.eta_s)))
+    assert result.state == "done" and (result.done, result.total, result.failed) == (5, 5, 0)
+    dones = [d for s, d, _, _ in seen if s == "running"]
+    assert dones == sorted(dones) and dones[-1] == 5 and 2 in dones  # batches of 2
+    assert any(eta is not None for s, d, _, eta in seen if s == "running" and 0 < d < 5)
+    views = captions.list_captions(studio)
+    assert [v.frame_id for v in views] == ids
+    for v in views:
+        assert v.caption and v.caption == v.caption_original and v.model == tiny_blip2
+        assert v.prompt.startswith(f"a high-quality {v.shot} shot picture of ")
+    s = captions.stats(studio)
+    assert (s.captioned, s.machine, s.changed) == (5, 5, 0)
+
+
+def test_resume_skips_captioned_frames_and_redo_keeps_human_edits(studio, tiny_blip2):
+    ids = add_frames(studio, 4)
+    first = run_captioning(studio, _request(tiny_blip2, frame_ids=tuple(ids[:2])))
+    assert (first.done, first.total) == (2, 2)
+    second = run_captioning(studio, _request(tiny_blip2))
+    assert (second.skipped, second.total, second.done) == (2, 2, 2)
+    third = run_captioning(studio, _request(tiny_blip2))
+    assert (third.skipped, third.total, third.state) == (4, 0, "done")
+
+    captions.edit_caption(studio, EditRequest(ids[0], "a knight on a horse", "alice"))
+    redo = run_captioning(studio, _request(tiny_blip2, redo=True, max_new_tokens=8, min_new_tokens=8))
+    assert (redo.total, redo.kept_human) == (4, 1)
+    v = captions.get_caption(studio, ids[0])
+    assert v.caption == "a knight on a horse" and v.edited_by == "alice"
+    assert len(v.caption_original.split()) > 3  # the new machine caption is stored beside it
+
+
+def test_edit_during_a_run_is_never_overwritten(studio, tiny_blip2):
+    ids = add_frames(studio, 6)
+    run_captioning(studio, _request(tiny_blip2))
+
+    def edit_between_batches(p):
+        if p.state == "running" and p.done == 2:  # frames 5 and 6 are captioned after this
+            captions.edit_caption(studio, EditRequest(ids[5], "a ship at sea", "bob"))
+
+    result = run_captioning(studio, _request(tiny_blip2, redo=True), on_progress=edit_between_batches)
+    assert result.kept_human == 1
+    v = captions.get_caption(studio, ids[5])
+    assert (v.caption, v.edited_by) == ("a ship at sea", "bob")
+
+
+def test_cancel_between_batches_then_resume(studio, tiny_blip2):
+    ids = add_frames(studio, 6)
+    cancel = threading.Event()
+
+    def stop_after_first_batch(p):
+        if p.state == "running" and p.done >= 2:
+            cancel.set()
+
+    result = run_captioning(studio, _request(tiny_blip2), on_progress=stop_after_first_batch, cancel=cancel)
+    assert result.state == "cancelled" and result.done == 2
+    assert "Cancelled after 2/6" in result.summary()
+    assert len(captions.frames_with_machine_caption(studio, ids)) == 2
+    resumed = run_captioning(studio, _request(tiny_blip2))
+    assert (resumed.skipped, resumed.done, resumed.state) == (2, 4, "done")
+
+
+def test_background_worker_one_run_at_a_time_and_cancel(studio, tiny_blip2, monkeypatch):
+    add_frames(studio, 4)
+    gate, entered = threading.Event(), threading.Event()
+    real_batch = caption_jobs._caption_batch
+
+    def slow_batch(*args):
+        entered.set()
+        assert gate.wait(30)
+        real_batch(*args)
+
+    monkeypatch.setattr(caption_jobs, "_caption_batch", slow_batch)
+    worker = caption_jobs.CaptionWorker()
+    worker.start(studio, _request(tiny_blip2))
+    assert entered.wait(60)
+    with pytest.raises(InvalidInput, match="already in progress"):
+        worker.start(studio, _request(tiny_blip2))
+    assert worker.snapshot().state == "running"
+    assert worker.cancel() is True
+    gate.set()
+    final = worker.wait(60)
+    assert final.state == "cancelled" and final.done == 2
+    assert worker.cancel() is False
+
+
+def test_bad_captioner_ids_give_clear_messages(studio, tmp_path, demo_model_dir):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    with pytest.raises(ModelLoadError, match="cannot load captioner Salesforce/blip2-flan-t5-xl: not in the local "
+                                             "cache and the Hub is unreachable"):
+        resolve_source("Salesforce/blip2-flan-t5-xl")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_source(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="expected a BLIP-2 or BLIP"):
+        load_captioner(str(demo_model_dir / "text_encoder"))
+    with pytest.raises(ModelLoadError, match="neither a local folder nor a Hub id"):
+        resolve_source("not a model")
+    # the background worker reports it at once and stays usable; the data is untouched
+    ids = add_frames(studio, 2)
+    captions.edit_caption(studio, EditRequest(ids[0], "a cat", "alice"))
+    with pytest.raises(ModelLoadError, match="cannot load captioner"):
+        caption_jobs.CaptionWorker().start(studio, CaptionRequest(model="Salesforce/blip2-opt-2.7b"))
+    assert captions.get_caption(studio, ids[0]).caption == "a cat"
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "labeling", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_captions_then_resumes(studio, tiny_blip2):
+    ids = add_frames(studio, 3)
+    test_ids = add_frames(studio, 2, split="test", labeled=False)
+    data = str(studio.settings.data_dir)
+    proc = _cli("caption", "--data", data, "--model", tiny_blip2, "--batch", "2", "--min-length", "2",
+                "--max-length", "6", "--prefix", "a photo of")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done: 3/3 train frames captioned" in proc.stdout
+    assert "captioning: 100%" in proc.stderr and "3/3" in proc.stderr and "frame/s" in proc.stderr  # tqdm bar
+    views = captions.list_captions(studio)
+    assert [v.frame_id for v in views if v.caption_original] == ids
+    assert all(v.model == tiny_blip2 for v in views)
+
+    again = _cli("--data", data, "caption", "--model", tiny_blip2, "--min-length", "2")
+    assert again.returncode == 0 and "3 already captioned, skipped" in again.stdout
+
+    test = _cli("caption", "--data", data, "--model", tiny_blip2, "--split", "test", "--min-length", "2")
+    assert test.returncode == 0 and "Done: 2/2 test frames" in test.stdout
+    assert captions.frames_with_machine_caption(studio, test_ids) == set(test_ids)
+
+
+def test_cli_unloadable_captioner(studio):
+    [fid] = add_frames(studio, 1)
+    captions.save_machine_caption(studio, fid, "a cat", model="x")  # nothing left to do: still reported
+    proc = _cli("caption", "--data", str(studio.settings.data_dir), "--model", "Salesforce/blip2-flan-t5-xl")
+    assert proc.returncode == 2
+    assert "cannot load captioner Salesforce/blip2-flan-t5-xl: not in the local cache and the Hub is unreachable" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr
