@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     configure_logging()
+    import logging
+
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file is noise
     try:
         if _studio_mode(args):
             return run_studio(args)
@@ -104,7 +107,7 @@ def run_trainer(args, argv: list[str]) -> int:
             raise
         state = getattr(run, "state", None)
         kind, message = trainer.classify_error(exc, getattr(state, "step", None))
-        trainer.StatusLog(out / "status.jsonl").write("error", kind=kind, message=message,
+        trainer.StatusLog(out / "status.jsonl", echo=True).write("error", kind=kind, message=message,
                                                       step=getattr(state, "step", 0))
         print(f"training: {message}", file=sys.stderr, flush=True)
         if kind == "internal":

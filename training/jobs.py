@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,7 @@ class Progress:
     image_step: int | None = None
     log_tail: str = ""
     message: str | None = None                       # error/warning for the user
+    phase: str = ""                                  # starting, caching, training, validating, ...
 
 
 class _StatusCache:
@@ -330,10 +332,21 @@ class JobRunner:
             except ImportError:
                 raise InvalidInput("This studio cannot export its labeled set yet (labeling.export is "
                                    "missing): train on an imagefolder with --dataset instead.") from None
-            report = export_imagefolder(self.studio, data_dir, shots=[cfg.shot], include_extra=False)
-            if not report.count:
-                raise InvalidInput(f"The class is empty: no labeled {cfg.shot} image to train on. "
-                                   "Label some in the Label tab first.")
+            # The exporter refuses studio folders (runs/ included) as targets: export next to the data
+            # folder's other exports, then move the finished export into the run folder.
+            staging = Path(self.studio.settings.data_dir) / "exports" / f".run-{run.id}"
+            try:
+                report = export_imagefolder(self.studio, staging, shots=[cfg.shot], include_extra=False)
+                if not report.count:
+                    raise InvalidInput(f"The class is empty: no labeled {cfg.shot} image to train on. "
+                                       "Label some in the Label tab first.")
+                shutil.rmtree(data_dir, ignore_errors=True)
+                shutil.move(str(staging), str(data_dir))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._append_log(run, f"Exported {report.count} labeled {cfg.shot} image(s) for training"
+                             + (f" ({report.uncaptioned} without a caption)" if report.uncaptioned else "")
+                             + (f"; {len(report.skipped)} unreadable frame(s) skipped" if report.skipped else "") + ".")
         cfg = cfg.updated(dataset=str(data_dir))
         cfg.save(run.output_dir / "config.json")
         return cfg
@@ -486,8 +499,13 @@ class JobRunner:
         run = self.get(run_id)
         p = Progress(run, step=run.step, total_steps=run.total_steps, message=run.error)
         events = self._status.events(run.output_dir / "status.jsonl")
+        phases = {"launch": "starting (loading the model)", "caching": "caching latents and text embeddings",
+                  "class_images": "generating class images", "start": "training", "step": "training",
+                  "checkpoint": "training", "resume": "resuming", "validation": "training",
+                  "done": "finished", "cancelled": "cancelled", "error": "failed"}
         for e in events:
             kind = e.get("event")
+            p.phase = phases.get(kind, p.phase)
             if kind == "step":
                 p.losses.append((int(e["step"]), float(e["loss"])))
                 p.step, p.total_steps = int(e["step"]), int(e.get("total_steps") or p.total_steps)

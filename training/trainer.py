@@ -46,8 +46,9 @@ TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 class StatusLog:
     """Appends one JSON object per line to ``status.jsonl`` (main process only)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, echo: bool = False):
         self.path = path
+        self.echo = echo  # also print a readable line (the run's log)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -58,6 +59,19 @@ class StatusLog:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
+        if self.echo:
+            print(human(event, fields), flush=True)
+
+
+def human(event: str, f: dict) -> str:
+    """One readable log line for a status event."""
+    if event == "step":
+        speed = f" {f['it_s']:.2f} it/s, ETA {f['eta_s']:.0f}s" if f.get("it_s") else ""
+        return f"step {f['step']}/{f['total_steps']} loss {f['loss']:.4f} lr {f['lr']:.2e}{speed}"
+    if event == "error":
+        return f"ERROR ({f.get('kind')}): {f.get('message')}"
+    details = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("prompts",) and v is not None)
+    return f"{event}: {details}"
 
 
 def read_status(path: Path) -> list[dict]:
@@ -170,7 +184,7 @@ class Trainer:
         acc = self.accelerator
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.status = StatusLog(self.out / "status.jsonl")
+            self.status = StatusLog(self.out / "status.jsonl", echo=True)
             if trackers:
                 acc.init_trackers(c.run_name)
         set_seed(c.seed)
