@@ -1,0 +1,110 @@
+"""The Generate tab served for real: gradio_client calls of every endpoint, and the main flow in
+Chromium (generate with a shot LoRA, move α, generate again)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamshot import pngmeta
+from tests.generate_fixtures import gen_studio, lora_files  # noqa: F401  (fixtures)
+
+# prompt, shot, alpha, use_template, negative, sampler, steps, cfg, width, height, seed, n, blend
+def form(prompt="a man on a bridge", shot="close", alpha=1.0, steps=4, seed=11, n=1, blend="", sampler="DPM++ SDE Karras"):
+    return [prompt, shot, alpha, True, "", sampler, steps, 6, 64, 64, seed, n, blend]
+
+
+def gallery_paths(gallery) -> list[Path]:
+    return [Path(item["image"] if isinstance(item["image"], str) else item["image"]["path"]) for item in gallery]
+
+
+@pytest.fixture
+def client(gen_studio, serve):
+    from gradio_client import Client
+
+    url = serve(gen_studio)
+    return Client(url, verbose=False)
+
+
+def test_generate_alpha_compare_and_read_back(client, gen_studio):
+    gallery, info, seed, params = client.predict(*form(), api_name="/generate")
+    [path] = gallery_paths(gallery)
+    assert seed == 11 and "<lora:close:1>" in params and "close" in info
+    text = pngmeta.read_parameters(path)          # the downloaded PNG still carries its settings
+    assert text == params and "Seed: 11" in text
+    first = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+    gallery2, _, _, params2 = client.predict(*form(alpha=0.5), api_name="/generate")
+    second = np.asarray(Image.open(gallery_paths(gallery2)[0]).convert("RGB"), dtype=np.int16)
+    assert "<lora:close:0.5>" in params2 and np.abs(first - second).max() > 0
+
+    gallery3, info3, _, _ = client.predict(*form(), api_name="/compare")
+    base_path, lora_path = gallery_paths(gallery3)
+    again = np.asarray(Image.open(lora_path).convert("RGB"), dtype=np.int16)
+    assert np.array_equal(again, first)                     # same seed, same image, bit for bit
+    assert "<lora" not in pngmeta.read_parameters(base_path)
+
+    from gradio_client import handle_file
+
+    *values, note = client.predict(handle_file(str(path)), api_name="/read_png")
+    assert values[:3] == ["a man on a bridge", "close", 1.0] and values[10] == 11 and "restored" in note
+
+
+def test_bad_input_is_a_clear_error_and_the_service_keeps_working(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="multiple of 8"):
+        client.predict(*form()[:8], 100, 64, 1, 1, "", api_name="/generate")
+    with pytest.raises(AppError, match="Unknown shot type or LoRA 'nope'"):
+        client.predict(*form(shot="nope"), api_name="/generate")
+    gallery, *_ = client.predict(*form(shot="none"), api_name="/generate")
+    assert len(gallery) == 1
+
+
+def test_sweep_storyboard_and_lora_list(client):
+    image, file, info = client.predict(*form(), ["close", "medium"], "0, 1", api_name="/alpha_sweep")
+    grid = Image.open(image)
+    assert grid.width > 2 * 64 and grid.height > 2 * 64 and "2 × 2" in info
+    sheet, files, info = client.predict(*form(), "close | a lighthouse\nmedium | a keeper", 2, "Act 1",
+                                        api_name="/storyboard")
+    names = sorted(Path(f).suffix for f in files)
+    assert names == [".pdf", ".png"] and Path(files[0]).stat().st_size > 0
+    shot_update, _ = client.predict(api_name="/list_loras")
+    assert {c[1] for c in shot_update["choices"]} >= {"none", "close", "medium"}
+
+
+def test_upload_refuses_pickles_and_accepts_kohya(client, lora_files, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "evil.ckpt"
+    bad.write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(AppError, match="pickle"):
+        client.predict(handle_file(str(bad)), "evil", "none", api_name="/upload_lora")
+    note, shot_update, _ = client.predict(handle_file(str(lora_files["close_kohya"])), "closek", "close",
+                                          api_name="/upload_lora")
+    assert "kohya" in note and "closek" in {c[1] for c in shot_update["choices"]}
+    gallery, *_ = client.predict(*form(shot="closek"), api_name="/generate")
+    assert len(gallery) == 1
+
+
+def test_stop_interrupts_a_running_generation(client):
+    job = client.submit(*form(steps=150, n=4), api_name="/generate")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (job.status().progress_data or []):
+        time.sleep(0.1)
+    assert job.status().progress_data, "no progress reported"
+    t0 = time.perf_counter()
+    client.predict(api_name="/stop")
+    while not job.done():
+        time.sleep(0.05)
+    assert time.perf_counter() - t0 < 10
+    # the pipeline thread really stopped: a new generation gets the lock at once
+    t1 = time.perf_counter()
+    client.predict(*form(steps=2), api_name="/generate")
+    assert time.perf_counter() - t1 < 20
