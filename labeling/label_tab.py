@@ -154,7 +154,8 @@ def _slot_buttons(studio):
 
 # ---- sections -------------------------------------------------------------------------------
 def _import_section(studio):
-    with gr.Accordion("1 · Import a pool of frames", open=True):
+    empty = not pool.pool_summary(studio)
+    with gr.Accordion("1 · Import a pool of frames", open=empty):
         gr.Markdown("A folder on the server (recursive), a `.zip`, video files (one frame per detected shot), "
                     "`imagefolder:DIR` or `hf:DATASET_ID_OR_PATH` — or upload files below. Originals are never "
                     "modified; an interrupted import resumes when started again with the same source.")
@@ -305,7 +306,7 @@ def _label_section(studio):
         username = getattr(request, "username", None)
         who = username or stored or ""
         if not who:
-            return (frame_html_prompt(studio), progress_html(labels.progress(studio)), None, "", *buttons)
+            return (frame_html_prompt(studio), progress_html(labels.progress(studio)), None, gr.update(), *buttons)
         admin_name(studio, request)
         return (*_view_outputs(service.view(clean_name(who))), who, *buttons)
 

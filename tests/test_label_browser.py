@@ -1,0 +1,161 @@
+"""The Label tab served for real: keyboard labeling in Chromium with reload/resume, the gradio_client
+endpoints, and `python app.py` killed with SIGKILL then restarted on the same data folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import sqlalchemy as sa
+
+from dreamshot import schema
+from labeling import pool
+from labeling.sampler import Sampler
+from tests.conftest import free_port
+from tests.label_helpers import ROOT, make_mixed_pool, synthetic_frames
+
+
+def _actions(studio, who):
+    with studio.db.read() as conn:
+        L = schema.labels
+        return [tuple(r) for r in conn.execute(sa.select(L.c.frame_id, L.c.action, L.c.shot, L.c.undone_at.is_not(None))
+                                               .where(L.c.annotator == who).order_by(L.c.id))]
+
+
+def _shown(page) -> str:
+    return page.locator("#label-frame [data-frame]").first.get_attribute("data-frame")
+
+
+def _wait_frame_change(page, old: str) -> str:
+    page.wait_for_function(
+        "old => { const el = document.querySelector('#label-frame [data-frame]');"
+        " return el && el.dataset.frame !== old; }", arg=old)
+    return _shown(page)
+
+
+@pytest.mark.browser
+def test_keyboard_labeling_and_resume_after_reload(studio, tmp_path, serve, page, artifacts_dir):
+    make_mixed_pool(tmp_path / "pool")
+    synthetic_frames(tmp_path / "pool" / "synthetic", 6)
+    report = pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool"), min_side=200))
+    assert report.kept == 11
+    url = serve(studio)
+    page.goto(url)
+    page.wait_for_selector("#label-frame [data-frame]")  # the page has loaded its state
+    page.get_by_label("Annotator name").fill("alice")
+    page.get_by_role("button", name="Start / resume").click()
+    page.wait_for_selector("#label-frame [data-frame] img.lf-crop")
+    f1 = _shown(page)
+    assert f1 and int(f1) == Sampler(studio).current("alice")
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+
+    page.keyboard.press("1")                       # close
+    f2 = _wait_frame_change(page, f1)
+    page.keyboard.press("x")                       # reject
+    f3 = _wait_frame_change(page, f2)
+    page.keyboard.press("s")                       # skip
+    f4 = _wait_frame_change(page, f3)
+    page.keyboard.press("u")                       # undo the skip: f3 again
+    assert _wait_frame_change(page, f4) == f3
+    page.keyboard.press("3")                       # long
+    f5 = _wait_frame_change(page, f3)
+    assert f5 == f4
+    page.wait_for_function("() => document.querySelector('#label-progress').innerText.includes('1/200')")
+    page.screenshot(path=str(artifacts_dir / "label-tab-keyboard.png"), full_page=True)
+
+    acts = [(fid, action, shot) for fid, action, shot, undone in _actions(studio, "alice") if not undone]
+    assert acts == [(int(f1), "label", "close"), (int(f2), "reject", None), (int(f3), "label", "long")]
+
+    # typing in a text field must not label anything
+    page.get_by_label("Annotator name").press("2")
+    assert _shown(page) == f5 and len(_actions(studio, "alice")) == 4
+
+    page.reload()                                  # the browser remembers the name; the DB the place
+    page.wait_for_selector("#label-frame [data-frame] img.lf-crop")
+    assert _shown(page) == f5
+    assert page.get_by_label("Annotator name").input_value().startswith("alice")
+    page.get_by_role("button", name="Medium shot  [2]").click()   # buttons do the same for mouse users
+    _wait_frame_change(page, f5)
+    assert _actions(studio, "alice")[-1][:3] == (int(f5), "label", "medium")
+
+
+def test_label_endpoints_with_gradio_client(studio, tmp_path, serve):
+    from gradio_client import Client
+
+    synthetic_frames(tmp_path / "pool", 4)
+    url = serve(studio)
+    client = Client(url, verbose=False)
+    text = client.predict(str(tmp_path / "pool"), None, None, None, "", 100, 6, "train", api_name="/label_import")
+    assert "kept: 4" in text
+    view = client.predict("bob", api_name="/label_view")
+    first = view["frame_id"]
+    assert view["remaining"] == 4 and view["quotas"] == {"close": 200, "medium": 200, "long": 200}
+    nudged = client.predict("bob", first, "center", api_name="/label_nudge")
+    assert nudged["frame_id"] == first and nudged["box"] == [40, 0, 280, 240]
+    after = client.predict("bob", first, "medium", api_name="/label_action")
+    assert after["counts"] == {"medium": 1} and after["frame_id"] != first
+    with pytest.raises(Exception, match="Unknown shot type"):
+        client.predict("bob", after["frame_id"], "wide", api_name="/label_action")
+    back = client.predict("bob", api_name="/label_undo")
+    assert back["frame_id"] == first and back["counts"] == {}
+    with pytest.raises(Exception, match="Names are"):
+        client.predict("<script>", api_name="/label_view")
+    client.predict("bob", first, "long", api_name="/label_action")
+    out = client.predict(str(tmp_path / "set"), False, "", api_name="/label_export")
+    assert "Exported 1 frames" in out and (tmp_path / "set" / "metadata.jsonl").exists()
+
+
+def _wait_up(url: str, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("app did not start")
+
+
+def test_kill_server_and_resume(tmp_path, make_studio):
+    from gradio_client import Client
+
+    data = tmp_path / "data"
+    studio = make_studio(data_dir=data)          # demo model in place, pool imported
+    synthetic_frames(tmp_path / "pool", 5)
+    pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool"), min_side=100))
+    studio.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "DREAMSHOT_DATA": str(data), "DREAMSHOT_MODEL": "demo", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "app.py", "--port", str(port)]
+
+    def start():
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _wait_up(url, proc)
+        return proc
+
+    proc = start()
+    try:
+        client = Client(url, verbose=False)
+        v = client.predict("ann", api_name="/label_view")
+        labeled = []
+        for shot in ("close", "long"):
+            labeled.append(v["frame_id"])
+            v = client.predict("ann", v["frame_id"], shot, api_name="/label_action")
+        current = v["frame_id"]
+        os.kill(proc.pid, signal.SIGKILL)          # no shutdown hook runs
+        proc.wait(timeout=30)
+        proc = start()
+        client = Client(url, verbose=False)
+        v = client.predict("ann", api_name="/label_view")
+        assert v["frame_id"] == current and v["counts"] == {"close": 1, "long": 1}
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
