@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,8 +141,9 @@ class Captioner:
 
 
 def clean_caption(text: str, prefix: str = "") -> str:
-    """One line, single spaces, without the captioner prompt it may echo."""
-    text = re.sub(r"\s+", " ", text or "").strip()
+    """One line, single spaces, no control characters, without the captioner prompt it may echo."""
+    text = "".join(" " if unicodedata.category(ch).startswith("C") or ch == "\ufffd" else ch for ch in text or "")
+    text = re.sub(r"\s+", " ", text).strip()
     if prefix and text.lower().startswith(prefix.lower()):
         text = text[len(prefix):].strip()
     return text

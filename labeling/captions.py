@@ -26,6 +26,7 @@ from dreamshot.shots import DEFAULT_TEMPLATE, get_taxonomy, training_prompt
 from dreamshot.storage import now
 
 from . import caption_sources
+from .captioner import clean_caption
 
 TEMPLATE_KEY = "prompt_template"
 CLIP_MAX_TOKENS = 77          # SD 1.5's text encoder context, start and end tokens included
@@ -267,8 +268,8 @@ def stats(studio, split: str = "train") -> CaptionStats:
 
 # ---- writing -------------------------------------------------------------------------------------
 def clean_text(text: str | None) -> str:
-    """A caption as stored: one line, single spaces; InvalidInput for an empty one."""
-    text = re.sub(r"\s+", " ", text or "").strip()
+    """A caption as stored: one line, single spaces, no control characters; InvalidInput for an empty one."""
+    text = clean_caption(text or "")
     if not text:
         raise InvalidInput("A caption cannot be empty.")
     if len(text) > MAX_CAPTION_CHARS:
@@ -280,14 +281,15 @@ def edit_caption(studio, req: EditRequest) -> CaptionView:
     """Save a person's caption (committed at once) and mark it reviewed.
 
     With ``expected_version``, a caption another *person* saved since the editor loaded it is not
-    overwritten (InvalidInput); a newer *machine* caption is (the person has the last word)."""
+    overwritten (InvalidInput); a newer *machine* caption, or the editor's own earlier save, is."""
     text = clean_text(req.text)
     t, ts = schema.captions, now()
     values = dict(caption=text, edited_by=req.editor, edited_at=ts, reviewed=True, updated_at=ts)
     with studio.db.write() as conn:
         cond = t.c.frame_id == int(req.frame_id)
         if req.expected_version is not None:
-            cond = sa.and_(cond, sa.or_(t.c.version == int(req.expected_version), t.c.edited_by.is_(None)))
+            cond = sa.and_(cond, sa.or_(t.c.version == int(req.expected_version), t.c.edited_by.is_(None),
+                                        t.c.edited_by == req.editor))
         done = conn.execute(t.update().where(cond).values(version=t.c.version + 1, **values)).rowcount
         if not done:
             row = conn.execute(sa.select(t.c.edited_by).where(t.c.frame_id == int(req.frame_id))).first()

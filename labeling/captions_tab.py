@@ -54,6 +54,7 @@ class CaptionsUi:
     def __init__(self, studio):
         self.studio = studio
         self._thumbs: OrderedDict[tuple, object] = OrderedDict()
+        self._listed_after: set[float] = set()
 
     # ---- helpers ---------------------------------------------------------------------------
     def _filter(self, split, shot, unreviewed, search, too_long) -> captions.CaptionFilter:
@@ -132,6 +133,14 @@ class CaptionsUi:
                  for v in chunk]
         info = f"{len(views)} captions match · page {page}/{pages}"
         return items, table, [v.frame_id for v in chunk], info, page, self._stats(split)
+
+    def list_if_finished(self, split, shot, unreviewed, search, too_long, page, request: gr.Request):
+        """After a poll: refresh the list once, when a captioning run has just ended."""
+        p = caption_jobs.worker().snapshot()
+        if p.running or not p.finished_at or p.finished_at in self._listed_after:
+            return tuple(gr.skip() for _ in range(6))
+        self._listed_after.add(p.finished_at)
+        return self.list_page(split, shot, unreviewed, search, too_long, page, request)
 
     def open_frame(self, frame_id, request: gr.Request):
         admin_name(self.studio, request)
@@ -332,6 +341,7 @@ def build(studio) -> None:
     # ---- wiring ------------------------------------------------------------------------------
     list_outputs = [gallery, table, ids, list_md, page, stats_md]
     show_list = dict(fn=guarded(ui.list_page), inputs=[*filters, page], outputs=list_outputs)
+    refresh = dict(**show_list, api_visibility="private", show_progress="hidden")
     refresh_btn.click(**show_list, api_name="captions_list")
     for comp in (split, shot, unreviewed, too_long):
         comp.change(**show_list, api_visibility="private").then(
@@ -347,33 +357,35 @@ def build(studio) -> None:
     caption.input(guarded(ui.prompt_preview), inputs=[frame_id, caption], outputs=prompt_md,
                   api_name="caption_prompt", trigger_mode="always_last", show_progress="hidden")
     save_btn.click(guarded(ui.save), inputs=[frame_id, caption, version, split], outputs=[*editor, stats_md],
-                   api_name="caption_save")
+                   api_name="caption_save").then(**refresh)
     save_next_btn.click(guarded(ui.save_next), inputs=[frame_id, caption, version, *filters],
-                        outputs=[*editor, stats_md], api_name="caption_save_next").then(None, js=FOCUS_JS)
+                        outputs=[*editor, stats_md], api_name="caption_save_next").then(
+        None, js=FOCUS_JS).then(**refresh)
     next_btn.click(guarded(ui.next), inputs=[frame_id, *filters], outputs=editor,
                    api_name="caption_next").then(None, js=FOCUS_JS)
     prev_btn.click(guarded(ui.prev), inputs=[frame_id, *filters], outputs=editor,
                    api_name="caption_prev").then(None, js=FOCUS_JS)
     revert_btn.click(guarded(ui.revert), inputs=[frame_id, split], outputs=[*editor, stats_md],
-                     api_name="caption_revert")
+                     api_name="caption_revert").then(**refresh)
 
     start_btn.click(guarded(ui.start), inputs=[model, batch, prefix, max_length, run_split, redo],
                     outputs=[progress_md, timer], api_name="caption_start")
     timer.tick(guarded(ui.poll), inputs=[split], outputs=[progress_md, timer, stats_md], api_name="caption_progress",
-               show_progress="hidden")
+               show_progress="hidden").then(guarded(ui.list_if_finished), inputs=[*filters, page],
+                                            outputs=list_outputs, api_visibility="private", show_progress="hidden")
     cancel_btn.click(guarded(ui.cancel), outputs=progress_md, api_name="caption_cancel")
 
     template_btn.click(guarded(ui.save_template), inputs=[template, split], outputs=[template, template_md, stats_md],
-                       api_name="caption_template")
+                       api_name="caption_template").then(**refresh)
     bulk_inputs = [find, replace, regex, terms, *filters]
     replace_preview_btn.click(guarded(ui.bulk_preview), inputs=[replace_kind, *bulk_inputs],
                               outputs=[bulk_table, bulk_md, previewed], api_name="caption_replace_preview")
     strip_preview_btn.click(guarded(ui.bulk_preview), inputs=[strip_kind, *bulk_inputs],
                             outputs=[bulk_table, bulk_md, previewed], api_name="caption_strip_preview")
     apply_replace_btn.click(guarded(ui.bulk_apply), inputs=[replace_kind, *bulk_inputs, previewed],
-                            outputs=[bulk_table, bulk_md, previewed, stats_md], api_name="caption_replace_apply")
+                            outputs=[bulk_table, bulk_md, previewed, stats_md], api_name="caption_replace_apply").then(**refresh)
     apply_strip_btn.click(guarded(ui.bulk_apply), inputs=[strip_kind, *bulk_inputs, previewed],
-                          outputs=[bulk_table, bulk_md, previewed, stats_md], api_name="caption_strip_apply")
+                          outputs=[bulk_table, bulk_md, previewed, stats_md], api_name="caption_strip_apply").then(**refresh)
 
     root = gr.context.Context.root_block
     if root is not None:

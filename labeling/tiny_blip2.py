@@ -80,9 +80,38 @@ def build_tiny_blip2(out_dir: Path, seed: int = SEED) -> Path:
     )
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config).eval()
+    return _save(out_dir, model, processor)
 
+
+def build_tiny_blip(out_dir: Path, seed: int = SEED) -> Path:
+    """The same for BLIP (``model_type`` ``blip``, ``BlipForConditionalGeneration``): tests the
+    captioner's second architecture (``Salesforce/blip-image-captioning-large`` in real use)."""
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    out_dir = Path(out_dir)
+    tokenizer = _train_tokenizer()
+    tokenizer.add_special_tokens({"sep_token": "[SEP]", "cls_token": "[DEC]"})
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+                              tokenizer=tokenizer)
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, encoder_hidden_size=32, max_position_embeddings=64,
+                         bos_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=IMAGE_SIZE, patch_size=8),
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(config).eval()
+    return _save(out_dir, model, processor)
+
+
+def _save(out_dir: Path, model, processor) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-blip2-", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-captioner-", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -60,6 +60,12 @@ def test_empty_caption_refused_and_nothing_lost(drafted, text):
     assert captions.get_caption(studio, ids[1]).caption == "a woman in a red dress"
 
 
+def test_control_characters_are_removed(drafted):
+    studio, ids = drafted
+    v = captions.edit_caption(studio, EditRequest(ids[1], "a woman\x00 in\ta\u200b red dress", "alice"))
+    assert v.caption == "a woman in a red dress"
+
+
 def test_edit_of_unknown_frame(drafted):
     studio, _ = drafted
     with pytest.raises(NotFound):

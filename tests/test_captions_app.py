@@ -85,6 +85,7 @@ def test_keyboard_edit_flow_in_the_browser(studio, serve, page, artifacts_dir):
     v = captions.get_caption(studio, ids[0])
     assert (v.caption, v.edited_by, v.reviewed) == ("a man in a hat", "local", True)
     assert v.caption_original == "a close-up of a man"
+    page.wait_for_function("document.querySelector('#captions-table').innerText.includes('a man in a hat')")
 
     # accept the next one unchanged with the keyboard: reviewed, not counted as changed
     page.keyboard.press("Control+Enter")

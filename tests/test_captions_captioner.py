@@ -53,6 +53,29 @@ def test_captioner_loads_from_folder_fp32_on_cpu_and_is_shared(tiny_blip2):
     assert not prefixed[0].lower().startswith("a photo of")
 
 
+def test_blip_architecture_loads_through_the_same_path(tmp_path):
+    from PIL import Image
+
+    from labeling.captioner import GenerationOptions, unload_all
+    from labeling.tiny_blip2 import build_tiny_blip
+
+    folder = str(build_tiny_blip(tmp_path / "tiny-blip"))
+    try:
+        c = load_captioner(folder)
+        assert type(c.model).__name__ == "BlipForConditionalGeneration"
+        texts = c.caption([Image.new("RGB", (50, 40), "red")] * 2, GenerationOptions(max_new_tokens=6, min_new_tokens=3))
+        assert len(texts) == 2 and all(t and t.isprintable() for t in texts)
+    finally:
+        unload_all()
+
+
+def test_clean_caption():
+    from labeling.captioner import clean_caption
+
+    assert clean_caption("a photo of  a man\x00 in\ufffd a\nhat ", "a photo of") == "a man in a hat"
+    assert clean_caption("A Photo Of a dog", "a photo of") == "a dog"
+
+
 def test_service_end_to_end_with_progress(studio, tiny_blip2):
     ids = add_frames(studio, 5)
     seen = []
