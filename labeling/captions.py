@@ -285,22 +285,34 @@ def edit_caption(studio, req: EditRequest) -> CaptionView:
     text = clean_text(req.text)
     t, ts = schema.captions, now()
     values = dict(caption=text, edited_by=req.editor, edited_at=ts, reviewed=True, updated_at=ts)
+    fid = int(req.frame_id)
+    cond = t.c.frame_id == fid
+    if req.expected_version is not None:
+        cond = sa.and_(cond, sa.or_(t.c.version == int(req.expected_version), t.c.edited_by.is_(None),
+                                    t.c.edited_by == req.editor))
+    update = t.update().where(cond).values(version=t.c.version + 1, **values)
     with studio.db.write() as conn:
-        cond = t.c.frame_id == int(req.frame_id)
-        if req.expected_version is not None:
-            cond = sa.and_(cond, sa.or_(t.c.version == int(req.expected_version), t.c.edited_by.is_(None),
-                                        t.c.edited_by == req.editor))
-        done = conn.execute(t.update().where(cond).values(version=t.c.version + 1, **values)).rowcount
-        if not done:
-            row = conn.execute(sa.select(t.c.edited_by).where(t.c.frame_id == int(req.frame_id))).first()
-            if row is not None:
-                raise InvalidInput(
-                    f"{row.edited_by} saved this caption while you were editing it; reload to see their text."
-                )
-            _require_frame(conn, int(req.frame_id))
-            conn.execute(t.insert().values(frame_id=int(req.frame_id), caption_original=None, version=1,
-                                           created_at=ts, **values))
-    return get_caption(studio, req.frame_id)
+        if not _write_edit(conn, fid, update, dict(frame_id=fid, caption_original=None, version=1, created_at=ts,
+                                                   **values)):
+            who = conn.execute(sa.select(t.c.edited_by).where(t.c.frame_id == fid)).scalar()
+            raise InvalidInput(f"{who} saved this caption while you were editing it; reload to see their text.")
+    return get_caption(studio, fid)
+
+
+def _write_edit(conn, fid: int, update, insert_values: dict) -> bool:
+    """The conditional update, or the first row of a frame; False on a conflict with another person."""
+    t = schema.captions
+    if conn.execute(update).rowcount:
+        return True
+    if conn.execute(sa.select(t.c.frame_id).where(t.c.frame_id == fid)).first() is not None:
+        return False
+    _require_frame(conn, fid)
+    try:
+        with conn.begin_nested():
+            conn.execute(t.insert().values(**insert_values))
+        return True
+    except sa.exc.IntegrityError:  # PostgreSQL: a machine caption landed in between; edit it
+        return bool(conn.execute(update).rowcount)
 
 
 def revert_caption(studio, frame_id: int) -> CaptionView:

@@ -264,3 +264,33 @@ def test_export_reads_edited_and_machine_captions(drafted, tmp_path):
     assert row["caption"] == "a man with a beard"
     assert row["text"] == "a high-quality close shot picture of a man with a beard"
     assert report.count == 6
+
+
+@pytest.mark.postgres
+def test_same_rules_on_postgresql(make_studio, pg_url):
+    import threading
+
+    studio = make_studio(db_url=pg_url)
+    ids = add_frames(studio, 12)
+    assert captions.save_machine_caption(studio, ids[0], "a close-up of a man", model="tiny") == "new"
+    captions.edit_caption(studio, EditRequest(ids[0], "a man", "alice", 1))
+    assert captions.save_machine_caption(studio, ids[0], "a man in a hat", model="tiny") == "kept"
+
+    def machine():
+        for fid in ids[1:]:
+            captions.save_machine_caption(studio, fid, "machine", model="tiny")
+
+    def human():
+        for fid in ids[1:]:
+            captions.edit_caption(studio, EditRequest(fid, f"human {fid}", "bob"))
+
+    threads = [threading.Thread(target=machine), threading.Thread(target=human)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [v.caption for v in captions.list_captions(studio)] == ["a man"] + [f"human {f}" for f in ids[1:]]
+    changes = captions.preview_replace(studio, "human", "person")
+    assert captions.apply_changes(studio, changes, "carol").applied == 11
+    s = captions.stats(studio)
+    assert (s.captioned, s.reviewed) == (12, 12)
