@@ -42,3 +42,15 @@ def gen_studio(studio, lora_files):
     lib.register(lora_files["close"], name="close", shot="close", origin="trained")
     lib.register(lora_files["medium"], name="medium", shot="medium", origin="trained")
     return studio
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny-model runs are fastest on one thread, and several test runs share 2 cores here: with
+    two OpenMP threads each, a 64 px image took seconds instead of 0.15 s. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

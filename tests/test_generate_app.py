@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from dreamshot import pngmeta
-from tests.generate_fixtures import gen_studio, lora_files  # noqa: F401  (fixtures)
+from tests.generate_fixtures import gen_studio, lora_files, one_torch_thread  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # prompt, shot, alpha, use_template, negative, sampler, steps, cfg, width, height, seed, n, blend
 def form(prompt="a man on a bridge", shot="close", alpha=1.0, steps=4, seed=11, n=1, blend="", sampler="DPM++ SDE Karras"):
