@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -60,21 +61,47 @@ def test_bad_settings_are_refused_before_anything_is_queued(runner, dataset):
     assert runner.list_runs() == []
 
 
-def test_queue_trains_one_run_at_a_time_and_registers_the_loras(runner, studio, dataset):
-    runs = runner.submit(jobs.TrainRequest(["close", "long"], "smoke", {**FAST, "max_steps": 3,
-                                                                       "push_to_hub": "someone/dreamshot-test"},
-                                           dataset=str(dataset), hub_token=TOKEN))
+def labeled_studio(studio, tmp_path, shots):
+    """Frames imported into the studio's pool and labeled with ``shots`` (one frame each)."""
+    from labeling import labels, pool
+    from PIL import Image
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(len(shots)):
+        blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        Image.fromarray(blocks).resize((320, 256), Image.NEAREST).save(folder / f"frame_{i}.png")
+    pool.run_import(studio, pool.ImportOptions(str(folder), min_side=64))
+    with studio.db.read() as conn:
+        ids = [r.id for r in conn.execute(sa.select(schema.frames.c.id).where(schema.frames.c.status == "ok")
+                                          .order_by(schema.frames.c.id))]
+    assert len(ids) == len(shots)
+    for fid, shot in zip(ids, shots):
+        labels.record(studio, "ann", fid, shot)
+
+
+def test_studio_set_is_exported_trained_and_registered_one_run_at_a_time(runner, studio, tmp_path):
+    labeled_studio(studio, tmp_path, ["close", "close", "long"])
+    runs = runner.submit(jobs.TrainRequest(["close", "medium"], "smoke", {**FAST, "max_steps": 3,
+                                                                         "push_to_hub": "someone/dreamshot-test"},
+                                           hub_token=TOKEN))
     assert [r.status for r in runs] == ["queued", "queued"]
     wait_for(runner, lambda: all(r.status not in ("queued", "running") for r in runner.list_runs()))
     done = {r.shot: r for r in runner.list_runs()}
-    assert {s: r.status for s, r in done.items()} == {"close": "done", "long": "done"}, [r.error for r in done.values()]
-    assert done["close"].started_at <= done["long"].started_at
+    assert done["close"].status == "done", done["close"].error
+    assert done["medium"].status == "failed" and "class is empty" in done["medium"].error
+    exported = (done["close"].output_dir / "data" / "metadata.jsonl").read_text().splitlines()
+    assert len(exported) == 2 and all(json.loads(l)["shot"] == "close" for l in exported)
+    assert not list((studio.settings.data_dir / "exports").glob(".run-*"))
     library = {l.name: l for l in LoraLibrary(studio).list()}
+    assert list(library) == [done["close"].name]
     close = library[done["close"].name]
     assert close.run_id == done["close"].id and close.origin == "trained" and close.path.is_file()
+    assert close.base_model == studio.models.status.source
     assert close.meta["kohya_file"].endswith(".safetensors")
     assert done["close"].result["files"]["kohya"] == close.meta["kohya_file"]
-    assert done["long"].step == 3 == done["long"].total_steps
+    assert done["close"].step == 3 == done["close"].total_steps
 
     # The token reached the process (the upload was tried, offline it fails) but no file or row holds it.
     out = done["close"].output_dir
@@ -89,7 +116,7 @@ def test_queue_trains_one_run_at_a_time_and_registers_the_loras(runner, studio, 
     assert TOKEN not in json.dumps([list(map(str, r)) for r in rows])
 
     progress = runner.progress(done["close"].id)
-    assert [s for s, _ in progress.losses] == [1, 2, 3] and len(progress.images) == 2
+    assert [s for s, _ in progress.losses] == [1, 2, 3] and len(progress.images) == 2 and progress.phase == "finished"
     assert all(p.endswith(".png") for p in progress.images)
 
 

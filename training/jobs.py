@@ -316,6 +316,7 @@ class JobRunner:
         env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        env.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the run's log readable
         token = self._tokens.get(run.id)
         if token:
             env["HF_TOKEN"] = token

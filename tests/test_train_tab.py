@@ -1,0 +1,119 @@
+"""The Train tab on the served app: a new user trains three shot LoRAs with live progress, cancels
+and resumes one (gradio_client, every action a named endpoint), and the resulting LoRAs load with
+``pipe.load_lora_weights`` in both formats giving the same image. Plus the same flow in Chromium."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from dreamshot.loras import LoraLibrary
+from training.testing import make_imagefolder
+from training.train_tab import PARAM_NAMES
+
+SHOTS = ["close", "medium", "long"]
+
+
+def form(client, **changes):
+    values = dict(zip(PARAM_NAMES, client.predict("smoke", api_name="/train_preset")))
+    values.update(changes)
+    return [values[name] for name in PARAM_NAMES]
+
+
+def history(client):
+    return {row[0]: row for row in client.predict(api_name="/train_history")["data"]}
+
+
+def wait(client, predicate, timeout=400, seen=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        bar = client.predict(None, {}, api_name="/train_progress")[0]
+        if seen is not None:
+            seen.append(bar)
+        rows = history(client)
+        assert sum(r[3] == "running" for r in rows.values()) <= 1, "two runs trained at the same time"
+        if predicate(rows):
+            return rows
+        time.sleep(0.5)
+    raise AssertionError(f"timed out: {history(client)}")
+
+
+def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(serve(studio), verbose=False)
+    dataset = str(make_imagefolder(tmp_path / "set", shots=SHOTS, per_shot=2))
+
+    with pytest.raises(AppError, match="--rank must be between 1 and 256"):
+        client.predict(SHOTS, "smoke", dataset, "", *form(client, rank=0), api_name="/train_start")
+    assert history(client) == {}
+
+    message, _, _ = client.predict(SHOTS, "smoke", dataset, "",
+                                   *form(client, resolution=32, max_steps=40, validation_steps=20, checkpoint_steps=5),
+                                   api_name="/train_start")
+    assert "#1 close, #2 medium, #3 long" in message
+
+    bars = []
+    wait(client, lambda rows: int(rows[1][4].split("/")[0]) >= 3, seen=bars)
+    client.predict(1, api_name="/train_cancel")
+    rows = wait(client, lambda rows: rows[1][3] == "cancelled", seen=bars)
+    assert rows[1][15].startswith("Cancelled at step")
+    live = client.predict(1, api_name="/train_status")
+    assert live["status"] == "cancelled" and 3 <= live["step"] < 40 and live["losses"]
+    assert any("it/s · ETA" in b and "step " in b for b in bars)
+
+    client.predict(1, api_name="/train_resume")
+    rows = wait(client, lambda rows: all(r[3] in ("done", "failed") for r in rows.values()), seen=bars)
+    assert {r[2]: r[3] for r in rows.values()} == {"close": "done", "medium": "done", "long": "done"}, rows
+    assert rows[1][4] == "40/40"
+    status = client.predict(1, api_name="/train_status")
+    assert [s for s, _ in status["losses"]] == list(range(1, 41)) and status["validation_step"] == 40
+    progress = client.predict(1, {}, api_name="/train_progress")
+    assert len(progress[2]) == 2  # the latest validation images, as pixels
+
+    # The Generate tab's registry has the three LoRAs; both formats give the same image.
+    loras = {l.shot: l for l in LoraLibrary(studio).list()}
+    assert sorted(loras) == sorted(SHOTS) and all(l.origin == "trained" for l in loras.values())
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(studio.models.status.source, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for name, path in [("d", loras["close"].path), ("k", loras["close"].meta["kohya_file"])]:
+        pipe.load_lora_weights(str(path), adapter_name=name)
+        pipe.set_adapters([name], adapter_weights=[1.0])
+        import torch
+
+        images.append(pipe("a high-quality close shot picture of a man", num_inference_steps=2, height=64,
+                           width=64, generator=torch.Generator().manual_seed(1), output_type="np").images[0])
+        pipe.delete_adapters([name])
+    np.testing.assert_allclose(images[0], images[1], atol=1e-5)
+
+
+@pytest.mark.browser
+def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
+    dataset = make_imagefolder(tmp_path / "set", shots=SHOTS, per_shot=2)
+    page.goto(serve(studio))
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-preset").get_by_text("smoke", exact=True).click()
+    for shot in ("Medium shot", "Long shot"):
+        page.locator("#train-shots").get_by_text(shot, exact=True).click()
+    page.locator("#train-dataset textarea, #train-dataset input").first.fill(str(dataset))
+    page.get_by_text("Parameters").click()
+    resolution = page.locator("#train-resolution input")
+    resolution.wait_for(state="visible")
+    page.wait_for_timeout(500)  # the preset's values land first
+    resolution.fill("32")
+    page.locator("#train-max_steps input").fill("6")
+    page.locator("#train-start").click()
+    page.locator("#train-message").get_by_text("Queued by").wait_for()
+    page.locator("#train-bar").get_by_text("done", exact=False).wait_for(timeout=180_000)
+    assert "step 6 / 6" in page.locator("#train-bar").inner_text()
+    page.locator("#train-samples img").first.wait_for(timeout=20_000)
+    assert "close-run1" in page.locator("#train-history").inner_text()
+    page.screenshot(path=str(artifacts_dir / "train-tab.png"), full_page=True)
