@@ -31,6 +31,8 @@ class FrameView:
     progress: labels.Progress
     message: str
     remaining: int
+    next_id: int | None = None        # the frame that follows a label/reject/skip (for the browser to
+    next_preview: dict | None = None  # show at once, before the server confirms)
 
 
 class Annotation:
@@ -48,7 +50,10 @@ class Annotation:
             return service
 
     def view(self, annotator: str, message: str = "") -> FrameView:
-        annotator = clean_name(annotator)
+        with labels.settings_snapshot(self.studio):
+            return self._view(clean_name(annotator), message)
+
+    def _view(self, annotator: str, message: str) -> FrameView:
         ids = self.sampler.upcoming(annotator, PREFETCH + 1)
         current = ids[0] if ids else None
         self.previews.prefetch(ids[1:])
@@ -59,18 +64,29 @@ class Annotation:
             return FrameView(annotator, None, None, None, None, None, progress,
                              message or "No frame left to label for you. Import more frames or ask for a new seed.", 0)
         p = self.previews.get(current)
-        return FrameView(annotator, current, p["crop"], p["full"], p["box"], p["size"], progress, message,
+        view = FrameView(annotator, current, p["crop"], p["full"], p["box"], p["size"], progress, message,
                          self.sampler.remaining(annotator))
+        if len(ids) > 1:
+            try:
+                view.next_id, view.next_preview = ids[1], self.previews.get(ids[1])
+            except Exception:  # an unreadable next frame: the browser just waits for the server
+                view.next_id = None
+        return view
 
     def act(self, annotator: str, frame_id: int | None, action: str) -> FrameView:
         annotator = clean_name(annotator)
         if frame_id is None:
             raise InvalidInput("There is no frame to label.")
-        result = labels.record(self.studio, annotator, int(frame_id), action)
+        shown = self.previews.peek(int(frame_id))
+        box = shown["box"] if shown and not shown["stored"] else None
+        with labels.settings_snapshot(self.studio):
+            result = labels.record(self.studio, annotator, int(frame_id), action, crop_box=box)
         self.sampler.on_action(annotator, result.frame_id, result.action)
         note = ""
         if result.is_extra and not result.duplicate:
             note = f"The {result.shot} quota is full: this label is kept as an extra."
+        if box is not None:
+            self.previews.mark_stored(int(frame_id))
         return self.view(annotator, note)
 
     def undo(self, annotator: str) -> FrameView:

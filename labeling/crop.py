@@ -39,13 +39,17 @@ def set_crop_size(studio, size: int) -> int:
     return int(size)
 
 
-def open_frame(studio, frame_id: int) -> tuple[Image.Image, dict]:
+def open_frame(studio, frame_id: int, draft: int | None = None) -> tuple[Image.Image, dict]:
+    """The frame as RGB (EXIF orientation applied) and its row. ``draft``: decode a JPEG at a reduced
+    scale whose short side stays >= draft pixels (much faster; for previews only)."""
     with studio.db.read() as conn:
-        row = conn.execute(sa.select(F.c.path, F.c.crop_box, F.c.crop_source, F.c.status)
+        row = conn.execute(sa.select(F.c.path, F.c.crop_box, F.c.crop_source, F.c.status, F.c.width, F.c.height)
                            .where(F.c.id == int(frame_id))).first()
     if row is None or not row.path:
         raise NotFound(f"Frame {frame_id} has no stored image.")
     with Image.open(studio.settings.data_dir / row.path) as im:
+        if draft:
+            im.draft("RGB", (draft, draft))
         image = ImageOps.exif_transpose(im).convert("RGB")
     return image, dict(row._mapping)
 
@@ -179,12 +183,25 @@ class Previews:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="label-prefetch")
 
     def _render(self, frame_id: int) -> dict:
-        image, row = open_frame(self.studio, frame_id)
-        box = get_box(self.studio, frame_id, image, row)
-        crop = image.crop(tuple(box)).resize((self.side, self.side), Image.BILINEAR)
+        image, row = open_frame(self.studio, frame_id, draft=self.side * 5 // 6)
+        w, h = row.get("width") or image.width, row.get("height") or image.height
+        scale = w / image.width  # original pixels per preview pixel
+        if row.get("crop_box"):
+            box, stored = [int(v) for v in row["crop_box"]], True
+        else:  # computed here, stored with the label (the box the annotator accepted)
+            side = min(w, h)
+            x0, y0, _, _ = compute_box(image)
+            x, y = min(max(round(x0 * scale), 0), w - side), min(max(round(y0 * scale), 0), h - side)
+            box, stored = [x, y, x + side, y + side], False
+        small = tuple(v / scale for v in box)
+        crop = image.crop(small).resize((self.side, self.side), Image.BILINEAR)
         full = image.copy()
         full.thumbnail((self.side, self.side))
-        return {"crop": _jpeg(crop), "full": _jpeg(full), "box": box, "size": image.size}
+        return {"crop": _jpeg(crop), "full": _jpeg(full), "box": box, "size": (w, h), "stored": stored}
+
+    def peek(self, frame_id: int) -> dict | None:
+        with self._lock:
+            return self._cache.get(frame_id)
 
     def get(self, frame_id: int) -> dict:
         with self._lock:
@@ -208,6 +225,11 @@ class Previews:
                 self._cache.popitem(last=False)
             self._pending.pop(frame_id, None)
         return value
+
+    def mark_stored(self, frame_id: int) -> None:
+        with self._lock:
+            if frame_id in self._cache:
+                self._cache[frame_id] = {**self._cache[frame_id], "stored": True}
 
     def invalidate(self, frame_id: int) -> None:
         with self._lock:

@@ -37,31 +37,74 @@ HEAD = """
 (() => {
   if (window.__dreamshotLabelKeys) return;
   window.__dreamshotLabelKeys = true;
-  const click = (id) => {
+  // One request at a time; a key pressed meanwhile waits (one is kept), so fast typists lose nothing.
+  let pending = null, queued = null, observed = null;
+  const frameRoot = () => document.querySelector("#label-frame .lf-root, #label-frame .lf-empty");
+  const button = (id) => {
     const el = document.getElementById(id);
-    if (!el) return false;
+    if (!el) return null;
     const btn = el.tagName === "BUTTON" ? el : el.querySelector("button");
-    if (!btn || btn.disabled || btn.offsetParent === null) return false;
+    return btn && !btn.disabled && btn.offsetParent !== null ? btn : null;
+  };
+  const settle = () => { pending = null; if (queued) { const k = queued; queued = null; fire(k); } };
+  const watch = () => {
+    const box = document.getElementById("label-frame");
+    if (!box || observed === box) return;
+    observed = box;
+    new MutationObserver(() => {
+      const root = frameRoot();
+      if (pending && (!root || !root.dataset.pending)) { clearTimeout(pending.timer); settle(); }
+    }).observe(box, {subtree: true, childList: true});
+  };
+  const showNext = (root) => {  // display the prefetched next frame now; the server confirms it
+    const next = root && root.querySelector("template.lf-next");
+    const cur = root && root.querySelector(".lf-cur");
+    if (!next || !cur) return null;
+    const before = {html: cur.innerHTML, frame: root.dataset.frame};
+    cur.innerHTML = next.innerHTML;
+    root.dataset.frame = next.dataset.frame;
+    root.dataset.pending = "1";
+    next.remove();
+    return before;
+  };
+  function fire(key) {
+    const map = document.getElementById("label-keymap");
+    let id = null, advances = true;
+    if (key === "x") id = "label-reject";
+    else if (key === "s") id = "label-skip";
+    else if (key === "u") { id = "label-undo"; advances = false; }
+    else {
+      const i = (map.dataset.keys || "").split(",").indexOf(key);
+      if (i >= 0) id = "label-slot-" + i;
+    }
+    const btn = id && button(id);
+    if (!btn) return false;
+    watch();
+    const root = frameRoot();
+    const before = advances ? showNext(root) : null;
+    pending = {timer: setTimeout(() => {  // no answer (an error): put the frame back
+      if (before && root.isConnected && root.dataset.pending) {
+        root.querySelector(".lf-cur").innerHTML = before.html;
+        root.dataset.frame = before.frame;
+        delete root.dataset.pending;
+      }
+      settle();
+    }, 4000)};
     btn.click();
     return true;
-  };
+  }
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     const t = e.target;
     if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
     const map = document.getElementById("label-keymap");
-    if (!map || map.closest("[hidden]") || map.parentElement.offsetParent === null) return;
+    if (!map || map.parentElement.offsetParent === null) return;
     const key = (e.key || "").toLowerCase();
-    let done = false;
-    if (key === "x") done = click("label-reject");
-    else if (key === "s") done = click("label-skip");
-    else if (key === "u") done = click("label-undo");
-    else {
-      const keys = (map.dataset.keys || "").split(",");
-      const i = keys.indexOf(key);
-      if (i >= 0) done = click("label-slot-" + i);
-    }
-    if (done) e.preventDefault();
+    const known = ["x", "s", "u"].includes(key) || (map.dataset.keys || "").split(",").includes(key);
+    if (!known) return;
+    e.preventDefault();
+    if (pending) { queued = key; return; }
+    fire(key);
   });
 })();
 </script>
@@ -83,24 +126,35 @@ def _data_url(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
+def _frame_block(frame_id: int, p: dict, meta: str) -> str:
+    w, h = p["size"]
+    x0, y0, x1, y1 = p["box"]
+    box = (f"left:{100 * x0 / w:.2f}%;top:{100 * y0 / h:.2f}%;"
+           f"width:{100 * (x1 - x0) / w:.2f}%;height:{100 * (y1 - y0) / h:.2f}%")
+    return (f'<div class="lf"><img class="lf-crop" alt="crop of frame {frame_id}" src="{_data_url(p["crop"])}">'
+            f'<div><div class="lf-wrap-full"><div class="lf-full"><img alt="full frame" src="{_data_url(p["full"])}">'
+            f'<div class="lf-box" style="{box}"></div></div></div>'
+            f'<div class="lf-meta">frame {frame_id} &middot; {w}&times;{h} &middot; {meta}</div></div></div>')
+
+
 def frame_html(view: FrameView) -> str:
+    """The current frame, plus the next one hidden: the HEAD script shows it the moment a key is
+    pressed and the server's answer (normally the same frame) replaces it."""
     keys = ",".join(c.key for c in view.progress.taxonomy.classes)
     keymap = f'<div id="label-keymap" data-keys="{html.escape(keys)}" style="display:none"></div>'
     message = f'<p class="lf-msg"><b>{html.escape(view.message)}</b></p>' if view.message else ""
     if view.frame_id is None:
         return f'<div class="lf-empty" data-frame="">{keymap}{message}</div>'
-    w, h = view.size
-    x0, y0, x1, y1 = view.box
-    box = (f"left:{100 * x0 / w:.2f}%;top:{100 * y0 / h:.2f}%;"
-           f"width:{100 * (x1 - x0) / w:.2f}%;height:{100 * (y1 - y0) / h:.2f}%")
-    return (
-        f'<div class="lf-root" data-frame="{view.frame_id}">{keymap}{message}'
-        f'<div class="lf"><img class="lf-crop" alt="crop of frame {view.frame_id}" src="{_data_url(view.crop_jpeg)}">'
-        f'<div><div class="lf-wrap-full"><div class="lf-full"><img alt="full frame" src="{_data_url(view.full_jpeg)}">'
-        f'<div class="lf-box" style="{box}"></div></div></div>'
-        f'<div class="lf-meta">frame {view.frame_id} &middot; {w}&times;{h} &middot; '
-        f'{view.remaining} left for {html.escape(view.annotator)}</div></div></div></div>'
-    )
+    who = html.escape(view.annotator)
+    current = {"crop": view.crop_jpeg, "full": view.full_jpeg, "box": view.box, "size": view.size}
+    nxt = ""
+    if view.next_id is not None and view.next_preview:
+        nxt = (f'<template class="lf-next" data-frame="{view.next_id}">'
+               f'{_frame_block(view.next_id, view.next_preview, f"{max(view.remaining - 1, 0)} left for {who}")}'
+               '</template>')
+    return (f'<div class="lf-root" data-frame="{view.frame_id}">{keymap}{message}'
+            f'<div class="lf-cur">{_frame_block(view.frame_id, current, f"{view.remaining} left for {who}")}</div>'
+            f'{nxt}</div>')
 
 
 def progress_html(p: labels.Progress) -> str:
@@ -188,7 +242,9 @@ def _import_section(studio):
 
         def tick(done, total, note):
             progress((done, total), desc=f"Importing: {note}")
-        return pool.run_import(studio, opts, progress=tick).text()
+        report = pool.run_import(studio, opts, progress=tick)
+        Annotation.of(studio).sampler.reset()
+        return report.text()
 
     go.click(do_import, [source, uploads, metadata, labels_file, rules, min_side, near, split], report,
              api_name="label_import")
@@ -292,7 +348,7 @@ def _label_section(studio):
     store = gr.BrowserState("", storage_key="dreamshot-label-annotator")
     outs = [frame, progress_box, frame_id]
     service = Annotation.of(studio)
-    fast = dict(show_progress="hidden", concurrency_limit=None, api_visibility="private")
+    fast = dict(show_progress="hidden", queue=False, api_visibility="private")
 
     @guarded
     def open_view(name, request: gr.Request):

@@ -11,6 +11,8 @@ and left out of training sets by default.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -28,13 +30,37 @@ F = schema.frames
 
 
 # ---- project settings -------------------------------------------------------------------------
+_SNAPSHOT: contextvars.ContextVar = contextvars.ContextVar("label_settings_snapshot", default=None)
+
+
+@contextlib.contextmanager
+def settings_snapshot(studio):
+    """Within the block, project settings are read once (one query) instead of once per lookup:
+    a keypress reads the taxonomy, quotas, seed and overlap several times."""
+    with studio.db.read() as conn:
+        values = dict(conn.execute(sa.select(schema.project_settings.c.key, schema.project_settings.c.value)).all())
+    token = _SNAPSHOT.set((id(studio), values))
+    try:
+        yield
+    finally:
+        _SNAPSHOT.reset(token)
+
+
+def setting(studio, key: str, default=None):
+    snap = _SNAPSHOT.get()
+    if snap is not None and snap[0] == id(studio):
+        value = snap[1].get(key)
+        return default if value is None else value
+    return studio.db.get_setting(key, default)
+
+
 def current_taxonomy(studio) -> Taxonomy:
-    return get_taxonomy(studio.db.get_setting("taxonomy", None))
+    return get_taxonomy(setting(studio, "taxonomy", None))
 
 
 def quotas(studio, taxonomy: Taxonomy | None = None) -> dict[str, int]:
     taxonomy = taxonomy or current_taxonomy(studio)
-    stored = studio.db.get_setting("quotas", {}) or {}
+    stored = setting(studio, "quotas", {}) or {}
     return {c: int(stored.get(c, taxonomy.default_quota)) for c in taxonomy.names}
 
 
@@ -85,8 +111,9 @@ def insert_action(conn, studio, *, frame_id: int, annotator: str, action: str, s
     return ActionResult(frame_id, action, shot, is_extra)
 
 
-def record(studio, annotator: str, frame_id: int, action: str) -> ActionResult:
-    """One keypress: ``action`` is a class name of the current taxonomy, 'reject' or 'skip'."""
+def record(studio, annotator: str, frame_id: int, action: str, crop_box: list[int] | None = None) -> ActionResult:
+    """One keypress: ``action`` is a class name of the current taxonomy, 'reject' or 'skip'.
+    ``crop_box``: the box the annotator saw, stored with the label when the frame has none yet."""
     taxonomy = current_taxonomy(studio)
     if action in ("reject", "skip"):
         kind, shot = action, None
@@ -94,7 +121,7 @@ def record(studio, annotator: str, frame_id: int, action: str) -> ActionResult:
         taxonomy.get(action)  # InvalidInput for an unknown class
         kind, shot = "label", action
     with studio.db.write() as conn:
-        frame = conn.execute(sa.select(F.c.status).where(F.c.id == int(frame_id))).first()
+        frame = conn.execute(sa.select(F.c.status, F.c.crop_box).where(F.c.id == int(frame_id))).first()
         if frame is None:
             raise NotFound(f"Frame {frame_id} does not exist.")
         if frame.status != "ok":
@@ -104,6 +131,9 @@ def record(studio, annotator: str, frame_id: int, action: str) -> ActionResult:
             L.c.action.in_(["label", "reject"]), L.c.taxonomy == taxonomy.name)).first()
         if done is not None and kind != "skip":
             return ActionResult(int(frame_id), done.action, done.shot, bool(done.is_extra), duplicate=True)
+        if crop_box is not None and frame.crop_box is None:
+            conn.execute(F.update().where(F.c.id == int(frame_id))
+                         .values(crop_box=[int(v) for v in crop_box], crop_source="auto"))
         return insert_action(conn, studio, frame_id=int(frame_id), annotator=annotator, action=kind, shot=shot,
                              taxonomy=taxonomy)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from dreamshot import schema
 
 F, L = schema.frames, schema.labels
+POOL_CHECK_S = 2.0
 
 
 def _h(*parts) -> int:
@@ -42,7 +44,9 @@ class QueueSettings:
 
     @classmethod
     def of(cls, studio) -> "QueueSettings":
-        return cls(int(studio.db.get_setting("label_seed", 0)), float(studio.db.get_setting("label_overlap", 0.0)))
+        from .labels import setting
+
+        return cls(int(setting(studio, "label_seed", 0)), float(setting(studio, "label_overlap", 0.0)))
 
 
 class _Queue:
@@ -63,9 +67,17 @@ class Sampler:
         self._lock = threading.RLock()
         self._queues: dict[str, _Queue] = {}
         self._version = None
+        self._checked_at = 0.0
 
     # ---- building ----------------------------------------------------------------------------
     def _pool_version(self, conn, taxonomy: str, settings: QueueSettings):
+        """Changes when frames are imported/filtered or the taxonomy, seed or overlap change. The
+        frame count is re-read at most every POOL_CHECK_S seconds (imports from this process call
+        reset() at once)."""
+        if self._version is not None and self._version[2:] == (taxonomy, settings) and \
+                time.monotonic() - self._checked_at < POOL_CHECK_S:
+            return self._version
+        self._checked_at = time.monotonic()
         n, top = conn.execute(sa.select(sa.func.count(), sa.func.max(F.c.id))
                               .where(F.c.status == "ok", F.c.split == "train")).one()
         return n, top, taxonomy, settings

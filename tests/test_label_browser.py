@@ -32,9 +32,10 @@ def _shown(page) -> str:
 
 
 def _wait_frame_change(page, old: str) -> str:
+    """The next frame is on screen *and* the server has confirmed it (no optimistic display left)."""
     page.wait_for_function(
         "old => { const el = document.querySelector('#label-frame [data-frame]');"
-        " return el && el.dataset.frame !== old; }", arg=old)
+        " return el && el.dataset.frame !== old && !el.dataset.pending; }", arg=old)
     return _shown(page)
 
 
@@ -80,8 +81,18 @@ def test_keyboard_labeling_and_resume_after_reload(studio, tmp_path, serve, page
     assert _shown(page) == f5
     assert page.get_by_label("Annotator name").input_value().startswith("alice")
     page.get_by_role("button", name="Medium shot  [2]").click()   # buttons do the same for mouse users
-    _wait_frame_change(page, f5)
+    f6 = _wait_frame_change(page, f5)
     assert _actions(studio, "alice")[-1][:3] == (int(f5), "label", "medium")
+
+    # a fast typist: keys pressed while the server answers are kept, in order, none lost
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.keyboard.press("3")
+    page.keyboard.press("1")
+    page.wait_for_function("() => document.querySelector('#label-progress').innerText.includes('2/200')")
+    page.wait_for_function("() => !document.querySelector('#label-frame [data-frame]').dataset.pending")
+    last_two = [a[:3] for a in _actions(studio, "alice")[-2:]]
+    assert last_two[0] == (int(f6), "label", "long") and last_two[1][1:] == ("label", "close")
+    assert last_two[1][0] != int(f6)
 
 
 def test_label_endpoints_with_gradio_client(studio, tmp_path, serve):
