@@ -305,7 +305,8 @@ def _write_edit(conn, fid: int, update, insert_values: dict) -> bool:
     if conn.execute(update).rowcount:
         return True
     if conn.execute(sa.select(t.c.frame_id).where(t.c.frame_id == fid)).first() is not None:
-        return False
+        # PostgreSQL reads committed rows per statement: the row may have appeared just now
+        return bool(conn.execute(update).rowcount)
     _require_frame(conn, fid)
     try:
         with conn.begin_nested():
