@@ -30,7 +30,8 @@ REASONS = {
 
 @dataclass
 class Decoded:
-    image: Image.Image  # fully decoded, RGB
+    image: Image.Image  # fully decoded (original mode), EXIF orientation applied
+    small: Image.Image  # RGB, short side ~256 px: what the checks and the pHash look at
     width: int
     height: int
     mode: str
@@ -60,8 +61,11 @@ def decode(data: bytes) -> Decoded:
     except Exception as exc:  # Pillow raises many types for broken files
         raise Rejected("corrupt", f"{exc.__class__.__name__}: {exc}"[:200]) from None
     mode = image.mode
-    image = ImageOps.exif_transpose(image)
-    return Decoded(image=image, width=image.width, height=image.height, mode=mode, format=fmt)
+    ImageOps.exif_transpose(image, in_place=True)
+    factor = max(1, min(image.size) // 256)
+    small = image.reduce(factor) if factor > 1 else image
+    small = small.convert("RGBA" if small.mode in ("P", "PA") else small.mode).convert("RGB")
+    return Decoded(image=image, small=small, width=image.width, height=image.height, mode=mode, format=fmt)
 
 
 def is_grayscale(decoded: Decoded) -> bool:
@@ -70,13 +74,9 @@ def is_grayscale(decoded: Decoded) -> bool:
     mode = decoded.mode
     if mode in ("1", "L", "LA", "I", "I;16", "F", "La"):
         return True
-    if mode == "P":
-        rgb = decoded.image.convert("RGB")
-    elif mode in ("RGB", "RGBA", "CMYK", "YCbCr"):
-        rgb = decoded.image.convert("RGB")
-    else:
+    if mode not in ("P", "RGB", "RGBA", "CMYK", "YCbCr", "PA"):
         return False
-    small = np.asarray(rgb.resize((64, 64)), dtype=np.int16)
+    small = np.asarray(decoded.small.resize((64, 64)), dtype=np.int16)
     spread = np.abs(small[..., 0] - small[..., 1]).max(initial=0), np.abs(small[..., 1] - small[..., 2]).max(initial=0)
     return max(spread) <= 2
 

@@ -203,7 +203,7 @@ class _Importer:
             decoded = filters.decode(data)
             row.update(width=decoded.width, height=decoded.height, mode=decoded.mode)
             self._check(decoded, meta)
-            hexhash = filters.phash_hex(decoded.image)
+            hexhash = filters.phash_hex(decoded.small)
             row["phash"] = hexhash
             if self.phashes.is_near_duplicate(hexhash):
                 raise Rejected("near_duplicate", f"pHash within {self.opts.near_duplicate_distance} bits of a kept frame")
