@@ -135,12 +135,14 @@ def build(studio) -> None:
                 refresh = gr.Button("↻", scale=0, min_width=40, elem_id="gen-refresh")
             alpha = gr.Slider(ALPHA_RANGE[0], ALPHA_RANGE[1], value=1.0, step=0.05, label="α (LoRA strength)",
                               elem_id="gen-alpha")
-            use_template = gr.Checkbox(value=True, label="Prompt template: a high-quality {shot} picture of {caption}")
+            with gr.Row():
+                use_template = gr.Checkbox(value=True, label="Prompt template: a high-quality {shot} picture of {caption}")
+                live = gr.Checkbox(value=True, label="Regenerate when α is moved (same seed)", elem_id="gen-live")
             with gr.Accordion("Advanced settings", open=False):
                 negative = gr.Textbox(label="Negative prompt", lines=1)
                 sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
                 with gr.Row():
-                    steps = gr.Slider(1, MAX_STEPS, value=16, step=1, label="Steps")
+                    steps = gr.Slider(1, MAX_STEPS, value=16, step=1, label="Steps", elem_id="gen-steps")
                     cfg = gr.Slider(1, 30, value=6, step=0.5, label="CFG scale")
                 with gr.Row():
                     width = gr.Slider(MIN_SIDE, MAX_SIDE, value=512, step=8, label="Width", elem_id="gen-width")
@@ -248,6 +250,18 @@ def build(studio) -> None:
         return items, summary(lora, " · left: base model, right: LoRA"), lora.request.seed, lora.images[0].parameters
 
     @guarded
+    @gpu(120)
+    def do_live_alpha(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height, seed,
+                      num_images, blend, live_on, last_seed, request: gr.Request, progress=gr.Progress()):
+        """Moving α re-runs the last generation with its seed, so only α changes the picture."""
+        if not live_on or last_seed is None or shot in (None, "", NONE) or not (prompt or "").strip():
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        req = form_request(_form_values(locals())).replace(seed=int(last_seed))
+        with svc.job(owner(request), progress=reporter(progress)) as job:
+            result = svc.generate(req, job)
+        return show(result), summary(result), result.request.seed, result.images[0].parameters
+
+    @guarded
     def do_stop(request: gr.Request):
         n = svc.cancel(owner(request))
         return "Stopping…" if n else "Nothing is running."
@@ -309,12 +323,14 @@ def build(studio) -> None:
     gen_event = go.click(do_generate, form, outputs, api_name="generate")
     prompt.submit(do_generate, form, outputs, api_visibility="private")
     cmp_event = compare.click(do_compare, form, outputs, api_name="compare")
+    live_event = alpha.release(do_live_alpha, [*form, live, used_seed], outputs, api_visibility="private",
+                               trigger_mode="always_last")
     sweep_event = sweep_go.click(do_sweep, [*form, sweep_shots, sweep_alphas], [sweep_image, sweep_file, info],
                                  api_name="alpha_sweep")
     board_event = board_go.click(do_storyboard, [*form, board_text, board_columns, board_title],
                                  [board_image, board_files, info], api_name="storyboard")
     stop.click(do_stop, None, info, api_name="stop", concurrency_limit=None,
-               cancels=[gen_event, cmp_event, sweep_event, board_event])
+               cancels=[gen_event, cmp_event, live_event, sweep_event, board_event])
     refresh.click(refresh_loras, None, [shot, sweep_shots], api_name="list_loras", concurrency_limit=None)
     png_in.upload(do_read_png, png_in, [*form, read_note], api_name="read_png")
     restore.click(do_read_text, pasted, [*form, read_note], api_name="read_parameters")

@@ -110,3 +110,54 @@ def test_stop_interrupts_a_running_generation(client):
     t1 = time.perf_counter()
     client.predict(*form(steps=2), api_name="/generate")
     assert time.perf_counter() - t1 < 20
+
+
+def _set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def _gallery_bytes(page) -> bytes:
+    img = page.locator("#gen-gallery img").first
+    img.wait_for(state="visible")
+    src = img.get_attribute("src")
+    return page.request.get(src if src.startswith("http") else page.url.rstrip("/") + "/" + src.lstrip("/")).body()
+
+
+@pytest.mark.browser
+def test_browser_generate_with_lora_then_move_alpha(gen_studio, serve, page, artifacts_dir):
+    url = serve(gen_studio)
+    page.goto(url)
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#gen-prompt textarea").fill("a man on a bridge")
+    page.locator("#gen-shot input").click()
+    page.get_by_role("option", name="close · close shot (trained)").click()
+    page.get_by_text("Advanced settings").click()
+    for elem_id, value in (("gen-width", 64), ("gen-height", 64), ("gen-steps", 4)):
+        _set_number(page, elem_id, value)
+    page.locator("#gen-seed input").fill("7")
+    page.locator("#gen-go").click()
+    info = page.locator("#gen-info")
+    info.get_by_text("close α=1").wait_for()
+    first = _gallery_bytes(page)
+    assert "<lora:close:1>" in page.locator("#gen-params textarea").input_value()
+
+    page.locator("#gen-live input").uncheck()     # the typed α alone must not regenerate
+    _set_number(page, "gen-alpha", 0.5)
+    page.locator("#gen-go").click()
+    info.get_by_text("close α=0.5").wait_for()
+    page.wait_for_function("() => document.querySelector('#gen-params textarea').value.includes('<lora:close:0.5>')")
+    second = _gallery_bytes(page)
+    assert "Seeds 7" in info.inner_text()
+    assert first[:8] == second[:8] == b"\x89PNG\r\n\x1a\n" and first != second
+    page.screenshot(path=str(artifacts_dir / "generate-alpha.png"), full_page=True)
+
+    # live α: with the box on, dragging the slider regenerates with the same seed
+    page.locator("#gen-live input").check()
+    slider = page.locator("#gen-alpha input[type=range]")
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.999, box["y"] + box["height"] / 2)   # α -> 1.5
+    info.get_by_text("close α=1.5").wait_for()
+    assert "Seeds 7" in info.inner_text() and _gallery_bytes(page) not in (first, second)
