@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from dreamshot import schema
-from labeling import pool
+from labeling import labels, pool
 from labeling.sampler import Sampler
 from tests.conftest import free_port
 from tests.label_helpers import ROOT, make_mixed_pool, synthetic_frames
@@ -119,6 +119,44 @@ def test_label_endpoints_with_gradio_client(studio, tmp_path, serve):
     client.predict("bob", first, "long", api_name="/label_action")
     out = client.predict(str(tmp_path / "set"), False, "", api_name="/label_export")
     assert "Exported 1 frames" in out and (tmp_path / "set" / "metadata.jsonl").exists()
+
+
+def test_upload_settings_stats_resolve_endpoints(studio, tmp_path, serve):
+    import zipfile
+
+    from gradio_client import Client, handle_file
+
+    frames = synthetic_frames(tmp_path / "pool", 3)
+    archive = tmp_path / "frames.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in frames:
+            zf.write(p, f"shots/{p.name}")
+        zf.writestr("../escape.png", frames[0].read_bytes())
+    client = Client(serve(studio), verbose=False)
+    text = client.predict("", [handle_file(str(archive))], None, None, "", 100, 6, "train", api_name="/label_import")
+    assert "kept: 3" in text and "../escape.png" in text
+    assert not (tmp_path / "escape.png").exists()
+
+    saved = client.predict("paper", "close=1, medium=1, long=1", "256", 1.0, 3, api_name="/label_settings")
+    assert saved[1] == "close=1, medium=1, long=1" and saved[2] == "256" and saved[5] == "Saved."
+    with pytest.raises(Exception, match="class=n"):
+        client.predict("paper", "close:1", "256", 1.0, 3, api_name="/label_settings")
+
+    v = client.predict("ann", api_name="/label_view")
+    fid = v["frame_id"]
+    client.predict("ann", fid, "close", api_name="/label_action")
+    w = client.predict("ben", api_name="/label_view")
+    assert w["remaining"] == 3                       # overlap 1.0: ann's frame stays in ben's queue
+    client.predict("ben", fid, "long", api_name="/label_action")
+    stats, table, _ = client.predict(api_name="/label_stats")
+    assert "Cohen's kappa" in stats and "open disagreements: 1" in stats
+    assert table["data"][0][0] == fid and "ann: close" in table["data"][0][1]
+    client.predict(fid, "medium", api_name="/label_resolve")
+    stats, table, _ = client.predict(api_name="/label_stats")
+    assert "open disagreements: 0" in stats and "medium                 1 / 1" in stats
+    with pytest.raises(Exception, match="wide"):  # refused (by the dropdown's choices or by the taxonomy)
+        client.predict(fid, "wide", api_name="/label_resolve")
+    assert labels.final_labels(studio) == {fid: "medium"}
 
 
 def _wait_up(url: str, proc, timeout=120):

@@ -177,3 +177,24 @@ def test_reopen_studio_resumes_exactly(make_studio, tmp_path):
     second = make_studio(data_dir=data)  # the server was killed: a new process on the same folder
     assert Sampler(second).current("ann") == current
     assert set(labels.final_labels(second)) == set(done)
+
+
+@pytest.mark.postgres
+def test_same_workflow_on_postgresql(make_studio, pg_url, tmp_path):
+    from labeling import export, pool
+    from tests.label_helpers import make_mixed_pool
+
+    studio = make_studio(db_url=pg_url)
+    make_mixed_pool(tmp_path / "pool")
+    report = pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool")))
+    assert report.kept == 5 and report.filtered["duplicate"] == 1
+    svc = Annotation.of(studio)
+    first = svc.view("ann")
+    after = svc.act("ann", first.frame_id, "close")
+    svc.act("ann", after.frame_id, "skip")
+    assert svc.undo("ann").frame_id == after.frame_id
+    labels.record(studio, "ben", first.frame_id, "long")
+    assert labels.agreement(studio).items == 1 and labels.final_labels(studio) == {}
+    labels.resolve(studio, first.frame_id, "close", "lead")
+    assert labels.final_labels(studio) == {first.frame_id: "close"}
+    assert export.export_imagefolder(studio, tmp_path / "set").per_class == {"close": 1}
