@@ -174,6 +174,14 @@ def test_datasets_sources(studio, tmp_path):
     titles = sorted(r.meta.get("title") for r in _frames(studio) if r.meta.get("title"))
     assert titles == ["a", "b"]
 
+    repo = tmp_path / "dataset-repo"   # a local dataset repository (parquet shards), streamed
+    (repo / "data").mkdir(parents=True)
+    third = synthetic_frames(tmp_path / "third", 2, seed=3)
+    ds = datasets.Dataset.from_dict({"image": [str(p) for p in third], "year": [2001, 2020]})
+    ds.cast_column("image", datasets.Image()).to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    report = pool.run_import(studio, pool.ImportOptions(f"hf:{repo}", min_side=100, rules=["year > 2010"]))
+    assert report.kind == "hf" and report.kept == 1 and report.filtered == {"metadata_rule": 1}
+
 
 def test_filter_units():
     index = filters.PhashIndex(["ffff000000000000"], threshold=4)
