@@ -164,29 +164,35 @@ def _clip_tokenizer():
 _TOKENIZER_LOCK = threading.Lock()
 
 
+_TOKEN_MEMO: dict[str, int] = {}
+
+
 def token_counts(texts: list[str]) -> list[int]:
     """CLIP token counts (start and end tokens included), as SD 1.5's text encoder sees them."""
-    if not texts:
-        return []
     with _TOKENIZER_LOCK:
-        ids = _clip_tokenizer()(list(texts), truncation=False).input_ids
-    return [len(x) for x in ids]
+        todo = list(dict.fromkeys(t for t in texts if t not in _TOKEN_MEMO))
+        if todo:
+            if len(_TOKEN_MEMO) > 50_000:
+                _TOKEN_MEMO.clear()
+            ids = _clip_tokenizer()(todo, truncation=False).input_ids
+            _TOKEN_MEMO.update(zip(todo, map(len, ids)))
+        return [_TOKEN_MEMO[t] for t in texts]
 
 
 def prompt_for(studio, shot: str | None, caption: str | None, template: str | None = None) -> str | None:
     """The exact training prompt of a frame, or None while it has no shot label or caption."""
+    return _prompt(_taxonomy(studio), shot, caption, template or get_template(studio))
+
+
+def _prompt(tax, shot: str | None, caption: str | None, template: str) -> str | None:
     if not shot or not (caption or "").strip():
         return None
-    return training_prompt(_shot_class(studio, shot), caption, template or get_template(studio))
+    shot_class = tax.get(shot) if shot in tax.names else shot.replace("_", " ")
+    return training_prompt(shot_class, caption, template)
 
 
 def _taxonomy(studio):
     return get_taxonomy(studio.db.get_setting("taxonomy"))
-
-
-def _shot_class(studio, shot: str):
-    tax = _taxonomy(studio)
-    return tax.get(shot) if shot in tax.names else shot.replace("_", " ")
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -203,10 +209,9 @@ def _rows(studio, frame_ids) -> dict[int, sa.Row]:
 
 def _views(studio, frames: dict[int, str | None], split: str) -> list[CaptionView]:
     rows = _rows(studio, frames)
-    template = get_template(studio)
-    tax = _taxonomy(studio)
+    template, tax = get_template(studio), _taxonomy(studio)
     labels = {c.name: c.label for c in tax.classes}
-    prompts = {fid: prompt_for(studio, shot, getattr(rows.get(fid), "caption", None), template)
+    prompts = {fid: _prompt(tax, shot, getattr(rows.get(fid), "caption", None), template)
                for fid, shot in frames.items()}
     counted = [fid for fid, p in prompts.items() if p]
     counts = dict(zip(counted, token_counts([prompts[f] for f in counted])))
@@ -228,20 +233,27 @@ def _views(studio, frames: dict[int, str | None], split: str) -> list[CaptionVie
     return views
 
 
-def list_captions(studio, flt: CaptionFilter = CaptionFilter()) -> list[CaptionView]:
-    """The frames of the split with their captions, filtered, in frame order."""
-    flt.check()
-    frames = caption_sources.labeled_frames(studio, flt.split)
-    if flt.shot:
-        frames = {f: s for f, s in frames.items() if s == flt.shot}
-    views = _views(studio, frames, flt.split)
+def all_captions(studio, split: str = "train") -> list[CaptionView]:
+    """Every frame of the split to caption, with its caption (if any), in frame order."""
+    CaptionFilter(split=split).check()
+    return _views(studio, caption_sources.labeled_frames(studio, split), split)
+
+
+def filter_views(views: list[CaptionView], flt: CaptionFilter) -> list[CaptionView]:
     needle = flt.search.strip().lower()
     return [
         v for v in views
-        if (not flt.unreviewed or not v.reviewed)
+        if (not flt.shot or v.shot == flt.shot)
+        and (not flt.unreviewed or not v.reviewed)
         and (not needle or needle in (v.caption or "").lower())
         and (not flt.too_long or v.too_long)
     ]
+
+
+def list_captions(studio, flt: CaptionFilter = CaptionFilter()) -> list[CaptionView]:
+    """The frames of the split with their captions, filtered, in frame order."""
+    flt.check()
+    return filter_views(all_captions(studio, flt.split), flt)
 
 
 def get_caption(studio, frame_id: int) -> CaptionView:
@@ -254,8 +266,7 @@ def get_caption(studio, frame_id: int) -> CaptionView:
     return _views(studio, {frame_id: shot}, split)[0]
 
 
-def stats(studio, split: str = "train") -> CaptionStats:
-    views = list_captions(studio, CaptionFilter(split=split))
+def stats_of(views: list[CaptionView]) -> CaptionStats:
     return CaptionStats(
         frames=len(views),
         captioned=sum(1 for v in views if v.caption),
@@ -264,6 +275,10 @@ def stats(studio, split: str = "train") -> CaptionStats:
         changed=sum(1 for v in views if v.changed),
         too_long=sum(1 for v in views if v.too_long),
     )
+
+
+def stats(studio, split: str = "train") -> CaptionStats:
+    return stats_of(all_captions(studio, split))
 
 
 # ---- writing -------------------------------------------------------------------------------------

@@ -79,8 +79,9 @@ class CaptionsUi:
             rows = conn.execute(sa.select(f.c.id, f.c.path, f.c.crop_box).where(f.c.id.in_(list(ids)))).all()
         return {r.id: f"{r.path}|{r.crop_box}" for r in rows}
 
-    def _stats(self, split) -> str:
-        return captions.stats(self.studio, split or "train").markdown()
+    def _stats(self, split, views=None) -> str:
+        views = captions.all_captions(self.studio, split or "train") if views is None else views
+        return captions.stats_of(views).markdown()
 
     def _prompt_md(self, view: captions.CaptionView | None, text: str | None = None) -> str:
         if view is None:
@@ -105,8 +106,8 @@ class CaptionsUi:
                 f"Machine caption: *{original}*" + (f"  \n{note}" if note else ""))
         return (image, info, view.frame_id, view.version, view.caption or "", self._prompt_md(view))
 
-    def _neighbour(self, frame_id, flt, step: int) -> captions.CaptionView | None:
-        views = captions.list_captions(self.studio, flt)
+    def _neighbour(self, frame_id, flt, step: int, views=None) -> captions.CaptionView | None:
+        views = captions.filter_views(captions.all_captions(self.studio, flt.split) if views is None else views, flt)
         if not views:
             return None
         if frame_id is None:
@@ -121,7 +122,9 @@ class CaptionsUi:
     # ---- list / editor -----------------------------------------------------------------------
     def list_page(self, split, shot, unreviewed, search, too_long, page, request: gr.Request):
         admin_name(self.studio, request)
-        views = captions.list_captions(self.studio, self._filter(split, shot, unreviewed, search, too_long))
+        flt = self._filter(split, shot, unreviewed, search, too_long).check()
+        every = captions.all_captions(self.studio, flt.split)
+        views = captions.filter_views(every, flt)
         pages = max(1, -(-len(views) // PAGE_SIZE))
         page = min(max(1, int(page or 1)), pages)
         chunk = views[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
@@ -132,7 +135,7 @@ class CaptionsUi:
                   v.caption or "(no caption)", f"{v.tokens}{' ⚠' if v.too_long else ''}" if v.tokens else ""]
                  for v in chunk]
         info = f"{len(views)} captions match · page {page}/{pages}"
-        return items, table, [v.frame_id for v in chunk], info, page, self._stats(split)
+        return items, table, [v.frame_id for v in chunk], info, page, self._stats(split, every)
 
     def list_if_finished(self, split, shot, unreviewed, search, too_long, page, request: gr.Request):
         """After a poll: refresh the list once, when a captioning run has just ended."""
@@ -192,10 +195,12 @@ class CaptionsUi:
             raise gr.Error("Open a caption first.")
         captions.edit_caption(self.studio, captions.EditRequest(
             int(frame_id), text, editor, None if version is None else int(version)))
-        nxt = self._neighbour(frame_id, self._filter(split, shot, unreviewed, search, too_long), 1)
+        flt = self._filter(split, shot, unreviewed, search, too_long).check()
+        every = captions.all_captions(self.studio, flt.split)
+        nxt = self._neighbour(frame_id, flt, 1, every)
         if nxt is not None and nxt.frame_id == int(frame_id):
             nxt = None
-        return (*self._editor(nxt, f"Saved frame {int(frame_id)} ✓"), self._stats(split))
+        return (*self._editor(nxt, f"Saved frame {int(frame_id)} ✓"), self._stats(split, every))
 
     def revert(self, frame_id, split, request: gr.Request):
         admin_name(self.studio, request)
