@@ -113,10 +113,14 @@ HEAD = """
 #label-frame .lf-crop { width: 384px; height: 384px; border-radius: 6px }
 #label-frame .lf-full { position: relative; display: inline-block; line-height: 0 }
 #label-frame .lf-full img { max-width: 384px; max-height: 384px; border-radius: 4px; opacity: .9 }
-#label-frame .lf-box { position: absolute; border: 2px solid #ffcc00; box-shadow: 0 0 0 9999px rgba(0,0,0,.45) }
+#label-frame .lf-box { position: absolute; border: 2px solid #ffcc00 }
 #label-frame .lf-meta { font-size: .9em; opacity: .8; margin-top: 6px }
 #label-frame .lf-wrap-full { overflow: hidden; display: inline-block; border-radius: 4px }
-#label-progress progress { width: 180px; vertical-align: middle }
+#label-progress .lp-row { margin-bottom: 8px }
+#label-progress .lp-n { float: right; opacity: .8 }
+#label-progress .lp-bar { height: 8px; border-radius: 4px; background: rgba(128,128,128,.25); overflow: hidden }
+#label-progress .lp-bar > div { height: 100%; background: #f97316 }
+#label-progress .lp-foot { font-size: .9em; opacity: .8 }
 </style>
 """
 
@@ -162,10 +166,12 @@ def progress_html(p: labels.Progress) -> str:
     for c in p.taxonomy.classes:
         n, q = p.counts.get(c.name, 0), p.quotas[c.name]
         extra = p.extras.get(c.name, 0)
-        rows.append(f"<div><code>{html.escape(c.key)}</code> {html.escape(c.label)}: "
-                    f'<progress value="{min(n, q)}" max="{max(q, 1)}"></progress> {n}/{q}'
-                    + (f" (+{extra} extra)" if extra else "") + ("  &#10003;" if n >= q else "") + "</div>")
-    rows.append(f"<div>rejected {p.rejects} &middot; skipped {p.skips} &middot; "
+        pct = 100 if q <= 0 else min(100, 100 * n / q)
+        rows.append(
+            f'<div class="lp-row"><div><code>{html.escape(c.key)}</code> {html.escape(c.label)} '
+            f'<span class="lp-n">{n}/{q}' + (f" +{extra} extra" if extra else "") + ("  &#10003;" if n >= q else "")
+            + f'</span></div><div class="lp-bar"><div style="width:{pct:.1f}%"></div></div></div>')
+    rows.append(f'<div class="lp-foot">rejected {p.rejects} &middot; skipped {p.skips} &middot; '
                 f"disagreements {p.disagreements}</div>")
     if p.all_met:
         rows.append("<div><b>Every quota is met.</b></div>")
