@@ -159,6 +159,21 @@ def test_upload_settings_stats_resolve_endpoints(studio, tmp_path, serve):
     assert labels.final_labels(studio) == {fid: "medium"}
 
 
+def test_logged_in_name_is_the_annotator(make_studio, tmp_path, serve):
+    from gradio_client import Client
+
+    studio = make_studio(admin_password="correct horse")
+    synthetic_frames(tmp_path / "pool", 2)
+    pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool"), min_side=100))
+    url = serve(studio)
+    client = Client(url, auth=("Ada", "correct horse"), verbose=False)
+    view = client.predict("someone else", api_name="/label_view")
+    assert view["annotator"] == "Ada"
+    client.predict("someone else", view["frame_id"], "close", api_name="/label_action")
+    assert _actions(studio, "Ada")[0][:3] == (view["frame_id"], "label", "close")
+    assert _actions(studio, "someone else") == []
+
+
 def _wait_up(url: str, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
