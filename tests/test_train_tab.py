@@ -52,25 +52,25 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
     assert history(client) == {}
 
     message, _, _ = client.predict(SHOTS, "smoke", dataset, "",
-                                   *form(client, resolution=32, max_steps=40, validation_steps=20, checkpoint_steps=5),
+                                   *form(client, resolution=32, max_steps=16, validation_steps=8, checkpoint_steps=4),
                                    api_name="/train_start")
     assert "#1 close, #2 medium, #3 long" in message
 
     bars = []
-    wait(client, lambda rows: int(rows[1][4].split("/")[0]) >= 3, seen=bars)
-    client.predict(1, api_name="/train_cancel")
+    wait(client, lambda rows: rows[1][3] == "running", seen=bars)
+    client.predict(1, api_name="/train_cancel")  # as early as a hasty user can: still loading, or training
     rows = wait(client, lambda rows: rows[1][3] == "cancelled", seen=bars)
-    assert rows[1][15].startswith("Cancelled at step")
+    assert rows[1][15].startswith("Cancelled")
     live = client.predict(1, api_name="/train_status")
-    assert live["status"] == "cancelled" and 3 <= live["step"] < 40 and live["losses"]
-    assert any("it/s · ETA" in b and "step " in b for b in bars)
+    assert live["status"] == "cancelled" and live["step"] < 16
 
     client.predict(1, api_name="/train_resume")
     rows = wait(client, lambda rows: all(r[3] in ("done", "failed") for r in rows.values()), seen=bars)
     assert {r[2]: r[3] for r in rows.values()} == {"close": "done", "medium": "done", "long": "done"}, rows
-    assert rows[1][4] == "40/40"
+    assert any("it/s · ETA" in b and "step " in b for b in bars)  # live progress was shown
+    assert rows[1][4] == "16/16"
     status = client.predict(1, api_name="/train_status")
-    assert [s for s, _ in status["losses"]] == list(range(1, 41)) and status["validation_step"] == 40
+    assert [s for s, _ in status["losses"]] == list(range(1, 17)) and status["validation_step"] == 16
     progress = client.predict(1, {}, api_name="/train_progress")
     assert len(progress[2]) == 2  # the latest validation images, as pixels
 

@@ -48,12 +48,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _studio_mode_argv(argv: list[str]) -> bool:
+    return not any(a.split("=")[0] in ("--config", "--dataset") for a in argv)
+
+
 def _studio_mode(args) -> bool:
     return not (args.config or args.cfg_dataset)
 
 
+STOP = {"requested": False}
+
+
+def request_stop(signum, _frame):
+    STOP["requested"] = True
+    print(f"training: signal {signum}: stopping after this step (a checkpoint is kept)", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    STOP["requested"] = False
+    previous = None
+    if not _studio_mode_argv(argv):  # before the heavy imports: a cancel while loading is clean too
+        previous = (signal.signal(signal.SIGTERM, request_stop), signal.signal(signal.SIGINT, request_stop))
+    try:
+        return _main(argv)
+    finally:
+        if previous:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
     import logging
@@ -91,15 +116,7 @@ def run_trainer(args, argv: list[str]) -> int:
         cfg.save(out / "config.json")
     (out / "command.txt").write_text(RedactSecrets().redact(" ".join(["python", "-m", "training", *argv])) + "\n")
 
-    stop = {"requested": False}
-
-    def request_stop(signum, _frame):
-        stop["requested"] = True
-        print(f"training: signal {signum}: stopping after this step (a checkpoint is kept)", file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    run = trainer.Trainer(cfg, should_stop=lambda: stop["requested"])
+    run = trainer.Trainer(cfg, should_stop=lambda: STOP["requested"])
     try:
         result = run.run(args.resume)
     except BaseException as exc:  # noqa: BLE001 - every ending is reported in status.jsonl

@@ -425,7 +425,7 @@ class JobRunner:
         if final is not None and events.index(final) < last_launch:
             final = None  # an ending from before the last (re)launch
         step = max([run.step] + [int(e.get("step") or 0) for e in events if e.get("event") == "step"])
-        self._cancel_at.pop(run.id, None)
+        cancel_requested = self._cancel_at.pop(run.id, None) is not None
         if final is not None and final["event"] == "done":
             self._tokens.pop(run.id, None)
             result = self._register(run, final)
@@ -435,6 +435,9 @@ class JobRunner:
                          error=f"Cancelled at step {step}; resume continues from the last checkpoint.")
         elif final is not None:
             self._update(run.id, status=FAILED, step=step, pid=None, finished_at=now(), error=final.get("message"))
+        elif cancel_requested:  # stopped before the trainer could take the signal (still loading)
+            self._update(run.id, status=CANCELLED, step=step, pid=None, finished_at=now(),
+                         error="Cancelled while starting; resume starts it again.")
         elif exit_code is None:
             ckpt = list_checkpoints(run.output_dir)
             where = f"step {ckpt[-1][0]}" if ckpt else "the start (no checkpoint yet)"
