@@ -31,6 +31,7 @@ from .annotate import Annotation, FrameView
 from .sources import VIDEO_EXTS
 
 MAX_SLOTS = max(len(t.classes) for t in PRESETS.values())
+NUDGES = (("◀", "left"), ("▶", "right"), ("▲", "up"), ("▼", "down"), ("center", "center"), ("auto", "auto"))
 
 HEAD = """
 <script>
@@ -348,9 +349,7 @@ def _label_section(studio):
         undo = gr.Button("Undo  [u]", elem_id="label-undo", min_width=80)
     with gr.Row():
         gr.Markdown("Crop window:")
-        nudges = [gr.Button(label, size="sm", min_width=60, elem_id=f"label-nudge-{d}")
-                  for label, d in (("◀", "left"), ("▶", "right"), ("▲", "up"), ("▼", "down"),
-                                   ("center", "center"), ("auto", "auto"))]
+        nudges = {d: gr.Button(text, size="sm", min_width=60, elem_id=f"label-nudge-{d}") for text, d in NUDGES}
     store = gr.BrowserState("", storage_key="dreamshot-label-annotator")
     outs = [frame, progress_box, frame_id]
     service = Annotation.of(studio)
@@ -408,14 +407,15 @@ def _label_section(studio):
     reject.click(act_named("reject"), [name, frame_id], outs, **fast)
     skip.click(act_named("skip"), [name, frame_id], outs, **fast)
     undo.click(do_undo, [name], outs, **fast)
-    for b, (_, d) in zip(nudges, (("", "left"), ("", "right"), ("", "up"), ("", "down"), ("", "center"), ("", "auto"))):
-        b.click(nudge_to(d), [name, frame_id], outs, **fast)
+    for direction, b in nudges.items():
+        b.click(nudge_to(direction), [name, frame_id], outs, **fast)
     _api_endpoints(studio, service)
     return slots, on_load, [store], [*outs, name, *slots]
 
 
 def frame_html_prompt(studio) -> str:
-    return ('<div class="lf-empty" data-frame=""><p>Type your name and press <b>Start / resume</b>.</p></div>')
+    return '<div class="lf-empty" data-frame=""><p>Type your name and press <b>Start / resume</b>.</p></div>'
+
 
 
 def _view_dict(view: FrameView) -> dict:
