@@ -53,6 +53,7 @@ class CaptionsUi:
 
     def __init__(self, studio):
         self.studio = studio
+        self.stats_md = None  # the edit-rate line, set by build()
         self._thumbs: OrderedDict[tuple, object] = OrderedDict()
         self._listed_after: set[float] = set()
 
@@ -245,13 +246,14 @@ class CaptionsUi:
         admin_name(self.studio, request)
         changes = self._bulk(kind, find, replace, regex, terms, self._filter(split, shot, unreviewed, search, too_long))
         rows = [[c.frame_id, c.before, c.after] for c in changes]
-        note = f"{len(changes)} captions would change. Check them, then Apply." if changes else "Nothing would change."
-        return rows, note, changes
+        note = (f"{len(changes)} captions would change. Check them, then Apply {kind}." if changes
+                else "Nothing would change.")
+        return rows, note, (kind, changes)
 
     def bulk_apply(self, kind, find, replace, regex, terms, split, shot, unreviewed, search, too_long, previewed,
                    request: gr.Request):
         editor = admin_name(self.studio, request)
-        changes = previewed if previewed else self._bulk(
+        changes = previewed[1] if previewed and previewed[0] == kind else self._bulk(
             kind, find, replace, regex, terms, self._filter(split, shot, unreviewed, search, too_long))
         result = captions.apply_changes(self.studio, changes, editor)
         note = f"Applied to {result.applied} captions."
@@ -260,15 +262,11 @@ class CaptionsUi:
         return [], note, None, self._stats(split)
 
 
-def build(studio) -> None:
-    ui = CaptionsUi(studio)
-    shots = ["all"] + get_taxonomy(studio.db.get_setting("taxonomy")).names
-    stats_md = gr.Markdown(elem_id="captions-stats")
-
+def _autocaption_panel(ui: CaptionsUi, split, refresh_if_done) -> None:
     with gr.Accordion("Auto-caption", open=False):
         with gr.Row():
             model = gr.Dropdown([c for c, _ in CAPTIONERS], value=DEFAULT_CAPTIONER, allow_custom_value=True,
-                                label="Captioner (Hub id or local folder)", scale=3,
+                                label="Captioner (Hub id or local folder)", scale=3, elem_id="captioner-model",
                                 info="; ".join(f"{c.split('/')[-1]}: {d}" for c, d in CAPTIONERS))
             batch = gr.Number(8, precision=0, minimum=1, maximum=caption_jobs.MAX_BATCH, label="Batch size")
             max_length = gr.Slider(5, MAX_NEW_TOKENS_LIMIT, value=30, step=1, label="Length limit (tokens)")
@@ -278,18 +276,29 @@ def build(studio) -> None:
                                  info="train: labeled frames; test: held-out frames")
             redo = gr.Checkbox(False, label="Caption again frames that already have a machine caption")
         with gr.Row():
-            start_btn = gr.Button("Auto-caption", variant="primary")
+            start_btn = gr.Button("Start captioning", variant="primary", elem_id="caption-start")
             cancel_btn = gr.Button("Cancel")
         progress_md = gr.Markdown(elem_id="caption-progress")
         timer = gr.Timer(1.0, active=False)
+    start_btn.click(guarded(ui.start), inputs=[model, batch, prefix, max_length, run_split, redo],
+                    outputs=[progress_md, timer], api_name="caption_start")
+    timer.tick(guarded(ui.poll), inputs=[split], outputs=[progress_md, timer, ui.stats_md],
+               api_name="caption_progress", show_progress="hidden").then(**refresh_if_done)
+    cancel_btn.click(guarded(ui.cancel), outputs=progress_md, api_name="caption_cancel")
 
+
+def _template_panel(ui: CaptionsUi, split, refresh) -> None:
     with gr.Accordion("Training prompt template", open=False):
         with gr.Row():
-            template = gr.Textbox(value=lambda: captions.get_template(studio), label="Template ({shot}, {caption})",
-                                  scale=4)
+            template = gr.Textbox(value=lambda: captions.get_template(ui.studio),
+                                  label="Template ({shot}, {caption})", scale=4)
             template_btn = gr.Button("Save template")
         template_md = gr.Markdown()
+    template_btn.click(guarded(ui.save_template), inputs=[template, split],
+                       outputs=[template, template_md, ui.stats_md], api_name="caption_template").then(**refresh)
 
+
+def _bulk_panel(ui: CaptionsUi, filters, refresh) -> None:
     with gr.Accordion("Bulk edit (with preview)", open=False):
         with gr.Row():
             find = gr.Textbox(label="Find")
@@ -305,94 +314,109 @@ def build(studio) -> None:
             apply_replace_btn = gr.Button("Apply replace", variant="stop")
             apply_strip_btn = gr.Button("Apply strip", variant="stop")
         previewed = gr.State(None)
-        replace_kind, strip_kind = gr.State("replace"), gr.State("strip")
+    bulk_inputs = [find, replace, regex, terms, *filters]
+    for kind, preview_btn, apply_btn in (("replace", replace_preview_btn, apply_replace_btn),
+                                         ("strip", strip_preview_btn, apply_strip_btn)):
+        kind_state = gr.State(kind)
+        preview_btn.click(guarded(ui.bulk_preview), inputs=[kind_state, *bulk_inputs],
+                          outputs=[bulk_table, bulk_md, previewed], api_name=f"caption_{kind}_preview")
+        apply_btn.click(guarded(ui.bulk_apply), inputs=[kind_state, *bulk_inputs, previewed],
+                        outputs=[bulk_table, bulk_md, previewed, ui.stats_md],
+                        api_name=f"caption_{kind}_apply").then(**refresh)
 
+
+def _filters_row(studio):
+    shots = ["all"] + get_taxonomy(studio.db.get_setting("taxonomy")).names
     with gr.Row():
         split = gr.Radio(["train", "test"], value="train", label="Frames")
         shot = gr.Dropdown(shots, value="all", label="Shot type")
         unreviewed = gr.Checkbox(False, label="Not yet reviewed")
         too_long = gr.Checkbox(False, label="Over 77 tokens")
         search = gr.Textbox(label="Search captions", placeholder="text in the caption")
-    filters = [split, shot, unreviewed, search, too_long]
+    return [split, shot, unreviewed, search, too_long]
 
-    with gr.Row():
-        with gr.Column(scale=3):
-            with gr.Row():
-                page = gr.Number(1, precision=0, minimum=1, label="Page", scale=1)
-                list_md = gr.Markdown()
-                refresh_btn = gr.Button("Refresh", scale=1)
-            gallery = gr.Gallery(columns=6, height=400, allow_preview=False, object_fit="cover",
-                                 label="Captions (click to edit)")
-            table = gr.Dataframe(headers=["frame", "shot", "reviewed", "changed", "caption", "tokens"],
-                                 interactive=False, wrap=True, label="This page (click a row to edit)",
-                                 elem_id="captions-table")
-            ids = gr.State([])
-        with gr.Column(scale=2, elem_id="captions-editor"):
-            image = gr.Image(type="pil", format="png", interactive=False, label="Cropped frame (as trained)",
-                             height=320)
-            info = gr.Markdown(elem_id="caption-info")
-            frame_id = gr.Number(None, precision=0, label="Frame id", visible=False)
-            version = gr.Number(None, precision=0, label="Version", visible=False)
-            caption = gr.Textbox(lines=3, label="Caption (Ctrl+Enter: save and next)", elem_id="caption-box")
-            prompt_md = gr.Markdown(elem_id="caption-prompt")
-            with gr.Row():
-                prev_btn = gr.Button("◀ Previous (Alt+↑)", elem_id="caption-prev")
-                save_btn = gr.Button("Save", elem_id="caption-save")
-                save_next_btn = gr.Button("Save & next (Ctrl+Enter)", variant="primary", elem_id="caption-save-next")
-                next_btn = gr.Button("Next ▶ (Alt+↓)", elem_id="caption-next")
-            revert_btn = gr.Button("Revert to the machine caption", size="sm")
-    editor = [image, info, frame_id, version, caption, prompt_md]
 
-    # ---- wiring ------------------------------------------------------------------------------
-    list_outputs = [gallery, table, ids, list_md, page, stats_md]
-    show_list = dict(fn=guarded(ui.list_page), inputs=[*filters, page], outputs=list_outputs)
-    refresh = dict(**show_list, api_visibility="private", show_progress="hidden")
-    refresh_btn.click(**show_list, api_name="captions_list")
-    for comp in (split, shot, unreviewed, too_long):
-        comp.change(**show_list, api_visibility="private").then(
-            guarded(ui.first), inputs=filters, outputs=editor, api_visibility="private")
-    search.submit(**show_list, api_visibility="private")
-    page.submit(**show_list, api_visibility="private")
-    gallery.select(guarded(ui.select), inputs=[ids], outputs=editor, api_visibility="private").then(
-        None, js=FOCUS_JS)
-    table.select(guarded(ui.select_row), inputs=[ids], outputs=editor, api_visibility="private").then(
-        None, js=FOCUS_JS)
+def _list_column():
+    with gr.Column(scale=3):
+        with gr.Row():
+            page = gr.Number(1, precision=0, minimum=1, label="Page", scale=1)
+            list_md = gr.Markdown()
+            refresh_btn = gr.Button("Refresh", scale=1)
+        gallery = gr.Gallery(columns=6, height=400, allow_preview=False, object_fit="cover",
+                             label="Captions (click to edit)")
+        table = gr.Dataframe(headers=["frame", "shot", "reviewed", "changed", "caption", "tokens"],
+                             interactive=False, wrap=True, label="This page (click a row to edit)",
+                             elem_id="captions-table")
+        ids = gr.State([])
+    return page, list_md, refresh_btn, gallery, table, ids
+
+
+def _editor_column():
+    with gr.Column(scale=2, elem_id="captions-editor"):
+        image = gr.Image(type="pil", format="png", interactive=False, label="Cropped frame (as trained)", height=320)
+        info = gr.Markdown(elem_id="caption-info")
+        frame_id = gr.Number(None, precision=0, label="Frame id", visible=False)
+        version = gr.Number(None, precision=0, label="Version", visible=False)
+        caption = gr.Textbox(lines=3, label="Caption (Ctrl+Enter: save and next)", elem_id="caption-box")
+        prompt_md = gr.Markdown(elem_id="caption-prompt")
+        with gr.Row():
+            buttons = dict(
+                prev=gr.Button("◀ Previous (Alt+↑)", elem_id="caption-prev"),
+                save=gr.Button("Save", elem_id="caption-save"),
+                save_next=gr.Button("Save & next (Ctrl+Enter)", variant="primary", elem_id="caption-save-next"),
+                next=gr.Button("Next ▶ (Alt+↓)", elem_id="caption-next"),
+            )
+        buttons["revert"] = gr.Button("Revert to the machine caption", size="sm")
+    return [image, info, frame_id, version, caption, prompt_md], buttons
+
+
+def _wire_editor(ui: CaptionsUi, editor, buttons, filters, refresh) -> None:
+    _, _, frame_id, version, caption, prompt_md = editor
+    split, with_stats = filters[0], [*editor, ui.stats_md]
     frame_id.submit(guarded(ui.open_frame), inputs=[frame_id], outputs=editor, api_name="caption_open")
-
     caption.input(guarded(ui.prompt_preview), inputs=[frame_id, caption], outputs=prompt_md,
                   api_name="caption_prompt", trigger_mode="always_last", show_progress="hidden")
-    save_btn.click(guarded(ui.save), inputs=[frame_id, caption, version, split], outputs=[*editor, stats_md],
-                   api_name="caption_save").then(**refresh)
-    save_next_btn.click(guarded(ui.save_next), inputs=[frame_id, caption, version, *filters],
-                        outputs=[*editor, stats_md], api_name="caption_save_next").then(
+    buttons["save"].click(guarded(ui.save), inputs=[frame_id, caption, version, split], outputs=with_stats,
+                          api_name="caption_save").then(**refresh)
+    buttons["save_next"].click(guarded(ui.save_next), inputs=[frame_id, caption, version, *filters],
+                               outputs=with_stats, api_name="caption_save_next").then(
         None, js=FOCUS_JS).then(**refresh)
-    next_btn.click(guarded(ui.next), inputs=[frame_id, *filters], outputs=editor,
-                   api_name="caption_next").then(None, js=FOCUS_JS)
-    prev_btn.click(guarded(ui.prev), inputs=[frame_id, *filters], outputs=editor,
-                   api_name="caption_prev").then(None, js=FOCUS_JS)
-    revert_btn.click(guarded(ui.revert), inputs=[frame_id, split], outputs=[*editor, stats_md],
-                     api_name="caption_revert").then(**refresh)
+    for name in ("next", "prev"):
+        buttons[name].click(guarded(getattr(ui, name)), inputs=[frame_id, *filters], outputs=editor,
+                            api_name=f"caption_{name}").then(None, js=FOCUS_JS)
+    buttons["revert"].click(guarded(ui.revert), inputs=[frame_id, split], outputs=with_stats,
+                            api_name="caption_revert").then(**refresh)
 
-    start_btn.click(guarded(ui.start), inputs=[model, batch, prefix, max_length, run_split, redo],
-                    outputs=[progress_md, timer], api_name="caption_start")
-    timer.tick(guarded(ui.poll), inputs=[split], outputs=[progress_md, timer, stats_md], api_name="caption_progress",
-               show_progress="hidden").then(guarded(ui.list_if_finished), inputs=[*filters, page],
-                                            outputs=list_outputs, api_visibility="private", show_progress="hidden")
-    cancel_btn.click(guarded(ui.cancel), outputs=progress_md, api_name="caption_cancel")
 
-    template_btn.click(guarded(ui.save_template), inputs=[template, split], outputs=[template, template_md, stats_md],
-                       api_name="caption_template").then(**refresh)
-    bulk_inputs = [find, replace, regex, terms, *filters]
-    replace_preview_btn.click(guarded(ui.bulk_preview), inputs=[replace_kind, *bulk_inputs],
-                              outputs=[bulk_table, bulk_md, previewed], api_name="caption_replace_preview")
-    strip_preview_btn.click(guarded(ui.bulk_preview), inputs=[strip_kind, *bulk_inputs],
-                            outputs=[bulk_table, bulk_md, previewed], api_name="caption_strip_preview")
-    apply_replace_btn.click(guarded(ui.bulk_apply), inputs=[replace_kind, *bulk_inputs, previewed],
-                            outputs=[bulk_table, bulk_md, previewed, stats_md], api_name="caption_replace_apply").then(**refresh)
-    apply_strip_btn.click(guarded(ui.bulk_apply), inputs=[strip_kind, *bulk_inputs, previewed],
-                          outputs=[bulk_table, bulk_md, previewed, stats_md], api_name="caption_strip_apply").then(**refresh)
+def build(studio) -> None:
+    ui = CaptionsUi(studio)
+    ui.stats_md = gr.Markdown(elem_id="captions-stats")
+    accordions = gr.Column()  # filled below, once the filters exist
+    filters = _filters_row(studio)
+    with gr.Row():
+        page, list_md, refresh_btn, gallery, table, ids = _list_column()
+        editor, buttons = _editor_column()
+
+    list_outputs = [gallery, table, ids, list_md, page, ui.stats_md]
+    show_list = dict(fn=guarded(ui.list_page), inputs=[*filters, page], outputs=list_outputs)
+    refresh = dict(**show_list, api_visibility="private", show_progress="hidden")
+    refresh_if_done = dict(fn=guarded(ui.list_if_finished), inputs=[*filters, page], outputs=list_outputs,
+                           api_visibility="private", show_progress="hidden")
+    with accordions:
+        _autocaption_panel(ui, filters[0], refresh_if_done)
+        _template_panel(ui, filters[0], refresh)
+        _bulk_panel(ui, filters, refresh)
+
+    refresh_btn.click(**show_list, api_name="captions_list")
+    first = dict(fn=guarded(ui.first), inputs=filters, outputs=editor, api_visibility="private")
+    for comp in filters[:3] + filters[4:]:
+        comp.change(**show_list, api_visibility="private").then(**first)
+    filters[3].submit(**show_list, api_visibility="private").then(**first)
+    page.submit(**show_list, api_visibility="private")
+    for comp, handler in ((gallery, ui.select), (table, ui.select_row)):
+        comp.select(guarded(handler), inputs=[ids], outputs=editor, api_visibility="private").then(None, js=FOCUS_JS)
+    _wire_editor(ui, editor, buttons, filters, refresh)
 
     root = gr.context.Context.root_block
     if root is not None:
-        root.load(**show_list, api_visibility="private").then(
-            guarded(ui.first), inputs=filters, outputs=editor, api_visibility="private")
+        root.load(**show_list, api_visibility="private").then(**first)
