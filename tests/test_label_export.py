@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +17,7 @@ from dreamshot.errors import InvalidInput
 from dreamshot.shots import training_prompt, get_taxonomy
 from dreamshot.storage import now
 from labeling import crop, export, labels, pool
-from tests.label_helpers import PHOTOS, make_mixed_pool, run_cli, synthetic_frames, tree_digest
+from tests.label_helpers import PHOTOS, ROOT, make_mixed_pool, run_cli, synthetic_frames, tree_digest
 
 
 @pytest.fixture
@@ -164,7 +166,8 @@ def test_cli_import_stats_export(tmp_path):
     out = run_cli("import", str(tmp_path / "pool"), "--min-side", "200", "--labels", str(labels_file), data=data)
     assert "kept: 8" in out.stdout and "corrupt or truncated file: 2" in out.stdout
     assert "truncated.jpg" in out.stdout and "labels imported: 1   rejected: 1" in out.stdout
-    stats = run_cli("stats", data=data)
+    stats = subprocess.run([sys.executable, "-m", "labeling", "stats", "--data", str(data)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)  # flags after the subcommand too
     assert "medium                 1 / 200" in stats.stdout and "Pool (train)" in stats.stdout
     exported = run_cli("export", str(tmp_path / "set"), data=data)
     assert "Exported 1 frames" in exported.stdout
