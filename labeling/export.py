@@ -73,7 +73,8 @@ def _check_out_dir(out: Path, data_dir: Path) -> None:
 
 
 def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = False, push_to_hub: str | None = None,
-                       split: str | None = "train") -> "ExportReport":
+                       split: str | None = "train", progress=None) -> "ExportReport":
+    """``progress(done, total)`` is called after each image (the tab's progress bar)."""
     out = Path(out_dir).expanduser()
     _check_out_dir(out, studio.settings.data_dir)
     taxonomy = labels.current_taxonomy(studio)
@@ -96,7 +97,9 @@ def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = Fal
     try:
         (tmp / "images").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
-            for fid in ids:
+            for done, fid in enumerate(ids):
+                if progress:
+                    progress(done, len(ids))
                 shot = chosen[fid]
                 name = f"images/{fid:07d}_{shot}.png"
                 try:

@@ -503,10 +503,11 @@ def _export_section(studio):
         report = gr.Textbox(label="Export report", lines=5, interactive=False)
 
     @guarded
-    def do_export(out, extra, repo, request: gr.Request):
+    def do_export(out, extra, repo, request: gr.Request, progress=gr.Progress()):
         admin_name(studio, request)
         return export.export_imagefolder(studio, out, include_extra=bool(extra),
-                                         push_to_hub=(repo or "").strip() or None).text()
+                                         push_to_hub=(repo or "").strip() or None,
+                                         progress=lambda d, t: progress((d, t), desc="Exporting")).text()
 
     go.click(do_export, [out, extra, repo], report, api_name="label_export")
 
