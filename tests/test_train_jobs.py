@@ -165,3 +165,27 @@ def test_queued_run_can_be_cancelled_before_it_starts(runner, dataset):
     assert runner.cancel(run.id).status == "cancelled"
     runner.tick()
     assert runner.list_runs((jobs.RUNNING,)) == []
+
+
+def test_command_is_an_argument_list_and_multi_gpu_goes_through_accelerate(runner, dataset, monkeypatch):
+    (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
+    cmd = runner.command(run)
+    assert cmd[1:4] == ["-m", "training", "--config"] and cmd[-1].endswith("config.json")
+    monkeypatch.setenv("DREAMSHOT_TRAIN_PROCESSES", "4")
+    assert runner.command(run)[1:7] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4", "-m"]
+    monkeypatch.setenv("DREAMSHOT_TRAIN_PROCESSES", "4; reboot")
+    with pytest.raises(InvalidInput):
+        runner.command(run)
+
+
+def test_run_names_cannot_smuggle_shell_or_paths(runner, dataset):
+    for name in ("x; rm -rf ~", "../../etc", "a b"):
+        with pytest.raises(InvalidInput, match="--name"):
+            runner.submit(jobs.TrainRequest(["close"], "smoke", {**FAST, "name": name}, dataset=str(dataset)))
+
+
+def test_studio_cli_needs_shot_types(studio, capsys):
+    from training.__main__ import main
+
+    assert main(["--data", str(studio.settings.data_dir), "--model", "demo"]) == 2
+    assert "--shots close medium long" in capsys.readouterr().err

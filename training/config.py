@@ -193,10 +193,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset(name: str, **overrides) -> TrainConfig:
-    if name not in PRESETS:
-        raise InvalidInput(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return TrainConfig(**{**PRESETS[name], "preset": name, **overrides})
+def preset(preset_name: str, /, **overrides) -> TrainConfig:
+    if preset_name not in PRESETS:
+        raise InvalidInput(f"Unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
+    return TrainConfig(**{**PRESETS[preset_name], "preset": preset_name, **overrides})
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -306,7 +306,15 @@ class JobRunner:
 
     # ---- one run's process -------------------------------------------------------------------------------
     def command(self, run: RunInfo) -> list[str]:
-        cmd = [self.python, "-m", "training", "--config", str(run.output_dir / "config.json")]
+        """The argument list (never a shell string). DREAMSHOT_TRAIN_PROCESSES=N (N > 1) trains on
+        N GPUs through ``accelerate launch``; the trainer needs no change for it."""
+        processes = os.environ.get("DREAMSHOT_TRAIN_PROCESSES", "1").strip() or "1"
+        if not processes.isdigit() or not 1 <= int(processes) <= 64:
+            raise InvalidInput("DREAMSHOT_TRAIN_PROCESSES must be a number of GPUs between 1 and 64.")
+        launcher = [self.python, "-m"]
+        if int(processes) > 1:
+            launcher += ["accelerate.commands.launch", "--multi_gpu", "--num_processes", processes, "-m"]
+        cmd = [*launcher, "training", "--config", str(run.output_dir / "config.json")]
         if run.config.get("resume"):
             cmd += ["--resume", "latest"]
         return cmd
@@ -355,6 +363,7 @@ class JobRunner:
     def _launch(self, run: RunInfo, *, wait: bool = False) -> None:
         try:
             cfg = self._prepare_data(run)
+            cmd = self.command(run)
         except Exception as exc:
             from .trainer import classify_error
 
@@ -362,7 +371,6 @@ class JobRunner:
             self._append_log(run, f"Run refused before start: {message}")
             self._update(run.id, status=FAILED, error=message, finished_at=now())
             return
-        cmd = self.command(run)
         run.output_dir.mkdir(parents=True, exist_ok=True)
         redact = RedactSecrets([self._tokens.get(run.id, "")])
         (run.output_dir / "command.txt").write_text(redact.redact(" ".join(cmd)) + "\n")
