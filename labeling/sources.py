@@ -211,18 +211,23 @@ def _video(path: Path, rel: str) -> Iterator[Item]:
 
 
 # ---- Hugging Face datasets: streamed, one row at a time -----------------------------------------
+def _open_dataset(datasets, spec: str, kind: str):
+    if kind == "imagefolder":
+        return datasets.load_dataset("imagefolder", data_dir=spec, split="train", streaming=True)
+    if Path(spec).is_dir() and ((Path(spec) / "dataset_info.json").exists() or (Path(spec) / "state.json").exists()):
+        ds = datasets.load_from_disk(spec)
+        return ds[next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds
+    return datasets.load_dataset(spec, split="train", streaming=True)
+
+
 def _hf(source: str, kind: str, start: int) -> Iterator[tuple[int, Item]]:
     import datasets
 
     spec = source.split(":", 1)[1] if source.startswith(("hf:", "imagefolder:")) else source
-    if kind == "imagefolder":
-        stream = datasets.load_dataset("imagefolder", data_dir=spec, split="train", streaming=True)
-    elif Path(spec).is_dir() and ((Path(spec) / "dataset_info.json").exists() or (Path(spec) / "state.json").exists()):
-        stream = datasets.load_from_disk(spec)
-        if isinstance(stream, datasets.DatasetDict):
-            stream = stream[next(iter(stream))]
-    else:
-        stream = datasets.load_dataset(spec, split="train", streaming=True)
+    try:
+        stream = _open_dataset(datasets, spec, kind)
+    except Exception as exc:  # datasets raises many types (offline, missing split, bad files)
+        raise InvalidInput(f"Cannot open the dataset {spec!r}: {exc.__class__.__name__}: {str(exc)[:300]}") from None
     features = stream.features or {}
     column = next((n for n, f in features.items() if isinstance(f, datasets.Image)), None)
     if column is None:

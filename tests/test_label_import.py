@@ -181,6 +181,8 @@ def test_datasets_sources(studio, tmp_path):
     ds.cast_column("image", datasets.Image()).to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
     report = pool.run_import(studio, pool.ImportOptions(f"hf:{repo}", min_side=100, rules=["year > 2010"]))
     assert report.kind == "hf" and report.kept == 1 and report.filtered == {"metadata_rule": 1}
+    with pytest.raises(InvalidInput, match="Cannot open the dataset"):  # offline, not cached: a clear error
+        pool.run_import(studio, pool.ImportOptions("hf:someone/not-cached-anywhere"))
 
 
 def test_filter_units():
