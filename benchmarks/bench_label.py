@@ -143,6 +143,9 @@ def main() -> None:
     from dreamshot.studio import Studio
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-label-"))
+    # importing app.py opens a studio from the environment: keep it in the temp folder too
+    os.environ["DREAMSHOT_DATA"] = str(tmp / "app-import")
+    os.environ["DREAMSHOT_MODEL"] = "demo"
     studio = Studio.open(Settings(data_dir=tmp / "data", model="demo"))
     fps = bench_import(studio, tmp / "frames", args.import_frames)
     grow_pool(studio, args.pool)
