@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -147,9 +148,13 @@ def main() -> None:
     os.environ["DREAMSHOT_DATA"] = str(tmp / "app-import")
     os.environ["DREAMSHOT_MODEL"] = "demo"
     studio = Studio.open(Settings(data_dir=tmp / "data", model="demo"))
-    fps = bench_import(studio, tmp / "frames", args.import_frames)
-    grow_pool(studio, args.pool)
-    shown, confirmed = bench_keys(studio, args.keys)
+    try:
+        fps = bench_import(studio, tmp / "frames", args.import_frames)
+        grow_pool(studio, args.pool)
+        shown, confirmed = bench_keys(studio, args.keys)
+    finally:
+        studio.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     for name, values in (("keypress -> next frame displayed", shown),
                          ("keypress -> server answer displayed (label saved)", confirmed)):
         warm = values[5:]  # the first presses warm the page and the prefetch cache
