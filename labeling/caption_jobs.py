@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dreamshot.errors import DreamShotError, InvalidInput
@@ -133,39 +134,59 @@ def run_captioning(studio, request: CaptionRequest, *, progress: CaptionProgress
     p.state = "loading"
     notify(p)
     captioner = load_captioner(request.model)
-    # 4. caption batch by batch, each batch committed before the next starts
+    # 4. caption batch by batch, each batch committed before the next starts; the next batch's
+    #    images are cropped in a helper thread while the model works on the current one
     p.state, p.captioning_since = "running", time.time()
     notify(p)
-    options = request.generation
-    for start in range(0, len(ids), int(request.batch_size)):
-        if cancel is not None and cancel.is_set():
-            p.state = "cancelled"
-            break
-        _caption_batch(studio, captioner, ids[start:start + int(request.batch_size)], options, p)
-        notify(p)
-    else:
-        p.state = "done"
+    options, size = request.generation, int(request.batch_size)
+    batches = [ids[i:i + size] for i in range(0, len(ids), size)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="caption-images") as pool:
+        pending = pool.submit(_load_images, studio, batches[0])
+        for i in range(len(batches)):
+            if cancel is not None and cancel.is_set():
+                p.state = "cancelled"
+                break
+            loaded = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(_load_images, studio, batches[i + 1])
+            _caption_batch(studio, captioner, loaded, options, p)
+            notify(p)
+        else:
+            p.state = "done"
     p.finished_at = time.time()
     notify(p)
     return p
 
 
-def _caption_batch(studio, captioner, batch: list[int], options: GenerationOptions, p: CaptionProgress) -> None:
-    images, ok_ids = [], []
+@dataclass
+class _Loaded:
+    frame_ids: list[int]
+    images: list
+    failures: list[tuple[int, str]]
+
+
+def _load_images(studio, batch: list[int]) -> _Loaded:
+    loaded = _Loaded([], [], [])
     for fid in batch:
         try:
-            images.append(caption_sources.frame_image(studio, fid))
-            ok_ids.append(fid)
+            loaded.images.append(caption_sources.frame_image(studio, fid))
+            loaded.frame_ids.append(fid)
         except (OSError, DreamShotError) as exc:
-            _fail(p, fid, f"image unreadable: {exc.__class__.__name__}")
-    texts = captioner.caption(images, options) if images else []
-    for fid, text in zip(ok_ids, texts):
+            loaded.failures.append((fid, f"image unreadable: {exc.__class__.__name__}"))
+    return loaded
+
+
+def _caption_batch(studio, captioner, loaded: _Loaded, options: GenerationOptions, p: CaptionProgress) -> None:
+    for fid, why in loaded.failures:
+        _fail(p, fid, why)
+    texts = captioner.caption(loaded.images, options) if loaded.images else []
+    for fid, text in zip(loaded.frame_ids, texts):
         if not text:
             _fail(p, fid, "empty machine caption")
-            continue
-        outcome = captions.save_machine_caption(studio, fid, text, model=captioner.spec, prompt=options.prefix)
-        p.kept_human += outcome == "kept"
-        p.done += 1
+    items = [(fid, text) for fid, text in zip(loaded.frame_ids, texts) if text]
+    outcomes = captions.save_machine_captions(studio, items, model=captioner.spec, prompt=options.prefix)
+    p.kept_human += outcomes.count("kept")
+    p.done += len(items)
 
 
 def _fail(p: CaptionProgress, frame_id: int, why: str) -> None:

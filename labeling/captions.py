@@ -347,24 +347,32 @@ def revert_caption(studio, frame_id: int) -> CaptionView:
 
 def save_machine_caption(studio, frame_id: int, text: str, *, model: str, prompt: str = "") -> str:
     """Store a machine caption. Returns "new", "updated" or "kept" (a person's caption was kept)."""
-    t, ts = schema.captions, now()
-    fid = int(frame_id)
-    machine = dict(caption_original=text, model=model, captioner_prompt=prompt or None, updated_at=ts)
+    return save_machine_captions(studio, [(frame_id, text)], model=model, prompt=prompt)[0]
+
+
+def save_machine_captions(studio, items: list[tuple[int, str]], *, model: str, prompt: str = "") -> list[str]:
+    """Store a batch of machine captions in one committed transaction; an outcome per item."""
     with studio.db.write() as conn:
-        # compare-and-set: replace the training caption only while no person has saved one
-        if conn.execute(t.update().where(t.c.frame_id == fid, t.c.edited_by.is_(None)).values(
-                caption=text, version=t.c.version + 1, **machine)).rowcount:
-            return "updated"
-        if conn.execute(t.update().where(t.c.frame_id == fid).values(**machine)).rowcount:
-            return "kept"
-        try:
-            with conn.begin_nested():
-                conn.execute(t.insert().values(frame_id=fid, caption=text, reviewed=False, version=1,
-                                               created_at=ts, **machine))
-            return "new"
-        except sa.exc.IntegrityError:  # PostgreSQL: a person's first edit landed in between
-            conn.execute(t.update().where(t.c.frame_id == fid).values(**machine))
-            return "kept"
+        return [_save_machine(conn, int(fid), text, model, prompt) for fid, text in items]
+
+
+def _save_machine(conn, fid: int, text: str, model: str, prompt: str) -> str:
+    t, ts = schema.captions, now()
+    machine = dict(caption_original=text, model=model, captioner_prompt=prompt or None, updated_at=ts)
+    # compare-and-set: replace the training caption only while no person has saved one
+    if conn.execute(t.update().where(t.c.frame_id == fid, t.c.edited_by.is_(None)).values(
+            caption=text, version=t.c.version + 1, **machine)).rowcount:
+        return "updated"
+    if conn.execute(t.update().where(t.c.frame_id == fid).values(**machine)).rowcount:
+        return "kept"
+    try:
+        with conn.begin_nested():
+            conn.execute(t.insert().values(frame_id=fid, caption=text, reviewed=False, version=1,
+                                           created_at=ts, **machine))
+        return "new"
+    except sa.exc.IntegrityError:  # PostgreSQL: a person's first edit landed in between
+        conn.execute(t.update().where(t.c.frame_id == fid).values(**machine))
+        return "kept"
 
 
 def frames_with_machine_caption(studio, frame_ids) -> set[int]:
