@@ -49,6 +49,7 @@ class StatusLog:
     def __init__(self, path: Path | None, echo: bool = False):
         self.path = path
         self.echo = echo  # also print a readable line (the run's log)
+        self._fh = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -56,9 +57,10 @@ class StatusLog:
         if self.path is None:
             return
         line = json.dumps({"event": event, "time": round(time.time(), 3), **fields})
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(line + "\n")
+        self._fh.flush()  # readers (the job runner, the tab) see every complete line at once
         if self.echo:
             print(human(event, fields), flush=True)
 
@@ -316,7 +318,10 @@ class Trainer:
         if c.train_text_encoder:
             params.append({"params": [p for p in self.text_encoder.parameters() if p.requires_grad],
                            "lr": c.text_encoder_lr or c.learning_rate})
-        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        self.params = [p for group in params for p in group["params"]]
+        # One fused/multi-tensor update for all LoRA tensors, not one small kernel per tensor.
+        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        self.optimizer = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay, **fast)
         self.lr_scheduler = get_scheduler(
             c.lr_scheduler, optimizer=self.optimizer,
             num_warmup_steps=c.lr_warmup_steps * acc.num_processes,
@@ -468,8 +473,7 @@ class Trainer:
                     loss = self.micro_step()
                     acc.backward(loss)
                     if acc.sync_gradients and c.max_grad_norm > 0:
-                        params = [p for m in self.trainable_models() for p in m.parameters() if p.requires_grad]
-                        acc.clip_grad_norm_(params, c.max_grad_norm)
+                        acc.clip_grad_norm_(self.params, c.max_grad_norm)
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
