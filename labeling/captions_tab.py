@@ -2,8 +2,9 @@
 caption fast (thumbnail grid + editor with keyboard flow), bulk find/replace and shot-word strip with
 a preview, the exact training prompt and its CLIP token count, and the edit rate.
 
-Keyboard (while the tab is open): Ctrl+Enter = save and go to the next caption, Alt+Down = next
-without saving, Alt+Up = previous. Every action is also a named endpoint (``api_name``).
+Keyboard (while the tab is open): Ctrl+Enter = save (mark reviewed) and go to the next caption,
+Alt+Down / Alt+Up = next / previous (typed changes are saved, an untouched caption stays unreviewed).
+Every action is also a named endpoint (``api_name``).
 """
 
 from __future__ import annotations
@@ -165,16 +166,25 @@ class CaptionsUi:
         admin_name(self.studio, request)
         return self._editor(self._neighbour(None, self._filter(split, shot, unreviewed, search, too_long), 1))
 
-    def move(self, step, frame_id, split, shot, unreviewed, search, too_long, request: gr.Request):
-        admin_name(self.studio, request)
+    def move(self, step, frame_id, text, version, split, shot, unreviewed, search, too_long, request: gr.Request):
+        """Previous/next caption. Text typed but not saved is saved first (nothing typed is lost);
+        an untouched caption is left as it was (not marked reviewed)."""
+        editor = admin_name(self.studio, request)
+        note = ""
+        if frame_id is not None and (text or "").strip():
+            current = captions.get_caption(self.studio, int(frame_id))
+            if captions.clean_text(text) != (current.caption or ""):
+                captions.edit_caption(self.studio, captions.EditRequest(
+                    int(frame_id), text, editor, None if version is None else int(version)))
+                note = f"Saved frame {int(frame_id)} ✓"
         flt = self._filter(split, shot, unreviewed, search, too_long)
-        return self._editor(self._neighbour(frame_id, flt, step))
+        return self._editor(self._neighbour(frame_id, flt, step), note)
 
-    def next(self, frame_id, split, shot, unreviewed, search, too_long, request: gr.Request):
-        return self.move(1, frame_id, split, shot, unreviewed, search, too_long, request)
+    def next(self, frame_id, text, version, split, shot, unreviewed, search, too_long, request: gr.Request):
+        return self.move(1, frame_id, text, version, split, shot, unreviewed, search, too_long, request)
 
-    def prev(self, frame_id, split, shot, unreviewed, search, too_long, request: gr.Request):
-        return self.move(-1, frame_id, split, shot, unreviewed, search, too_long, request)
+    def prev(self, frame_id, text, version, split, shot, unreviewed, search, too_long, request: gr.Request):
+        return self.move(-1, frame_id, text, version, split, shot, unreviewed, search, too_long, request)
 
     def prompt_preview(self, frame_id, text, request: gr.Request):
         admin_name(self.studio, request)
@@ -364,7 +374,7 @@ def _editor_column():
                 prev=gr.Button("◀ Previous (Alt+↑)", elem_id="caption-prev"),
                 save=gr.Button("Save", elem_id="caption-save"),
                 save_next=gr.Button("Save & next (Ctrl+Enter)", variant="primary", elem_id="caption-save-next"),
-                next=gr.Button("Next ▶ (Alt+↓)", elem_id="caption-next"),
+                next=gr.Button("Skip ▶ (Alt+↓)", elem_id="caption-next"),
             )
         buttons["revert"] = gr.Button("Revert to the machine caption", size="sm")
     return [image, info, frame_id, version, caption, prompt_md], buttons
@@ -382,8 +392,8 @@ def _wire_editor(ui: CaptionsUi, editor, buttons, filters, refresh) -> None:
                                outputs=with_stats, api_name="caption_save_next").then(
         None, js=FOCUS_JS).then(**refresh)
     for name in ("next", "prev"):
-        buttons[name].click(guarded(getattr(ui, name)), inputs=[frame_id, *filters], outputs=editor,
-                            api_name=f"caption_{name}").then(None, js=FOCUS_JS)
+        buttons[name].click(guarded(getattr(ui, name)), inputs=[frame_id, caption, version, *filters],
+                            outputs=editor, api_name=f"caption_{name}").then(None, js=FOCUS_JS).then(**refresh)
     buttons["revert"].click(guarded(ui.revert), inputs=[frame_id, split], outputs=with_stats,
                             api_name="caption_revert").then(**refresh)
 

@@ -20,6 +20,39 @@ def _drafted(studio, n=4):
     return ids
 
 
+def test_handlers_check_the_role_themselves(make_studio):
+    from dreamshot.errors import AccessDenied
+    from labeling.captions_tab import CaptionsUi
+
+    studio = make_studio(admin_password="secret-pw")
+    ids = _drafted(studio)
+    ui = CaptionsUi(studio)
+    with pytest.raises(AccessDenied):
+        ui.save(ids[0], "a cat", None, "train", None)  # no logged-in user
+    with pytest.raises(AccessDenied):
+        ui.bulk_apply("replace", "a", "b", False, "", "train", "all", False, "", False, None, None)
+
+    class Member:
+        username = "alice"
+
+    out = ui.save(ids[0], "a cat", None, "train", Member())
+    assert out[4] == "a cat" and captions.get_caption(studio, ids[0]).edited_by == "alice"
+
+
+def test_skip_keeps_typed_text_and_leaves_untouched_captions_unreviewed(studio):
+    from labeling.captions_tab import CaptionsUi
+
+    ids = _drafted(studio)
+    ui = CaptionsUi(studio)
+    out = ui.next(ids[0], "a close-up of a man", 1, "train", "all", False, "", False, None)  # untouched
+    assert out[2] == ids[1] and not captions.get_caption(studio, ids[0]).reviewed
+    out = ui.next(ids[1], "a woman in a taxi", 1, "train", "all", False, "", False, None)  # typed
+    assert out[2] == ids[2] and "Saved frame" in out[1]
+    assert captions.get_caption(studio, ids[1]).caption == "a woman in a taxi"
+    out = ui.prev(ids[0], "", 1, "train", "all", False, "", False, None)  # wraps to the last one
+    assert out[2] == ids[3]
+
+
 def test_endpoints_with_gradio_client(studio, serve, tiny_blip2):  # noqa: F811
     from gradio_client import Client
     from gradio_client.exceptions import AppError
