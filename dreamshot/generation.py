@@ -33,6 +33,7 @@ from pathlib import Path
 
 from . import __version__, pngmeta
 from .errors import DreamShotError, InvalidInput, ModelLoadError
+from .adapters import AdapterBank
 from .loras import LoraInfo, LoraLibrary, ModelShapes, inspect_lora_file, store_upload
 from .shots import DEFAULT_TEMPLATE, get_taxonomy
 
@@ -233,10 +234,7 @@ class GenerationService:
         self.studio = studio
         self.library = LoraLibrary(studio)
         self.lock = threading.RLock()        # held around adapter/scheduler changes and pipeline runs
-        self._adapters: dict[str, str] = {}   # adapter name -> sha256 of the file it was loaded from
-        self._pristine: dict = {}             # id(peft layer) -> (layer, weight copy, bias copy)
-        self._fused: tuple = ()               # ((adapter, weight), ...) fused into the weights now
-        self._enabled = False                 # peft adapter layers enabled
+        self._bank: AdapterBank | None = None  # the pipeline's LoRA adapters (loaded on first use)
         self._shapes: ModelShapes | None = None
         self._model_hash: str | None = None
         self._jobs: dict[str, set] = {}       # owner -> ids of its running jobs
@@ -330,6 +328,7 @@ class GenerationService:
                                 base_model=self.studio.models.status.source)
             try:
                 self._ensure_loaded([info])
+                self.adapters.apply(())
             except DreamShotError:
                 self.library.remove(info.name)
                 info.path.unlink(missing_ok=True)
@@ -339,107 +338,37 @@ class GenerationService:
     def _adapter_name(self, info: LoraInfo) -> str:
         return re.sub(r"\W", "_", info.name)[:48] + "_" + info.sha256[:8]
 
+    @property
+    def adapters(self) -> AdapterBank:
+        if self._bank is None:
+            self._bank = AdapterBank(self.pipe)
+        return self._bank
+
     def _ensure_loaded(self, infos: list[LoraInfo]) -> None:
         """Load each LoRA once as a named adapter (validated first; never via pickle)."""
-        missing = [i for i in infos if self._adapter_name(i) not in self._adapters]
-        if not missing:
-            return
         from safetensors.torch import load_file
 
-        pipe = self.pipe
-        self._unfuse()
-        for info in missing:
+        for info in infos:
             name = self._adapter_name(info)
+            if name in self.adapters.loaded:
+                continue
             if not info.path.is_file():
                 raise ModelLoadError(f"The LoRA file of {info.name!r} is missing ({info.path.name}).")
             inspect_lora_file(info.path, self.shapes())
-            t0 = time.perf_counter()
             try:
-                state = load_file(str(info.path))
-                with _quiet_diffusers():
-                    pipe.load_lora_weights(state, adapter_name=name)
-            except Exception as exc:
-                log.warning("LoRA %s failed to load", info.name, exc_info=True)
-                self._drop_adapter(name)
-                raise ModelLoadError(f"The LoRA {info.name!r} cannot be loaded into this base model "
-                                     f"({exc.__class__.__name__}).") from exc
-            self._adapters[name] = info.sha256
-            log.info("loaded LoRA %s as adapter %s in %.2fs", info.name, name, time.perf_counter() - t0)
-        self._snapshot_base_weights()
-        self._enabled = True
-        self._apply_mix(())  # a fresh load activates the last adapter: reset to "none"
-
-    def _drop_adapter(self, name: str) -> None:
-        try:
-            if name in (self.pipe.get_list_adapters().get("unet", []) +
-                        self.pipe.get_list_adapters().get("text_encoder", [])):
-                self.pipe.delete_adapters(name)
-        except Exception:
-            log.warning("could not remove adapter %s", name, exc_info=True)
-
-    def _lora_layers(self):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for component in ("unet", "text_encoder"):
-            model = getattr(self.pipe, component, None)
-            if model is not None:
-                for module in model.modules():
-                    if isinstance(module, BaseTunerLayer):
-                        yield module
-
-    def _snapshot_base_weights(self) -> None:
-        """Keep a copy of the original weights of every layer a LoRA wraps (called unfused)."""
-        for layer in self._lora_layers():
-            if id(layer) not in self._pristine:
-                base = layer.get_base_layer()
-                bias = base.bias.detach().clone() if getattr(base, "bias", None) is not None else None
-                self._pristine[id(layer)] = (layer, base.weight.detach().clone(), bias)
-
-    def _components(self) -> list[str]:
-        adapters = self.pipe.get_list_adapters()
-        return [c for c in ("unet", "text_encoder") if adapters.get(c)]
-
-    def _unfuse(self) -> None:
-        """Undo the fused mix, restoring the saved original weights bit for bit."""
-        if not self._fused:
-            return
-        self.pipe.unfuse_lora(components=self._components())
-        import torch
-
-        with torch.no_grad():
-            for layer, weight, bias in self._pristine.values():
-                base = layer.get_base_layer()
-                base.weight.copy_(weight)
-                if bias is not None:
-                    base.bias.copy_(bias)
-        self._fused = ()
-
-    def _apply_mix(self, mix: tuple) -> None:
-        """Make ``mix`` ((adapter, weight), ...) the active LoRA mix, fused into the weights."""
-        mix = tuple((a, float(w)) for a, w in mix if float(w) != 0.0)
-        if mix == self._fused and mix:
-            return
-        pipe = self.pipe
-        self._unfuse()
-        if not mix:
-            if self._enabled:
-                pipe.disable_lora()
-                self._enabled = False
-            return
-        if not self._enabled:
-            pipe.enable_lora()
-            self._enabled = True
-        names, weights = [a for a, _ in mix], [w for _, w in mix]
-        pipe.set_adapters(names, adapter_weights=weights)
-        pipe.fuse_lora(components=self._components(), lora_scale=1.0, adapter_names=names)
-        self._fused = mix
+                seconds = self.adapters.load(name, load_file(str(info.path)), info.sha256)
+            except ModelLoadError as exc:
+                log.warning("LoRA %s failed to load: %s", info.name, exc)
+                raise ModelLoadError(f"The LoRA {info.name!r} {exc}") from None
+            log.info("loaded LoRA %s as adapter %s in %.2fs", info.name, name, seconds)
 
     def configure(self, mix: list) -> float:
-        """Load and activate [(LoraInfo, weight)]; returns the seconds it took (for benchmarks).
+        """Load (once) and merge [(LoraInfo, weight)]; returns the seconds it took (benchmarks).
         Callers hold ``self.lock``."""
         t0 = time.perf_counter()
         self._ensure_loaded([info for info, _ in mix])
-        self._apply_mix(tuple((self._adapter_name(info), w) for info, w in mix))
+        if mix or self._bank is not None:
+            self.adapters.apply(tuple((self._adapter_name(info), w) for info, w in mix))
         return time.perf_counter() - t0
 
     # -- jobs ---------------------------------------------------------------------------------------
@@ -639,22 +568,6 @@ def _unet_hash(source: str) -> str | None:
                     digest.update(block)
             return digest.hexdigest()[:10]
     return None
-
-
-@contextmanager
-def _quiet_diffusers():
-    """Silence diffusers' 'no text-encoder keys' notice and peft's multiple-adapters warning: both
-    are expected when several UNet-only LoRAs are loaded as named adapters."""
-    from diffusers.utils import logging as dlogging
-
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
-            yield
-    finally:
-        dlogging.set_verbosity(level)
 
 
 _SERVICES_LOCK = threading.Lock()

@@ -1,0 +1,169 @@
+"""LoRAs as named adapters of the shared pipeline, switched in milliseconds and run at base speed.
+
+Each LoRA file is loaded once with ``pipe.load_lora_weights(state_dict, adapter_name=...)`` (the
+state dict read with ``safetensors`` after ``loras.inspect_lora_file`` accepted it: never a pickle).
+Then a *mix* - ((adapter, weight), ...), e.g. (("close", 0.8),) or a blend - is applied by:
+
+1. restoring the original weights of every LoRA-wrapped layer from a saved copy (bit for bit, so
+   no floating-point drift accumulates and α = 0 is exactly the base model);
+2. setting each adapter's weight (peft ``set_scale``: what ``pipe.set_adapters`` does per layer);
+3. merging the weighted adapters into the weights (peft ``merge``: what ``pipe.fuse_lora`` does);
+4. putting each peft layer's base layer in its place, so generation runs the plain model's code.
+
+Steps 2-3 call the same peft layer methods as diffusers' ``set_adapters`` / ``fuse_lora`` but on a
+cached list of the LoRA layers: the pipeline-level calls walk every module of the UNet several
+times, which alone costs more than the 20 ms budget for an α change on SD 1.5. ``cross_attention
+_kwargs={"scale": ...}`` is never used (it silently resets adapter weights, see STACK-NOTES).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slot:
+    parent: object     # module holding the layer
+    name: str          # attribute name in parent
+    layer: object      # peft LoraLayer (wrapper)
+    weight: object     # copy of the original base weight
+    bias: object       # copy of the original bias (peft may merge a LoRA bias) or None
+
+
+class AdapterBank:
+    """The adapters of one pipeline. Not thread-safe: callers hold their service's lock."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.loaded: dict[str, str] = {}   # adapter name -> sha256 of the file it came from
+        self.mix: tuple = ()               # the mix merged into the weights now
+        self._slots: list[_Slot] = []
+        self._detached = False             # base layers are in the wrappers' places
+
+    # ---- loading ------------------------------------------------------------------------------
+    def load(self, name: str, state_dict: dict, sha256: str) -> float:
+        """Load one adapter (once); returns seconds. ModelLoadError if diffusers refuses it."""
+        if name in self.loaded:
+            return 0.0
+        t0 = time.perf_counter()
+        self._attach()          # diffusers must see the wrappers, or it would wrap them again
+        self._restore_weights()
+        self.mix = ()
+        try:
+            with quiet_diffusers():
+                self.pipe.load_lora_weights(state_dict, adapter_name=name)
+        except Exception as exc:
+            self._delete(name)
+            self._collect()
+            raise ModelLoadError(f"cannot be loaded into this base model ({exc.__class__.__name__}: {exc})") from exc
+        self.loaded[name] = sha256
+        self._collect()
+        self.apply(())
+        return time.perf_counter() - t0
+
+    def _delete(self, name: str) -> None:
+        try:
+            listed = self.pipe.get_list_adapters()
+            if any(name in names for names in listed.values()):
+                self.pipe.delete_adapters(name)
+        except Exception:
+            log.warning("could not remove the half-loaded adapter %s", name, exc_info=True)
+
+    def _collect(self) -> None:
+        """Find every peft LoRA layer (with its parent) and keep a copy of its original weights."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        known = {id(s.layer): s for s in self._slots}
+        slots = []
+        for component in ("unet", "text_encoder"):
+            model = getattr(self.pipe, component, None)
+            if model is None:
+                continue
+            for parent in model.modules():
+                for child_name, child in parent.named_children():
+                    if not isinstance(child, BaseTunerLayer):
+                        continue
+                    slot = known.get(id(child))
+                    if slot is None:  # new layer: its weights are the original ones right now
+                        base = child.get_base_layer()
+                        bias = getattr(base, "bias", None)
+                        slot = _Slot(parent, child_name, child, base.weight.detach().clone(),
+                                     bias.detach().clone() if bias is not None else None)
+                    slots.append(slot)
+        self._slots = slots
+
+    # ---- switching ----------------------------------------------------------------------------
+    def apply(self, mix) -> float:
+        """Make ``mix`` ((adapter, weight), ...) the merged LoRA mix; zero weights are dropped.
+        Returns the seconds it took (0 when the mix is already in place)."""
+        import torch
+
+        mix = tuple((a, float(w)) for a, w in mix if float(w) != 0.0)
+        unknown = [a for a, _ in mix if a not in self.loaded]
+        if unknown:
+            raise KeyError(f"adapters not loaded: {unknown}")
+        if mix == self.mix and self._detached:
+            return 0.0
+        t0 = time.perf_counter()
+        weights = dict(mix)
+        with torch.no_grad():
+            self._restore_weights()
+            for slot in self._slots:
+                names = [a for a in weights if a in slot.layer.scaling]
+                if not names:
+                    continue
+                for a in names:
+                    slot.layer.set_scale(a, weights[a])
+                slot.layer.merge(adapter_names=names)
+        self.mix = mix
+        self._detach()
+        return time.perf_counter() - t0
+
+    def _restore_weights(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for slot in self._slots:
+                if slot.layer.merged_adapters:
+                    base = slot.layer.get_base_layer()
+                    base.weight.copy_(slot.weight)
+                    if slot.bias is not None:
+                        base.bias.copy_(slot.bias)
+                    slot.layer.merged_adapters.clear()
+
+    def _detach(self) -> None:
+        """Base layers (holding the merged weights) replace the wrappers: plain-model speed."""
+        if not self._detached:
+            for slot in self._slots:
+                setattr(slot.parent, slot.name, slot.layer.get_base_layer())
+            self._detached = True
+
+    def _attach(self) -> None:
+        if self._detached:
+            for slot in self._slots:
+                setattr(slot.parent, slot.name, slot.layer)
+            self._detached = False
+
+
+@contextmanager
+def quiet_diffusers():
+    """Silence diffusers' 'no text-encoder keys' notice and peft's multiple-adapters warning: both
+    are expected when several UNet-only LoRAs are loaded as named adapters."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            yield
+    finally:
+        dlogging.set_verbosity(level)
