@@ -323,6 +323,8 @@ class GenerationService:
         refused file leaves nothing behind and the service keeps working."""
         if shot:
             self.taxonomy().get(shot)
+        if any(i.name == (name or "").strip() for i in self.loras()):
+            raise InvalidInput(f"A LoRA called {name.strip()!r} is already in the library; choose another name.")
         with self.lock:
             info = store_upload(self.library, Path(path), name=name, shot=shot, shapes=self.shapes(),
                                 base_model=self.studio.models.status.source)

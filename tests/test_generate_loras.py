@@ -87,6 +87,9 @@ def test_upload_stores_registers_and_generates(studio, lora_files, tmp_path):
     assert info.origin == "uploaded" and info.format == "kohya"
     assert info.path.is_relative_to(studio.settings.loras_dir) and info.path.is_file()
     assert svc.generate(fast(shot="close")).loras[0][0].name == "noir"
+    with pytest.raises(InvalidInput, match="already in the library"):
+        svc.upload_lora(lora_files["close"], name="noir", shot="close")
+    assert LoraLibrary(studio).get("noir").format == "kohya"
 
 
 def test_refused_upload_leaves_nothing_and_the_service_keeps_working(studio, lora_files, tmp_path):
