@@ -1,7 +1,7 @@
 """A tiny BLIP-2 captioner (random weights, offline tokenizer) for tests and offline demos.
 
 The real captioners (``Salesforce/blip2-flan-t5-xl``, ...) cannot be downloaded here, so tests build
-this one: BLIP-2's architecture (vision tower, Q-Former, OPT language model) shrunk to a few hundred
+this one: BLIP-2's architecture (vision tower, Q-Former, OPT or T5 language model) shrunk to a few hundred
 thousand parameters, and a byte-level BPE tokenizer trained in-process with the ``tokenizers``
 package. It is written with ``save_pretrained`` and loaded back by :mod:`labeling.captioner` through
 the same ``from_pretrained(folder)`` code path as a real checkpoint. Its captions are random words.
@@ -52,8 +52,21 @@ def _train_tokenizer():
     return fast
 
 
-def build_tiny_blip2(out_dir: Path, seed: int = SEED) -> Path:
-    """Write a tiny BLIP-2 (model + processor) to out_dir, atomically, and return the path."""
+def _text_config(kind: str, tokenizer) -> dict:
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    if kind == "opt":  # decoder-only, like Salesforce/blip2-opt-2.7b
+        return dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                    num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32, **ids)
+    if kind == "t5":  # encoder-decoder, like Salesforce/blip2-flan-t5-xl
+        return dict(model_type="t5", vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                    num_heads=4, decoder_start_token_id=tokenizer.pad_token_id, **ids)
+    raise ValueError(f"text model must be 'opt' or 't5', not {kind!r}")
+
+
+def build_tiny_blip2(out_dir: Path, seed: int = SEED, text_model: str = "opt") -> Path:
+    """Write a tiny BLIP-2 (model + processor) to out_dir, atomically, and return the path.
+    ``text_model``: "opt" (decoder-only language model) or "t5" (encoder-decoder, FlanT5-style)."""
     import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
@@ -71,10 +84,7 @@ def build_tiny_blip2(out_dir: Path, seed: int = SEED) -> Path:
                            image_size=IMAGE_SIZE, patch_size=8),
         qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                             cross_attention_frequency=1),
-        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64,
-                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
-                         word_embed_proj_dim=32, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        text_config=_text_config(text_model, tokenizer),
         num_query_tokens=NUM_QUERY_TOKENS,
         image_token_index=image_token_id,
     )

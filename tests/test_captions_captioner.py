@@ -69,6 +69,24 @@ def test_blip_architecture_loads_through_the_same_path(tmp_path):
         unload_all()
 
 
+def test_flan_t5_style_blip2_encoder_decoder(tmp_path):
+    from PIL import Image
+
+    from labeling.captioner import GenerationOptions, unload_all
+    from labeling.tiny_blip2 import build_tiny_blip2
+
+    # seed 0: with random weights some seeds only emit special tokens, which decode to ""
+    folder = str(build_tiny_blip2(tmp_path / "tiny-blip2-t5", seed=0, text_model="t5"))
+    try:
+        c = load_captioner(folder)
+        assert c.is_encoder_decoder and c.model.config.text_config.model_type == "t5"
+        images = [Image.new("RGB", (50, 40), "blue")] * 3
+        texts = c.caption(images, GenerationOptions(prefix="a photo of", max_new_tokens=4, min_new_tokens=4))
+        assert len(texts) == 3 and all(len(t.split()) >= 1 for t in texts)
+    finally:
+        unload_all()
+
+
 def test_clean_caption():
     from labeling.captioner import clean_caption
 
