@@ -102,7 +102,12 @@ def main(argv=None) -> int:
     parser.add_argument("--mixed-precision", default="auto")
     parser.add_argument("--target", default="cross", choices=["cross", "all"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from training import config as tconfig
     from training.testing import make_imagefolder
@@ -145,7 +150,7 @@ def main(argv=None) -> int:
     report = {
         "model": "SD 1.5 architecture, random weights" if args.full_sd15 else str(model.name),
         "device": str(t.device), "precision": t.precision, "resolution": resolution,
-        "batch_size": args.batch_size, "target": args.target, "steps_measured": len(steps),
+        "batch_size": args.batch_size, "target": args.target, "threads": __import__("torch").get_num_threads(), "steps_measured": len(steps),
         "trainer_s_per_step": round(trainer_s, 5), "bare_unet_fwd_bwd_s": round(bare_s, 5),
         "ratio": round(trainer_s / bare_s, 3), "target_ratio": 1.15, "peak_memory": peak_memory(t.device),
     }
