@@ -10,6 +10,7 @@ Every action is also a named endpoint (``api_name``).
 from __future__ import annotations
 
 import html
+import time
 from collections import OrderedDict
 
 import gradio as gr
@@ -24,7 +25,6 @@ from .captioner import CAPTIONERS, DEFAULT_CAPTIONER, MAX_NEW_TOKENS_LIMIT
 
 PAGE_SIZE = 40
 THUMB = 160
-EDITOR_FIELDS = 6  # image, info, frame id, version, caption text, prompt
 
 HEAD = """<script>
 (() => {
@@ -95,17 +95,19 @@ class CaptionsUi:
         tokens = captions.token_counts([prompt])[0]
         warn = (f" ⚠ **over CLIP's {captions.CLIP_MAX_TOKENS}: the end is cut off in training**"
                 if tokens > captions.CLIP_MAX_TOKENS else "")
-        return f"Training prompt: `{prompt}`  \n{tokens}/{captions.CLIP_MAX_TOKENS} CLIP tokens{warn}"
+        return f"Training prompt: `` {prompt} ``  \n{tokens}/{captions.CLIP_MAX_TOKENS} CLIP tokens{warn}"
 
     def _editor(self, view: captions.CaptionView | None, note: str = ""):
         if view is None:
             return (None, note or "*Nothing to edit with these filters.*", None, None, "", "")
         image = caption_sources.frame_image(self.studio, view.frame_id, size=384)
-        who = (f"edited by **{html.escape(view.edited_by)}**" if view.edited_by else "machine caption, not edited")
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(view.edited_at)) if view.edited_at else ""
+        who = (f"saved by **{html.escape(view.edited_by)}** {when}" if view.edited_by else "machine caption, not edited")
         state = "reviewed" if view.reviewed else "**not yet reviewed**"
         original = html.escape(view.caption_original or "(none yet)")
+        by_model = f" ({html.escape(view.model.rstrip('/').split('/')[-1])})" if view.model else ""
         info = (f"Frame **{view.frame_id}** · {html.escape(view.shot_label)} · {view.split} · {state} · {who}  \n"
-                f"Machine caption: *{original}*" + (f"  \n{note}" if note else ""))
+                f"Machine caption{by_model}: *{original}*" + (f"  \n{note}" if note else ""))
         return (image, info, view.frame_id, view.version, view.caption or "", self._prompt_md(view))
 
     def _neighbour(self, frame_id, flt, step: int, views=None) -> captions.CaptionView | None:
