@@ -274,7 +274,7 @@ class CaptionsUi:
         return [], note, None, self._stats(split)
 
 
-def _autocaption_panel(ui: CaptionsUi, split, refresh_if_done) -> None:
+def _autocaption_panel(ui: CaptionsUi, split, refresh_if_done):
     with gr.Accordion("Auto-caption", open=False):
         with gr.Row():
             model = gr.Dropdown([c for c, _ in CAPTIONERS], value=DEFAULT_CAPTIONER, allow_custom_value=True,
@@ -297,6 +297,7 @@ def _autocaption_panel(ui: CaptionsUi, split, refresh_if_done) -> None:
     timer.tick(guarded(ui.poll), inputs=[split], outputs=[progress_md, timer, ui.stats_md],
                api_name="caption_progress", show_progress="hidden").then(**refresh_if_done)
     cancel_btn.click(guarded(ui.cancel), outputs=progress_md, api_name="caption_cancel")
+    return progress_md, timer
 
 
 def _template_panel(ui: CaptionsUi, split, refresh) -> None:
@@ -415,7 +416,7 @@ def build(studio) -> None:
     refresh_if_done = dict(fn=guarded(ui.list_if_finished), inputs=[*filters, page], outputs=list_outputs,
                            api_visibility="private", show_progress="hidden")
     with accordions:
-        _autocaption_panel(ui, filters[0], refresh_if_done)
+        progress_md, timer = _autocaption_panel(ui, filters[0], refresh_if_done)
         _template_panel(ui, filters[0], refresh)
         _bulk_panel(ui, filters, refresh)
 
@@ -431,4 +432,7 @@ def build(studio) -> None:
 
     root = gr.context.Context.root_block
     if root is not None:
-        root.load(**show_list, api_visibility="private").then(**first)
+        # a run started before this page was opened (or reloaded) shows its progress at once
+        root.load(**show_list, api_visibility="private").then(**first).then(
+            guarded(ui.poll), inputs=[filters[0]], outputs=[progress_md, timer, ui.stats_md],
+            api_visibility="private", show_progress="hidden")

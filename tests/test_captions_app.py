@@ -133,3 +133,22 @@ def test_keyboard_edit_flow_in_the_browser(studio, serve, page, artifacts_dir):
     page.reload()
     page.get_by_role("tab", name="Captions").click()
     page.wait_for_function("document.querySelector('#captions-table')?.innerText.includes('a man in a hat')")
+
+
+@pytest.mark.browser
+def test_auto_caption_from_the_browser_with_progress(studio, serve, page, tiny_blip2):  # noqa: F811
+    ids = add_frames(studio, 3)
+    page.goto(serve(studio))
+    page.get_by_role("tab", name="Captions").click()
+    page.wait_for_function("document.querySelector('#captions-table')?.innerText.includes('(no caption)')")
+    page.get_by_text("Auto-caption", exact=True).first.click()
+    model = page.locator("#captioner-model input")
+    model.fill(tiny_blip2)
+    model.press("Enter")
+    page.locator("#caption-start").click()
+    # the timer polls the background run; the list and the edit rate follow when it ends
+    page.wait_for_function("document.querySelector('#caption-progress').innerText.includes('Done: 3/3 train frames')",
+                           timeout=90_000)
+    page.wait_for_function("!document.querySelector('#captions-table').innerText.includes('(no caption)')")
+    page.wait_for_function("document.querySelector('#captions-stats').innerText.includes('3/3 frames captioned')")
+    assert captions.frames_with_machine_caption(studio, ids) == set(ids)
