@@ -211,6 +211,7 @@ class Job:
     owner: str = "local"
     progress: object = None
     event: threading.Event = field(default_factory=threading.Event)
+    prefix: str = ""        # e.g. "panel 2/5 · ", put before the progress text
 
     def cancel(self) -> None:
         self.event.set()
@@ -222,7 +223,7 @@ class Job:
     def report(self, fraction: float, text: str) -> None:
         if self.progress is not None:
             try:
-                self.progress(min(max(fraction, 0.0), 1.0), text)
+                self.progress(min(max(fraction, 0.0), 1.0), self.prefix + text)
             except Exception:  # a progress display must never break a generation
                 log.debug("progress callback failed", exc_info=True)
 
@@ -488,7 +489,9 @@ class GenerationService:
             req = req.replace(seed=random_seed())
         prompt, _ = self.plan(req)
         job = job or Job()
+        job.prefix = "LoRA · "
         lora = self.generate(req, job, save=save, progress_span=(0.0, 0.5))
+        job.prefix = "base model · "
         base = self.generate(base_request(req, prompt), job, save=save, progress_span=(0.5, 1.0))
         return base, lora
 

@@ -70,6 +70,7 @@ def alpha_sweep(service, req, shots: list[str], alphas, job=None) -> SweepResult
         row = []
         for c, alpha in enumerate(alphas):
             k = r * len(alphas) + c
+            job.prefix = f"{shot}, α {pngmeta.format_number(alpha)} ({k + 1}/{total}) · "
             result = service.generate(req.replace(shot=shot, alpha=alpha), job, save=False,
                                       progress_span=(k / total, (k + 1) / total))
             row.append(result.images[0])
@@ -138,6 +139,7 @@ def storyboard(service, text: str, req, job=None, *, columns: int = 3, title: st
         req = req.replace(seed=random_seed())
     job = job or Job()
     for i, panel in enumerate(panels):
+        job.prefix = f"panel {i + 1}/{len(panels)} · "
         result = service.generate(req.replace(prompt=panel.description, shot=panel.shot), job, save=False,
                                   progress_span=(i / len(panels), (i + 1) / len(panels)))
         image = result.images[0]
