@@ -56,7 +56,6 @@ class CaptionsUi:
         self.studio = studio
         self.stats_md = None  # the edit-rate line, set by build()
         self._thumbs: OrderedDict[tuple, object] = OrderedDict()
-        self._listed_after: set[float] = set()
 
     # ---- helpers ---------------------------------------------------------------------------
     def _filter(self, split, shot, unreviewed, search, too_long) -> captions.CaptionFilter:
@@ -144,9 +143,8 @@ class CaptionsUi:
     def list_if_finished(self, split, shot, unreviewed, search, too_long, page, request: gr.Request):
         """After a poll: refresh the list once, when a captioning run has just ended."""
         p = caption_jobs.worker().snapshot()
-        if p.running or not p.finished_at or p.finished_at in self._listed_after:
+        if p.running or not p.finished_at or time.time() - p.finished_at > 5:  # the timer ticks every second
             return tuple(gr.skip() for _ in range(6))
-        self._listed_after.add(p.finished_at)
         return self.list_page(split, shot, unreviewed, search, too_long, page, request)
 
     def open_frame(self, frame_id, request: gr.Request):
