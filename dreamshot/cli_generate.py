@@ -118,22 +118,13 @@ def run_sweep(studio, args) -> int:
     from .storyboard import alpha_sweep
 
     svc = service(studio)
-    shots = [s.strip() for s in args.shots.split(",") if s.strip()] or _default_shots(svc)
+    shots = [s.strip() for s in args.shots.split(",") if s.strip()]
     with svc.job("cli", progress=_progress) as job:
         result = alpha_sweep(svc, _request(args, prompt=args.prompt, num_images=1), shots, args.alphas, job)
     print(file=sys.stderr)
     pngmeta.save_png(result.grid, args.out, result.parameters)
     print(f"{args.out}  {len(result.shots)} shots × {len(result.alphas)} α, seed {result.cells[0][0].seed}")
     return 0
-
-
-def _default_shots(svc) -> list[str]:
-    shots = []
-    for info in svc.loras():
-        key = info.shot or info.name
-        if key not in shots:
-            shots.append(key)
-    return shots
 
 
 def run_storyboard(studio, args) -> int:

@@ -167,7 +167,7 @@ def build(studio) -> None:
     with gr.Accordion("α sweep: shot types × α (paper Figure 3)", open=False):
         with gr.Row():
             sweep_shots = gr.Dropdown(choices=_shot_choices(svc)[1:], multiselect=True, allow_custom_value=True,
-                                      label="Shot LoRAs (rows)", elem_id="sweep-shots")
+                                      label="Shot LoRAs (rows; empty = every shot type)", elem_id="sweep-shots")
             sweep_alphas = gr.Textbox(value=", ".join(pngmeta.format_number(a) for a in DEFAULT_ALPHAS),
                                       label="α values (columns)", elem_id="sweep-alphas")
         sweep_go = gr.Button("Make α sweep", elem_id="sweep-go")

@@ -46,14 +46,25 @@ def parse_alphas(text) -> list[float]:
     return alphas
 
 
+def default_sweep_shots(service) -> list[str]:
+    """One row per shot type that has a LoRA (plus LoRAs without a shot type), library order."""
+    rows = []
+    for info in service.loras():
+        key = info.shot or info.name
+        if key not in rows:
+            rows.append(key)
+    return rows
+
+
 def alpha_sweep(service, req, shots: list[str], alphas, job=None) -> SweepResult:
-    """One image per (shot, α), all from ``req``'s prompt and seed (a random seed is drawn once)."""
+    """One image per (shot, α), all from ``req``'s prompt and seed (a random seed is drawn once).
+    No shots given: every shot type with a LoRA."""
     from .generation import Job, check_inputs, random_seed
 
     alphas = parse_alphas(alphas)
-    shots = [s for s in (shots or []) if s and s.lower() not in BASE_WORDS]
+    shots = [s for s in (shots or []) if s and s.lower() not in BASE_WORDS] or default_sweep_shots(service)
     if not shots:
-        raise InvalidInput("Choose at least one shot LoRA for the sweep.")
+        raise InvalidInput("No shot LoRA yet: train or upload one to make an α sweep.")
     if len(shots) * len(alphas) > MAX_SWEEP_CELLS:
         raise InvalidInput(f"A sweep has at most {MAX_SWEEP_CELLS} images ({len(shots)} × {len(alphas)} asked).")
     req = check_inputs(req.replace(num_images=1, blend=None, shot=shots[0]))

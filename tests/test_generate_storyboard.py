@@ -33,8 +33,8 @@ def test_alpha_sweep_grid_matches_single_generations(gen_studio):
                                    use_template=False, seed=seed))
     assert np.array_equal(pixels(result.cells[0][0].image), pixels(base_close))   # α=0 column = base
     assert "Sweep:" in result.parameters
-    with pytest.raises(InvalidInput, match="at least one shot"):
-        alpha_sweep(svc, fast(), [], "0,1")
+    every = alpha_sweep(svc, fast(seed=3, steps=2), [], "1")          # no shots: every shot type with a LoRA
+    assert every.shots == ["close", "medium"]
     with pytest.raises(InvalidInput, match="α must be"):
         alpha_sweep(svc, fast(), ["close"], "0, 2")
     with pytest.raises(InvalidInput, match="numbers"):
@@ -53,6 +53,11 @@ def test_storyboard_contact_sheet_png_and_pdf(gen_studio, tmp_path):
     sheet = Image.open(result.png_path)
     assert sheet.width >= 2 * 64 and sheet.height > 2 * 64
     assert "2. [close] the keeper's face" in pngmeta.read_parameters(result.png_path)
+
+
+def test_sweep_without_any_lora_says_so(studio):
+    with pytest.raises(InvalidInput, match="No shot LoRA yet"):
+        alpha_sweep(service(studio), fast(), [], "0,1")
 
 
 def test_storyboard_input_errors(gen_studio):
