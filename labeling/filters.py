@@ -61,10 +61,14 @@ def decode(data: bytes) -> Decoded:
     except Exception as exc:  # Pillow raises many types for broken files
         raise Rejected("corrupt", f"{exc.__class__.__name__}: {exc}"[:200]) from None
     mode = image.mode
-    ImageOps.exif_transpose(image, in_place=True)
-    factor = max(1, min(image.size) // 256)
-    small = image.reduce(factor) if factor > 1 else image
-    small = small.convert("RGBA" if small.mode in ("P", "PA") else small.mode).convert("RGB")
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+        # Palette and bilevel images (GIF, 1-bit PNG) cannot be reduced as they are.
+        base = image.convert("RGBA") if image.mode in ("P", "PA", "1") else image
+        factor = max(1, min(base.size) // 256)
+        small = (base.reduce(factor) if factor > 1 else base).convert("RGB")
+    except Exception as exc:  # an exotic mode Pillow cannot convert (e.g. some 16-bit TIFFs)
+        raise Rejected("corrupt", f"unsupported image mode {mode}: {exc.__class__.__name__}") from None
     return Decoded(image=image, small=small, width=image.width, height=image.height, mode=mode, format=fmt)
 
 

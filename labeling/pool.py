@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ from dreamshot.storage import now
 
 from . import filters, sources
 from .filters import REASONS, Rejected
+
+log = logging.getLogger(__name__)
 
 BATCH_ITEMS = 32
 BATCH_SECONDS = 2.0
@@ -209,6 +212,9 @@ class _Importer:
                 raise Rejected("near_duplicate", f"pHash within {self.opts.near_duplicate_distance} bits of a kept frame")
         except Rejected as exc:
             return {**row, "status": exc.reason, "filter_reason": str(exc)}
+        except Exception as exc:  # one odd file never stops an import of thousands
+            log.warning("cannot process %s: %s", item.key, exc.__class__.__name__, exc_info=exc)
+            return {**row, "status": "corrupt", "filter_reason": f"cannot process: {exc.__class__.__name__}"}
         self.phashes.add(hexhash)
         row["path"] = self._store(digest, decoded.format, data)
         return {**row, "status": "ok", "filter_reason": None, "_label": _lookup(self.labels, item).get("shot"),

@@ -195,3 +195,17 @@ def test_filter_units():
     for bad in ("../x.png", "/etc/passwd", "a/../../b.png", "C:\\win.png", "\\\\server\\x.png"):
         assert sources.unsafe_member_name(bad), bad
     assert not sources.unsafe_member_name("a/b..c.png")
+
+
+def test_palette_gif_and_one_bit_png_never_crash_the_import(studio, tmp_path):
+    """Real pools hold GIFs (palette) and bilevel PNGs: they are decoded or filtered, never fatal."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.gif")
+    rgb.convert("1").save(folder / "bilevel.png")
+    report = pool.run_import(studio, pool.ImportOptions(str(folder), min_side=100))
+    assert report.status == "done" and report.seen == 2
+    statuses = {r.source.rsplit("/", 1)[-1]: r.status for r in _frames(studio)}
+    assert statuses == {"palette.gif": "ok", "bilevel.png": "grayscale"}
