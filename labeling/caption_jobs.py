@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from dreamshot.errors import DreamShotError, InvalidInput
 
 from . import caption_sources, captions
-from .captioner import DEFAULT_CAPTIONER, GenerationOptions, load_captioner, resolve_source
+from .captioner import DEFAULT_CAPTIONER, DEMO_CAPTIONER, GenerationOptions, load_captioner, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,11 @@ class CaptionRequest:
 
     @property
     def generation(self) -> GenerationOptions:
+        min_new = int(self.min_new_tokens)
+        if self.model == DEMO_CAPTIONER:  # random weights often stop at once
+            min_new = max(min_new, min(3, int(self.max_new_tokens)))
         return GenerationOptions(prefix=self.prefix or "", max_new_tokens=int(self.max_new_tokens),
-                                 min_new_tokens=int(self.min_new_tokens), num_beams=int(self.num_beams))
+                                 min_new_tokens=min_new, num_beams=int(self.num_beams))
 
 
 @dataclass
@@ -85,7 +88,9 @@ class CaptionProgress:
         head = {
             "loading": f"Loading captioner {self.model} ...",
             "running": f"Captioning {self.done}/{self.total} {self.split} frames with {self.model}",
-            "done": f"Done: {self.done}/{self.total} {self.split} frames captioned with {self.model}",
+            "done": f"Done: {self.done}/{self.total} {self.split} frames captioned with {self.model}"
+                    + (" (untrained demo captioner: random words, to try the workflow)"
+                       if self.model == DEMO_CAPTIONER else ""),
             "cancelled": f"Cancelled after {self.done}/{self.total} frames (saved; run again to resume)",
             "failed": f"Failed: {self.message}",
         }[self.state]
@@ -114,7 +119,7 @@ def run_captioning(studio, request: CaptionRequest, *, progress: CaptionProgress
     captioner (nothing written then)."""
     # 1. check inputs (a captioner that cannot be had is reported even when nothing is left to do)
     request.check()
-    resolve_source(request.model)
+    resolve_source(request.model, models_dir=studio.settings.models_dir)
     p = progress or CaptionProgress()
     p.model, p.split, p.started_at = request.model, request.split, time.time()
     notify = on_progress or (lambda _p: None)
@@ -133,7 +138,7 @@ def run_captioning(studio, request: CaptionRequest, *, progress: CaptionProgress
     # 3. load the captioner (once per process)
     p.state = "loading"
     notify(p)
-    captioner = load_captioner(request.model)
+    captioner = load_captioner(request.model, models_dir=studio.settings.models_dir)
     # 4. caption batch by batch, each batch committed before the next starts; the next batch's
     #    images are cropped in a helper thread while the model works on the current one
     p.state, p.captioning_since = "running", time.time()
@@ -207,7 +212,7 @@ class CaptionWorker:
 
     def start(self, studio, request: CaptionRequest) -> CaptionProgress:
         request.check()
-        resolve_source(request.model)  # a bad captioner id is reported now, in the caller's request
+        resolve_source(request.model, models_dir=studio.settings.models_dir)  # bad ids: reported now
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise InvalidInput("A captioning run is already in progress; wait for it or cancel it.")

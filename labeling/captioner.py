@@ -26,10 +26,12 @@ from dreamshot.models import HUB_ID, _hub_reachable, device_and_dtype
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPTIONER = "Salesforce/blip2-flan-t5-xl"
+DEMO_CAPTIONER = "demo"
 CAPTIONERS = [  # (id, what it is) offered in the UI; any local folder works too
     ("Salesforce/blip2-flan-t5-xl", "BLIP-2 FlanT5-XL (the paper's; ~16 GB fp32 / 8 GB fp16)"),
     ("Salesforce/blip2-opt-2.7b", "BLIP-2 OPT-2.7b (~8 GB fp16)"),
     ("Salesforce/blip-image-captioning-large", "BLIP large (~1.9 GB, fast on CPU)"),
+    (DEMO_CAPTIONER, "tiny untrained BLIP-2 built offline: random words, to try the workflow"),
 ]
 MODEL_CLASSES = {"blip-2": "Blip2ForConditionalGeneration", "blip": "BlipForConditionalGeneration"}
 MAX_NEW_TOKENS_LIMIT = 75
@@ -73,11 +75,18 @@ def _hub_cached(repo_id: str) -> bool:
         return False
 
 
-def resolve_source(spec: str, *, probe_hub=_hub_reachable) -> tuple[str, bool]:
-    """(source, is_local) for a captioner spec, or ModelLoadError saying why it cannot be loaded."""
+def resolve_source(spec: str, *, models_dir: Path | None = None, probe_hub=_hub_reachable) -> tuple[str, bool]:
+    """(source, is_local) for a captioner spec, or ModelLoadError saying why it cannot be loaded.
+    ``demo`` is the tiny untrained BLIP-2, built once under ``models_dir``."""
     spec = (spec or "").strip()
     if not spec:
         raise ModelLoadError("No captioner given: choose one from the list or enter a local folder.")
+    if spec == DEMO_CAPTIONER:
+        if models_dir is None:
+            raise ModelLoadError("The demo captioner needs the studio's models folder.")
+        from .tiny_blip2 import ensure_tiny_blip2
+
+        return str(ensure_tiny_blip2(models_dir).resolve()), True
     folder = _local_folder(spec)
     if folder is not None:
         if not (folder / "config.json").is_file():
@@ -153,11 +162,11 @@ _CACHE: dict[str, Captioner] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_captioner(spec: str = DEFAULT_CAPTIONER) -> Captioner:
+def load_captioner(spec: str = DEFAULT_CAPTIONER, *, models_dir: Path | None = None) -> Captioner:
     """The captioner for spec, loaded on first call and then shared by the whole process.
 
     Only one captioner is kept: loading another one frees the previous one first."""
-    source, local = resolve_source(spec)
+    source, local = resolve_source(spec, models_dir=models_dir)
     with _CACHE_LOCK:
         if source in _CACHE:
             return _CACHE[source]

@@ -23,8 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS, help="the studio data folder")
     p.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help="database URL")
     p.add_argument("--model", dest="captioner", metavar="ID|DIR", default=DEFAULT_CAPTIONER,
-                   help=f"captioner: a Hub id ({', '.join(c for c, _ in CAPTIONERS)}) or a local folder "
-                        f"[default {DEFAULT_CAPTIONER}]")
+                   help=f"captioner: a Hub id ({', '.join(c for c, _ in CAPTIONERS if '/' in c)}), a local "
+                        f"folder, or 'demo' (tiny untrained BLIP-2, random words) [default {DEFAULT_CAPTIONER}]")
     p.add_argument("--batch", type=int, default=8, metavar="N", help="images per batch [8]")
     p.add_argument("--prefix", default="", metavar="TEXT",
                    help='prompt for the captioner, e.g. "a photo of" (not kept in the caption)')

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 IMAGE_SIZE = 32
@@ -50,6 +51,19 @@ def _train_tokenizer():
     )
     fast.add_bos_token = True
     return fast
+
+
+DEMO_DIR = "demo-blip2"
+_ENSURE_LOCK = threading.Lock()
+
+
+def ensure_tiny_blip2(models_dir: Path) -> Path:
+    """The studio's demo captioner under ``<models_dir>/demo-blip2``, built on first use."""
+    path = Path(models_dir) / DEMO_DIR
+    with _ENSURE_LOCK:
+        if not (path / "config.json").is_file():
+            build_tiny_blip2(path)
+    return path
 
 
 def _text_config(kind: str, tokenizer) -> dict:

@@ -112,6 +112,18 @@ def test_service_end_to_end_with_progress(studio, tiny_blip2):
     assert (s.captioned, s.machine, s.changed) == (5, 5, 0)
 
 
+def test_demo_captioner_is_built_once_in_the_models_folder(studio):
+    ids = add_frames(studio, 3)
+    result = run_captioning(studio, CaptionRequest(model="demo", batch_size=4, max_new_tokens=6))
+    assert result.state == "done" and result.done == 3 and result.failed == 0
+    assert "untrained demo captioner" in result.summary()
+    folder = studio.settings.models_dir / "demo-blip2"
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    views = captions.list_captions(studio)
+    assert [v.frame_id for v in views if v.caption] == ids
+    assert all(len(v.caption.split()) >= 1 and v.model == "demo" for v in views)
+
+
 def test_resume_skips_captioned_frames_and_redo_keeps_human_edits(studio, tiny_blip2):
     ids = add_frames(studio, 4)
     first = run_captioning(studio, _request(tiny_blip2, frame_ids=tuple(ids[:2])))
