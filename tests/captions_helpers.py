@@ -3,6 +3,7 @@ and the tiny BLIP-2 captioner built once per session."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from PIL import Image
@@ -19,9 +20,8 @@ def add_frames(studio, n: int, *, split: str = "train", labeled: bool = True, si
     frames_dir.mkdir(parents=True, exist_ok=True)
     ids = []
     with studio.db.write() as conn:
-        start = conn.execute(schema.frames.select()).rowcount
         for i in range(n):
-            name = f"{split}-{start}-{i}-{len(ids)}-{now():.6f}.png"
+            name = f"{split}-{i}-{uuid.uuid4().hex[:12]}.png"
             color = ((i * 53) % 256, (i * 97) % 256, (i * 31) % 256)
             img = Image.new("RGB", size, color)
             img.paste((255 - color[0], 40, 200), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
