@@ -406,7 +406,10 @@ def _changes(views: list[CaptionView], transform) -> list[BulkChange]:
     for v in views:
         if not v.caption:
             continue
-        after = _tidy(transform(v.caption))
+        raw = transform(v.caption)
+        if raw == v.caption:  # untouched captions are not reformatted
+            continue
+        after = _tidy(raw)
         if after and after != v.caption:
             out.append(BulkChange(v.frame_id, v.version, v.caption, after))
     return out

@@ -182,6 +182,13 @@ def test_bulk_apply_leaves_captions_changed_since_the_preview(drafted):
     assert captions.get_caption(studio, ids[5]).caption == "a truck on a road"
 
 
+def test_bulk_leaves_captions_without_a_match_as_they_are(drafted):
+    studio, ids = drafted
+    captions.save_machine_caption(studio, ids[5], "a car on a road ,at night", model="tiny")
+    assert [c.frame_id for c in captions.preview_replace(studio, "dress", "gown")] == [ids[1]]
+    assert ids[5] not in [c.frame_id for c in captions.preview_strip(studio)]
+
+
 def test_replace_never_empties_a_caption(drafted):
     studio, ids = drafted
     changes = captions.preview_replace(studio, "a car on a road", "")
