@@ -53,6 +53,26 @@ def test_captioner_loads_from_folder_fp32_on_cpu_and_is_shared(tiny_blip2):
     assert not prefixed[0].lower().startswith("a photo of")
 
 
+def test_fp16_path_as_on_cuda(tiny_blip2, monkeypatch):
+    """The GPU code path (fp16 weights, fp16 pixels, BLIP-2's Q-Former kept in fp32), run on the CPU."""
+    import torch
+    from PIL import Image
+
+    from labeling import captioner as captioner_module
+    from labeling.captioner import GenerationOptions, unload_all
+
+    monkeypatch.setattr(captioner_module, "device_and_dtype", lambda: (torch.device("cpu"), torch.float16))
+    unload_all()
+    try:
+        c = load_captioner(tiny_blip2)
+        assert c.dtype == torch.float16
+        assert c.model.language_model.get_input_embeddings().weight.dtype == torch.float16
+        texts = c.caption([Image.new("RGB", (40, 30), "green")] * 2, GenerationOptions(max_new_tokens=4, min_new_tokens=4))
+        assert len(texts) == 2 and all(texts)
+    finally:
+        unload_all()
+
+
 def test_blip_architecture_loads_through_the_same_path(tmp_path):
     from PIL import Image
 
