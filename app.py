@@ -10,6 +10,7 @@ without loading any model.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 
@@ -24,6 +25,7 @@ from labeling import captions_tab, label_tab
 from training import train_tab
 
 TITLE = "DreamShot studio"
+log = logging.getLogger("dreamshot.app")
 CSS = ".not-built { opacity: .75 } #demo-banner { border-left: 4px solid #e8a33d; padding-left: .75em }"
 
 TAB_MODULES = [label_tab, captions_tab, train_tab, generate_tab, survey_tab, evaluate_tab]
@@ -110,11 +112,21 @@ except DreamShotError as exc:
     sys.exit(f"dreamshot: {exc}")
 
 
+def warm_up() -> None:
+    """Resolve and load the base model in the background, so the page is served at once and the
+    first generation does not wait for the weights."""
+    try:
+        status = studio.model_status()
+        log.info("base model: %s%s", status.source, " (untrained demo model)" if status.is_demo else "")
+        studio.models.pipeline()
+        log.info("base model loaded")
+    except Exception:
+        log.exception("could not preload the base model; it will be retried on first use")
+
+
 def main() -> None:
     configure_logging([studio.settings.admin_password or ""])
-    status = studio.model_status()  # resolve now so the log says which model is used
-    print(f"DreamShot studio: base model {status.source}" + (" (untrained demo model)" if status.is_demo else ""))
-    threading.Thread(target=studio.models.pipeline, name="preload-model", daemon=True).start()
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio))
 
 
