@@ -119,19 +119,19 @@ def test_trainer_end_to_end_writes_status_samples_checkpoints_and_both_formats(t
 def test_resume_continues_the_same_loss_curve(tmp_path, imagefolder, demo_model_dir):
     from training.trainer import Trainer, train
 
-    options = dict(max_steps=6, batch_size=2, grad_accum=2, checkpoint_steps=3, lr_scheduler="linear",
-                   lr_warmup_steps=2, snr_gamma=5.0, noise_offset=0.05, random_flip=True)
+    options = dict(max_steps=4, batch_size=2, grad_accum=2, checkpoint_steps=2, lr_scheduler="linear",
+                   lr_warmup_steps=1, snr_gamma=5.0, noise_offset=0.05, random_flip=True, validation_inference_steps=1)
     whole = train(smoke(imagefolder, demo_model_dir, tmp_path / "whole", **options))
 
     out = tmp_path / "split"
     cfg = smoke(imagefolder, demo_model_dir, out, **options)
-    first = Trainer(cfg, should_stop=lambda: first.state.step >= 3)
+    first = Trainer(cfg, should_stop=lambda: first.state.step >= 2)
     part1 = first.run()
-    assert part1.status == "cancelled" and part1.step == 3 and not (out / "pytorch_lora_weights.safetensors").exists()
+    assert part1.status == "cancelled" and part1.step == 2 and not (out / "pytorch_lora_weights.safetensors").exists()
     part2 = train(cfg, resume="latest")
     assert part2.status == "done"
-    assert part1.losses == whole.losses[:3]
-    assert part2.losses == whole.losses[3:]          # bit-identical continuation
+    assert part1.losses == whole.losses[:2]
+    assert part2.losses == whole.losses[2:]          # bit-identical continuation
 
 
 def test_text_encoder_lora_trains_without_text_cache(tmp_path, imagefolder, demo_model_dir):

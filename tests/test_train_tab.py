@@ -52,7 +52,7 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
     assert history(client) == {}
 
     message, _, _ = client.predict(SHOTS, "smoke", dataset, "",
-                                   *form(client, resolution=32, max_steps=16, validation_steps=8, checkpoint_steps=4),
+                                   *form(client, resolution=32, max_steps=8, validation_steps=4, checkpoint_steps=4),
                                    api_name="/train_start")
     assert "#1 close, #2 medium, #3 long" in message
 
@@ -62,15 +62,15 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
     rows = wait(client, lambda rows: rows[1][3] == "cancelled", seen=bars)
     assert rows[1][15].startswith("Cancelled")
     live = client.predict(1, api_name="/train_status")
-    assert live["status"] == "cancelled" and live["step"] < 16
+    assert live["status"] == "cancelled" and live["step"] < 8
 
     client.predict(1, api_name="/train_resume")
     rows = wait(client, lambda rows: all(r[3] in ("done", "failed") for r in rows.values()), seen=bars)
     assert {r[2]: r[3] for r in rows.values()} == {"close": "done", "medium": "done", "long": "done"}, rows
     assert any("it/s · ETA" in b and "step " in b for b in bars)  # live progress was shown
-    assert rows[1][4] == "16/16"
+    assert rows[1][4] == "8/8"
     status = client.predict(1, api_name="/train_status")
-    assert [s for s, _ in status["losses"]] == list(range(1, 17)) and status["validation_step"] == 16
+    assert [s for s, _ in status["losses"]] == list(range(1, 9)) and status["validation_step"] == 8
     progress = client.predict(1, {}, api_name="/train_progress")
     assert len(progress[2]) == 2  # the latest validation images, as pixels
 
