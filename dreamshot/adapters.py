@@ -7,12 +7,14 @@ Then a *mix* - ((adapter, weight), ...), e.g. (("close", 0.8),) or a blend - is 
 1. restoring the original weights of every LoRA-wrapped layer from a saved copy (bit for bit, so
    no floating-point drift accumulates and α = 0 is exactly the base model);
 2. setting each adapter's weight (peft ``set_scale``: what ``pipe.set_adapters`` does per layer);
-3. merging the weighted adapters into the weights (peft ``merge``: what ``pipe.fuse_lora`` does);
+3. merging the weighted adapters into the weights, as ``pipe.fuse_lora`` does: for plain Linear
+   LoRA layers one ``addmm`` per adapter writes ``W0 + scale * B @ A`` from the saved original
+   (one pass over the weights); other layers (conv, LoRA bias) use peft's own ``merge``;
 4. putting each peft layer's base layer in its place, so generation runs the plain model's code.
 
-Steps 2-3 call the same peft layer methods as diffusers' ``set_adapters`` / ``fuse_lora`` but on a
-cached list of the LoRA layers: the pipeline-level calls walk every module of the UNet several
-times, which alone costs more than the 20 ms budget for an α change on SD 1.5. ``cross_attention
+This works on a cached list of the LoRA layers: the pipeline-level ``set_adapters`` /
+``fuse_lora`` / ``unfuse_lora`` walk every module of the UNet several times, which alone costs
+more than the 20 ms budget for an α change on SD 1.5. ``cross_attention
 _kwargs={"scale": ...}`` is never used (it silently resets adapter weights, see STACK-NOTES).
 """
 
@@ -36,6 +38,7 @@ class _Slot:
     layer: object      # peft LoraLayer (wrapper)
     weight: object     # copy of the original base weight
     bias: object       # copy of the original bias (peft may merge a LoRA bias) or None
+    dirty: bool = False  # the live weights differ from the copy
 
 
 class AdapterBank:
@@ -115,29 +118,58 @@ class AdapterBank:
         t0 = time.perf_counter()
         weights = dict(mix)
         with torch.no_grad():
-            self._restore_weights()
             for slot in self._slots:
                 names = [a for a in weights if a in slot.layer.scaling]
                 if not names:
+                    self._restore(slot)
                     continue
                 for a in names:
                     slot.layer.set_scale(a, weights[a])
-                slot.layer.merge(adapter_names=names)
+                if self._plain_linear(slot, names):
+                    # W = W0 + sum(scale * B @ A), one fused addmm per adapter straight from the saved
+                    # original: no copy-back, no delta tensor (same result as peft's merge up to rounding).
+                    live = slot.layer.get_base_layer().weight.data
+                    slot.layer.merged_adapters.clear()
+                    source = slot.weight
+                    for a in names:
+                        torch.addmm(source, slot.layer.lora_B[a].weight, slot.layer.lora_A[a].weight,
+                                    alpha=slot.layer.scaling[a], out=live)
+                        source = live
+                else:  # conv layers, LoRA bias: peft's own merge
+                    self._restore(slot)
+                    slot.layer.merge(adapter_names=names)
+                slot.dirty = True
         self.mix = mix
         self._detach()
         return time.perf_counter() - t0
+
+    @staticmethod
+    def _plain_linear(slot: _Slot, names: list) -> bool:
+        import torch
+
+        layer = slot.layer
+        base = layer.get_base_layer()
+        return (isinstance(base, torch.nn.Linear) and not getattr(layer, "fan_in_fan_out", False)
+                and not any(a in getattr(layer, "lora_variant", {}) for a in names)
+                and not any(getattr(layer, "lora_bias", {}).get(a, False) for a in names)
+                and all(layer.lora_B[a].weight.dtype == base.weight.dtype for a in names)
+                and not (base.weight.device.type == "cpu" and base.weight.dtype != torch.float32))
+
+    def _restore(self, slot: _Slot) -> None:
+        if slot.dirty or slot.layer.merged_adapters:
+            base = slot.layer.get_base_layer()
+            base.weight.data.copy_(slot.weight)
+            if slot.bias is not None:
+                base.bias.data.copy_(slot.bias)
+            slot.layer.merged_adapters.clear()
+            slot.dirty = False
 
     def _restore_weights(self) -> None:
         import torch
 
         with torch.no_grad():
             for slot in self._slots:
-                if slot.layer.merged_adapters:
-                    base = slot.layer.get_base_layer()
-                    base.weight.copy_(slot.weight)
-                    if slot.bias is not None:
-                        base.bias.copy_(slot.bias)
-                    slot.layer.merged_adapters.clear()
+                self._restore(slot)
 
     def _detach(self) -> None:
         """Base layers (holding the merged weights) replace the wrappers: plain-model speed."""

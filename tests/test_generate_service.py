@@ -147,3 +147,22 @@ def test_compare_with_base_uses_the_same_seed_and_prompt(gen_studio):
     assert np.array_equal(pixels(base), pixels(plain))
     with pytest.raises(InvalidInput, match="Choose a shot LoRA"):
         svc.compare_with_base(fast())
+
+
+def test_conv_lora_layers_merge_and_restore_exactly(gen_studio, demo_model_dir, tmp_path):
+    """LoRA on conv layers (kohya LoCon-style proj_in / resnet convs) takes peft's merge path."""
+    from diffusers import UNet2DConditionModel
+
+    from dreamshot.loras import random_lora
+
+    unet = UNet2DConditionModel.from_pretrained(demo_model_dir / "unet")
+    path = random_lora(unet, tmp_path / "conv", seed=5, target_modules=("proj_in", "conv1", "to_v"))
+    LoraLibrary(gen_studio).register(path, name="convy", shot=None, origin="uploaded")
+    svc = service(gen_studio)
+    base = pixels(svc.generate(fast(TEMPLATED, use_template=False)))
+    conv = svc.generate(fast(TEMPLATED, use_template=False, shot="convy"))
+    assert np.abs(pixels(conv) - base).max() > 0
+    blend = svc.generate(fast(TEMPLATED, use_template=False, blend={"convy": 0.5, "close": 0.5}))
+    again = svc.generate(fast(TEMPLATED, use_template=False, shot="convy"))
+    assert np.array_equal(pixels(again), pixels(conv)) and np.abs(pixels(blend) - pixels(conv)).max() > 0
+    assert np.array_equal(pixels(svc.generate(fast(TEMPLATED, use_template=False, shot="convy", alpha=0))), base)
