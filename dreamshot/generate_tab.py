@@ -228,7 +228,8 @@ def build(studio) -> None:
 
     @guarded
     @gpu(120)
-    def do_generate(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height, seed, num_images, blend,
+    def do_generate(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height,
+                    seed, num_images, blend,
                     request: gr.Request, progress=gr.Progress()):
         req = form_request(_form_values(locals()))
         with svc.job(owner(request), progress=reporter(progress)) as job:
@@ -237,7 +238,8 @@ def build(studio) -> None:
 
     @guarded
     @gpu(120)
-    def do_compare(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height, seed, num_images, blend,
+    def do_compare(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height,
+                   seed, num_images, blend,
                    request: gr.Request, progress=gr.Progress()):
         req = form_request(_form_values(locals()))
         with svc.job(owner(request), progress=reporter(progress)) as job:
@@ -268,7 +270,8 @@ def build(studio) -> None:
 
     @guarded
     @gpu(300)
-    def do_sweep(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height, seed, num_images, blend,
+    def do_sweep(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height,
+                 seed, num_images, blend,
                  shots, alphas, request: gr.Request, progress=gr.Progress()):
         req = form_request(_form_values(locals()))
         with svc.job(owner(request), progress=reporter(progress)) as job:
@@ -278,7 +281,8 @@ def build(studio) -> None:
 
     @guarded
     @gpu(300)
-    def do_storyboard(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height, seed, num_images, blend,
+    def do_storyboard(prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg, width, height,
+                      seed, num_images, blend,
                       text, columns, title, request: gr.Request, progress=gr.Progress()):
         req = form_request(_form_values(locals())).replace(prompt="-")
         with svc.job(owner(request), progress=reporter(progress)) as job:

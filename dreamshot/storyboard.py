@@ -88,7 +88,8 @@ def alpha_sweep(service, req, shots: list[str], alphas, job=None) -> SweepResult
         cells.append(row)
     grid = labelled_grid([[cell.image for cell in row] for row in cells],
                          row_labels=shots, col_labels=[f"α = {pngmeta.format_number(a)}" for a in alphas])
-    text = cells[0][0].parameters + f", Sweep: {pngmeta.quote('shots ' + ' '.join(shots) + '; alphas ' + ' '.join(map(pngmeta.format_number, alphas)))}"
+    sweep = f"shots {' '.join(shots)}; alphas {' '.join(map(pngmeta.format_number, alphas))}"
+    text = cells[0][0].parameters + f", Sweep: {pngmeta.quote(sweep)}"
     return SweepResult(grid, shots, alphas, cells, text)
 
 

@@ -106,3 +106,12 @@ def test_refused_upload_leaves_nothing_and_the_service_keeps_working(studio, lor
     assert not marker.exists() and LoraLibrary(studio).list() == []
     assert not (studio.settings.loras_dir / "uploads").exists() or not any((studio.settings.loras_dir / "uploads").iterdir())
     assert svc.generate(fast()).images
+
+
+@pytest.mark.postgres
+def test_upload_and_generate_on_postgresql(make_studio, pg_url, lora_files):
+    studio = make_studio(db_url=pg_url)
+    svc = service(studio)
+    info = svc.upload_lora(lora_files["close"], name="pg_close", shot="close")
+    assert [i.name for i in LoraLibrary(studio).list()] == ["pg_close"] and info.format == "diffusers"
+    assert svc.generate(fast(shot="close")).loras[0][0].name == "pg_close"
