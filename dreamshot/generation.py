@@ -7,10 +7,11 @@ How a request runs (``GenerationService.generate``):
 1. ``check_inputs``: every field in range, with a message for the user.
 2. Resolve the shot LoRA(s) from the ``loras`` table (re-read per request: a LoRA the studio has
    just trained appears without a restart) and build the prompt from the template.
-3. Under the service lock: load missing adapters once (validated with ``safetensors`` first, never
-   unpickled), then configure them. The active LoRA mix is *fused* into the weights (fast as the
-   base model) and unfused when the mix changes; unfusing restores a saved copy of the original
-   weights, so floating-point drift never accumulates and α=0 is bit-identical to the base model.
+3. Under the service lock: load missing LoRAs once as named adapters (validated with
+   ``safetensors`` first, never unpickled), then merge the request's mix into the weights from a
+   saved copy of the originals (``adapters.AdapterBank``): an α or shot change costs about a
+   millisecond on the demo model, a LoRA at fixed α runs at the base model's speed, floating-point
+   drift never accumulates and α = 0 is bit-identical to the base model.
 4. For each image: a fresh scheduler (the SDE sampler gets ``noise_sampler_seed`` from the seed), a
    CPU generator seeded with ``seed + i``, a step callback for progress and cancel.
 5. Each image carries its settings as A1111 ``parameters`` text and is saved under outputs/.
