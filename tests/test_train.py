@@ -263,3 +263,16 @@ def test_disk_full_during_export_leaves_no_finished_lora(tmp_path, imagefolder, 
     assert not any(e["event"] == "done" for e in log)
     assert not (out / "dreamshot-close.safetensors").exists()
     assert (out / "command.txt").read_text().startswith("python -m training --dataset")
+
+
+def test_prior_preservation_generates_missing_class_images(tmp_path, imagefolder, demo_model_dir):
+    from training.trainer import train
+
+    out, classes = tmp_path / "run", tmp_path / "class"
+    result = train(smoke(imagefolder, demo_model_dir, out, max_steps=2, prior_preservation=True,
+                         class_dir=str(classes), num_class_images=2, class_prompt="a high-quality picture",
+                         mixed_precision="bf16", gradient_checkpointing=True))
+    assert result.status == "done" and all(np.isfinite(result.losses))
+    assert sorted(p.name for p in classes.iterdir()) == ["class-00000.png", "class-00001.png"]
+    assert next(e for e in events(out) if e["event"] == "class_images") == {
+        **next(e for e in events(out) if e["event"] == "class_images"), "have": 0, "generating": 2}

@@ -179,6 +179,9 @@ class Trainer:
 
         c = self.config
         trackers = "tensorboard" if _has_tensorboard() else None
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # a second run in one process (tests, benchmark) may change precision
         self.accelerator = Accelerator(
             mixed_precision=self.precision, gradient_accumulation_steps=c.grad_accum, log_with=trackers,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
@@ -384,10 +387,10 @@ class Trainer:
         out = []
         for pos in range(start, start + bs):
             epoch, within = divmod(pos, n)
-            if epoch not in self._perms:
-                g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-                self._perms = {epoch: torch.randperm(n, generator=g)}  # keep only the current epoch
-            out.append(int(self._perms[epoch][within]))
+            if self._perms.get(n, (None,))[0] != epoch:  # one current epoch per set (instance, class)
+                g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch + 7 * n)
+                self._perms[n] = (epoch, torch.randperm(n, generator=g))
+            out.append(int(self._perms[n][1][within]))
         return torch.tensor(out, device=self.device)
 
     def micro_step(self):
