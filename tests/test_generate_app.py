@@ -127,7 +127,7 @@ def _gallery_bytes(page) -> bytes:
 
 
 @pytest.mark.browser
-def test_browser_generate_with_lora_then_move_alpha(gen_studio, serve, page, artifacts_dir):
+def test_browser_generate_with_lora_then_move_alpha(gen_studio, serve, page, artifacts_dir, tmp_path):
     url = serve(gen_studio)
     page.goto(url)
     page.get_by_role("tab", name="Generate").click()
@@ -161,3 +161,11 @@ def test_browser_generate_with_lora_then_move_alpha(gen_studio, serve, page, art
     page.mouse.click(box["x"] + box["width"] * 0.999, box["y"] + box["height"] / 2)   # α -> 1.5
     info.get_by_text("close α=1.5").wait_for()
     assert "Seeds 7" in info.inner_text() and _gallery_bytes(page) not in (first, second)
+
+    # drop the first (α = 1) PNG back in: the form gets its settings back
+    (tmp_path / "first.png").write_bytes(first)
+    page.get_by_role("button", name="Read settings from PNG").click()
+    page.locator("#read-png input[type=file]").set_input_files(str(tmp_path / "first.png"))
+    page.locator("#read-note").get_by_text("Settings restored").wait_for()
+    assert page.locator("#gen-alpha input[type=number]").input_value() == "1"
+    assert page.locator("#gen-prompt textarea").input_value() == "a man on a bridge"
