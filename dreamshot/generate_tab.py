@@ -159,7 +159,10 @@ def build(studio) -> None:
             gallery = gr.Gallery(label="Images (download keeps the settings)", columns=2, height="auto",
                                  format="png", elem_id="gen-gallery", preview=False)
             info = gr.Markdown(elem_id="gen-info")
-            used_seed = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="gen-used-seed")
+            with gr.Row():
+                used_seed = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="gen-used-seed",
+                                      scale=3)
+                reuse = gr.Button("♻ Reuse this seed", scale=1, elem_id="gen-reuse")
             params = gr.Textbox(label="Settings of the first image (A1111 text)", lines=3, interactive=False,
                                 elem_id="gen-params")
     form = [prompt, shot, alpha, use_template, negative, sampler, steps, cfg, width, height, seed, num_images, blend]
@@ -335,6 +338,7 @@ def build(studio) -> None:
                                  [board_image, board_files, info], api_name="storyboard")
     stop.click(do_stop, None, info, api_name="stop", concurrency_limit=None,
                cancels=[gen_event, cmp_event, live_event, sweep_event, board_event])
+    reuse.click(lambda s: -1 if s is None else s, used_seed, seed, api_visibility="private", queue=False)
     refresh.click(refresh_loras, None, [shot, sweep_shots], api_name="list_loras", concurrency_limit=None)
     png_in.upload(do_read_png, png_in, [*form, read_note], api_name="read_png")
     restore.click(do_read_text, pasted, [*form, read_note], api_name="read_parameters")

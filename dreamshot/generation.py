@@ -408,7 +408,10 @@ class GenerationService:
         job = job or Job()
         result = GenerationResult(req, prompt, mix)
         t0 = time.perf_counter()
-        with self.lock:
+        if not self.lock.acquire(blocking=False):
+            job.report(progress_span[0], "waiting for another generation to finish…")
+            self.lock.acquire()
+        try:
             if job.cancelled:
                 raise Cancelled("Stopped.")
             self.configure(mix)
@@ -419,6 +422,8 @@ class GenerationService:
                     break
                 text = self.parameters_text(req, prompt, mix, seed)
                 result.images.append(GeneratedImage(image, seed, text))
+        finally:
+            self.lock.release()
         result.cancelled = job.cancelled
         result.seconds = time.perf_counter() - t0
         if not result.images:

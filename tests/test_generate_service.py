@@ -139,6 +139,21 @@ def test_cancel_stops_at_the_next_step(gen_studio):
     assert result.cancelled and len(result.images) == 1      # the finished image is kept
 
 
+def test_a_second_caller_waits_for_the_lock_and_says_so(gen_studio):
+    import threading
+
+    svc = service(gen_studio)
+    notes = []
+    with svc.lock:
+        worker = threading.Thread(target=lambda: svc.generate(
+            fast(steps=2), Job(progress=lambda f, text: notes.append(text))))
+        worker.start()
+        worker.join(timeout=2)
+        assert worker.is_alive() and notes == ["waiting for another generation to finish…"]
+    worker.join(timeout=60)
+    assert not worker.is_alive() and len(notes) > 1
+
+
 def test_compare_with_base_uses_the_same_seed_and_prompt(gen_studio):
     svc = service(gen_studio)
     base, lora = svc.compare_with_base(fast(shot="close", seed=-1))
