@@ -189,8 +189,7 @@ def test_kohya_and_diffusers_files_give_the_same_image_as_the_trained_model(tmp_
                                      target_modules=tconfig.TARGETS["cross"]))
     in_memory = _image(pipe)
     diffusers_file = export.save_diffusers(tmp_path / "out", pipe.unet)
-    kohya_file = export.save_kohya(diffusers_file, tmp_path / "out" / "k.safetensors", alpha=8.0,
-                                   metadata={"ss_network_alpha": "8"})
+    kohya_file = export.save_kohya(tmp_path / "out" / "k.safetensors", pipe.unet, metadata={"ss_network_alpha": "8"})
     pipe.unet.delete_adapters(["default"])
 
     kohya = load_file(str(kohya_file))
@@ -206,10 +205,16 @@ def test_kohya_and_diffusers_files_give_the_same_image_as_the_trained_model(tmp_
     pipe.load_lora_weights(str(kohya_file), adapter_name="kohya")
     pipe.set_adapters(["kohya"], adapter_weights=[1.0])
     from_kohya = _image(pipe)
+    pipe.delete_adapters(["kohya"])
+    # as the Generate tab loads it: a plain state dict, so no file metadata (alpha must not depend on it)
+    pipe.load_lora_weights(load_file(str(diffusers_file)), adapter_name="dict")
+    pipe.set_adapters(["dict"], adapter_weights=[1.0])
+    from_state_dict = _image(pipe)
 
     assert np.abs(in_memory - base).max() > 1e-3          # the LoRA changes the image...
     np.testing.assert_allclose(from_diffusers, in_memory, atol=1e-5)  # ...and both files reproduce it
     np.testing.assert_allclose(from_kohya, from_diffusers, atol=1e-5)
+    np.testing.assert_allclose(from_state_dict, from_diffusers, atol=1e-5)
 
 
 # ---- bad input ------------------------------------------------------------------------------------

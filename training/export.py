@@ -1,7 +1,7 @@
 """Writing a trained LoRA in the two formats people use:
 
 - diffusers/PEFT ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights(path)``), with the
-  LoRA config (rank, alpha, targets) in its metadata so alpha != rank loads right;
+  alpha / rank scale baked into the up weights so it loads right with or without its metadata;
 - kohya ``<name>.safetensors`` for AUTOMATIC1111 / ComfyUI / kohya_ss: ``lora_unet_*`` /
   ``lora_te_*`` keys, one ``alpha`` tensor per module (= LoRA alpha) and ``ss_*`` training metadata.
 
@@ -24,19 +24,46 @@ def _atomic_target(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def save_diffusers(out_dir: Path, unet, text_encoder=None) -> Path:
-    """``out_dir/pytorch_lora_weights.safetensors`` from PEFT-adapted models."""
-    from diffusers import StableDiffusionPipeline
+def lora_state(unet, text_encoder=None) -> dict:
+    """The LoRA weights in diffusers' key format (``unet.*.lora.down.weight`` / ``.lora.up.weight``),
+    unscaled (the effective update is alpha / rank * up @ down)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    out = {}
+    for prefix, model in (("unet", unet), ("text_encoder", text_encoder)):
+        if model is not None:
+            part = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+            out.update({f"{prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in part.items()})
+    return out
+
+
+def _scale(model) -> tuple[int, float]:
+    cfg = model.peft_config["default"]
+    return int(cfg.r), float(cfg.lora_alpha)
+
+
+def save_diffusers(out_dir: Path, unet, text_encoder=None) -> Path:
+    """``out_dir/pytorch_lora_weights.safetensors`` from PEFT-adapted models.
+
+    The alpha / rank scale is baked into the up weights and the metadata says lora_alpha = rank, so
+    the file gives the trained result however it is loaded: from its path (metadata read) or as a
+    plain state dict (metadata lost, alpha assumed = rank), as the Generate tab does."""
+    from diffusers import StableDiffusionPipeline
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
-                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
-    if text_encoder is not None:
-        kwargs.update(text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)),
-                      text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict())
+    state = lora_state(unet, text_encoder)
+    kwargs = {}
+    for prefix, model in (("unet", unet), ("text_encoder", text_encoder)):
+        if model is None:
+            continue
+        rank, alpha = _scale(model)
+        part = {k[len(prefix) + 1:]: (v * (alpha / rank) if k.endswith("lora.up.weight") else v)
+                for k, v in state.items() if k.startswith(prefix + ".")}
+        meta = {**model.peft_config["default"].to_dict(), "lora_alpha": rank}
+        kwargs[f"{prefix}_lora_layers"] = part
+        kwargs[f"{prefix}_lora_adapter_metadata"] = meta
     staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=out_dir))
     try:
         StableDiffusionPipeline.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
@@ -119,13 +146,13 @@ def kohya_metadata(*, config, base_model: str, dataset_hash: str, num_images: in
     return meta
 
 
-def save_kohya(diffusers_file: Path, out_path: Path, *, alpha: float, te_alpha: float | None = None,
-               metadata: dict[str, str] | None = None) -> Path:
-    """Convert a saved diffusers LoRA file to a kohya file (atomically)."""
-    from safetensors.torch import load_file, save_file
+def save_kohya(out_path: Path, unet, text_encoder=None, *, metadata: dict[str, str] | None = None) -> Path:
+    """The kohya file of PEFT-adapted models (atomically): unscaled weights, alpha tensors = LoRA alpha."""
+    from safetensors.torch import save_file
 
-    state = load_file(str(diffusers_file))
-    kohya = diffusers_to_kohya(state, alpha, te_alpha)
+    alpha = _scale(unet)[1]
+    te_alpha = _scale(text_encoder)[1] if text_encoder is not None else None
+    kohya = diffusers_to_kohya(lora_state(unet, text_encoder), alpha, te_alpha)
     out_path = Path(out_path)
     tmp = _atomic_target(out_path)
     save_file(kohya, str(tmp), metadata={"format": "pt", **(metadata or {})})

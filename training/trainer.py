@@ -591,8 +591,7 @@ class Trainer:
         meta = export.kohya_metadata(config=c, base_model=c.base_model, dataset_hash=tdata.dataset_hash(self.examples),
                                      num_images=len(self.examples), steps=self.total_steps,
                                      started_at=self.started_at, finished_at=time.time())
-        kohya_file = export.save_kohya(diffusers_file, self.out / f"{c.run_name}.safetensors", alpha=c.alpha,
-                                       metadata=meta)
+        kohya_file = export.save_kohya(self.out / f"{c.run_name}.safetensors", unet, te, metadata=meta)
         result.files = {"diffusers": diffusers_file.name, "kohya": kohya_file.name}
         if c.push_to_hub:
             result.files["hub"] = self.push(diffusers_file, kohya_file)
