@@ -35,7 +35,7 @@ from pathlib import Path
 from . import __version__, pngmeta
 from .errors import DreamShotError, InvalidInput, ModelLoadError
 from .adapters import AdapterBank
-from .loras import LoraInfo, LoraLibrary, ModelShapes, inspect_lora_file, store_upload
+from .loras import LoraInfo, LoraLibrary, a1111_lora_hash, ModelShapes, inspect_lora_file, store_upload
 from .shots import DEFAULT_TEMPLATE, get_taxonomy
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class GenerationService:
         self._bank: AdapterBank | None = None  # the pipeline's LoRA adapters (loaded on first use)
         self._shapes: ModelShapes | None = None
         self._model_hash: str | None = None
+        self._lora_hashes: dict[str, str] = {}   # file sha256 -> A1111 short hash
         self._jobs: dict[str, set] = {}       # owner -> ids of its running jobs
         self._job_objects: dict[int, Job] = {}
         self._jobs_lock = threading.Lock()
@@ -472,13 +473,22 @@ class GenerationService:
             "Steps": req.steps, "Sampler": req.sampler, "CFG scale": float(req.cfg), "Seed": seed,
             "Size": f"{req.width}x{req.height}", "Model hash": self.model_hash() or None,
             "Model": self.model_name,
-            "Lora hashes": ", ".join(f"{info.name}: {info.short_hash}" for info, _ in mix) or None,
+            "Lora hashes": ", ".join(f"{info.name}: {self.lora_hash(info)}" for info, _ in mix) or None,
             "Shot": req.shot,
             "Caption": req.prompt if templated else None,
             "Prompt template": self.template() if templated else None,
             "Version": f"DreamShot {__version__}",
         }
         return pngmeta.format_parameters(prompt, req.negative_prompt, settings, [(i.name, w) for i, w in mix])
+
+    def lora_hash(self, info: LoraInfo) -> str:
+        """A1111's short hash of a LoRA file (cached per file content)."""
+        if info.sha256 not in self._lora_hashes:
+            try:
+                self._lora_hashes[info.sha256] = a1111_lora_hash(info.path)
+            except OSError:
+                return info.short_hash
+        return self._lora_hashes[info.sha256]
 
     def output_path(self, seed: int) -> Path:
         now = datetime.now(timezone.utc)

@@ -49,6 +49,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def a1111_lora_hash(path: Path) -> str:
+    """AUTOMATIC1111's short LoRA hash for ``Lora hashes``: sha256 of a .safetensors file's data
+    after its header ("addnet hash"), first 12 hex digits - what Civitai and A1111 match on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        header = int.from_bytes(fh.read(8), "little")
+        fh.seek(8 + header)
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 class LoraLibrary:
     def __init__(self, studio):
         self.studio = studio

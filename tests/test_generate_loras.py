@@ -115,3 +115,15 @@ def test_upload_and_generate_on_postgresql(make_studio, pg_url, lora_files):
     info = svc.upload_lora(lora_files["close"], name="pg_close", shot="close")
     assert [i.name for i in LoraLibrary(studio).list()] == ["pg_close"] and info.format == "diffusers"
     assert svc.generate(fast(shot="close")).loras[0][0].name == "pg_close"
+
+
+def test_a1111_lora_hash_skips_the_header(lora_files):
+    import hashlib
+    import struct
+
+    from dreamshot.loras import a1111_lora_hash, file_sha256
+
+    data = lora_files["close"].read_bytes()
+    (header,) = struct.unpack("<Q", data[:8])
+    expected = hashlib.sha256(data[8 + header:]).hexdigest()[:12]
+    assert a1111_lora_hash(lora_files["close"]) == expected != file_sha256(lora_files["close"])[:12]
