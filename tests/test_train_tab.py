@@ -130,3 +130,13 @@ def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
     page.locator("#train-samples img").first.wait_for(timeout=20_000)
     assert "close-run1" in page.locator("#train-history").inner_text()
     page.screenshot(path=str(artifacts_dir / "train-tab.png"), full_page=True)
+
+    # The studio's own labeled set has no image yet: a clear message, no process started.
+    page.locator("#train-dataset textarea, #train-dataset input").first.fill("")
+    page.locator("#train-start").click()
+    page.locator("#train-run-message").get_by_text("The class is empty", exact=False).wait_for()
+    assert "failed" in page.locator("#train-bar").inner_text()
+    page.locator("#train-rank input").fill("0")
+    page.locator("#train-start").click()
+    page.get_by_text("--rank must be between 1 and 256", exact=False).first.wait_for()
+    page.screenshot(path=str(artifacts_dir / "train-tab-errors.png"), full_page=True)

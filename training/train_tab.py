@@ -294,10 +294,11 @@ def build(studio) -> None:
     timer = gr.Timer(1.0)
 
     preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset")
+    # Quick actions: an error shows as a toast, not as an overlay on the table and the run picker.
     start_btn.click(_named(guarded(ui.start)), [shots, preset, dataset, hub_token, *params], [message, history, run],
-                    api_name="train_start")
-    cancel_btn.click(guarded(ui.cancel), run, [message, history], api_name="train_cancel")
-    resume_btn.click(guarded(ui.resume), run, [message, history], api_name="train_resume")
+                    api_name="train_start", show_progress="hidden")
+    cancel_btn.click(guarded(ui.cancel), run, [message, history], api_name="train_cancel", show_progress="hidden")
+    resume_btn.click(guarded(ui.resume), run, [message, history], api_name="train_resume", show_progress="hidden")
     live = [bar, loss_plot, gallery, log_tail, run_message, history, run, shown]
     timer.tick(guarded(ui.refresh), [run, shown], live, api_name="train_progress", show_progress="hidden")
     fresh = gr.State({})
