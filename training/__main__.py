@@ -145,6 +145,12 @@ def run_studio(args) -> int:
 
     studio = Studio.open(studio_settings.from_args(args))
     runner = jobs.JobRunner(studio)
+    if args.resume and not args.resume_run:  # --resume latest: the newest resumable run (of --shot(s))
+        shots = args.shots or ([args.cfg_shot] if args.cfg_shot else None)
+        candidates = [r for r in runner.list_runs(jobs.RESUMABLE) if not shots or r.shot in shots]
+        if not candidates:
+            raise DreamShotError("No cancelled, interrupted or failed run to resume.")
+        args.resume_run = candidates[0].id
     if args.resume_run:
         run_ids = [runner.resume(args.resume_run).id]
     else:

@@ -211,7 +211,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kwargs = dict(dest=f"cfg_{f.name}", default=None, help=help_text)
         if f.type in ("bool", bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif f.type in ("list", list):
+            continue
+        if "choices" not in f.metadata:
+            kwargs["metavar"] = f.name.upper()
+        if f.type in ("list", list):
             caster = int if f.name == "validation_seeds" else str
             group.add_argument(flag, nargs="+", type=caster, **kwargs)
         else:
