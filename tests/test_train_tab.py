@@ -64,9 +64,9 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
         client.predict(SHOTS, "smoke", dataset, "", *form(client, rank=0), api_name="/train_start")
     assert history(client) == {}
 
-    message, _, _ = client.predict(SHOTS, "smoke", dataset, "",
-                                   *form(client, resolution=32, max_steps=8, validation_steps=4, checkpoint_steps=4),
-                                   api_name="/train_start")
+    message = client.predict(SHOTS, "smoke", dataset, "",
+                             *form(client, resolution=32, max_steps=8, validation_steps=4, checkpoint_steps=4),
+                             api_name="/train_start")[0]
     assert "#1 close, #2 medium, #3 long" in message
 
     bars = []

@@ -52,6 +52,7 @@ PARAMS = [
     ("push_to_hub", "Push to Hub repo (optional)", "text", {"placeholder": "user/dreamshot-close"}),
 ]
 PARAM_NAMES = [p[0] for p in PARAMS]
+FAST_POLL_S, IDLE_POLL_S = 1.0, 5.0
 HISTORY_HEADERS = ["run", "name", "shot", "status", "step", "preset", "rank", "alpha", "lr", "res", "batch",
                    "final loss", "LoRA", "started", "finished", "message"]
 
@@ -117,7 +118,7 @@ class TrainUi:
         self.runner.tick()  # start at once when the GPU is free
         names = ", ".join(f"#{r.id} {r.shot}" for r in runs)
         message = f"Queued by {html.escape(who)}: {names}. They train one after another."
-        return message, self.history_rows(), self._choices(runs[0].id)
+        return message, self.history_rows(), self._choices(runs[0].id), gr.Timer(value=FAST_POLL_S)
 
     # ---- actions on a run ----------------------------------------------------------------------------
     def cancel(self, run_id, request: gr.Request):
@@ -131,7 +132,8 @@ class TrainUi:
         admin_name(self.studio, request)
         run = self.runner.resume(self._id(run_id))
         self.runner.tick()
-        return f"Run #{run.id} queued again: it continues from its last checkpoint.", self.history_rows()
+        return (f"Run #{run.id} queued again: it continues from its last checkpoint.", self.history_rows(),
+                gr.Timer(value=FAST_POLL_S))
 
     def _id(self, run_id) -> int:
         if run_id in (None, ""):
@@ -186,9 +188,11 @@ class TrainUi:
             choices, run_id = self._run_choices(None if run_id in (None, "") else int(run_id))
             dropdown = gr.Dropdown(choices=choices, value=run_id)
             shown["ids"] = ids
+        busy = bool(runner.list_runs((jobs.RUNNING, jobs.QUEUED)))
+        timer = gr.Timer(value=FAST_POLL_S if busy else IDLE_POLL_S)  # poll slowly while nothing trains
         if run_id in (None, ""):
             empty = "<div class='train-progress'>No training run yet: pick shot types and press Start.</div>"
-            return empty, gr.skip(), gr.skip(), "", "", self.history_rows(), dropdown, shown
+            return empty, gr.skip(), gr.skip(), "", "", self.history_rows(), dropdown, shown, timer
         p = runner.progress(int(run_id))
         key = (p.run.id, len(p.losses))
         plot = gr.skip()
@@ -205,7 +209,7 @@ class TrainUi:
         message = ""
         if p.message:
             message = f"**Run #{p.run.id} ({p.run.status})**: {html.escape(p.message)}"
-        return (self._bar(p), plot, gallery, p.log_tail, message, self.history_rows(), dropdown, shown)
+        return (self._bar(p), plot, gallery, p.log_tail, message, self.history_rows(), dropdown, shown, timer)
 
     def _images(self, p: jobs.Progress):
         from PIL import Image
@@ -291,15 +295,16 @@ def build(studio) -> None:
                            elem_id="train-history")
     shown = gr.State({})
     status_json = gr.JSON(visible=False)
-    timer = gr.Timer(1.0)
+    timer = gr.Timer(FAST_POLL_S)
 
     preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset")
     # Quick actions: an error shows as a toast, not as an overlay on the table and the run picker.
-    start_btn.click(_named(guarded(ui.start)), [shots, preset, dataset, hub_token, *params], [message, history, run],
-                    api_name="train_start", show_progress="hidden")
+    start_btn.click(_named(guarded(ui.start)), [shots, preset, dataset, hub_token, *params],
+                    [message, history, run, timer], api_name="train_start", show_progress="hidden")
     cancel_btn.click(guarded(ui.cancel), run, [message, history], api_name="train_cancel", show_progress="hidden")
-    resume_btn.click(guarded(ui.resume), run, [message, history], api_name="train_resume", show_progress="hidden")
-    live = [bar, loss_plot, gallery, log_tail, run_message, history, run, shown]
+    resume_btn.click(guarded(ui.resume), run, [message, history, timer], api_name="train_resume",
+                     show_progress="hidden")
+    live = [bar, loss_plot, gallery, log_tail, run_message, history, run, shown, timer]
     timer.tick(guarded(ui.refresh), [run, shown], live, api_name="train_progress", show_progress="hidden")
     fresh = gr.State({})
     run.change(guarded(ui.refresh), [run, fresh], live, api_visibility="private", show_progress="hidden")
