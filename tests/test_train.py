@@ -294,3 +294,12 @@ def test_prior_preservation_generates_missing_class_images(tmp_path, imagefolder
     assert sorted(p.name for p in classes.iterdir()) == ["class-00000.png", "class-00001.png"]
     assert next(e for e in events(out) if e["event"] == "class_images") == {
         **next(e for e in events(out) if e["event"] == "class_images"), "have": 0, "generating": 2}
+
+
+def test_epochs_decide_the_number_of_steps(tmp_path, imagefolder, demo_model_dir):
+    from training.trainer import train
+
+    cfg = smoke(imagefolder, demo_model_dir, tmp_path / "run", epochs=2, batch_size=2, max_steps=99)
+    assert cfg.total_steps(3) == 4  # ceil(3 images / batch 2) = 2 steps per epoch
+    result = train(cfg)
+    assert result.status == "done" and result.step == 4

@@ -93,6 +93,11 @@ class TrainUi:
         # Started on first use (a page visit's timer or any API call), not when the app is built.
         return jobs.JobRunner.for_studio(self.studio)
 
+    def base_model_line(self) -> str:
+        status = self.studio.models.status
+        demo = " (the untrained demo model: fine for trying the workflow, not for real LoRAs)" if status.is_demo else ""
+        return f"Base model: `{status.source}`{demo}"
+
     # ---- the form ---------------------------------------------------------------------------------
     def preset_values(self, preset: str, request: gr.Request):
         admin_name(self.studio, request)
@@ -263,6 +268,7 @@ def build(studio) -> None:
     gr.Markdown("Train one LoRA per shot type on the labeled, captioned set (DreamBooth-style, no identifier "
                 "token; prompt `a high-quality {shot} picture of {caption}`). Runs queue up and train one at a "
                 "time in a separate process; finished LoRAs appear in the Generate tab.")
+    gr.Markdown(value=ui.base_model_line, elem_id="train-base-model")
     with gr.Row():
         shots = gr.CheckboxGroup([(c.label, c.name) for c in taxonomy.classes], value=taxonomy.names,
                                  label="Shot types (one run each)", elem_id="train-shots", scale=2)
