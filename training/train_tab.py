@@ -268,7 +268,9 @@ def build(studio) -> None:
     gr.Markdown("Train one LoRA per shot type on the labeled, captioned set (DreamBooth-style, no identifier "
                 "token; prompt `a high-quality {shot} picture of {caption}`). Runs queue up and train one at a "
                 "time in a separate process; finished LoRAs appear in the Generate tab.")
-    gr.Markdown(value=ui.base_model_line, elem_id="train-base-model")
+    base_model = gr.Markdown(elem_id="train-base-model")
+    # Filled on page load: resolving the base model at build time would import torch with `app`.
+    gr.context.Context.root_block.load(ui.base_model_line, None, base_model, api_visibility="private")
     with gr.Row():
         shots = gr.CheckboxGroup([(c.label, c.name) for c in taxonomy.classes], value=taxonomy.names,
                                  label="Shot types (one run each)", elem_id="train-shots", scale=2)
