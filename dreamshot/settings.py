@@ -100,13 +100,16 @@ class Settings:
         return self
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False) -> argparse.ArgumentParser:
-    """Add the common flags to a CLI parser. ``server=True`` adds the serving flags too."""
+def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False,
+                  model: bool = True) -> argparse.ArgumentParser:
+    """Add the common flags to a CLI parser. ``server=True`` adds the serving flags too;
+    ``model=False`` leaves ``--model`` to a subcommand that means another model by it."""
     group = parser.add_argument_group("studio settings (each also read from the environment)")
     group.add_argument("--data", metavar="DIR", default=None,
                        help=f"folder holding everything the studio writes [DREAMSHOT_DATA, default {DEFAULT_DATA}]")
-    group.add_argument("--model", metavar="ID|DIR|demo", default=None,
-                       help=f"base model: a Hub id, a local diffusers folder, or 'demo' [DREAMSHOT_MODEL, default {DEFAULT_MODEL}]")
+    if model:
+        group.add_argument("--model", metavar="ID|DIR|demo", default=None,
+                           help=f"base model: a Hub id, a local diffusers folder, or 'demo' [DREAMSHOT_MODEL, default {DEFAULT_MODEL}]")
     group.add_argument("--db", metavar="URL", default=None,
                        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/db [DREAMSHOT_DB, default SQLite in the data folder]")
     group.add_argument("--admin-password", metavar="PW", default=None,

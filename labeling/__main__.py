@@ -10,49 +10,19 @@ Every subcommand takes the studio settings (--data, --db, --model, ...).
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 
-from dreamshot import settings as config
-from dreamshot.errors import DreamShotError
-from dreamshot.safety import configure_logging
+from dreamshot import cli
 
-# Modules that add subcommands: each defines register(subparsers) and sets a `run(studio, args)`
-# default on its parsers. A module not written yet is skipped.
 COMMAND_MODULES = ["labeling.cli_label", "labeling.cli_captions"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labeling", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
-    return parser
+def build_parser():
+    return cli.build_parser("python -m labeling", __doc__, COMMAND_MODULES)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dreamshot.studio import Studio
-
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    try:
-        studio = Studio.open(config.from_args(args))
-        return int(args.run(studio, args) or 0)
-    except DreamShotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; everything acknowledged so far is saved", file=sys.stderr)
-        return 130
+    return cli.run(build_parser(), argv, interrupted="everything acknowledged so far is saved")
 
 
 if __name__ == "__main__":

@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dreamshot import cli
+
 from .captioner import CAPTIONERS, DEFAULT_CAPTIONER, MAX_NEW_TOKENS_LIMIT
 
 
-def register(subparsers) -> None:
+def register(subparsers, parents) -> None:
+    # Here --model names the captioner, so the studio flags come without their --model.
     p = subparsers.add_parser("caption", help="BLIP-2 captions for labeled frames", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The studio flags are accepted after the subcommand too (SUPPRESS: the main parser's value stays).
-    p.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS, help="the studio data folder")
-    p.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help="database URL")
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              parents=[cli.settings_parent(model=False)])
     p.add_argument("--model", dest="captioner", metavar="ID|DIR", default=DEFAULT_CAPTIONER,
                    help=f"captioner: a Hub id ({', '.join(c for c, _ in CAPTIONERS if '/' in c)}), a local "
                         f"folder, or 'demo' (tiny untrained BLIP-2, random words) [default {DEFAULT_CAPTIONER}]")

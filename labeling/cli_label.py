@@ -10,23 +10,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from . import export, labels, pool
 
 
-def _studio_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The studio flags are also accepted after the subcommand (``import SRC --data DIR``); when
-    absent they leave the values given before it untouched."""
-    group = parser.add_argument_group("studio settings (also accepted before the subcommand)")
-    for flag, metavar in (("--data", "DIR"), ("--model", "ID|DIR|demo"), ("--db", "URL"), ("--admin-password", "PW")):
-        group.add_argument(flag, metavar=metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    return parser
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("import", help="import a pool of frames (folder, .zip, video, datasets)")
+def register(subparsers, parents) -> None:
+    p = subparsers.add_parser("import", parents=parents, help="import a pool of frames (folder, .zip, video, datasets)")
     p.add_argument("source", help="folder, .zip, video file, 'imagefolder:DIR' or 'hf:DATASET_ID_OR_PATH'")
     p.add_argument("--metadata", metavar="FILE", help="CSV/JSONL with a 'file' column and fields for --rule")
     p.add_argument("--labels", metavar="FILE", help="CSV/JSONL of existing labels: file, shot[, annotator]")
@@ -38,19 +28,16 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=pool.SPLITS, default="train",
                    help="'test' for held-out frames (not labeled here; captioned for the evaluation)")
     p.set_defaults(run=lambda studio, args: run_import(studio, args))
-    _studio_flags(p)
 
-    e = subparsers.add_parser("export", help="export the labeled set as a Hugging Face imagefolder")
+    e = subparsers.add_parser("export", parents=parents, help="export the labeled set as a Hugging Face imagefolder")
     e.add_argument("out", help="output folder (new, empty, or an earlier export)")
     e.add_argument("--shot", action="append", default=None, help="only these classes (repeatable)")
     e.add_argument("--include-extra", action="store_true", help="also labels beyond the quotas")
     e.add_argument("--push-to-hub", metavar="REPO", help="upload to this dataset repo (token from HF_TOKEN)")
     e.set_defaults(run=lambda studio, args: run_export(studio, args))
-    _studio_flags(e)
 
-    s = subparsers.add_parser("stats", help="per-class counts, quotas, rejects and agreement")
+    s = subparsers.add_parser("stats", parents=parents, help="per-class counts, quotas, rejects and agreement")
     s.set_defaults(run=lambda studio, args: run_stats(studio))
-    _studio_flags(s)
 
 
 def _bar(total: int | None):
