@@ -269,8 +269,6 @@ def build(studio) -> None:
                 "token; prompt `a high-quality {shot} picture of {caption}`). Runs queue up and train one at a "
                 "time in a separate process; finished LoRAs appear in the Generate tab.")
     base_model = gr.Markdown(elem_id="train-base-model")
-    # Filled on page load: resolving the base model at build time would import torch with `app`.
-    gr.context.Context.root_block.load(ui.base_model_line, None, base_model, api_visibility="private")
     with gr.Row():
         shots = gr.CheckboxGroup([(c.label, c.name) for c in taxonomy.classes], value=taxonomy.names,
                                  label="Shot types (one run each)", elem_id="train-shots", scale=2)
@@ -320,3 +318,12 @@ def build(studio) -> None:
     history_btn.click(guarded(ui.history), None, history, api_name="train_history")
     status_btn = gr.Button(visible=False)
     status_btn.click(guarded(ui.status), run, status_json, api_name="train_status")
+
+    def on_page_load():
+        # Resolving the base model at build time would import torch with `app`; and the taxonomy may
+        # have changed in the Label tab since the app was built.
+        current = get_taxonomy(studio.db.get_setting("taxonomy"))
+        return ui.base_model_line(), gr.CheckboxGroup(choices=[(c.label, c.name) for c in current.classes],
+                                                      value=current.names)
+
+    gr.context.Context.root_block.load(guarded(on_page_load), None, [base_model, shots], api_visibility="private")
