@@ -71,6 +71,19 @@ def studio(make_studio):
     return make_studio()
 
 
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """The tiny models train fastest on one thread, and multi-threaded torch spins on a busy 2-core
+    machine; processes started by the code under test (trainer runs) inherit this too."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def pg_server_url():
     url = os.environ.get("DREAMSHOT_TEST_PG_URL")

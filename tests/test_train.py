@@ -18,18 +18,7 @@ from training.testing import make_imagefolder
 
 FAST = dict(resolution=32, validation_steps=0, validation_inference_steps=2, checkpoint_steps=0)
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """The tiny model trains fastest on one thread, and a 2-core machine shared by several test runs
-    makes multi-threaded torch spin; trainer processes started by the runner inherit this too."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -15,18 +15,7 @@ from training.train_tab import PARAM_NAMES
 
 SHOTS = ["close", "medium", "long"]
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """The tiny model trains fastest on one thread, and a 2-core machine shared by several test runs
-    makes multi-threaded torch spin; trainer processes started by the runner inherit this too."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def form(client, **changes):
