@@ -500,16 +500,22 @@ def _export_section(studio):
             extra = gr.Checkbox(label="Include labels beyond the quotas (extras)")
             repo = gr.Textbox(label="Push to Hub dataset repo (optional, needs HF_TOKEN)", placeholder="user/name")
         go = gr.Button("Export", variant="primary")
-        report = gr.Textbox(label="Export report", lines=5, interactive=False)
+        with gr.Row():
+            report = gr.Textbox(label="Export report", lines=5, interactive=False)
+            download = gr.File(label="Download the export (.zip)", interactive=False)
 
     @guarded
     def do_export(out, extra, repo, request: gr.Request, progress=gr.Progress()):
         admin_name(studio, request)
-        return export.export_imagefolder(studio, out, include_extra=bool(extra),
-                                         push_to_hub=(repo or "").strip() or None,
-                                         progress=lambda d, t: progress((d, t), desc="Exporting")).text()
+        result = export.export_imagefolder(studio, out, include_extra=bool(extra),
+                                           push_to_hub=(repo or "").strip() or None,
+                                           progress=lambda d, t: progress((d, t), desc="Exporting"))
+        # A copy outside the data folder (which is never served), for people not on the server.
+        folder = Path(tempfile.mkdtemp(prefix="dreamshot-export-"))
+        archive = shutil.make_archive(str(folder / Path(result.path).name), "zip", root_dir=result.path)
+        return result.text(), archive
 
-    go.click(do_export, [out, extra, repo], report, api_name="label_export")
+    go.click(do_export, [out, extra, repo], [report, download], api_name="label_export")
 
 
 def build(studio) -> None:

@@ -117,8 +117,12 @@ def test_label_endpoints_with_gradio_client(studio, tmp_path, serve):
     with pytest.raises(Exception, match="Names are"):
         client.predict("<script>", api_name="/label_view")
     client.predict("bob", first, "long", api_name="/label_action")
-    out = client.predict(str(tmp_path / "set"), False, "", api_name="/label_export")
+    out, archive = client.predict(str(tmp_path / "set"), False, "", api_name="/label_export")
     assert "Exported 1 frames" in out and (tmp_path / "set" / "metadata.jsonl").exists()
+    import zipfile
+
+    with zipfile.ZipFile(archive) as zf:  # the browser's download: the same imagefolder
+        assert "metadata.jsonl" in zf.namelist() and any(n.startswith("images/") for n in zf.namelist())
 
 
 def test_upload_settings_stats_resolve_endpoints(studio, tmp_path, serve):
