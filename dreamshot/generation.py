@@ -20,7 +20,6 @@ How a request runs (``GenerationService.generate``):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import random
 import re
@@ -35,7 +34,7 @@ from pathlib import Path
 from . import __version__, pngmeta
 from .errors import DreamShotError, InvalidInput, ModelLoadError
 from .adapters import AdapterBank
-from .loras import LoraInfo, LoraLibrary, a1111_lora_hash, ModelShapes, inspect_lora_file, store_upload
+from .loras import LoraInfo, LoraLibrary, a1111_lora_hash, file_sha256, ModelShapes, inspect_lora_file, store_upload
 from .shots import DEFAULT_TEMPLATE, get_taxonomy
 
 log = logging.getLogger(__name__)
@@ -583,11 +582,7 @@ def _unet_hash(source: str) -> str | None:
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
         path = folder / "unet" / name
         if path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
-            return digest.hexdigest()[:10]
+            return file_sha256(path)[:10]
     return None
 
 
