@@ -20,9 +20,12 @@ from dreamshot import __version__, settings as config
 from dreamshot.errors import DreamShotError
 from dreamshot.safety import configure_logging
 from dreamshot.studio import Studio
-from dreamshot import evaluate_tab, generate_tab, survey_tab
-from labeling import captions_tab, label_tab
-from training import train_tab
+from dreamshot.evaluate import tab as evaluate_tab
+from dreamshot.generate import tab as generate_tab
+from dreamshot.survey import tab as survey_tab
+from labeling.captions import tab as captions_tab
+from labeling import tab as label_tab
+from training import tab as train_tab
 
 TITLE = "DreamShot studio"
 log = logging.getLogger("dreamshot.app")
@@ -47,7 +50,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             for title, build, _ in tabs:
                 with gr.Tab(title, id=title.lower()):
-                    build(studio)
+                    build(studio, demo)
 
         def show_banner():
             text = studio.model_status().banner_markdown()

@@ -44,7 +44,7 @@ def report(name, xs, target):
 def make_studio(n: int):
     from dreamshot.settings import Settings
     from dreamshot.studio import Studio
-    from labeling import captions
+    from labeling.captions import service as captions
     from tests.captions_helpers import add_frames
 
     data = Path(tempfile.mkdtemp(prefix="bench-captions-"))
@@ -56,7 +56,7 @@ def make_studio(n: int):
 
 
 def bench_handler(studio, ids, presses: int):
-    from labeling.captions_tab import CaptionsUi
+    from labeling.captions.tab import CaptionsUi
 
     ui = CaptionsUi(studio)
     times = []
@@ -102,9 +102,9 @@ def bench_browser(studio, presses: int):
 
 
 def bench_captioning(studio, n: int):
-    from labeling.caption_jobs import CaptionRequest, run_captioning
-    from labeling.captioner import load_captioner
-    from labeling.tiny_blip2 import build_tiny_blip2
+    from labeling.captions.jobs import CaptionRequest, run_captioning
+    from labeling.captions.captioner import load_captioner
+    from labeling.captions.tiny_blip2 import build_tiny_blip2
 
     folder = str(build_tiny_blip2(Path(tempfile.mkdtemp(prefix="bench-blip2-")) / "tiny"))
     load_captioner(folder)

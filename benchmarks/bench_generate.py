@@ -99,9 +99,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from dreamshot.adapters import quiet_diffusers as _quiet_diffusers
-    from dreamshot.generation import GenerationRequest, service
-    from dreamshot.loras import LoraLibrary, random_lora
+    from dreamshot.generate.adapters import quiet_diffusers as _quiet_diffusers
+    from dreamshot.generate.service import GenerationRequest, service
+    from dreamshot.generate.loras import LoraLibrary, random_lora
     from dreamshot.models import device_and_dtype
     from dreamshot.settings import Settings
     from dreamshot.studio import Studio

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from training import config as tconfig
-    from training.testing import make_imagefolder
+    from tests.training_helpers import make_imagefolder
     from training.trainer import Trainer, read_status
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))

@@ -15,7 +15,7 @@ import sys
 
 from dreamshot import cli
 
-COMMAND_MODULES = ["dreamshot.cli_generate", "dreamshot.cli_survey", "dreamshot.cli_evaluate"]
+COMMAND_MODULES = ["dreamshot.generate.cli"]
 
 
 def build_parser():

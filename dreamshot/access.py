@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import re
 
-from .errors import AccessDenied, InvalidInput
+from dreamshot.errors import AccessDenied, InvalidInput
 
 ADMIN = "admin"
 PARTICIPANT = "participant"

@@ -4,7 +4,7 @@ contributed by modules, and one way of reporting errors (a line on stderr and ex
 
 A command module defines ``register(subparsers, parents)``: it adds its parsers with
 ``parents=parents`` and sets ``run(studio, args)`` on each (``run_without_studio(args)`` for a
-command that needs no studio). A module not written yet is skipped.
+command that needs no studio). A listed module that cannot be imported is an error.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import argparse
 import importlib
 import sys
 
-from . import settings as config
-from .errors import DreamShotError
-from .safety import configure_logging
+from dreamshot import settings as config
+from dreamshot.errors import DreamShotError
+from dreamshot.safety import configure_logging
 
 
 def settings_parent(*, model: bool = True) -> argparse.ArgumentParser:
@@ -34,19 +34,13 @@ def build_parser(prog: str, description: str, command_modules: list[str]) -> arg
     sub = parser.add_subparsers(dest="command", required=True)
     parents = [settings_parent()]
     for name in command_modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub, parents)
+        importlib.import_module(name).register(sub, parents)  # a missing module is a bug: raise
     return parser
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None, *, interrupted: str) -> int:
     """Parse, open the studio, run the chosen subcommand; DreamShotError -> one line, status 2."""
-    from .studio import Studio
+    from dreamshot.studio import Studio
 
     args = parser.parse_args(argv)
     configure_logging([getattr(args, "admin_password", None) or ""])

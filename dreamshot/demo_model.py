@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .clip_tokenizer import write_clip_tokenizer
+from dreamshot.clip_tokenizer import write_clip_tokenizer
 
 DEMO_VERSION = 1
 MARKER = "dreamshot-demo.json"

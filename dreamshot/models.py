@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .demo_model import ensure_demo_model, is_demo_model
-from .errors import ModelLoadError
-from .settings import DEFAULT_MODEL, DEMO_MODEL, Settings
+from dreamshot.demo_model import ensure_demo_model, is_demo_model
+from dreamshot.errors import ModelLoadError
+from dreamshot.settings import DEFAULT_MODEL, DEMO_MODEL, Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,29 @@
-"""Shot taxonomy as data: the paper's three classes by default, plus presets for the finer framing
-scale and for camera angles. A project picks one preset (stored in project settings) and can set
-a quota per class.
+"""Shot taxonomy as data, and the one owner of the project's taxonomy, prompt template and prompt.
+
+The paper's three classes by default, plus presets for the finer framing scale and for camera
+angles. A project picks one preset (stored in project settings) and can set a quota per class.
 
 ``ShotClass.prompt`` is the phrase put in the training prompt
 ``a high-quality {shot} picture of {caption}``; ``key`` is the one-key shortcut in the Label tab.
+
+The paper's core invariant is that the prompt a LoRA is trained on and the prompt it is used with
+are built the same way: every feature builds them through ``Project.prompt`` (or
+``training_prompt``) and reads the taxonomy and template only through ``Project`` (``studio.project``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-from .errors import InvalidInput
+from dreamshot.errors import InvalidInput
 
 DEFAULT_TEMPLATE = "a high-quality {shot} picture of {caption}"
 DEFAULT_QUOTA = 200
 RESERVED_KEYS = frozenset("xsu")  # reject, skip, undo in the Label tab
+TAXONOMY_KEY = "taxonomy"          # project_settings keys; read and written here only
+TEMPLATE_KEY = "prompt_template"
+MAX_TEMPLATE_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -117,3 +126,53 @@ def training_prompt(shot: ShotClass | str, caption: str, template: str = DEFAULT
     if "{caption}" not in template:
         raise InvalidInput("The prompt template must contain {caption}.")
     return template.replace("{shot}", phrase).replace("{caption}", caption)
+
+
+def check_template(template: str) -> str:
+    """The template with its whitespace tidied; InvalidInput when it cannot build a training prompt."""
+    template = re.sub(r"\s+", " ", template or "").strip()
+    if "{caption}" not in template:
+        raise InvalidInput("The prompt template must contain {caption}.")
+    if "{shot}" not in template:
+        raise InvalidInput("The prompt template must contain {shot}: the LoRA learns the shot type from it.")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise InvalidInput(f"The prompt template is limited to {MAX_TEMPLATE_CHARS} characters.")
+    leftover = re.sub(r"\{(shot|caption)\}", "", template)
+    if "{" in leftover or "}" in leftover:
+        raise InvalidInput("The prompt template may only use the placeholders {shot} and {caption}.")
+    return template
+
+
+class Project:
+    """The project's taxonomy and prompt template, as stored in its settings (``studio.project``).
+
+    Cheap to build; every read goes to the database, so a change made in one tab is seen by all."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def taxonomy(self) -> Taxonomy:
+        return get_taxonomy(self.db.get_setting(TAXONOMY_KEY, None))
+
+    def set_taxonomy(self, name: str) -> Taxonomy:
+        taxonomy = get_taxonomy(name)  # InvalidInput for an unknown preset
+        self.db.set_setting(TAXONOMY_KEY, taxonomy.name)
+        return taxonomy
+
+    def template(self) -> str:
+        return self.db.get_setting(TEMPLATE_KEY, None) or DEFAULT_TEMPLATE
+
+    def set_template(self, template: str) -> str:
+        template = check_template(template)
+        self.db.set_setting(TEMPLATE_KEY, template)
+        return template
+
+    def shot_phrase(self, shot: str, taxonomy: Taxonomy | None = None) -> str:
+        """The words for ``{shot}``: the class's phrase (``close shot``), or the name itself with
+        spaces for a shot outside the current taxonomy (a LoRA trained under another preset)."""
+        taxonomy = taxonomy or self.taxonomy()
+        return taxonomy.get(shot).prompt if shot in taxonomy.names else str(shot).replace("_", " ")
+
+    def prompt(self, shot: str, caption: str, template: str | None = None) -> str:
+        """The training prompt of ``caption`` for ``shot`` - and the generation prompt: the same."""
+        return training_prompt(self.shot_phrase(shot), caption, template or self.template())

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import schema
-from .errors import SchemaTooNewError, SettingsError
+from dreamshot import schema
+from dreamshot.errors import SchemaTooNewError, SettingsError
 
 BUSY_TIMEOUT_MS = 15_000
 

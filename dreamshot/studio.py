@@ -3,18 +3,29 @@
 ``Studio.open(settings)`` prepares the data folder, opens (and migrates) the database and sets up
 access rules. The base model is *resolved* on first need (cheap: it decides the demo banner) and
 *loaded* on first use through ``studio.models.pipeline()``; importing or opening loads no weights.
+
+Where per-studio state lives: **only here**. A feature never keeps module globals or sets attributes
+on the studio; it asks ``studio.service(SomeService)``, which builds ``SomeService(studio)`` once
+(thread-safe), returns the same object afterwards, and calls its ``close()`` (if it has one) when the
+studio closes. The core never imports a feature: the feature hands its class in.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from . import models
-from .access import Access
-from .safety import harden_pillow
-from .settings import Settings
-from .storage import Database, open_database
+from dreamshot import models
+from dreamshot.access import Access
+from dreamshot.safety import harden_pillow
+from dreamshot.settings import Settings
+from dreamshot.shots import Project
+from dreamshot.storage import Database, open_database
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,7 +34,8 @@ class Studio:
     db: Database
     access: Access
     _models: models.ModelManager | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _services: dict = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
     def open(cls, settings: Settings) -> "Studio":
@@ -46,5 +58,29 @@ class Studio:
     def model_status(self) -> models.ModelStatus:
         return self.models.status
 
+    @property
+    def project(self) -> Project:
+        """The project's shot taxonomy and prompt template (read fresh: an admin may change them)."""
+        return Project(self.db)
+
+    def service(self, cls: type[T]) -> T:
+        """The one ``cls(studio)`` of this studio, built on first use."""
+        existing = self._services.get(cls)
+        if existing is not None:
+            return existing
+        with self._lock:
+            if cls not in self._services:
+                self._services[cls] = cls(self)
+            return self._services[cls]
+
     def close(self) -> None:
+        with self._lock:
+            services, self._services = list(self._services.values()), {}
+        for svc in reversed(services):
+            close = getattr(svc, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # one service failing to close must not keep the rest open
+                    log.exception("closing %s failed", type(svc).__name__)
         self.db.dispose()

@@ -15,7 +15,7 @@ import uuid
 
 import gradio as gr
 
-from .errors import DreamShotError
+from dreamshot.errors import DreamShotError
 
 log = logging.getLogger("dreamshot.ui")
 

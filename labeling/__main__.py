@@ -14,7 +14,7 @@ import sys
 
 from dreamshot import cli
 
-COMMAND_MODULES = ["labeling.cli_label", "labeling.cli_captions"]
+COMMAND_MODULES = ["labeling.cli", "labeling.captions.cli"]
 
 
 def build_parser():

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from dreamshot.access import clean_name
 from dreamshot.errors import InvalidInput
 
-from . import crop, labels
-from .sampler import Sampler
+from labeling import crop, labels
+from labeling.sampler import Sampler
 
 PREFETCH = 4
 _SERVICES: dict[int, "Annotation"] = {}

@@ -22,7 +22,7 @@ from dreamshot import schema
 from dreamshot.errors import InvalidInput
 from dreamshot.shots import DEFAULT_TEMPLATE, training_prompt
 
-from . import crop, labels
+from labeling import crop, labels
 
 F, L, C = schema.frames, schema.labels, schema.captions
 

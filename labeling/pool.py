@@ -28,8 +28,8 @@ from dreamshot import schema
 from dreamshot.errors import InvalidInput
 from dreamshot.storage import now
 
-from . import filters, sources
-from .filters import REASONS, Rejected
+from labeling import filters, sources
+from labeling.filters import REASONS, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class _Importer:
             hashes = conn.execute(sa.select(f.c.phash).where(f.c.status == "ok", f.c.phash.is_not(None))).scalars()
             self.phashes = filters.PhashIndex(list(hashes), threshold=opts.near_duplicate_distance)
             self.known = set()  # content hashes seen in this batch (the DB has the older ones)
-        from . import labels as labels_mod
+        from labeling import labels as labels_mod
         self.labels_mod = labels_mod
         self.taxonomy = labels_mod.current_taxonomy(studio)
 

@@ -44,7 +44,7 @@ class QueueSettings:
 
     @classmethod
     def of(cls, studio) -> "QueueSettings":
-        from .labels import setting
+        from labeling.labels import setting
 
         return cls(int(setting(studio, "label_seed", 0)), float(setting(studio, "label_overlap", 0.0)))
 
@@ -93,7 +93,7 @@ class Sampler:
         return _Queue(order, done, skipped)
 
     def _queue(self, annotator: str) -> _Queue:
-        from .labels import current_taxonomy
+        from labeling.labels import current_taxonomy
 
         taxonomy = current_taxonomy(self.studio).name
         settings = QueueSettings.of(self.studio)

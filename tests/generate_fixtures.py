@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dreamshot.generation import GenerationRequest
+from dreamshot.generate.service import GenerationRequest
 
 FAST = dict(width=64, height=64, steps=4, seed=7)
 
@@ -24,7 +24,7 @@ def pixels(result_or_image) -> np.ndarray:
 def lora_files(demo_model_dir, tmp_path_factory):
     from diffusers import UNet2DConditionModel
 
-    from dreamshot.loras import random_lora, to_kohya
+    from dreamshot.generate.loras import random_lora, to_kohya
 
     out = tmp_path_factory.mktemp("loras")
     unet = UNet2DConditionModel.from_pretrained(demo_model_dir / "unet")
@@ -36,7 +36,7 @@ def lora_files(demo_model_dir, tmp_path_factory):
 @pytest.fixture
 def gen_studio(studio, lora_files):
     """A studio whose library has trained LoRAs 'close' and 'medium' (like the Train tab leaves)."""
-    from dreamshot.loras import LoraLibrary
+    from dreamshot.generate.loras import LoraLibrary
 
     lib = LoraLibrary(studio)
     lib.register(lora_files["close"], name="close", shot="close", origin="trained")

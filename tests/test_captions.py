@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from dreamshot.errors import InvalidInput, NotFound
-from labeling import captions
-from labeling.captions import CaptionFilter, EditRequest
+from labeling.captions import service as captions
+from labeling.captions.service import CaptionFilter, EditRequest
 
 from .captions_helpers import add_frames
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from labeling import captions
+from labeling.captions import service as captions
 
 from .captions_helpers import add_frames
 from .test_captions_captioner import tiny_blip2  # noqa: F401  (session fixture)
@@ -22,7 +22,7 @@ def _drafted(studio, n=4):
 
 def test_handlers_check_the_role_themselves(make_studio):
     from dreamshot.errors import AccessDenied
-    from labeling.captions_tab import CaptionsUi
+    from labeling.captions.tab import CaptionsUi
 
     studio = make_studio(admin_password="secret-pw")
     ids = _drafted(studio)
@@ -40,7 +40,7 @@ def test_handlers_check_the_role_themselves(make_studio):
 
 
 def test_skip_keeps_typed_text_and_leaves_untouched_captions_unreviewed(studio):
-    from labeling.captions_tab import CaptionsUi
+    from labeling.captions.tab import CaptionsUi
 
     ids = _drafted(studio)
     ui = CaptionsUi(studio)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from dreamshot.errors import InvalidInput, ModelLoadError
-from labeling import caption_jobs, captions
-from labeling.caption_jobs import CaptionRequest, run_captioning
-from labeling.captioner import load_captioner, resolve_source
-from labeling.captions import EditRequest
+from labeling.captions import jobs as caption_jobs
+from labeling.captions import service as captions
+from labeling.captions.jobs import CaptionRequest, run_captioning
+from labeling.captions.captioner import load_captioner, resolve_source
+from labeling.captions.service import EditRequest
 
 from .captions_helpers import add_frames
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_blip2(tmp_path_factory) -> str:
-    from labeling.tiny_blip2 import build_tiny_blip2
+    from labeling.captions.tiny_blip2 import build_tiny_blip2
 
     return str(build_tiny_blip2(tmp_path_factory.mktemp("captioners") / "tiny-blip2"))
 
@@ -43,7 +44,7 @@ def test_captioner_loads_from_folder_fp32_on_cpu_and_is_shared(tiny_blip2):
     assert c.dtype == torch.float32 and next(c.model.parameters()).dtype == torch.float32
     assert load_captioner(tiny_blip2) is c  # loaded once per process
     images = [Image.new("RGB", (40, 30), (i * 60, 20, 90)) for i in range(3)]
-    from labeling.captioner import GenerationOptions
+    from labeling.captions.captioner import GenerationOptions
 
     texts = c.caption(images, GenerationOptions(max_new_tokens=5, min_new_tokens=5))
     assert len(texts) == 3 and all(t.strip() for t in texts)
@@ -58,8 +59,8 @@ def test_fp16_path_as_on_cuda(tiny_blip2, monkeypatch):
     import torch
     from PIL import Image
 
-    from labeling import captioner as captioner_module
-    from labeling.captioner import GenerationOptions, unload_all
+    from labeling.captions import captioner as captioner_module
+    from labeling.captions.captioner import GenerationOptions, unload_all
 
     monkeypatch.setattr(captioner_module, "device_and_dtype", lambda: (torch.device("cpu"), torch.float16))
     unload_all()
@@ -76,8 +77,8 @@ def test_fp16_path_as_on_cuda(tiny_blip2, monkeypatch):
 def test_blip_architecture_loads_through_the_same_path(tmp_path):
     from PIL import Image
 
-    from labeling.captioner import GenerationOptions, unload_all
-    from labeling.tiny_blip2 import build_tiny_blip
+    from labeling.captions.captioner import GenerationOptions, unload_all
+    from labeling.captions.tiny_blip2 import build_tiny_blip
 
     folder = str(build_tiny_blip(tmp_path / "tiny-blip"))
     try:
@@ -92,8 +93,8 @@ def test_blip_architecture_loads_through_the_same_path(tmp_path):
 def test_flan_t5_style_blip2_encoder_decoder(tmp_path):
     from PIL import Image
 
-    from labeling.captioner import GenerationOptions, unload_all
-    from labeling.tiny_blip2 import build_tiny_blip2
+    from labeling.captions.captioner import GenerationOptions, unload_all
+    from labeling.captions.tiny_blip2 import build_tiny_blip2
 
     # seed 0: with random weights some seeds only emit special tokens, which decode to ""
     folder = str(build_tiny_blip2(tmp_path / "tiny-blip2-t5", seed=0, text_model="t5"))
@@ -108,7 +109,7 @@ def test_flan_t5_style_blip2_encoder_decoder(tmp_path):
 
 
 def test_clean_caption():
-    from labeling.captioner import clean_caption
+    from labeling.captions.captioner import clean_caption
 
     assert clean_caption("a photo of  a man\x00 in\ufffd a\nhat ", "a photo of") == "a man in a hat"
     assert clean_caption("A Photo Of a dog", "a photo of") == "a dog"

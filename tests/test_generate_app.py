@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamshot import pngmeta
+from dreamshot.generate import pngmeta
 from tests.generate_fixtures import gen_studio, lora_files, one_torch_thread  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

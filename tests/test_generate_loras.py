@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dreamshot.errors import InvalidInput
-from dreamshot.generation import service
-from dreamshot.loras import LoraLibrary, ModelShapes, inspect_lora_file
+from dreamshot.generate.service import service
+from dreamshot.generate.loras import LoraLibrary, ModelShapes, inspect_lora_file
 from tests.generate_fixtures import fast, gen_studio, lora_files, one_torch_thread  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,7 +121,7 @@ def test_a1111_lora_hash_skips_the_header(lora_files):
     import hashlib
     import struct
 
-    from dreamshot.loras import a1111_lora_hash, file_sha256
+    from dreamshot.generate.loras import a1111_lora_hash, file_sha256
 
     data = lora_files["close"].read_bytes()
     (header,) = struct.unpack("<Q", data[:8])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from dreamshot import pngmeta
+from dreamshot.generate import pngmeta
 from dreamshot.errors import InvalidInput
-from dreamshot.generation import parse_blend, request_from_parameters
+from dreamshot.generate.service import parse_blend, request_from_parameters
 from dreamshot.shots import get_taxonomy
 
 A1111_16 = """masterpiece, best quality, 1girl, (smile:1.2) <lora:add_detail:0.5>, looking at viewer

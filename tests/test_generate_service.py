@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dreamshot import pngmeta
+from dreamshot.generate import pngmeta
 from dreamshot.errors import InvalidInput
-from dreamshot.generation import Cancelled, Job, check_inputs, service
-from dreamshot.loras import LoraLibrary, a1111_lora_hash
+from dreamshot.generate.service import Cancelled, Job, check_inputs, service
+from dreamshot.generate.loras import LoraLibrary, a1111_lora_hash
 from tests.generate_fixtures import fast, gen_studio, lora_files, pixels, one_torch_thread  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -169,7 +169,7 @@ def test_conv_lora_layers_merge_and_restore_exactly(gen_studio, demo_model_dir, 
     """LoRA on conv layers (kohya LoCon-style proj_in / resnet convs) takes peft's merge path."""
     from diffusers import UNet2DConditionModel
 
-    from dreamshot.loras import random_lora
+    from dreamshot.generate.loras import random_lora
 
     unet = UNet2DConditionModel.from_pretrained(demo_model_dir / "unet")
     path = random_lora(unet, tmp_path / "conv", seed=5, target_modules=("proj_in", "conv1", "to_v"))

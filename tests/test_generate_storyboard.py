@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamshot import pngmeta
+from dreamshot.generate import pngmeta
 from dreamshot.__main__ import main
 from dreamshot.errors import InvalidInput
-from dreamshot.generation import service
-from dreamshot.storyboard import alpha_sweep, parse_storyboard, save_storyboard, storyboard
+from dreamshot.generate.service import service
+from dreamshot.generate.storyboard import alpha_sweep, parse_storyboard, save_storyboard, storyboard
 from tests.generate_fixtures import fast, gen_studio, lora_files, one_torch_thread, pixels  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

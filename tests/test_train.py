@@ -14,7 +14,7 @@ from dreamshot.errors import InvalidInput, ModelLoadError
 from training import config as tconfig
 from training import data as tdata
 from training import export
-from training.testing import make_imagefolder
+from tests.training_helpers import make_imagefolder
 
 FAST = dict(resolution=32, validation_steps=0, validation_inference_steps=2, checkpoint_steps=0)
 

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
-from dreamshot.loras import LoraLibrary
+from dreamshot.generate.loras import LoraLibrary
 from training import jobs
-from training.testing import make_imagefolder
+from tests.training_helpers import make_imagefolder
 
 FAST = dict(resolution=32, validation_inference_steps=1, validation_steps=0, checkpoint_steps=0)
 TOKEN = "hf_" + "Zq9" * 10

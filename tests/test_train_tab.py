@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from dreamshot.loras import LoraLibrary
-from training.testing import make_imagefolder
-from training.train_tab import PARAM_NAMES
+from dreamshot.generate.loras import LoraLibrary
+from tests.training_helpers import make_imagefolder
+from training.tab import PARAM_NAMES
 
 SHOTS = ["close", "medium", "long"]
 

@@ -31,7 +31,7 @@ from dreamshot import settings as studio_settings
 from dreamshot.errors import DreamShotError
 from dreamshot.safety import RedactSecrets, configure_logging
 
-from . import config as tconfig
+from training import config as tconfig
 
 EXIT = {"input": 2, "oom": 3, "disk_full": 4, "diverged": 5}
 
@@ -107,7 +107,7 @@ def trainer_config(args) -> tconfig.TrainConfig:
 
 def run_trainer(args, argv: list[str]) -> int:
     """The trainer alone, in this process (one of several under ``accelerate launch``)."""
-    from . import trainer
+    from training import trainer
 
     cfg = trainer_config(args)
     out = Path(cfg.output_dir)
@@ -141,7 +141,7 @@ def run_studio(args) -> int:
     """Studio mode: export the labeled set, record the runs, train them in turn, register the LoRAs."""
     from dreamshot.studio import Studio
 
-    from . import jobs
+    from training import jobs
 
     studio = Studio.open(studio_settings.from_args(args))
     runner = jobs.JobRunner(studio)

@@ -35,8 +35,8 @@ from dreamshot.errors import InvalidInput, NotFound
 from dreamshot.safety import RedactSecrets
 from dreamshot.storage import now
 
-from .config import TrainConfig, preset
-from .trainer import StatusLog, list_checkpoints
+from training.config import TrainConfig, preset
+from training.trainer import StatusLog, list_checkpoints
 
 log = logging.getLogger("training.jobs")
 
@@ -365,7 +365,7 @@ class JobRunner:
             cfg = self._prepare_data(run)
             cmd = self.command(run)
         except Exception as exc:
-            from .trainer import classify_error
+            from training.trainer import classify_error
 
             message = classify_error(exc)[1]
             self._append_log(run, f"Run refused before start: {message}")
@@ -457,7 +457,7 @@ class JobRunner:
 
     def _register(self, run: RunInfo, done: dict) -> dict:
         """Put the finished LoRA in the library (the Generate tab reads it on each request)."""
-        from dreamshot.loras import LoraLibrary
+        from dreamshot.generate.loras import LoraLibrary
 
         files = done.get("files") or {}
         diffusers_file = run.output_dir / files.get("diffusers", "pytorch_lora_weights.safetensors")

@@ -31,9 +31,9 @@ from pathlib import Path
 
 from dreamshot.errors import InvalidInput, ModelLoadError
 
-from . import data as tdata
-from . import export
-from .config import TrainConfig
+from training import data as tdata
+from training import export
+from training.config import TrainConfig
 
 log = logging.getLogger("training")
 

@@ -84,7 +84,7 @@ def resolve_source(spec: str, *, models_dir: Path | None = None, probe_hub=_hub_
     if spec == DEMO_CAPTIONER:
         if models_dir is None:
             raise ModelLoadError("The demo captioner needs the studio's models folder.")
-        from .tiny_blip2 import ensure_tiny_blip2
+        from labeling.captions.tiny_blip2 import ensure_tiny_blip2
 
         return str(ensure_tiny_blip2(models_dir).resolve()), True
     folder = _local_folder(spec)

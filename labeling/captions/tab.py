@@ -20,8 +20,10 @@ from dreamshot import schema
 from dreamshot.shots import get_taxonomy
 from dreamshot.ui import admin_name, guarded
 
-from . import caption_jobs, caption_sources, captions
-from .captioner import CAPTIONERS, DEFAULT_CAPTIONER, MAX_NEW_TOKENS_LIMIT
+from labeling.captions import jobs as caption_jobs
+from labeling.captions import sources as caption_sources
+from labeling.captions import service as captions
+from labeling.captions.captioner import CAPTIONERS, DEFAULT_CAPTIONER, MAX_NEW_TOKENS_LIMIT
 
 PAGE_SIZE = 40
 THUMB = 160
@@ -399,7 +401,7 @@ def _wire_editor(ui: CaptionsUi, editor, buttons, filters, refresh) -> None:
                             api_name="caption_revert").then(**refresh)
 
 
-def build(studio) -> None:
+def build(studio, demo: gr.Blocks) -> None:
     ui = CaptionsUi(studio)
     ui.stats_md = gr.Markdown(elem_id="captions-stats")
     accordions = gr.Column()  # filled below, once the filters exist
@@ -428,7 +430,7 @@ def build(studio) -> None:
         comp.select(guarded(handler), inputs=[ids], outputs=editor, api_visibility="private").then(None, js=FOCUS_JS)
     _wire_editor(ui, editor, buttons, filters, refresh)
 
-    root = gr.context.Context.root_block
+    root = demo
     if root is not None:
         # a run started before this page was opened (or reloaded) shows its progress at once
         root.load(**show_list, api_visibility="private").then(**first).then(

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import pngmeta
-from .errors import InvalidInput
-from .generation import (ALPHA_RANGE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, SAMPLERS,
-                         GenerationRequest, parse_blend, service)
-from .storyboard import DEFAULT_ALPHAS, alpha_sweep, save_storyboard, storyboard
-from .ui import admin_name, guarded
+from dreamshot.generate import pngmeta
+from dreamshot.errors import InvalidInput
+from dreamshot.generate.service import (
+    ALPHA_RANGE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE, SAMPLERS, GenerationRequest, parse_blend, service,
+)
+from dreamshot.generate.storyboard import DEFAULT_ALPHAS, alpha_sweep, save_storyboard, storyboard
+from dreamshot.ui import admin_name, guarded
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _shot_choices(svc) -> list:
     return choices
 
 
-def build(studio) -> None:
+def build(studio, demo: gr.Blocks) -> None:
     svc = service(studio)
     temp = TempImages()
     taxonomy_names = lambda: svc.taxonomy().names  # noqa: E731
@@ -343,6 +344,6 @@ def build(studio) -> None:
     png_in.upload(do_read_png, png_in, [*form, read_note], api_name="read_png")
     restore.click(do_read_text, pasted, [*form, read_note], api_name="read_parameters")
     lora_go.click(do_upload, [lora_file, lora_name, lora_shot], [lora_note, shot, sweep_shots], api_name="upload_lora")
-    root = gr.context.Context.root_block
+    root = demo
     if root is not None:  # a LoRA trained meanwhile appears on the next page load
         root.load(refresh_loras, None, [shot, sweep_shots], api_visibility="private")

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 
-from .crop import cropped_image
-from .labels import final_labels
+from labeling.crop import cropped_image
+from labeling.labels import final_labels
 
 
 def labeled_frames(studio, split: str = "train") -> dict[int, str | None]:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from dreamshot.errors import DreamShotError, InvalidInput
 
-from . import caption_sources, captions
-from .captioner import DEFAULT_CAPTIONER, DEMO_CAPTIONER, GenerationOptions, load_captioner, resolve_source
+from labeling.captions import sources as caption_sources
+from labeling.captions import service as captions
+from labeling.captions.captioner import DEFAULT_CAPTIONER, DEMO_CAPTIONER, GenerationOptions, load_captioner, resolve_source
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, pngmeta
-from .errors import DreamShotError, InvalidInput, ModelLoadError
-from .adapters import AdapterBank
-from .loras import LoraInfo, LoraLibrary, a1111_lora_hash, file_sha256, ModelShapes, inspect_lora_file, store_upload
-from .shots import DEFAULT_TEMPLATE, get_taxonomy
+from dreamshot import __version__
+from dreamshot.generate import pngmeta
+from dreamshot.errors import DreamShotError, InvalidInput, ModelLoadError
+from dreamshot.generate.adapters import AdapterBank
+from dreamshot.generate.loras import LoraInfo, LoraLibrary, a1111_lora_hash, file_sha256, ModelShapes, inspect_lora_file, store_upload
+from dreamshot.shots import DEFAULT_TEMPLATE, get_taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -573,7 +574,7 @@ def _unet_hash(source: str) -> str | None:
     """sha256[:10] of the UNet weights file of a local folder or a cached Hub snapshot."""
     folder = Path(source)
     if not folder.exists():
-        from .models import _hub_cached
+        from dreamshot.models import _hub_cached
 
         cached = _hub_cached(source)
         folder = Path(cached) if cached else None

@@ -25,8 +25,8 @@ from dreamshot.errors import InvalidInput, NotFound
 from dreamshot.shots import DEFAULT_TEMPLATE, get_taxonomy, training_prompt
 from dreamshot.storage import now
 
-from . import caption_sources
-from .captioner import clean_caption
+from labeling.captions import sources as caption_sources
+from labeling.captions.captioner import clean_caption
 
 TEMPLATE_KEY = "prompt_template"
 CLIP_MAX_TOKENS = 77          # SD 1.5's text encoder context, start and end tokens included

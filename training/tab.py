@@ -18,8 +18,8 @@ from dreamshot.errors import InvalidInput
 from dreamshot.shots import get_taxonomy
 from dreamshot.ui import admin_name, guarded
 
-from . import config as tconfig
-from . import jobs
+from training import config as tconfig
+from training import jobs
 
 # The parameters the tab shows, in order: (TrainConfig field, label, kind, extra options)
 PARAMS = [
@@ -261,7 +261,7 @@ def _named(handler):
     return endpoint
 
 
-def build(studio) -> None:
+def build(studio, demo: gr.Blocks) -> None:
     ui = TrainUi(studio)
     taxonomy = get_taxonomy(studio.db.get_setting("taxonomy"))
     paper = tconfig.preset("paper")
@@ -326,4 +326,4 @@ def build(studio) -> None:
         return ui.base_model_line(), gr.CheckboxGroup(choices=[(c.label, c.name) for c in current.classes],
                                                       value=current.names)
 
-    gr.context.Context.root_block.load(guarded(on_page_load), None, [base_model, shots], api_visibility="private")
+    demo.load(guarded(on_page_load), None, [base_model, shots], api_visibility="private")

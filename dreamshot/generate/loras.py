@@ -15,9 +15,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import schema
-from .errors import InvalidInput, NotFound
-from .storage import now
+from dreamshot import schema
+from dreamshot.errors import InvalidInput, NotFound
+from dreamshot.storage import now
 
 ORIGINS = ("trained", "uploaded")
 

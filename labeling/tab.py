@@ -26,9 +26,10 @@ from dreamshot.errors import InvalidInput
 from dreamshot.shots import PRESETS
 from dreamshot.ui import admin_name, guarded
 
-from . import cli_label, crop, export, labels, pool
-from .annotate import Annotation, FrameView
-from .sources import VIDEO_EXTS
+from labeling import crop, export, labels, pool
+from labeling import cli as cli_label
+from labeling.annotate import Annotation, FrameView
+from labeling.sources import VIDEO_EXTS
 
 MAX_SLOTS = max(len(t.classes) for t in PRESETS.values())
 NUDGES = (("◀", "left"), ("▶", "right"), ("▲", "up"), ("▼", "down"), ("center", "center"), ("auto", "auto"))
@@ -518,13 +519,12 @@ def _export_section(studio):
     go.click(do_export, [out, extra, repo], [report, download], api_name="label_export")
 
 
-def build(studio) -> None:
+def build(studio, demo: gr.Blocks) -> None:
     _import_section(studio)
     current, settings_outputs, wire_settings = _settings_section(studio)
     slots, on_load, load_inputs, load_outputs = _label_section(studio)
     wire_settings(slots)
     _stats_section(studio)
     _export_section(studio)
-    demo = gr.context.Context.root_block
     demo.load(on_load, load_inputs, load_outputs, api_visibility="private")
     demo.load(lambda: current(), None, settings_outputs, api_visibility="private")

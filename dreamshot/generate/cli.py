@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .generation import DEFAULT_SAMPLER, SAMPLERS, GenerationRequest, parse_blend
+from dreamshot.generate.service import DEFAULT_SAMPLER, SAMPLERS, GenerationRequest, parse_blend
 
 
 def _request_arguments(parser: argparse.ArgumentParser, *, prompt: bool = True) -> None:
@@ -91,7 +91,7 @@ def register(sub, parents) -> None:
 
 
 def run_generate(studio, args) -> int:
-    from .generation import service
+    from dreamshot.generate.service import service
 
     svc = service(studio)
     with svc.job("cli", progress=_progress) as job:
@@ -113,9 +113,9 @@ def run_generate(studio, args) -> int:
 
 
 def run_sweep(studio, args) -> int:
-    from . import pngmeta
-    from .generation import service
-    from .storyboard import alpha_sweep
+    from dreamshot.generate import pngmeta
+    from dreamshot.generate.service import service
+    from dreamshot.generate.storyboard import alpha_sweep
 
     svc = service(studio)
     shots = [s.strip() for s in args.shots.split(",") if s.strip()]
@@ -128,8 +128,8 @@ def run_sweep(studio, args) -> int:
 
 
 def run_storyboard(studio, args) -> int:
-    from .generation import service
-    from .storyboard import save_storyboard, storyboard
+    from dreamshot.generate.service import service
+    from dreamshot.generate.storyboard import save_storyboard, storyboard
 
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     svc = service(studio)
@@ -143,8 +143,8 @@ def run_storyboard(studio, args) -> int:
 
 
 def run_read_png(studio, args) -> int:
-    from . import pngmeta
-    from .generation import service
+    from dreamshot.generate import pngmeta
+    from dreamshot.generate.service import service
 
     status = 0
     for path in args.files:
@@ -162,8 +162,8 @@ def run_read_png(studio, args) -> int:
 
 
 def run_loras(studio, args) -> int:
-    from .errors import InvalidInput
-    from .generation import service
+    from dreamshot.errors import InvalidInput
+    from dreamshot.generate.service import service
 
     svc = service(studio)
     if args.action == "add":

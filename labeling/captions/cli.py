@@ -15,7 +15,7 @@ import sys
 
 from dreamshot import cli
 
-from .captioner import CAPTIONERS, DEFAULT_CAPTIONER, MAX_NEW_TOKENS_LIMIT
+from labeling.captions.captioner import CAPTIONERS, DEFAULT_CAPTIONER, MAX_NEW_TOKENS_LIMIT
 
 
 def register(subparsers, parents) -> None:
@@ -41,7 +41,7 @@ def register(subparsers, parents) -> None:
 def run(studio, args) -> int:
     from tqdm import tqdm
 
-    from .caption_jobs import CaptionRequest, run_captioning
+    from labeling.captions.jobs import CaptionRequest, run_captioning
 
     request = CaptionRequest(model=args.captioner, batch_size=args.batch, prefix=args.prefix,
                              max_new_tokens=args.max_length, min_new_tokens=args.min_length,

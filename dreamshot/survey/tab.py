@@ -1,7 +1,9 @@
 """Survey tab (UI builder). The feature is not built yet."""
 
+import gradio as gr
+
 from dreamshot.ui import not_built
 
 
-def build(studio) -> None:
+def build(studio, demo: gr.Blocks) -> None:
     not_built("The blind A/B survey (paper Table 5)")

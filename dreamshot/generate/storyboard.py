@@ -12,8 +12,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import pngmeta
-from .errors import InvalidInput
+from dreamshot.generate import pngmeta
+from dreamshot.errors import InvalidInput
 
 MAX_PANELS = 24
 MAX_SWEEP_CELLS = 40
@@ -59,7 +59,7 @@ def default_sweep_shots(service) -> list[str]:
 def alpha_sweep(service, req, shots: list[str], alphas, job=None) -> SweepResult:
     """One image per (shot, α), all from ``req``'s prompt and seed (a random seed is drawn once).
     No shots given: every shot type with a LoRA."""
-    from .generation import Job, check_inputs, random_seed
+    from dreamshot.generate.service import Job, check_inputs, random_seed
 
     alphas = parse_alphas(alphas)
     shots = [s for s in (shots or []) if s and s.lower() not in BASE_WORDS] or default_sweep_shots(service)
@@ -139,7 +139,7 @@ def parse_storyboard(text: str) -> list[Panel]:
 
 def storyboard(service, text: str, req, job=None, *, columns: int = 3, title: str = "") -> StoryboardResult:
     """Generate every panel (same seed for all, so the look stays consistent) and lay them out."""
-    from .generation import Job, check_inputs, random_seed
+    from dreamshot.generate.service import Job, check_inputs, random_seed
 
     panels = parse_storyboard(text)
     for panel in panels:  # check everything before the first image is made

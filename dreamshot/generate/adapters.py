@@ -26,7 +26,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import ModelLoadError
+from dreamshot.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from . import export, labels, pool
+from labeling import export, labels, pool
 
 
 def register(subparsers, parents) -> None:
