@@ -95,6 +95,9 @@ captions = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # How the caption last got a change a person made: "hand" (typed), "bulk" (find/replace, strip);
+    # NULL while it is the machine caption. The edit rate counts hand edits.
+    sa.Column("edit_kind", sa.String(8), nullable=True),
 )
 
 # One LoRA training run (one shot type). The job runner owns status/pid; the trainer writes files.

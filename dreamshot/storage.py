@@ -29,6 +29,16 @@ BUSY_TIMEOUT_MS = 15_000
 # for SQLite column changes). Never edit a step that has shipped; append a new one and change
 # schema.py to match.
 STEPS: list[Callable] = []
+
+
+def _captions_edit_kind(op) -> None:
+    """captions.edit_kind: hand vs bulk edits (edits saved before it existed count as hand edits)."""
+    with op.batch_alter_table("captions") as batch:
+        batch.add_column(sa.Column("edit_kind", sa.String(8), nullable=True))
+    op.execute("UPDATE captions SET edit_kind = 'hand' WHERE edited_by IS NOT NULL")
+
+
+STEPS.append(_captions_edit_kind)
 SCHEMA_VERSION = 1 + len(STEPS)
 
 
