@@ -136,30 +136,76 @@ loras = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
-# Blind A/B pairs: base and fine-tuned from the same prompt and seed.
+# Blind A/B surveys (paper Table 5). A survey owns a pool of pairs; each participant gets a random
+# subset in a random order with random sides (``plan``), and one answer row per question.
+surveys = sa.Table(
+    "surveys", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("state", sa.String(16), nullable=False),          # draft | open | closed
+    sa.Column("per_participant", sa.Integer, nullable=False),
+    sa.Column("intro", sa.Text, nullable=False),
+    sa.Column("settings", sa.JSON, nullable=False),              # shots, alpha, generation settings
+    sa.Column("created_by", sa.String(128), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("opened_at", sa.Float, nullable=True),
+    sa.Column("closed_at", sa.Float, nullable=True),
+)
+
+# Base and fine-tuned images from the same prompt and seed (status pending until both exist).
 survey_pairs = sa.Table(
     "survey_pairs", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("survey_id", sa.Integer, sa.ForeignKey("surveys.id"), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
     sa.Column("shot", sa.String(64), nullable=False),
+    sa.Column("caption", sa.Text, nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("frame_id", sa.Integer, sa.ForeignKey("frames.id", ondelete="SET NULL"), nullable=True),
     sa.Column("seed", sa.BigInteger, nullable=False),
     sa.Column("alpha", sa.Float, nullable=False),
     sa.Column("lora_name", sa.String(128), nullable=True),
-    sa.Column("base_image", sa.Text, nullable=False),
-    sa.Column("lora_image", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),         # pending | ready
+    sa.Column("base_image", sa.Text, nullable=True),
+    sa.Column("lora_image", sa.Text, nullable=True),
+    sa.Column("base_parameters", sa.Text, nullable=True),
+    sa.Column("lora_parameters", sa.Text, nullable=True),
     sa.Column("meta", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("survey_id", "position", name="uq_survey_pairs_position"),
 )
 
-votes = sa.Table(
-    "votes", metadata,
+survey_participants = sa.Table(
+    "survey_participants", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("pair_id", sa.Integer, sa.ForeignKey("survey_pairs.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("participant", sa.String(128), nullable=False),
-    sa.Column("lora_side", sa.String(1), nullable=False),
-    sa.Column("answer_like", sa.String(8), nullable=False),
-    sa.Column("answer_shot", sa.String(8), nullable=False),
-    sa.Column("answer_prompt", sa.String(8), nullable=False),
+    sa.Column("survey_id", sa.Integer, sa.ForeignKey("surveys.id"), nullable=False),
+    sa.Column("token", sa.String(64), nullable=False, unique=True),
+    sa.Column("ip_hash", sa.String(64), nullable=False),
+    sa.Column("plan", sa.JSON, nullable=False),                 # [{slot, pair, lora_side, round}]
+    sa.Column("shown_slot", sa.Integer, nullable=True),
+    sa.Column("shown_at", sa.Float, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("excluded_at", sa.Float, nullable=True),
+    sa.Column("excluded_by", sa.String(128), nullable=True),
+    sa.Column("exclusion_reason", sa.Text, nullable=True),
 )
-sa.Index("ix_votes_pair", votes.c.pair_id)
+sa.Index("ix_survey_participants_ip", survey_participants.c.ip_hash, survey_participants.c.created_at)
+
+# One row per answer; the database refuses a second answer to the same question of the same pair.
+survey_answers = sa.Table(
+    "survey_answers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("participant_id", sa.Integer, sa.ForeignKey("survey_participants.id"), nullable=False),
+    sa.Column("pair_id", sa.Integer, sa.ForeignKey("survey_pairs.id"), nullable=False),
+    sa.Column("round", sa.Integer, nullable=False),             # 1 for the repeated pair's 2nd showing
+    sa.Column("slot", sa.Integer, nullable=False),
+    sa.Column("question", sa.String(16), nullable=False),       # like | shot | prompt
+    sa.Column("answer", sa.String(1), nullable=False),          # A | B | N
+    sa.Column("lora_side", sa.String(1), nullable=False),       # A | B
+    sa.Column("choice", sa.String(8), nullable=False),          # lora | base | neither
+    sa.Column("seconds", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("participant_id", "pair_id", "question", "round", name="uq_survey_answers_once"),
+)
+sa.Index("ix_survey_answers_pair", survey_answers.c.pair_id)

@@ -28,6 +28,52 @@ BUSY_TIMEOUT_MS = 15_000
 # ``Operations`` object (``op.add_column``, ``op.create_table``, ... ; use ``op.batch_alter_table``
 # for SQLite column changes). Never edit a step that has shipped; append a new one and change
 # schema.py to match.
+
+
+def _step_surveys(op) -> None:
+    """Surveys: the placeholder survey_pairs/votes tables (never used) become surveys, pairs,
+    participants and one-row-per-answer survey_answers."""
+    C, F, I, T, S = sa.Column, sa.Float, sa.Integer, sa.Text, sa.String
+    op.drop_index("ix_votes_pair", table_name="votes")
+    op.drop_table("votes")
+    op.drop_table("survey_pairs")
+    op.create_table("surveys", C("id", I, primary_key=True, autoincrement=True),
+                    C("name", S(128), nullable=False, unique=True), C("state", S(16), nullable=False),
+                    C("per_participant", I, nullable=False), C("intro", T, nullable=False),
+                    C("settings", sa.JSON, nullable=False), C("created_by", S(128), nullable=True),
+                    C("created_at", F, nullable=False), C("opened_at", F, nullable=True),
+                    C("closed_at", F, nullable=True))
+    op.create_table("survey_pairs", C("id", I, primary_key=True, autoincrement=True),
+                    C("survey_id", I, sa.ForeignKey("surveys.id"), nullable=False),
+                    C("position", I, nullable=False), C("shot", S(64), nullable=False),
+                    C("caption", T, nullable=False), C("prompt", T, nullable=False),
+                    C("frame_id", I, sa.ForeignKey("frames.id", ondelete="SET NULL"), nullable=True),
+                    C("seed", sa.BigInteger, nullable=False), C("alpha", F, nullable=False),
+                    C("lora_name", S(128), nullable=True), C("status", S(16), nullable=False),
+                    C("base_image", T, nullable=True), C("lora_image", T, nullable=True),
+                    C("base_parameters", T, nullable=True), C("lora_parameters", T, nullable=True),
+                    C("meta", sa.JSON, nullable=False), C("created_at", F, nullable=False),
+                    sa.UniqueConstraint("survey_id", "position", name="uq_survey_pairs_position"))
+    op.create_table("survey_participants", C("id", I, primary_key=True, autoincrement=True),
+                    C("survey_id", I, sa.ForeignKey("surveys.id"), nullable=False),
+                    C("token", S(64), nullable=False, unique=True), C("ip_hash", S(64), nullable=False),
+                    C("plan", sa.JSON, nullable=False), C("shown_slot", I, nullable=True),
+                    C("shown_at", F, nullable=True), C("created_at", F, nullable=False),
+                    C("finished_at", F, nullable=True), C("excluded_at", F, nullable=True),
+                    C("excluded_by", S(128), nullable=True), C("exclusion_reason", T, nullable=True))
+    op.create_index("ix_survey_participants_ip", "survey_participants", ["ip_hash", "created_at"])
+    op.create_table("survey_answers", C("id", I, primary_key=True, autoincrement=True),
+                    C("participant_id", I, sa.ForeignKey("survey_participants.id"), nullable=False),
+                    C("pair_id", I, sa.ForeignKey("survey_pairs.id"), nullable=False),
+                    C("round", I, nullable=False), C("slot", I, nullable=False),
+                    C("question", S(16), nullable=False), C("answer", S(1), nullable=False),
+                    C("lora_side", S(1), nullable=False), C("choice", S(8), nullable=False),
+                    C("seconds", F, nullable=True), C("created_at", F, nullable=False),
+                    sa.UniqueConstraint("participant_id", "pair_id", "question", "round",
+                                        name="uq_survey_answers_once"))
+    op.create_index("ix_survey_answers_pair", "survey_answers", ["pair_id"])
+
+
 STEPS: list[Callable] = []
 
 
@@ -39,6 +85,7 @@ def _captions_edit_kind(op) -> None:
 
 
 STEPS.append(_captions_edit_kind)
+STEPS.append(_step_surveys)
 SCHEMA_VERSION = 1 + len(STEPS)
 
 
