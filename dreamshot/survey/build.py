@@ -1,0 +1,226 @@
+"""Building a survey: choose the prompts, plan the pool of pairs, generate them (resumable).
+
+A pair is one prompt and seed generated twice with the paper's settings (Table 2: DPM++ SDE
+Karras, 16 steps, CFG 6, 512x512): by the base model and by the shot's LoRA at strength alpha.
+Pairs are written as *pending* rows first (prompt, shot, seed fixed), then each is generated and
+marked *ready* in its own transaction, so a crash loses at most the pair being generated and
+building again resumes where it stopped.
+
+Prompts come from a pasted list (``shot | caption`` lines keep their shot; plain lines get the
+shot types in turn) or from the captions of held-out frames (split ``test``). A frame that was
+used for training (split ``train`` or in a training run's exported dataset) is refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dreamshot import schema
+from dreamshot.errors import InvalidInput
+from dreamshot.storage import now
+
+P = schema.survey_pairs
+MAX_POOL = 2000
+MAX_SEED = 2**32 - 1 - 8
+DEFAULT_INTRO = (
+    "Thank you for taking part. You will see pairs of pictures made from the same prompt, each "
+    "with a shot type (close, medium, long ...) and a prompt. For each pair, answer three questions "
+    "with A, B or N (neither / the same). There are no right answers: go with your first impression. "
+    "Your answers are anonymous: a random code, not your name, is stored with them."
+)
+
+
+@dataclass
+class SurveySpec:
+    """Everything ``survey build`` needs; the generation defaults are the paper's (Table 2)."""
+    name: str
+    shots: list[str]
+    pairs: int = 72                       # pool size
+    per_participant: int = 36
+    prompts: list[str] | None = None      # pasted lines; None: captions of held-out frames
+    frames: list[int] | None = None       # explicit held-out frame ids (checked)
+    alpha: float = 1.0
+    intro: str = DEFAULT_INTRO
+    seed: int | None = None               # reproducible seeds and prompt order
+    steps: int = 16
+    cfg: float = 6.0
+    width: int = 512
+    height: int = 512
+    sampler: str = "DPM++ SDE Karras"
+    notes: list[str] = field(default_factory=list)
+
+    def settings(self) -> dict:
+        return {"shots": self.shots, "alpha": self.alpha, "steps": self.steps, "cfg": self.cfg,
+                "width": self.width, "height": self.height, "sampler": self.sampler,
+                "pool": self.pairs, "source": "prompts" if self.prompts else "held-out frames"}
+
+
+def parse_prompt_lines(text: str) -> list[str]:
+    """Non-empty, non-comment lines of a pasted list or prompts file."""
+    return [ln.strip() for ln in (text or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _split_line(line: str, shots: list[str]) -> tuple[str | None, str]:
+    if "|" in line:
+        head, caption = line.split("|", 1)
+        if head.strip() in shots:
+            return head.strip(), caption.strip()
+    return None, line
+
+
+def plan_from_prompts(lines: list[str], shots: list[str], n: int) -> list[tuple[str, str, None]]:
+    """(shot, caption, None) x n, balanced across ``shots``: plain lines take the shot types in
+    turn (and other shot types when they come round again); ``shot | caption`` lines keep theirs."""
+    if not lines:
+        raise InvalidInput("The prompt list is empty: paste one caption per line (or 'shot | caption').")
+    parsed = [_split_line(line, shots) for line in lines]
+    out = []
+    for i in range(n):
+        fixed, caption = parsed[i % len(parsed)]
+        shot = fixed or shots[(i + i // len(parsed)) % len(shots)]
+        if not caption:
+            raise InvalidInput(f"Prompt line {i % len(parsed) + 1} has no caption.")
+        out.append((shot, caption, None))
+    return out
+
+
+def training_frames(studio) -> set[int]:
+    """Frames a LoRA was trained on: the train split and every frame in a run's exported dataset."""
+    f, runs = schema.frames, schema.training_runs
+    with studio.db.read() as conn:
+        used = set(conn.execute(sa.select(f.c.id).where(f.c.split == "train")).scalars())
+        folders = conn.execute(sa.select(runs.c.output_dir)).scalars().all()
+    data_dir = Path(studio.settings.data_dir)
+    for folder in folders:
+        meta = Path(folder) if Path(folder).is_absolute() else data_dir / folder
+        meta = meta / "data" / "metadata.jsonl"
+        if meta.is_file():
+            for line in meta.read_text(encoding="utf-8").splitlines():
+                try:
+                    fid = json.loads(line).get("frame_id")
+                except ValueError:
+                    continue
+                if fid is not None:
+                    used.add(int(fid))
+    return used
+
+
+def _captions(studio, ids: list[int]) -> dict[int, str]:
+    c = schema.captions
+    with studio.db.read() as conn:
+        rows = conn.execute(sa.select(c.c.frame_id, c.c.caption, c.c.caption_original)
+                            .where(c.c.frame_id.in_(ids))).all() if ids else []
+    return {r.frame_id: (r.caption or r.caption_original or "").strip() for r in rows
+            if (r.caption or r.caption_original or "").strip()}
+
+
+def check_frames(studio, ids: list[int]) -> None:
+    """Refuse frames that are not held out, naming them."""
+    f = schema.frames
+    with studio.db.read() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(f.c.id, f.c.split, f.c.status).where(f.c.id.in_(ids)))}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        raise InvalidInput(f"Unknown frame id(s): {', '.join(map(str, missing))}.")
+    used = training_frames(studio)
+    trained = [i for i in ids if i in used]
+    if trained:
+        raise InvalidInput("Frame(s) used for training cannot be survey prompts (the LoRA has seen them): "
+                           + ", ".join(map(str, trained)) + ".")
+    not_test = [i for i in ids if rows[i].split != "test" or rows[i].status != "ok"]
+    if not_test:
+        raise InvalidInput("Only usable held-out frames (split 'test') can be survey prompts; not: "
+                           + ", ".join(map(str, not_test)) + ".")
+
+
+def plan_from_frames(studio, shots: list[str], n: int, frames: list[int] | None,
+                     rng: random.Random) -> list[tuple[str, str, int]]:
+    """(shot, caption, frame id) x n from captioned held-out frames, balanced across ``shots``:
+    frames labeled with a chosen shot type keep it, unlabeled ones fill the short shot types."""
+    from labeling.labels import final_labels
+
+    f = schema.frames
+    if frames:
+        check_frames(studio, frames)
+        ids = list(dict.fromkeys(frames))
+    else:
+        with studio.db.read() as conn:
+            ids = conn.execute(sa.select(f.c.id).where(f.c.split == "test", f.c.status == "ok")
+                               .order_by(f.c.id)).scalars().all()
+        used = training_frames(studio)
+        ids = [i for i in ids if i not in used]
+    captions = _captions(studio, ids)
+    uncaptioned = [i for i in ids if i not in captions]
+    if frames and uncaptioned:
+        raise InvalidInput("Frame(s) without a caption (caption them in the Captions tab first): "
+                           + ", ".join(map(str, uncaptioned)) + ".")
+    labels = final_labels(studio, split="test")
+    by_shot = {s: [i for i in ids if i in captions and labels.get(i) == s] for s in shots}
+    spare = [i for i in ids if i in captions and labels.get(i) not in shots]
+    for group in (*by_shot.values(), spare):
+        rng.shuffle(group)
+    if not any(by_shot.values()) and not spare:
+        raise InvalidInput("No captioned held-out frame to take prompts from: caption the test split in "
+                           "the Captions tab, or paste a list of prompts.")
+    out, used_by_shot = [], {s: [] for s in shots}
+    for i in range(n):
+        shot = shots[i % len(shots)]
+        if by_shot[shot]:
+            fid = by_shot[shot].pop()
+        elif spare:
+            fid = spare.pop()
+        else:  # fewer frames than pairs: reuse this shot type's frames (another seed), else any
+            reuse = list(used_by_shot[shot] or [f for _, _, f in out])
+            fid = reuse[i % len(reuse)]
+        used_by_shot[shot].append(fid)
+        out.append((shot, captions[fid], fid))
+    return out
+
+
+def insert_pairs(conn, survey_id: int, plan: list, spec: SurveySpec, lora_names: dict, project, rng) -> None:
+    template = project.template()
+    taxonomy = project.taxonomy()
+    for position, (shot, caption, frame_id) in enumerate(plan):
+        conn.execute(P.insert().values(
+            survey_id=survey_id, position=position, shot=shot, caption=caption,
+            prompt=project.prompt(shot, caption, template), frame_id=frame_id,
+            seed=rng.randint(0, MAX_SEED), alpha=spec.alpha, lora_name=lora_names[shot],
+            status="pending", meta={"taxonomy": taxonomy.name, "template": template}, created_at=now()))
+
+
+def generate_pending(studio, survey_id: int, progress=None, job=None) -> int:
+    """Generate every pending pair of a survey; returns how many were generated now."""
+    from dreamshot.generate.service import GenerationRequest, service
+
+    from dreamshot.survey.images import save_pair_images
+
+    with studio.db.read() as conn:
+        settings = conn.execute(sa.select(schema.surveys.c.settings)
+                                .where(schema.surveys.c.id == survey_id)).scalar_one()
+        pending = conn.execute(sa.select(P).where(P.c.survey_id == survey_id, P.c.status == "pending")
+                               .order_by(P.c.position)).all()
+    gen = service(studio)
+    done = 0
+    for row in pending:
+        if progress:
+            progress(done / max(len(pending), 1), f"pair {done + 1}/{len(pending)} ({row.shot})")
+        # The prompt was fixed when the survey was planned: no template is applied again.
+        req = GenerationRequest(prompt=row.prompt, shot=row.lora_name, alpha=row.alpha, use_template=False,
+                                seed=int(row.seed), steps=settings["steps"], cfg=settings["cfg"],
+                                width=settings["width"], height=settings["height"],
+                                sampler=settings["sampler"], num_images=1)
+        base, lora = gen.compare_with_base(req, job, save=False)
+        paths = save_pair_images(studio, survey_id, row.position, base.images[0], lora.images[0])
+        with studio.db.write() as conn:
+            conn.execute(P.update().where(P.c.id == row.id, P.c.status == "pending").values(
+                status="ready", base_image=paths[0], lora_image=paths[1],
+                base_parameters=base.images[0].parameters, lora_parameters=lora.images[0].parameters))
+        done += 1
+    if progress:
+        progress(1.0, f"{done} pair(s) generated")
+    return done
