@@ -1,0 +1,176 @@
+"""The evaluation models, loaded through ``from_pretrained`` from a Hub id or a local folder.
+
+- CLIP (CLIP-T, the shot-type judge): ``CLIPModel`` + its tokenizer and the PIL image processor
+  (``CLIPImageProcessorPil``: no torchvision on this stack). Default ``openai/clip-vit-base-patch32``,
+  DreamBooth's CLIP-T model.
+- DINO (DINO score): ``ViTModel`` with ``add_pooling_layer=False`` - ``facebook/dino-vits16`` ships
+  no pooler weights - and the CLS token of ``last_hidden_state``. Default ``facebook/dino-vits16``.
+
+Every embedding comes back L2-normalised (numpy float64 rows), so a cosine is a dot product.
+``pin`` names exactly what was loaded (Hub id @ commit, or folder + weights hash) for the results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dreamshot.errors import ModelLoadError
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_DINO = "facebook/dino-vits16"
+_OFFLINE = {"1", "true", "yes", "on"}
+
+
+def _weights_hash(folder: Path) -> str:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = folder / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            return digest.hexdigest()[:12]
+    return "no-weights"
+
+
+def resolve(spec: str, what: str) -> tuple[str, str]:
+    """(source for from_pretrained, pin). A local folder, or a Hub id found in the local cache (or
+    downloadable when the Hub is reachable); ModelLoadError with one clear line otherwise."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ModelLoadError(f"No {what} model given.")
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"The {what} folder {spec} has no config.json (save it with save_pretrained).")
+        return str(folder), f"{folder.resolve()} (weights sha256 {_weights_hash(folder)})"
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+        raise ModelLoadError(f"The {what} model folder {spec} does not exist.")
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(spec, "config.json")
+    except Exception:
+        raise ModelLoadError(f"{spec!r} is not a valid {what} model id (expected owner/name or a folder).") from None
+    if isinstance(cached, str):
+        snapshot = Path(cached).parent
+        return str(snapshot), f"{spec}@{snapshot.name}"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE:
+        raise ModelLoadError(f"The {what} model {spec!r} is not in the local Hugging Face cache and the Hub is "
+                             "offline (HF_HUB_OFFLINE): download it once, or give a local folder.")
+    return spec, spec
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class ClipEmbedder:
+    model: object
+    tokenizer: object
+    processor: object
+    spec: str
+    pin: str
+    device: object = None
+
+    def image_features(self, images, batch: int = 32) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(images), batch):
+            pixels = self.processor(images=[im.convert("RGB") for im in images[i:i + batch]],
+                                    return_tensors="pt")["pixel_values"].to(self.device)
+            with torch.no_grad():
+                feats = self.model.get_image_features(pixel_values=pixels)
+            out.append(_tensor(feats))
+        return normalize(np.concatenate(out)) if out else np.zeros((0, 0))
+
+    def text_features(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(texts), batch):
+            tokens = self.tokenizer(list(texts[i:i + batch]), padding=True, truncation=True,
+                                    max_length=77, return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                feats = self.model.get_text_features(input_ids=tokens["input_ids"],
+                                                     attention_mask=tokens["attention_mask"])
+            out.append(_tensor(feats))
+        return normalize(np.concatenate(out)) if out else np.zeros((0, 0))
+
+
+@dataclass
+class DinoEmbedder:
+    model: object
+    processor: object
+    spec: str
+    pin: str
+    device: object = None
+
+    def image_features(self, images, batch: int = 32) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(images), batch):
+            pixels = self.processor(images=[im.convert("RGB") for im in images[i:i + batch]],
+                                    return_tensors="pt")["pixel_values"].to(self.device)
+            with torch.no_grad():
+                hidden = self.model(pixel_values=pixels).last_hidden_state
+            out.append(_tensor(hidden[:, 0]))       # the CLS token (DreamBooth's DINO score)
+        return normalize(np.concatenate(out)) if out else np.zeros((0, 0))
+
+
+def _tensor(t) -> np.ndarray:
+    if hasattr(t, "pooler_output") and not hasattr(t, "detach"):   # transformers 5 may return an output object
+        t = t.pooler_output if t.pooler_output is not None else t.last_hidden_state[:, 0]
+    return t.detach().float().cpu().numpy().astype(np.float64)
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def load_clip(spec: str = DEFAULT_CLIP) -> ClipEmbedder:
+    from transformers import CLIPModel, CLIPTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    source, pin = resolve(spec, "CLIP")
+    local = Path(source).is_dir()
+    try:
+        model = CLIPModel.from_pretrained(source, local_files_only=local)
+        tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local)
+        processor = CLIPImageProcessorPil.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"The CLIP model {spec!r} cannot be loaded: {_first_line(exc)}") from None
+    tokenizer.model_max_length = 77
+    device = _device()
+    return ClipEmbedder(model.to(device).eval(), tokenizer, processor, spec, pin, device)
+
+
+def load_dino(spec: str = DEFAULT_DINO) -> DinoEmbedder:
+    from transformers import ViTModel
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    source, pin = resolve(spec, "DINO")
+    local = Path(source).is_dir()
+    try:
+        model = ViTModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local)
+        processor = ViTImageProcessorPil.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"The DINO model {spec!r} cannot be loaded: {_first_line(exc)}") from None
+    device = _device()
+    return DinoEmbedder(model.to(device).eval(), processor, spec, pin, device)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]

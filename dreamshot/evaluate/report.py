@@ -1,0 +1,155 @@
+"""An evaluation's results on disk and as text: ``results.json``, ``results.csv``, ``results.png``
+(drawn with PIL: matplotlib is not part of the stack) and the Markdown the tab and CLI show."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from dreamshot.evaluate.metrics import fmt, row_text
+
+TITLES = {"table3": "Table 3 - shot type in the prompt", "table4": "Table 4 - ablation: shot type removed"}
+METRICS = {"clip_t": "CLIP-T", "dino": "DINO"}
+
+
+def write(out: Path, results: dict) -> None:
+    out = Path(out)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    os.replace(tmp, out / "results.json")
+    write_csv(out / "results.csv", results)
+    plot(results).save(out / "results.png")
+
+
+def read(out: Path) -> dict | None:
+    path = Path(out) / "results.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def csv_rows(results: dict) -> list[list]:
+    rows = [["table", "metric", "shot", "n", "base", "fine_tuned", "diff", "ci_low", "ci_high"]]
+    for name in ("table3", "table4"):
+        t = results.get("tables", {}).get(name) or {}
+        for metric in METRICS:
+            if metric not in t:
+                continue
+            for shot, row in [("all", t[metric]["overall"]), *t[metric]["per_shot"].items()]:
+                rows.append([name, metric, shot, row["n"], row["base"], row["tuned"], row["diff"],
+                             row["ci_low"], row["ci_high"]])
+        for metric in ("judged_as_requested", "r1"):
+            for shot, row in [("all", (t.get(metric) or {}).get("overall")), *((t.get(metric) or {}).get("per_shot") or {}).items()]:
+                if row:
+                    rows.append([name, metric, shot, row["n"], row["base"], row["tuned"],
+                                 None if row["base"] is None else row["tuned"] - row["base"], None, None])
+    for a in results.get("alpha_curve", []):
+        for metric in ("clip_t", "dino", "judged_ok", "r1"):
+            rows.append(["alpha_curve", metric, f"alpha={a['alpha']:g}", a["n"], None, a[metric], None, None, None])
+    return rows
+
+
+def write_csv(path: Path, results: dict) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(csv_rows(results))
+
+
+def status_line(results: dict) -> str:
+    done, planned = results.get("pairs_done", 0), results.get("pairs_planned", 0)
+    if results.get("complete"):
+        line = f"**Complete**: {done} pairs."
+    else:
+        line = (f"**INCOMPLETE - not a final table**: {done} of {planned} pairs generated "
+                f"({results.get('stopped') or 'interrupted'}). Run again with the same settings to resume.")
+    if results.get("contaminated_frames"):
+        line += (f"\n\n**Contaminated**: {len(results['contaminated_frames'])} frame(s) were used for training "
+                 "(override given); these numbers do not measure held-out generalisation.")
+    return line
+
+
+def markdown(results: dict) -> str:
+    lines = [status_line(results), ""]
+    models = results.get("models", {})
+    lines.append(f"CLIP: `{models.get('clip', '-')}` · DINO: `{models.get('dino', '-')}` · α = {results.get('alpha')}")
+    for name, title in TITLES.items():
+        t = results.get("tables", {}).get(name)
+        if not t or not t.get("n_pairs"):
+            continue
+        lines += ["", f"### {title} ({t['n_pairs']} pairs)", "",
+                  "| metric | shot | n | base | fine-tuned | diff | 95% CI |", "|---|---|---|---|---|---|---|"]
+        for metric, label in METRICS.items():
+            for shot, row in [("all", t[metric]["overall"]), *t[metric]["per_shot"].items()]:
+                lines.append(f"| {label} | {shot} | {row['n']} | " + " | ".join(row_text(row)) + " |")
+        for metric, label in (("judged_as_requested", "judged as requested shot"), ("r1", "R@1")):
+            for shot, row in [("all", t[metric]["overall"]), *t[metric]["per_shot"].items()]:
+                lines.append(f"| {label} | {shot} | {row['n']} | {fmt(row['base'], 3)} | {fmt(row['tuned'], 3)} | | |")
+    curve = results.get("alpha_curve") or []
+    if curve:
+        lines += ["", "### α curve (subset)", "", "| α | n | CLIP-T | DINO | judged as requested | R@1 |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {a['alpha']:g} | {a['n']} | {fmt(a['clip_t'])} | {fmt(a['dino'])} | {fmt(a['judged_ok'], 3)} | "
+                  f"{fmt(a['r1'], 3)} |" for a in curve]
+    lines += ["", judge_text(results.get("judge") or {})]
+    return "\n".join(lines)
+
+
+def judge_text(report: dict) -> str:
+    if not report:
+        return ""
+    kind = "linear probe on CLIP image features" if report.get("kind") == "probe" else "zero-shot CLIP prompts"
+    text = f"**Shot-type judge**: {kind}"
+    if report.get("reason"):
+        text += f" ({report['reason']})"
+    if report.get("accuracy") is not None:
+        low, high = report["accuracy_ci"]
+        text += (f"; accuracy {report['accuracy']:.3f} (95% Wilson [{low:.3f}, {high:.3f}]) on "
+                 f"{report['n']} {report['measured_on']}")
+        classes = report.get("classes", [])
+        text += "\n\n| true \\ judged | " + " | ".join(classes) + " |\n|" + "---|" * (len(classes) + 1)
+        for cls, row in zip(classes, report.get("confusion", [])):
+            text += f"\n| {cls} | " + " | ".join(str(v) for v in row) + " |"
+    return text
+
+
+def plot(results: dict, width: int = 900, height: int = 420) -> Image.Image:
+    """Bars: base vs fine-tuned, CLIP-T and DINO for Tables 3-4; right panel: the α curve."""
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 8), "DreamShot evaluation" + ("" if results.get("complete") else " (INCOMPLETE)"), fill="black")
+    bars = []
+    for name in ("table3", "table4"):
+        t = results.get("tables", {}).get(name) or {}
+        for metric, label in METRICS.items():
+            row = (t.get(metric) or {}).get("overall") or {}
+            if row.get("n"):
+                bars.append((f"{label} {'abl.' if name == 'table4' else ''}".strip(), row["base"], row["tuned"]))
+    top, bottom, left = 40, height - 40, 40
+    panel = width // 2 - 20
+    d.line((left, bottom, left + panel, bottom), fill="black")
+    hi = max([max(b, t, 1e-6) for _, b, t in bars] or [1.0])
+    for i, (label, base, tuned) in enumerate(bars):
+        x = left + 10 + i * (panel // max(len(bars), 1))
+        for j, (value, colour) in enumerate(((base, (150, 150, 150)), (tuned, (40, 110, 200)))):
+            h = int((bottom - top) * max(value, 0) / hi)
+            d.rectangle((x + j * 22, bottom - h, x + j * 22 + 18, bottom), fill=colour)
+        d.text((x, bottom + 6), label, fill="black")
+    d.text((left, top - 16), "grey = base, blue = fine-tuned", fill="black")
+    curve = results.get("alpha_curve") or []
+    ox = width // 2 + 20
+    d.line((ox, bottom, width - 20, bottom), fill="black")
+    d.text((ox, top - 16), "α curve: CLIP-T (green), DINO (red)", fill="black")
+    if len(curve) >= 2:
+        alphas = [c["alpha"] for c in curve]
+        span = (max(alphas) - min(alphas)) or 1.0
+        for key, colour in (("clip_t", (30, 150, 60)), ("dino", (200, 50, 50))):
+            vals = [c[key] for c in curve]
+            lo_v, hi_v = min(vals), max(vals)
+            rng = (hi_v - lo_v) or 1.0
+            pts = [(ox + (a - min(alphas)) / span * (width - 40 - ox), bottom - 10 - (v - lo_v) / rng * (bottom - top - 20))
+                   for a, v in zip(alphas, vals)]
+            d.line(pts, fill=colour, width=2)
+        for a in alphas:
+            d.text((ox + (a - min(alphas)) / span * (width - 40 - ox) - 6, bottom + 6), f"{a:g}", fill="black")
+    return img

@@ -1,0 +1,295 @@
+"""The evaluation run (paper sections 4.2-4.3, Tables 3-4), one service per studio.
+
+``service(studio).run(EvalOptions(out=...), progress=fn)``:
+
+1. check the shot types and their LoRAs, load CLIP and DINO (a bad model id fails before any
+   image is made), read the held-out frames and refuse frames used for training (unless
+   ``allow_contaminated``; the results then say so);
+2. fix the plan (``OUT/plan.json``; a resumed run must use the same generation settings);
+3. generate what is missing through the generation service, a chunk at a time, each image saved
+   with its A1111 parameters and a line appended to ``pairs.jsonl`` / ``alpha.jsonl`` (this
+   process's shard when started by ``accelerate launch``);
+4. score everything generated so far and write ``results.json`` / ``.csv`` / ``.png``; a run that
+   was stopped or is short of its plan says ``complete: false`` and is never shown as final.
+
+Models (CLIP, DINO) are loaded once per studio and kept here, keyed by model id or folder.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from dreamshot.errors import InvalidInput
+from dreamshot.evaluate import embedders, judge as judges, pairs, report, scoring
+from dreamshot.evaluate.frames import contaminated, load_frames
+from dreamshot.evaluate.pairs import EvalOptions, Item, Progress
+
+JUDGE_FRAMES_PER_CLASS = 200
+
+
+class EvaluateService:
+    def __init__(self, studio):
+        self.studio = studio
+        self._models: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+        self.running = threading.Event()
+
+    def close(self) -> None:
+        self._models.clear()
+
+    # -- models ---------------------------------------------------------------------------------------
+    def clip(self, spec: str):
+        return self._model(("clip", spec), embedders.load_clip, spec)
+
+    def dino(self, spec: str):
+        return self._model(("dino", spec), embedders.load_dino, spec)
+
+    def _model(self, key, loader, spec):
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = loader(spec)
+            return self._models[key]
+
+    # -- the run --------------------------------------------------------------------------------------
+    def generation(self):
+        from dreamshot.generate.service import service
+
+        return service(self.studio)
+
+    def shot_loras(self, shots: list[str] | None) -> dict:
+        """{shot: LoraInfo} for the requested shots (default: every shot type with a LoRA)."""
+        from dreamshot.generate.loras import inspect_lora_file
+
+        gen = self.generation()
+        taxonomy = self.studio.project.taxonomy()
+        loras = gen.loras()
+        if not shots:
+            shots = [s for s in taxonomy.names if any(i.shot == s for i in loras)]
+            if not shots:
+                raise InvalidInput("No shot LoRA yet: train one (Train tab) or upload one before evaluating.")
+        out = {}
+        for shot in shots:
+            taxonomy.get(shot)
+            info = gen.resolve_lora(shot, loras)
+            inspect_lora_file(info.path, gen.shapes())    # a LoRA for another base model: one clear message
+            out[shot] = info
+        return out
+
+    def prepare(self, options: EvalOptions):
+        out = Path(options.out).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        loras = self.shot_loras(options.shots)
+        shots = list(loras)
+        clip, dino = self.clip(options.clip_model), self.dino(options.dino_model)
+        frames, skipped = load_frames(self.studio, options.frames, out, shots)
+        dirty = contaminated(self.studio, frames)
+        if dirty and not options.allow_contaminated:
+            raise InvalidInput(f"{len(dirty)} held-out frame(s) were used for training (e.g. {dirty[0]}): "
+                               "evaluating on them measures memorisation. Use the test split or another "
+                               "folder, or override (--allow-contaminated), which marks the results.")
+        items, short = pairs.plan_items(self.studio, options, frames, shots)
+        self._fix_plan(out, options, items)
+        return out, loras, clip, dino, items, {"contaminated_frames": dirty, "short": short, "skipped": skipped}
+
+    def _fix_plan(self, out: Path, options: EvalOptions, items: list[Item]) -> None:
+        path = out / "plan.json"
+        key = options.generation_key()
+        if path.is_file():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old.get("settings") != json.loads(json.dumps(key)):
+                changed = [k for k in key if old.get("settings", {}).get(k) != json.loads(json.dumps(key[k]))]
+                raise InvalidInput(f"{out} holds a run with other settings ({', '.join(changed)}): resume it with "
+                                   "the same settings, or choose another output folder.")
+            return
+        path.write_text(json.dumps({"settings": key, "items": [asdict(i) for i in items]}, indent=1), encoding="utf-8")
+
+    def run(self, options: EvalOptions, *, progress=None, job=None, wait_for_shards: float = 3600) -> dict:
+        """Generate what is missing, then score; returns the results (also in OUT/results.json)."""
+        out, loras, clip, dino, items, notes = self.prepare(options)
+        rank, world = pairs.shard()
+        done = {**pairs.finished(out, pairs.PAIRS), **pairs.finished(out, pairs.ALPHA)}
+        mine = [it for n, it in enumerate(items) if n % world == rank]
+        todo = [it for it in mine if it.id not in done]
+        bar = Progress(len(mine), len(mine) - len(todo), progress)
+        stopped = None
+        self.running.set()
+        try:
+            stopped = self._generate(out, options, loras, todo, bar, job, rank, world)
+        except KeyboardInterrupt:
+            self._finish(out, options, loras, clip, dino, items, notes, "interrupted")
+            raise
+        finally:
+            self.running.clear()
+        if world > 1:
+            (out / "shards").mkdir(exist_ok=True)
+            (out / "shards" / f"done-{rank}").write_text(stopped or "ok")
+            if rank != 0:
+                return {"shard": rank, "generated": bar.new, "complete": False, "stopped": stopped}
+            stopped = stopped or self._wait_for_shards(out, world, wait_for_shards, progress)
+            pairs.merge(out)
+        return self._finish(out, options, loras, clip, dino, items, notes, stopped)
+
+    def merge_and_score(self, options: EvalOptions) -> dict:
+        """Fold shard files into pairs.jsonl / alpha.jsonl and score (``--merge``)."""
+        out, loras, clip, dino, items, notes = self.prepare(options)
+        pairs.merge(out)
+        return self._finish(out, options, loras, clip, dino, items, notes, None)
+
+    def _wait_for_shards(self, out: Path, world: int, timeout: float, progress) -> str | None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            missing = [r for r in range(world) if not (out / "shards" / f"done-{r}").is_file()]
+            if not missing:
+                return None
+            if progress:
+                progress(1.0, f"waiting for shard(s) {missing}")
+            time.sleep(2)
+        return f"shards {missing} did not finish within {timeout:.0f}s"
+
+    def _generate(self, out, options, loras, todo, bar, job, rank, world) -> str | None:
+        from dreamshot.generate.service import GenerationRequest
+
+        def request(it: Item):
+            return GenerationRequest(prompt=it.prompt, shot=loras[it.shot].name, alpha=it.alpha, use_template=False,
+                                     sampler=options.sampler, steps=options.steps, cfg=options.cfg,
+                                     width=options.width, height=options.height, seed=it.seed)
+
+        suffix = f"-{rank}" if world > 1 else ""
+        step = max(1, int(options.batch))
+        for kind, name in (("pair", pairs.PAIRS), ("alpha", pairs.ALPHA)):
+            group = [it for it in todo if it.kind == kind]
+            target = (out / "shards" / name.replace(".jsonl", f"{suffix}.jsonl")) if suffix else out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for i in range(0, len(group), step):
+                if job is not None and job.cancelled:
+                    return "stopped"
+                chunk = group[i:i + step]
+                made = render(self.generation(), [request(it) for it in chunk], kind == "pair", options.batch, job)
+                with open(target, "a", encoding="utf-8") as fh:
+                    for it, images in zip(chunk, made):
+                        if images is None:
+                            continue
+                        fh.write(json.dumps(self._save(out, it, images)) + "\n")
+                        fh.flush()
+                        bar.step(it.id)
+                if any(m is None for m in made):
+                    return "stopped"
+        return None
+
+    @staticmethod
+    def _save(out: Path, it: Item, images) -> dict:
+        if it.kind == "pair":
+            base, tuned = (f"images/{it.id}-base.png", f"images/{it.id}-tuned.png")
+            images[0].save(out / base)
+            images[1].save(out / tuned)
+            return pairs.record_of(it, base_image=base, tuned_image=tuned)
+        path = f"alpha/{it.id}.png"
+        images[0].save(out / path)
+        return pairs.record_of(it, image=path)
+
+    # -- scoring --------------------------------------------------------------------------------------
+    def _judge(self, options: EvalOptions, clip, classes: list[str], exclude: set[int]):
+        from labeling.captions.sources import frame_image
+        from labeling.labels import final_labels
+
+        project = self.studio.project
+        texts = clip.text_features(list(judges.shot_texts({c: project.shot_phrase(c) for c in classes}).values()))
+        labeled = [(fid, s) for fid, s in sorted(final_labels(self.studio).items()) if s in classes and fid not in exclude]
+        rng = np.random.default_rng(options.seed)
+        picked = []
+        for c in classes:
+            ids = [fid for fid, s in labeled if s == c]
+            picked += [(ids[i], c) for i in sorted(rng.permutation(len(ids))[:JUDGE_FRAMES_PER_CLASS])]
+        feats, labels = None, []
+        if picked:
+            images, labels = [], []
+            for fid, c in picked:
+                try:
+                    images.append(frame_image(self.studio, fid, size=224))
+                    labels.append(c)
+                except (OSError, ValueError):
+                    continue
+            feats = clip.image_features(images) if images else None
+        return judges.build_judge(options.judge, classes, texts, feats, labels,
+                                  min_per_class=options.min_labels, seed=options.seed), texts
+
+    def _finish(self, out, options, loras, clip, dino, items, notes, stopped) -> dict:
+        done_pairs = pairs.finished(out, pairs.PAIRS)
+        done_alpha = pairs.finished(out, pairs.ALPHA)
+        planned_pairs = [it for it in items if it.kind == "pair"]
+        planned_alpha = [it for it in items if it.kind == "alpha"]
+        got = [done_pairs[it.id] for it in planned_pairs if it.id in done_pairs]
+        got_alpha = [done_alpha[it.id] for it in planned_alpha if it.id in done_alpha]
+        exclude = {int(k.split("-", 1)[1]) for k in {r["frame"] for r in got} if k.startswith("frame-") and k[6:].isdigit()}
+        judge, texts = self._judge(options, clip, list(loras), exclude)
+        scores = scoring.pair_scores(out, got, clip, dino, judge, texts)
+        with open(out / "scores.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(s) + "\n" for s in scores)
+        complete = not stopped and len(got) == len(planned_pairs) and len(got_alpha) == len(planned_alpha) \
+            and not notes["short"]
+        results = {
+            "complete": complete, "stopped": stopped or (None if complete else "short of the plan"),
+            "pairs_planned": len(planned_pairs), "pairs_done": len(got),
+            "alpha_planned": len(planned_alpha), "alpha_done": len(got_alpha),
+            "alpha": options.alpha, "settings": asdict(options),
+            "models": {"clip": clip.pin, "dino": dino.pin, "base": self.studio.models.status.source},
+            "loras": {s: {"name": i.name, "sha256": i.sha256} for s, i in loras.items()},
+            "ablation_prompt": "the project template with {shot} removed: "
+                               + pairs.ablation_template(self.studio.project.template()),
+            "contamination_override": bool(notes["contaminated_frames"]),
+            **notes,
+            "tables": scoring.tables(scores, seed=options.seed, samples=options.bootstrap),
+            "alpha_curve": scoring.alpha_curve(out, got_alpha, clip, dino, judge, texts) if got_alpha else [],
+            "judge": judge.report,
+            "finished_at": time.time(),
+        }
+        report.write(out, results)
+        return results
+
+    def results(self, out) -> dict | None:
+        return report.read(Path(out).expanduser())
+
+    def samples(self, out, n: int = 6) -> list[tuple[Path, Path, str]]:
+        """(base image, fine-tuned image, caption) of the first n main pairs of a run folder."""
+        out = Path(out).expanduser()
+        recs = [r for r in pairs.finished(out, pairs.PAIRS).values() if not r.get("ablation")]
+        return [(out / r["base_image"], out / r["tuned_image"], f"{r['shot']} · {r['caption']}")
+                for r in sorted(recs, key=lambda r: r["id"])[:n]]
+
+
+def render(gen, requests: list, compare: bool, batch: int, job) -> list:
+    """The one place evaluation asks for images: per request [base, fine-tuned] (compare) or
+    [image]; None where a stop came first. Uses the generation service's batch API."""
+    from dreamshot.generate.service import Cancelled
+
+    if compare:
+        if hasattr(gen, "compare_many"):
+            results = gen.compare_many(requests, job, batch_size=batch, save=False)
+            return [[b.images[0], t.images[0]] if b.images and t.images else None for b, t in results]
+        made = []
+        for req in requests:
+            try:
+                b, t = gen.compare_with_base(req, job, save=False)
+            except Cancelled:
+                return made + [None] * (len(requests) - len(made))
+            made.append([b.images[0], t.images[0]])
+        return made
+    if hasattr(gen, "generate_many"):
+        return [[r.images[0]] if r.images else None for r in gen.generate_many(requests, job, batch_size=batch, save=False)]
+    made = []
+    for req in requests:
+        try:
+            made.append([gen.generate(req, job, save=False).images[0]])
+        except Cancelled:
+            return made + [None] * (len(requests) - len(made))
+    return made
+
+
+def service(studio) -> EvaluateService:
+    return studio.service(EvaluateService)
