@@ -18,7 +18,8 @@ import gradio as gr
 
 from dreamshot import __version__, settings as config
 from dreamshot.errors import DreamShotError
-from dreamshot.safety import configure_logging
+from dreamshot.models import import_libraries
+from dreamshot.safety import configure_logging, redact_stderr
 from dreamshot.studio import Studio
 from dreamshot.evaluate import tab as evaluate_tab
 from dreamshot.generate import tab as generate_tab
@@ -119,6 +120,9 @@ def warm_up() -> None:
     """Resolve and load the base model in the background, so the page is served at once and the
     first generation does not wait for the weights."""
     try:
+        # First the libraries, under the process-wide import lock: a request arriving meanwhile
+        # waits for them (dreamshot.ui.guarded) instead of seeing a half-imported module.
+        import_libraries()
         status = studio.model_status()
         log.info("base model: %s%s", status.source, " (untrained demo model)" if status.is_demo else "")
         studio.models.pipeline()
@@ -129,6 +133,7 @@ def warm_up() -> None:
 
 def main() -> None:
     configure_logging([studio.settings.admin_password or ""])
+    redact_stderr()  # what gradio or a library prints itself is masked too
     threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio))
 

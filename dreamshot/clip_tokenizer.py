@@ -61,6 +61,9 @@ def write_clip_tokenizer(out_dir: Path, bpe_file: Path = BPE_FILE) -> Path:
 
 
 def load_clip_tokenizer(directory: Path):
+    from dreamshot.models import import_libraries
+
+    import_libraries()
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)

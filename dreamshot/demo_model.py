@@ -33,6 +33,9 @@ def is_demo_model(path: Path) -> bool:
 
 def build_tiny_sd(out_dir: Path, seed: int = SEED) -> Path:
     """Write a tiny SD-1.x-architecture pipeline to out_dir (atomically) and return the path."""
+    from dreamshot.models import import_libraries
+
+    import_libraries()
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -97,13 +100,26 @@ def build_tiny_sd(out_dir: Path, seed: int = SEED) -> Path:
     return out_dir
 
 
-def ensure_demo_model(models_dir: Path) -> Path:
-    """The demo model folder under models_dir, built once and reused."""
-    path = Path(models_dir) / "demo-sd"
-    marker = path / MARKER
+def _is_current(path: Path) -> bool:
     try:
-        if json.loads(marker.read_text()).get("version") == DEMO_VERSION and (path / "model_index.json").is_file():
-            return path
+        return (json.loads((path / MARKER).read_text()).get("version") == DEMO_VERSION
+                and (path / "model_index.json").is_file())
     except (OSError, ValueError):
-        pass
-    return build_tiny_sd(path)
+        return False
+
+
+def ensure_demo_model(models_dir: Path) -> Path:
+    """The demo model folder under models_dir, built once and reused. Threads and processes sharing
+    the data folder (the app's warm-up, a request, a CLI) take a file lock, so one builds it and
+    none ever loads a folder another is replacing."""
+    import fcntl
+
+    path = Path(models_dir) / "demo-sd"
+    if _is_current(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".demo-sd.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not _is_current(path):
+            build_tiny_sd(path)
+    return path

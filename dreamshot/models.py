@@ -24,6 +24,39 @@ from dreamshot.settings import DEFAULT_MODEL, DEMO_MODEL, Settings
 
 log = logging.getLogger(__name__)
 
+# The machine-learning libraries are imported lazily (importing the app loads no model), but a
+# half-finished import seen from a second thread fails ("cannot import name 'CLIPTokenizer'"): the
+# first import runs under one process-wide lock, and code that needs them calls import_libraries().
+_IMPORT_LOCK = threading.Lock()
+_IMPORTED = threading.Event()
+
+
+def import_libraries() -> None:
+    """Import torch, transformers and diffusers completely, once per process, one thread at a time;
+    a caller arriving while another thread imports them waits until they are whole."""
+    if _IMPORTED.is_set():
+        return
+    with _IMPORT_LOCK:
+        if _IMPORTED.is_set():
+            return
+        import torch  # noqa: F401
+        import transformers
+        import diffusers
+
+        # The lazy modules resolve their attributes on first access: resolve the ones we use now.
+        for name in ("CLIPTokenizer", "CLIPTextModel", "CLIPTextConfig"):
+            getattr(transformers, name)
+        for name in ("StableDiffusionPipeline", "UNet2DConditionModel", "AutoencoderKL"):
+            getattr(diffusers, name)
+        _IMPORTED.set()
+
+
+def wait_for_imports() -> None:
+    """Block while another thread is importing the libraries (cheap otherwise)."""
+    if not _IMPORTED.is_set() and _IMPORT_LOCK.locked():
+        with _IMPORT_LOCK:
+            pass
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 SD1_CROSS_ATTENTION_DIM = 768
 
@@ -166,6 +199,7 @@ class ModelManager:
 
 def load_pipeline(source: str):
     """StableDiffusionPipeline.from_pretrained for a Hub id or a local folder, on the best device."""
+    import_libraries()
     import torch
     from diffusers import StableDiffusionPipeline
 

@@ -1,13 +1,17 @@
 """Process-wide hardening shared by the app and every CLI.
 
 - Pillow's decompression-bomb *warning* becomes an error, and the pixel limit is explicit.
-- Log records never carry secrets: Hub tokens and the admin password are masked.
+- Log records never carry secrets: Hub tokens and the admin password are masked, in log records,
+  in messages shown to users (``redact``) and in anything a library prints to stderr itself
+  (``redact_stderr``: gradio prints tracebacks of failed requests with ``traceback.print_exc``).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import sys
 import warnings
 
 MAX_IMAGE_PIXELS = 64_000_000  # ~ 8K x 8K; anything larger is refused as a possible bomb
@@ -48,11 +52,54 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+# The process's secrets (logging is process-wide): set by configure_logging, used by redact().
+_REDACTOR = RedactSecrets()
+
+
+def redact(text: str) -> str:
+    """``text`` with Hub tokens and the configured secrets masked."""
+    return _REDACTOR.redact(text)
+
+
+class _RedactingStream(io.TextIOBase):
+    """A text stream that masks secrets line by line before writing to the real one."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, self._pending = self._pending.rsplit("\n", 1)
+            self._stream.write(redact(done) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(redact(self._pending))
+            self._pending = ""
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+def redact_stderr() -> None:
+    """Mask secrets in whatever is printed to stderr from now on (idempotent)."""
+    if not isinstance(sys.stderr, _RedactingStream):
+        sys.stderr = _RedactingStream(sys.stderr)
+
+
 def configure_logging(secrets: list[str] | None = None, level: int = logging.INFO) -> None:
     """Root logging with secret redaction on every handler; idempotent."""
     import os
 
     secrets = list(secrets or []) + [os.environ.get("HF_TOKEN", ""), os.environ.get("HUGGING_FACE_HUB_TOKEN", "")]
+    _REDACTOR.secrets = sorted({s for s in _REDACTOR.secrets + secrets if s and len(s) >= 4}, key=len, reverse=True)
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,7 +1,9 @@
 """Small helpers every tab uses (a UI file: gradio is imported here and in the tab builders only).
 
-- ``guarded``: user-facing errors (DreamShotError) become ``gr.Error`` with their message; anything
-  else is logged server-side with a reference id and the browser sees only that id.
+- ``guarded``: user-facing errors (DreamShotError) become ``gr.Error`` with their message (secrets
+  masked) and one log line; anything else is logged server-side (secrets masked) with a reference
+  id and the browser sees only that id. Gradio itself prints no traceback for either. A handler
+  arriving while the warm-up thread imports the ML libraries waits for them to be whole.
 - ``admin_name``: the role check each admin handler runs itself.
 - ``not_built``: the one-line notice for a tab whose feature does not exist yet.
 """
@@ -16,29 +18,37 @@ import uuid
 import gradio as gr
 
 from dreamshot.errors import DreamShotError
+from dreamshot.models import wait_for_imports
+from dreamshot.safety import redact
 
 log = logging.getLogger("dreamshot.ui")
 
 
-def _to_gr_error(exc: BaseException) -> gr.Error:
+def _to_gr_error(exc: BaseException, handler: str) -> gr.Error:
     if isinstance(exc, gr.Error):
+        exc.message = redact(str(exc.message))
+        exc.print_exception = False
         return exc
     if isinstance(exc, DreamShotError):
-        return gr.Error(str(exc))
+        message = redact(str(exc))
+        log.info("refused in %s: %s: %s", handler, type(exc).__name__, message)  # one line, no traceback
+        return gr.Error(message, print_exception=False)
     ref = uuid.uuid4().hex[:8]
-    log.error("internal error ref=%s in UI handler", ref, exc_info=exc)
-    return gr.Error(f"Internal error (ref {ref}). The server log has the details.")
+    log.error("internal error ref=%s in %s", ref, handler, exc_info=exc)
+    return gr.Error(f"Internal error (ref {ref}). The server log has the details.", print_exception=False)
 
 
 def guarded(fn):
     """Wrap a Gradio handler (plain, generator or async) so only safe messages reach the browser."""
+    name = getattr(fn, "__qualname__", repr(fn))
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
+            wait_for_imports()
             try:
                 yield from fn(*args, **kwargs)
             except Exception as exc:
-                raise _to_gr_error(exc) from None
+                raise _to_gr_error(exc, name) from None
         return gen_wrapper
 
     if inspect.iscoroutinefunction(fn):
@@ -47,15 +57,16 @@ def guarded(fn):
             try:
                 return await fn(*args, **kwargs)
             except Exception as exc:
-                raise _to_gr_error(exc) from None
+                raise _to_gr_error(exc, name) from None
         return async_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        wait_for_imports()
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            raise _to_gr_error(exc) from None
+            raise _to_gr_error(exc, name) from None
     return wrapper
 
 

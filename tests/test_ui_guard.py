@@ -87,10 +87,127 @@ def test_served_app_hides_unguarded_exception_text(studio):
     demo.queue().launch(**kwargs)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        with pytest.raises(Exception) as info:
+        from gradio_client.exceptions import AppError
+
+        with pytest.raises(AppError) as info:
             client.predict("x", api_name="/leaky")
         assert "SECRET" not in str(info.value)
-        with pytest.raises(Exception, match="Prompt must not be empty"):
+        with pytest.raises(AppError, match="Prompt must not be empty"):
             client.predict("x", api_name="/polite")
     finally:
         demo.close()
+
+
+def test_user_errors_log_one_line_without_traceback(caplog):
+    @guarded
+    def handler():
+        raise InvalidInput("Width 70 is not a multiple of 8 (try 64).")
+
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(gr.Error) as info:
+            handler()
+    assert info.value.print_exception is False  # gradio prints no 27-line traceback
+    ours = [r for r in caplog.records if "multiple of 8" in r.getMessage()]
+    assert len(ours) == 1 and ours[0].exc_info is None and "\n" not in ours[0].getMessage()
+
+
+def test_secrets_typed_by_a_user_are_masked_in_messages_and_stderr(capfd):
+    """An hf_ token in a model id and the admin password in a path never reach the log or stderr."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from dreamshot import safety
+    from tests.conftest import free_port
+
+    token, password = "hf_" + "Q" * 30, "pw-sesame-4711"
+    safety.configure_logging([password])
+
+    @guarded
+    def load_model(model_id):
+        raise InvalidInput(f"Cannot load the model {model_id!r} from /data/{password}/x.")
+
+    def unguarded(model_id):  # gradio prints this one's traceback itself
+        raise RuntimeError(f"boom {model_id}")
+
+    with gr.Blocks() as demo:
+        box = gr.Textbox()
+        box.submit(load_model, box, box, api_name="load")
+        box.change(unguarded, box, box, api_name="raw")
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        show_error=False)
+    saved = safety.sys.stderr
+    safety.redact_stderr()
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(AppError) as info:
+            client.predict(f"owner/{token}", api_name="/load")
+        assert token not in str(info.value) and password not in str(info.value)
+        with pytest.raises(AppError):
+            client.predict(f"owner/{token}", api_name="/raw")
+    finally:
+        safety.sys.stderr.flush()
+        safety.sys.stderr = saved
+        demo.close()
+    err = capfd.readouterr().err
+    assert "boom" in err  # the unguarded traceback was printed, masked
+    assert token not in err and password not in err
+    assert "Cannot load the model" not in err or "Traceback" not in err.split("Cannot load the model")[0][-300:]
+
+
+def test_handlers_wait_while_the_warm_up_imports(monkeypatch):
+    """A request during the warm-up's imports waits for them instead of seeing half a module."""
+    import threading
+    import time
+
+    from dreamshot import models
+
+    monkeypatch.setattr(models, "_IMPORTED", threading.Event())
+    monkeypatch.setattr(models, "_IMPORT_LOCK", threading.Lock())
+    finished = threading.Event()
+
+    def warm_up():
+        with models._IMPORT_LOCK:
+            time.sleep(0.4)
+            finished.set()
+            models._IMPORTED.set()
+
+    seen = []
+
+    @guarded
+    def handler():
+        seen.append(finished.is_set())
+
+    t = threading.Thread(target=warm_up)
+    t.start()
+    time.sleep(0.05)
+    handler()
+    t.join()
+    assert seen == [True]
+
+
+def test_demo_model_is_built_once_by_concurrent_callers(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from dreamshot import demo_model
+
+    built = []
+
+    def fake_build(path, seed=demo_model.SEED):
+        built.append(path)
+        time.sleep(0.3)
+        path.mkdir(parents=True)
+        (path / "model_index.json").write_text("{}")
+        (path / demo_model.MARKER).write_text('{"version": %d}' % demo_model.DEMO_VERSION)
+        return path
+
+    monkeypatch.setattr(demo_model, "build_tiny_sd", fake_build)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(demo_model.ensure_demo_model(tmp_path)))
+               for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(built) == 1 and len(results) == 4 and len(set(results)) == 1
