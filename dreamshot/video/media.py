@@ -96,16 +96,21 @@ def fit_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)
 
 
-def write_mp4(frames: list, fps, path: Path, *, audio_from: Path | None = None,
+def write_mp4(frames, fps, path: Path, *, audio_from: Path | None = None,
               comment: str | None = None) -> Path:
-    """Encode PIL frames as H.264 MP4 at ``fps``, exactly one video frame per image; copy the audio of
-    ``audio_from`` (cut to the video's length) when it has any."""
+    """Encode PIL frames (any iterable, streamed) as H.264 MP4 at ``fps``, exactly one video frame
+    per image; copy the audio of ``audio_from`` (cut to the video's length) when it has any."""
+    import itertools
+
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fps = Fraction(fps).limit_denominator(100000)
-    width, height = frames[0].size
+    frames = iter(frames)
+    first = next(frames)
+    frames = itertools.chain([first], frames)
+    width, height = first.size
     tmp = path.with_name(path.name + ".part")
     with av.open(str(tmp), mode="w", format="mp4") as out:
         if comment:
@@ -116,7 +121,9 @@ def write_mp4(frames: list, fps, path: Path, *, audio_from: Path | None = None,
         stream.options = {"crf": "18", "preset": "veryfast"}
         audio_in = _open_audio(audio_from)
         audio_out = out.add_stream_from_template(audio_in[1]) if audio_in else None
+        count = 0
         for i, image in enumerate(frames):
+            count += 1
             frame = av.VideoFrame.from_image(image.convert("RGB"))
             frame.pts = i
             frame.time_base = stream.time_base
@@ -125,7 +132,7 @@ def write_mp4(frames: list, fps, path: Path, *, audio_from: Path | None = None,
         for packet in stream.encode():
             out.mux(packet)
         if audio_in:
-            _copy_audio(audio_in, audio_out, out, seconds=len(frames) / fps)
+            _copy_audio(audio_in, audio_out, out, seconds=count / fps)
     tmp.replace(path)
     return path
 

@@ -67,20 +67,25 @@ def warp(image: np.ndarray, backward_flow: np.ndarray) -> np.ndarray:
                      borderMode=cv2.BORDER_REPLICATE).astype(np.float64)
 
 
-def temporal_metrics(outputs: list, inputs: list | None = None) -> dict:
-    """{key: {"mean": float, "per_frame": [...]}} for the three keys; ``inputs`` (same length,
-    any size) give the flow for the warping error - without them the output's own flow is used."""
-    if len(outputs) < 2:
-        raise ValueError("temporal metrics need at least two frames")
-    out = [_array(im) for im in outputs]
-    size = outputs[0].size
-    src = [_array(im.resize(size)) if im.size != size else _array(im) for im in (inputs or outputs)]
+def temporal_metrics(outputs, inputs=None) -> dict:
+    """{key: {"mean": float, "per_frame": [...]}} for the three keys. ``outputs`` and ``inputs`` are
+    iterables of PIL images (streamed: two frames in memory); ``inputs`` give the flow for the warping
+    error (resized to the outputs' size) - without them the outputs' own flow is used."""
     rows = {k: [] for k in KEYS}
-    for t in range(1, len(out)):
-        rows["psnr"].append(psnr(out[t - 1], out[t]))
-        rows["t_ssim"].append(ssim(_luma(out[t - 1]), _luma(out[t])))
-        back = flow(_luma(src[t - 1]), _luma(src[t]))
-        rows["warp_error"].append(float(np.mean((warp(out[t - 1], back) - out[t]) ** 2)))
+    inputs = iter(inputs) if inputs is not None else None
+    prev_out = prev_src = None
+    for image in outputs:
+        out = _array(image)
+        src_image = next(inputs) if inputs is not None else image
+        src = _array(src_image.resize(image.size) if src_image.size != image.size else src_image)
+        if prev_out is not None:
+            rows["psnr"].append(psnr(prev_out, out))
+            rows["t_ssim"].append(ssim(_luma(prev_out), _luma(out)))
+            back = flow(_luma(prev_src), _luma(src))
+            rows["warp_error"].append(float(np.mean((warp(prev_out, back) - out) ** 2)))
+        prev_out, prev_src = out, src
+    if not rows["psnr"]:
+        raise ValueError("temporal metrics need at least two frames")
     return {k: {"mean": float(np.mean(v)), "per_frame": [round(x, 6) for x in v]} for k, v in rows.items()}
 
 

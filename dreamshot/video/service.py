@@ -173,16 +173,21 @@ class VideoService:
         gen = self.gen
         if not req.shot:
             return req.prompt, [], None
-        lead = gen.resolve_lora(req.shot)
         if req.to_shot:
-            target = gen.resolve_lora(req.to_shot)
+            lead, target = gen.resolve_lora(req.shot), gen.resolve_lora(req.to_shot)
             t = schedule.schedule(req.frames, start=req.start, end=req.end, keyframes=req.keyframes)
             # One prompt for the whole clip: a shot phrase would pin one shot type; the LoRAs move it.
             return req.prompt, [(lead, req.alpha), (target, req.alpha)], t
-        prompt = req.prompt
-        if req.use_template and lead.shot:
-            prompt = self.studio.project.prompt(lead.shot, req.prompt)
-        return prompt, [(lead, req.alpha)], None
+        prompt, mix = self.shot_prompt(req.shot, req.prompt, req.use_template, req.alpha)
+        return prompt, mix, None
+
+    def shot_prompt(self, shot: str | None, caption: str, use_template: bool, alpha: float) -> tuple[str, list]:
+        """(prompt, [(LoraInfo, α)]): the project's template with the LoRA's shot phrase, as in training."""
+        if not shot:
+            return caption, []
+        lead = self.gen.resolve_lora(shot)
+        prompt = self.studio.project.prompt(lead.shot, caption) if use_template and lead.shot else caption
+        return prompt, [(lead, alpha)]
 
     # ---- clips ---------------------------------------------------------------------------------
     def clip(self, req: ClipRequest, job=None, *, judge=None, rounds: int = 3, save: bool = True) -> ClipResult:
