@@ -15,7 +15,7 @@ import sys
 
 from dreamshot import cli
 
-COMMAND_MODULES = ["dreamshot.generate.cli", "dreamshot.evaluate.cli"]
+COMMAND_MODULES = ["dreamshot.generate.cli", "dreamshot.evaluate.cli", "dreamshot.video.cli"]
 
 
 def build_parser():

@@ -248,6 +248,16 @@ class VideoService:
         _check_cancel(job)
         return list(out.frames[0])
 
+    def transition_judge(self, req: ClipRequest, clip_spec: str | None = None):
+        """The Evaluate feature's shot-type judge over the transition's two shot types."""
+        from dreamshot.video.judging import evaluate_judge
+
+        req = self.check(req)
+        if not req.to_shot:
+            raise InvalidInput("The automatic mode steers a transition: choose a 'to' shot type.")
+        _, mix, _ = self.plan(req)
+        return evaluate_judge(self.studio, [info.shot or info.name for info, _ in mix], clip_spec)
+
     def parameters(self, req: ClipRequest, prompt: str, mix: list, t) -> str:
         greq = req.generation_request().replace(shot=req.shot if not req.to_shot else None)
         text = self.gen.parameters_text(greq, prompt, mix, req.seed)
