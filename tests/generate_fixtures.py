@@ -1,7 +1,10 @@
-"""Fixtures shared by tests/test_generate*.py: LoRA files made here on the demo UNet (random,
-non-zero weights, so they change the image), in diffusers and kohya formats."""
+"""Fixtures and builders shared by tests/test_generate*.py (and benchmarks/bench_generate.py):
+LoRA files made here on the demo UNet (random, non-zero weights, so they change the image), in
+diffusers and kohya formats."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +23,41 @@ def pixels(result_or_image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
+def random_lora(unet, out_dir: Path, *, seed: int = 0, rank: int = 4, scale: float = 1.0,
+                target_modules=("to_q", "to_k", "to_v", "to_out.0")) -> Path:
+    """A LoRA with random non-zero weights for ``unet`` (e.g. ``pipe.unet``; it is copied, not
+    changed), saved in diffusers format as ``out_dir/pytorch_lora_weights.safetensors``."""
+    import copy
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = copy.deepcopy(unet)
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules),
+                                init_lora_weights=False), adapter_name="random")
+    state = get_peft_model_state_dict(unet, adapter_name="random")
+    state = {k: v * scale if "lora_B" in k else v for k, v in state.items()}
+    StableDiffusionPipeline.save_lora_weights(str(out_dir), unet_lora_layers=convert_state_dict_to_diffusers(state))
+    return Path(out_dir) / "pytorch_lora_weights.safetensors"
+
+
+def to_kohya(diffusers_file: Path, out_file: Path) -> Path:
+    """Write the kohya / A1111 / ComfyUI form of a diffusers-format UNet LoRA file."""
+    from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
+    from safetensors.torch import load_file, save_file
+
+    state = convert_state_dict_to_kohya(convert_unet_state_dict_to_peft(load_file(str(diffusers_file))))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out_file), metadata={"format": "pt"})
+    return Path(out_file)
+
+
 @pytest.fixture(scope="session")
 def lora_files(demo_model_dir, tmp_path_factory):
     from diffusers import UNet2DConditionModel
-
-    from dreamshot.generate.loras import random_lora, to_kohya
 
     out = tmp_path_factory.mktemp("loras")
     unet = UNet2DConditionModel.from_pretrained(demo_model_dir / "unet")

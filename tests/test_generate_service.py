@@ -48,7 +48,7 @@ def test_batch_seeds_blend_and_kohya_file(gen_studio, lora_files):
     batch = svc.generate(fast(shot="close", num_images=2, seed=100))
     assert batch.seeds == [100, 101]
     single = svc.generate(fast(shot="close", seed=101))
-    assert np.array_equal(pixels(batch.images[1].image), pixels(single))    # image 2 = its own seed
+    assert np.abs(pixels(batch.images[1].image) - pixels(single)).max() <= 2   # image 2 = its own seed
     blend = svc.generate(fast(shot="close", blend={"close": 0.6, "medium": 0.4}))
     assert [(i.name, w) for i, w in blend.loras] == [("close", 0.6), ("medium", 0.4)]
     assert "<lora:close:0.6> <lora:medium:0.4>" in blend.images[0].parameters
@@ -136,8 +136,8 @@ def test_cancel_stops_at_the_next_step(gen_studio):
             cancelled_later.cancel()
 
     cancelled_later.progress = stop_in_second_image
-    result = svc.generate(fast(steps=2, num_images=3), cancelled_later)
-    assert result.cancelled and len(result.images) == 1      # the finished image is kept
+    result = svc.generate(fast(steps=2, num_images=3), cancelled_later, batch_size=1)
+    assert result.cancelled and len(result.images) == 1      # the finished batch (one image) is kept
 
 
 def test_a_second_caller_waits_for_the_lock_and_says_so(gen_studio):
@@ -169,7 +169,7 @@ def test_conv_lora_layers_merge_and_restore_exactly(gen_studio, demo_model_dir, 
     """LoRA on conv layers (kohya LoCon-style proj_in / resnet convs) takes peft's merge path."""
     from diffusers import UNet2DConditionModel
 
-    from dreamshot.generate.loras import random_lora
+    from tests.generate_fixtures import random_lora
 
     unet = UNet2DConditionModel.from_pretrained(demo_model_dir / "unet")
     path = random_lora(unet, tmp_path / "conv", seed=5, target_modules=("proj_in", "conv1", "to_v"))

@@ -21,12 +21,14 @@ _kwargs={"scale": ...}`` is never used (it silently resets adapter weights, see 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from dreamshot.errors import ModelLoadError
+from dreamshot.errors import DreamShotError, ModelLoadError
+from dreamshot.generate.loras import LoraInfo, ModelShapes, inspect_lora_file, store_upload
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ class AdapterBank:
         except Exception as exc:
             self._delete(name)
             self._collect()
-            raise ModelLoadError(f"cannot be loaded into this base model ({exc.__class__.__name__}: {exc})") from exc
+            log.warning("adapter %s refused by diffusers: %s: %.2000s", name, exc.__class__.__name__, exc)
+            raise ModelLoadError("cannot be loaded into this base model") from exc
         self.loaded[name] = sha256
         self._collect()
         self.apply(())
@@ -183,6 +186,64 @@ class AdapterBank:
             for slot in self._slots:
                 setattr(slot.parent, slot.name, slot.layer)
             self._detached = False
+
+
+class AdapterSet:
+    """The library's LoRAs as adapters of one pipeline: each file checked (``inspect_lora_file``,
+    never unpickled) and loaded once, then mixes merged by the ``AdapterBank``. Callers hold their
+    service's lock."""
+
+    def __init__(self, pipe, library):
+        self.pipe = pipe
+        self.library = library
+        self.bank = AdapterBank(pipe)
+        self._shapes: ModelShapes | None = None
+
+    def shapes(self) -> ModelShapes:
+        if self._shapes is None:
+            self._shapes = ModelShapes.of_pipeline(self.pipe)
+        return self._shapes
+
+    @staticmethod
+    def name(info: LoraInfo) -> str:
+        return re.sub(r"\W", "_", info.name)[:48] + "_" + info.sha256[:8]
+
+    def ensure_loaded(self, infos: list[LoraInfo]) -> None:
+        """Load each LoRA once as a named adapter (validated first; never via pickle)."""
+        from safetensors.torch import load_file
+
+        for info in infos:
+            name = self.name(info)
+            if name in self.bank.loaded:
+                continue
+            if not info.path.is_file():
+                raise ModelLoadError(f"The LoRA file of {info.name!r} is missing ({info.path.name}).")
+            inspect_lora_file(info.path, self.shapes())
+            try:
+                seconds = self.bank.load(name, load_file(str(info.path)), info.sha256)
+            except ModelLoadError:
+                raise ModelLoadError(f"The LoRA {info.name!r} cannot be loaded into this base model.") from None
+            log.info("loaded LoRA %s as adapter %s in %.2fs", info.name, name, seconds)
+
+    def configure(self, mix: list) -> float:
+        """Load (once) and merge [(LoraInfo, weight)]; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.ensure_loaded([info for info, _ in mix])
+        self.bank.apply(tuple((self.name(info), w) for info, w in mix))
+        return time.perf_counter() - t0
+
+    def upload(self, path, *, name: str, shot: str | None, base_model: str | None) -> LoraInfo:
+        """Validate, store and register an upload, then load it once to prove it works; a refused
+        file leaves nothing behind."""
+        info = store_upload(self.library, path, name=name, shot=shot, shapes=self.shapes(), base_model=base_model)
+        try:
+            self.ensure_loaded([info])
+            self.bank.apply(())
+        except DreamShotError:
+            self.library.remove(info.name)
+            info.path.unlink(missing_ok=True)
+            raise
+        return info
 
 
 @contextmanager
