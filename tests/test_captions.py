@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from dreamshot.errors import InvalidInput, NotFound
+from labeling.captions import bulk
 from labeling.captions import service as captions
 from labeling.captions.service import CaptionFilter, EditRequest
+from labeling.captions.tokens import token_counts
 
 from .captions_helpers import add_frames
 
@@ -155,29 +157,29 @@ def test_edit_rate_and_review_filters(drafted):
 
 def test_find_replace_preview_then_apply(drafted):
     studio, ids = drafted
-    changes = captions.preview_replace(studio, "man", "person")
+    changes = bulk.preview_replace(studio, "man", "person")
     # plain text, case-insensitive, substring (as editors do): "woman" changes too
     assert {c.frame_id for c in changes} == {ids[0], ids[1], ids[4]}
     assert captions.get_caption(studio, ids[0]).caption == "a close-up of a man with a beard"  # preview only
-    result = captions.apply_changes(studio, changes, "alice")
+    result = bulk.apply_changes(studio, changes, "alice")
     assert result.applied == 3 and not result.conflicts
     v = captions.get_caption(studio, ids[0])
     assert v.caption == "a close-up of a person with a beard" and v.edited_by == "alice"
     assert v.caption_original == "a close-up of a man with a beard"
     # regex with word boundary
-    changes = captions.preview_replace(studio, r"\bpersons?\b", "man", regex=True)
+    changes = bulk.preview_replace(studio, r"\bpersons?\b", "man", regex=True)
     assert {c.frame_id for c in changes} == {ids[0], ids[4]}
     with pytest.raises(InvalidInput, match="regular expression"):
-        captions.preview_replace(studio, "(", "x", regex=True)
+        bulk.preview_replace(studio, "(", "x", regex=True)
     with pytest.raises(InvalidInput):
-        captions.preview_replace(studio, "", "x")
+        bulk.preview_replace(studio, "", "x")
 
 
 def test_bulk_apply_leaves_captions_changed_since_the_preview(drafted):
     studio, ids = drafted
-    changes = captions.preview_replace(studio, "a car", "a red car")
+    changes = bulk.preview_replace(studio, "a car", "a red car")
     captions.edit_caption(studio, EditRequest(ids[5], "a truck on a road", "bob"))
-    result = captions.apply_changes(studio, changes, "alice")
+    result = bulk.apply_changes(studio, changes, "alice")
     assert result.applied == 0 and result.conflicts == [ids[5]]
     assert captions.get_caption(studio, ids[5]).caption == "a truck on a road"
 
@@ -185,13 +187,13 @@ def test_bulk_apply_leaves_captions_changed_since_the_preview(drafted):
 def test_bulk_leaves_captions_without_a_match_as_they_are(drafted):
     studio, ids = drafted
     captions.save_machine_caption(studio, ids[5], "a car on a road ,at night", model="tiny")
-    assert [c.frame_id for c in captions.preview_replace(studio, "dress", "gown")] == [ids[1]]
-    assert ids[5] not in [c.frame_id for c in captions.preview_strip(studio)]
+    assert [c.frame_id for c in bulk.preview_replace(studio, "dress", "gown")] == [ids[1]]
+    assert ids[5] not in [c.frame_id for c in bulk.preview_strip(studio)]
 
 
 def test_replace_never_empties_a_caption(drafted):
     studio, ids = drafted
-    changes = captions.preview_replace(studio, "a car on a road", "")
+    changes = bulk.preview_replace(studio, "a car on a road", "")
     assert changes == []
 
 
@@ -206,30 +208,30 @@ def test_replace_never_empties_a_caption(drafted):
     ("a man closing up a shop", "a man closing up a shop"),
 ])
 def test_strip_shot_words(before, after):
-    assert captions.strip_shot_words(before) == after
+    assert bulk.strip_shot_words(before) == after
 
 
 def test_strip_preview_and_apply(drafted):
     studio, ids = drafted
-    changes = captions.preview_strip(studio)
+    changes = bulk.preview_strip(studio)
     assert {(c.frame_id, c.after) for c in changes} == {
         (ids[0], "a man with a beard"), (ids[2], "a city street"), (ids[4], "a man, smiling")}
-    captions.apply_changes(studio, changes, "alice")
-    assert captions.preview_strip(studio) == []
+    bulk.apply_changes(studio, changes, "alice")
+    assert bulk.preview_strip(studio) == []
     # custom terms, with their article and a following "of"
     captions.edit_caption(studio, EditRequest(ids[1], "a portrait of a woman in a red dress", "alice"))
-    assert [c.after for c in captions.preview_strip(studio, terms=["portrait"])] == ["a woman in a red dress"]
+    assert [c.after for c in bulk.preview_strip(studio, terms=["portrait"])] == ["a woman in a red dress"]
 
 
 def test_template_is_a_project_setting_and_drives_prompts(drafted):
     studio, ids = drafted
     with pytest.raises(InvalidInput, match="caption"):
-        captions.set_template(studio, "a {shot} picture")
+        studio.project.set_template("a {shot} picture")
     with pytest.raises(InvalidInput, match="shot"):
-        captions.set_template(studio, "a picture of {caption}")
+        studio.project.set_template("a picture of {caption}")
     with pytest.raises(InvalidInput, match="placeholders"):
-        captions.set_template(studio, "{shot} of {caption} by {artist}")
-    captions.set_template(studio, "a film still, {shot}, {caption}")
+        studio.project.set_template("{shot} of {caption} by {artist}")
+    studio.project.set_template("a film still, {shot}, {caption}")
     assert studio.db.get_setting("prompt_template") == "a film still, {shot}, {caption}"
     assert captions.get_caption(studio, ids[1]).prompt == "a film still, medium shot, a woman in a red dress"
 
@@ -239,11 +241,11 @@ def test_token_warning_over_77(drafted):
     long_caption = " ".join(["a tall man in a long dark coat walks slowly"] * 7)
     v = captions.edit_caption(studio, EditRequest(ids[0], long_caption, "alice"))
     assert v.tokens > 77 and v.too_long
-    assert v.tokens == captions.token_counts([v.prompt])[0]
+    assert v.tokens == token_counts([v.prompt])[0]
     assert [x.frame_id for x in captions.list_captions(studio, CaptionFilter(too_long=True))] == [ids[0]]
     assert "1 prompts over 77 tokens" in captions.stats(studio).markdown()
     # SD 1.5's tokenizer: start + 10 words + end (checked against the real CLIP vocabulary)
-    assert captions.token_counts(["a high-quality close shot picture of a woman"]) == [12]
+    assert token_counts(["a high-quality close shot picture of a woman"]) == [12]
 
 
 def test_test_split_includes_unlabeled_held_out_frames(studio):
@@ -297,7 +299,7 @@ def test_same_rules_on_postgresql(make_studio, pg_url):
     for t in threads:
         t.join()
     assert [v.caption for v in captions.list_captions(studio)] == ["a man"] + [f"human {f}" for f in ids[1:]]
-    changes = captions.preview_replace(studio, "human", "person")
-    assert captions.apply_changes(studio, changes, "carol").applied == 11
+    changes = bulk.preview_replace(studio, "human", "person")
+    assert bulk.apply_changes(studio, changes, "carol").applied == 11
     s = captions.stats(studio)
     assert (s.captioned, s.reviewed) == (12, 12)

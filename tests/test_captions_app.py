@@ -22,15 +22,15 @@ def _drafted(studio, n=4):
 
 def test_handlers_check_the_role_themselves(make_studio):
     from dreamshot.errors import AccessDenied
-    from labeling.captions.tab import CaptionsUi
+    from labeling.captions.tab import CaptionsHandlers
 
     studio = make_studio(admin_password="secret-pw")
     ids = _drafted(studio)
-    ui = CaptionsUi(studio)
+    ui = CaptionsHandlers(studio)
     with pytest.raises(AccessDenied):
         ui.save(ids[0], "a cat", None, "train", None)  # no logged-in user
     with pytest.raises(AccessDenied):
-        ui.bulk_apply("replace", "a", "b", False, "", "train", "all", False, "", False, None, None)
+        ui.replace_apply("a", "b", False, "", "train", "all", False, "", False, None, None)
 
     class Member:
         username = "alice"
@@ -40,10 +40,10 @@ def test_handlers_check_the_role_themselves(make_studio):
 
 
 def test_skip_keeps_typed_text_and_leaves_untouched_captions_unreviewed(studio):
-    from labeling.captions.tab import CaptionsUi
+    from labeling.captions.tab import CaptionsHandlers
 
     ids = _drafted(studio)
-    ui = CaptionsUi(studio)
+    ui = CaptionsHandlers(studio)
     out = ui.next(ids[0], "a close-up of a man", 1, "train", "all", False, "", False, None)  # untouched
     assert out[2] == ids[1] and not captions.get_caption(studio, ids[0]).reviewed
     out = ui.next(ids[1], "a woman in a taxi", 1, "train", "all", False, "", False, None)  # typed

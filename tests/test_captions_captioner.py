@@ -35,17 +35,18 @@ def _request(model, **kw) -> CaptionRequest:
     return CaptionRequest(model=model, **{"batch_size": 2, "max_new_tokens": 6, "min_new_tokens": 3, **kw})
 
 
-def test_captioner_loads_from_folder_fp32_on_cpu_and_is_shared(tiny_blip2):
+def test_captioner_loads_from_folder_fp32_on_cpu_and_is_shared(studio, tiny_blip2):
     import torch
     from PIL import Image
 
-    c = load_captioner(tiny_blip2)
-    assert type(c.model).__name__ == "Blip2ForConditionalGeneration"
-    assert c.dtype == torch.float32 and next(c.model.parameters()).dtype == torch.float32
-    assert load_captioner(tiny_blip2) is c  # loaded once per process
-    images = [Image.new("RGB", (40, 30), (i * 60, 20, 90)) for i in range(3)]
     from labeling.captions.captioner import GenerationOptions
 
+    worker = caption_jobs.service(studio)
+    c = worker.captioner(tiny_blip2)
+    assert type(c.model).__name__ == "Blip2ForConditionalGeneration"
+    assert c.dtype == torch.float32 and next(c.model.parameters()).dtype == torch.float32
+    assert worker.captioner(tiny_blip2) is c  # loaded once per studio, kept by its captioning service
+    images = [Image.new("RGB", (40, 30), (i * 60, 20, 90)) for i in range(3)]
     texts = c.caption(images, GenerationOptions(max_new_tokens=5, min_new_tokens=5))
     assert len(texts) == 3 and all(t.strip() for t in texts)
     assert all(len(t.split()) <= 5 for t in texts)
@@ -54,58 +55,62 @@ def test_captioner_loads_from_folder_fp32_on_cpu_and_is_shared(tiny_blip2):
     assert not prefixed[0].lower().startswith("a photo of")
 
 
+def test_captioning_service_is_per_studio_and_closes_with_it(make_studio, tiny_blip2):
+    first, second = make_studio(), make_studio()
+    worker = caption_jobs.service(first)
+    assert caption_jobs.service(first) is worker and caption_jobs.service(second) is not worker
+    c = worker.captioner(tiny_blip2)
+    assert worker.loaded == tiny_blip2
+    assert caption_jobs.service(second).captioner(tiny_blip2) is not c  # nothing shared between studios
+    add_frames(first, 2)
+    worker.start(_request(tiny_blip2))
+    first.close()  # stops the run and frees the captioner
+    assert not worker.snapshot().running and worker.loaded is None
+    assert caption_jobs.service(first) is not worker  # a closed studio's services are gone
+
+
 def test_fp16_path_as_on_cuda(tiny_blip2, monkeypatch):
     """The GPU code path (fp16 weights, fp16 pixels, BLIP-2's Q-Former kept in fp32), run on the CPU."""
     import torch
     from PIL import Image
 
     from labeling.captions import captioner as captioner_module
-    from labeling.captions.captioner import GenerationOptions, unload_all
+    from labeling.captions.captioner import GenerationOptions
 
     monkeypatch.setattr(captioner_module, "device_and_dtype", lambda: (torch.device("cpu"), torch.float16))
-    unload_all()
-    try:
-        c = load_captioner(tiny_blip2)
-        assert c.dtype == torch.float16
-        assert c.model.language_model.get_input_embeddings().weight.dtype == torch.float16
-        texts = c.caption([Image.new("RGB", (40, 30), "green")] * 2, GenerationOptions(max_new_tokens=4, min_new_tokens=4))
-        assert len(texts) == 2 and all(texts)
-    finally:
-        unload_all()
+    c = load_captioner(tiny_blip2)
+    assert c.dtype == torch.float16
+    assert c.model.language_model.get_input_embeddings().weight.dtype == torch.float16
+    texts = c.caption([Image.new("RGB", (40, 30), "green")] * 2, GenerationOptions(max_new_tokens=4, min_new_tokens=4))
+    assert len(texts) == 2 and all(texts)
 
 
 def test_blip_architecture_loads_through_the_same_path(tmp_path):
     from PIL import Image
 
-    from labeling.captions.captioner import GenerationOptions, unload_all
+    from labeling.captions.captioner import GenerationOptions
     from labeling.captions.tiny_blip2 import build_tiny_blip
 
     folder = str(build_tiny_blip(tmp_path / "tiny-blip"))
-    try:
-        c = load_captioner(folder)
-        assert type(c.model).__name__ == "BlipForConditionalGeneration"
-        texts = c.caption([Image.new("RGB", (50, 40), "red")] * 2, GenerationOptions(max_new_tokens=6, min_new_tokens=3))
-        assert len(texts) == 2 and all(t and t.isprintable() for t in texts)
-    finally:
-        unload_all()
+    c = load_captioner(folder)
+    assert type(c.model).__name__ == "BlipForConditionalGeneration"
+    texts = c.caption([Image.new("RGB", (50, 40), "red")] * 2, GenerationOptions(max_new_tokens=6, min_new_tokens=3))
+    assert len(texts) == 2 and all(t and t.isprintable() for t in texts)
 
 
 def test_flan_t5_style_blip2_encoder_decoder(tmp_path):
     from PIL import Image
 
-    from labeling.captions.captioner import GenerationOptions, unload_all
+    from labeling.captions.captioner import GenerationOptions
     from labeling.captions.tiny_blip2 import build_tiny_blip2
 
     # seed 0: with random weights some seeds only emit special tokens, which decode to ""
     folder = str(build_tiny_blip2(tmp_path / "tiny-blip2-t5", seed=0, text_model="t5"))
-    try:
-        c = load_captioner(folder)
-        assert c.is_encoder_decoder and c.model.config.text_config.model_type == "t5"
-        images = [Image.new("RGB", (50, 40), "blue")] * 3
-        texts = c.caption(images, GenerationOptions(prefix="a photo of", max_new_tokens=4, min_new_tokens=4))
-        assert len(texts) == 3 and all(len(t.split()) >= 1 for t in texts)
-    finally:
-        unload_all()
+    c = load_captioner(folder)
+    assert c.is_encoder_decoder and c.model.config.text_config.model_type == "t5"
+    images = [Image.new("RGB", (50, 40), "blue")] * 3
+    texts = c.caption(images, GenerationOptions(prefix="a photo of", max_new_tokens=4, min_new_tokens=4))
+    assert len(texts) == 3 and all(len(t.split()) >= 1 for t in texts)
 
 
 def test_clean_caption():
@@ -203,11 +208,11 @@ def test_background_worker_one_run_at_a_time_and_cancel(studio, tiny_blip2, monk
         real_batch(*args)
 
     monkeypatch.setattr(caption_jobs, "_caption_batch", slow_batch)
-    worker = caption_jobs.CaptionWorker()
-    worker.start(studio, _request(tiny_blip2))
+    worker = caption_jobs.service(studio)
+    worker.start(_request(tiny_blip2))
     assert entered.wait(60)
     with pytest.raises(InvalidInput, match="already in progress"):
-        worker.start(studio, _request(tiny_blip2))
+        worker.start(_request(tiny_blip2))
     assert worker.snapshot().state == "running"
     assert worker.cancel() is True
     gate.set()
@@ -233,7 +238,7 @@ def test_bad_captioner_ids_give_clear_messages(studio, tmp_path, demo_model_dir)
     ids = add_frames(studio, 2)
     captions.edit_caption(studio, EditRequest(ids[0], "a cat", "alice"))
     with pytest.raises(ModelLoadError, match="cannot load captioner"):
-        caption_jobs.CaptionWorker().start(studio, CaptionRequest(model="Salesforce/blip2-opt-2.7b"))
+        caption_jobs.service(studio).start(CaptionRequest(model="Salesforce/blip2-opt-2.7b"))
     assert captions.get_caption(studio, ids[0]).caption == "a cat"
 
 

@@ -1,5 +1,6 @@
-"""The machine captioner: BLIP-2 (default ``Salesforce/blip2-flan-t5-xl``) or BLIP, loaded once per
-process and run in batches.
+"""The machine captioner: BLIP-2 (default ``Salesforce/blip2-flan-t5-xl``) or BLIP, run in batches.
+Loading is done here; keeping the loaded one is the studio's captioning service
+(``labeling.captions.jobs.CaptionWorker.captioner``).
 
 ``load_captioner(spec)`` accepts a Hub id or a local folder holding a ``save_pretrained`` checkpoint
 (model + processor). The architecture is read from ``config.json`` (``model_type`` ``blip-2`` or
@@ -158,22 +159,10 @@ def clean_caption(text: str, prefix: str = "") -> str:
     return text
 
 
-_CACHE: dict[str, Captioner] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def load_captioner(spec: str = DEFAULT_CAPTIONER, *, models_dir: Path | None = None) -> Captioner:
-    """The captioner for spec, loaded on first call and then shared by the whole process.
-
-    Only one captioner is kept: loading another one frees the previous one first."""
+    """Load the captioner for ``spec`` (ModelLoadError with a message when it cannot be had)."""
     source, local = resolve_source(spec, models_dir=models_dir)
-    with _CACHE_LOCK:
-        if source in _CACHE:
-            return _CACHE[source]
-        _CACHE.clear()
-        captioner = _load(spec, source, local)
-        _CACHE[source] = captioner
-        return captioner
+    return _load(spec, source, local)
 
 
 def _load(spec: str, source: str, local: bool) -> Captioner:
@@ -197,9 +186,3 @@ def _load(spec: str, source: str, local: bool) -> Captioner:
     model.to(device).eval()
     log.info("captioner %s loaded (%s, %s on %s)", spec, class_name, dtype, device)
     return Captioner(spec, source, model, processor, device, dtype)
-
-
-def unload_all() -> None:
-    """Free the loaded captioner (tests; or before training needs the memory)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()

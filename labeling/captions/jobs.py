@@ -2,8 +2,9 @@
 batch at once. Resumable (frames with a machine caption are skipped unless ``redo``) and cancellable
 (a threading.Event checked between batches).
 
-``run_captioning`` runs in the caller's thread (the CLI); ``worker()`` runs it in one background
-thread per process for the UI, which polls ``worker().snapshot()``.
+``run_captioning`` runs in the caller's thread (the CLI); ``CaptionWorker`` - the studio's service
+(``service(studio)``) - runs it in one background thread for the UI, which polls ``snapshot()``, and
+owns the loaded captioner (loaded once, shared by runs; ``close()`` stops the run and frees it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dreamshot.errors import DreamShotError, InvalidInput
 
 from labeling.captions import sources as caption_sources
 from labeling.captions import service as captions
-from labeling.captions.captioner import DEFAULT_CAPTIONER, DEMO_CAPTIONER, GenerationOptions, load_captioner, resolve_source
+from labeling.captions.captioner import (DEFAULT_CAPTIONER, DEMO_CAPTIONER, Captioner, GenerationOptions,
+                                        load_captioner, resolve_source)
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +138,10 @@ def run_captioning(studio, request: CaptionRequest, *, progress: CaptionProgress
         p.state, p.finished_at = "done", time.time()
         notify(p)
         return p
-    # 3. load the captioner (once per process)
+    # 3. load the captioner (once per studio: the worker service keeps it)
     p.state = "loading"
     notify(p)
-    captioner = load_captioner(request.model, models_dir=studio.settings.models_dir)
+    captioner = service(studio).captioner(request.model)
     # 4. caption batch by batch, each batch committed before the next starts; the next batch's
     #    images are cropped in a helper thread while the model works on the current one
     p.state, p.captioning_since = "running", time.time()
@@ -203,31 +205,57 @@ def _fail(p: CaptionProgress, frame_id: int, why: str) -> None:
 
 
 class CaptionWorker:
-    """One captioning run at a time per process, in a background thread."""
+    """The studio's captioning service: one background run at a time, and the loaded captioner."""
 
-    def __init__(self):
+    def __init__(self, studio):
+        self.studio = studio
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
         self._progress = CaptionProgress()
+        self._load_lock = threading.Lock()
+        self._captioner: Captioner | None = None
 
-    def start(self, studio, request: CaptionRequest) -> CaptionProgress:
+    # ---- the loaded captioner ------------------------------------------------------------------
+    def captioner(self, spec: str = DEFAULT_CAPTIONER) -> Captioner:
+        """The captioner for ``spec``, loaded on first use and then shared by every run.
+        Only one is kept: loading another one frees the previous one first."""
+        source, _ = resolve_source(spec, models_dir=self.studio.settings.models_dir)
+        with self._load_lock:
+            if self._captioner is None or self._captioner.source != source:
+                self._captioner = None
+                self._captioner = load_captioner(spec, models_dir=self.studio.settings.models_dir)
+            return self._captioner
+
+    @property
+    def loaded(self) -> str | None:
+        """The spec of the loaded captioner, or None."""
+        captioner = self._captioner
+        return captioner.spec if captioner is not None else None
+
+    def unload(self) -> None:
+        """Free the loaded captioner (e.g. before training needs the memory)."""
+        with self._load_lock:
+            self._captioner = None
+
+    # ---- the background run ----------------------------------------------------------------------
+    def start(self, request: CaptionRequest) -> CaptionProgress:
         request.check()
-        resolve_source(request.model, models_dir=studio.settings.models_dir)  # bad ids: reported now
+        resolve_source(request.model, models_dir=self.studio.settings.models_dir)  # bad ids: reported now
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise InvalidInput("A captioning run is already in progress; wait for it or cancel it.")
             self._cancel = threading.Event()
             self._progress = CaptionProgress(state="loading", model=request.model, split=request.split,
                                              started_at=time.time())
-            self._thread = threading.Thread(target=self._run, args=(studio, request, self._progress, self._cancel),
+            self._thread = threading.Thread(target=self._run, args=(request, self._progress, self._cancel),
                                             name="captioning", daemon=True)
             self._thread.start()
             return copy.deepcopy(self._progress)
 
-    def _run(self, studio, request, progress, cancel) -> None:
+    def _run(self, request, progress, cancel) -> None:
         try:
-            run_captioning(studio, request, progress=progress, cancel=cancel)
+            run_captioning(self.studio, request, progress=progress, cancel=cancel)
         except DreamShotError as exc:
             progress.state, progress.message = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - the log has the details, the UI a short line
@@ -248,20 +276,24 @@ class CaptionWorker:
         with self._lock:
             return copy.deepcopy(self._progress)
 
+    def just_finished(self, within_s: float = 5.0) -> bool:
+        """A run ended in the last ``within_s`` seconds (the UI refreshes its list once then)."""
+        p = self.snapshot()
+        return not p.running and p.finished_at is not None and time.time() - p.finished_at <= within_s
+
     def wait(self, timeout: float | None = None) -> CaptionProgress:
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
         return self.snapshot()
 
+    def close(self) -> None:
+        """Stop a running job after its current batch (what it saved stays) and free the captioner."""
+        self.cancel()
+        self.wait(60)
+        self.unload()
 
-_worker: CaptionWorker | None = None
-_worker_lock = threading.Lock()
 
-
-def worker() -> CaptionWorker:
-    global _worker
-    with _worker_lock:
-        if _worker is None:
-            _worker = CaptionWorker()
-        return _worker
+def service(studio) -> CaptionWorker:
+    """The studio's captioning service."""
+    return studio.service(CaptionWorker)

@@ -1,46 +1,39 @@
-"""Captions: machine drafts, human edits, review, bulk operations and the training prompt.
+"""Captions: machine drafts, human edits, review, the edit rate and the training prompt.
 
 One row per frame in the ``captions`` table: ``caption_original`` is the machine caption (never
 changed by people), ``caption`` the text used for training (the machine caption until someone edits
-it), ``edited_by``/``edited_at`` who last saved it and when, ``reviewed`` whether a person has looked
-at it, ``version`` a counter bumped on every change of ``caption``.
+it), ``edited_by``/``edited_at`` who last saved it and when, ``edit_kind`` how a person last changed
+it (``hand``: typed in the editor; ``bulk``: find/replace or shot-word strip, see ``bulk.py``),
+``reviewed`` whether a person has looked at it, ``version`` a counter bumped on every change.
 
 Race rule: a machine caption only replaces ``caption`` while ``edited_by IS NULL`` - one conditional
-UPDATE (compare-and-set), so an auto-caption run can never overwrite a human edit, whatever the
+UPDATE (compare-and-set), so an auto-caption run can never overwrite a person's edit, whatever the
 timing. Every edit is its own committed transaction.
+
+The training prompt is built by ``studio.project`` (``dreamshot.shots``), the one owner of the
+taxonomy and the template; the token count by ``tokens.py``. Bulk edits live in ``bulk.py``.
 """
 
 from __future__ import annotations
 
-import functools
-import re
-import tempfile
-import threading
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput, NotFound
-from dreamshot.shots import DEFAULT_TEMPLATE, get_taxonomy, training_prompt
+from dreamshot.shots import training_prompt
 from dreamshot.storage import now
 
 from labeling.captions import sources as caption_sources
 from labeling.captions.captioner import clean_caption
+from labeling.captions.tokens import CLIP_MAX_TOKENS, over_limit, token_counts
 
-TEMPLATE_KEY = "prompt_template"
-CLIP_MAX_TOKENS = 77          # SD 1.5's text encoder context, start and end tokens included
 MAX_CAPTION_CHARS = 1000
 SPLITS = ("train", "test")
-
-# Words that tell the caption the shot scale: the LoRA must learn it from the {shot} phrase only.
-SHOT_TERMS = [
-    "extreme close-up", "extreme closeup", "extreme close up", "medium close-up", "medium close up",
-    "close-up", "closeup", "close up", "close shot", "medium long shot", "medium shot", "mid shot",
-    "mid-shot", "medium-shot", "extreme long shot", "extreme wide shot", "long shot", "wide shot",
-    "full shot", "establishing shot", "wide-angle shot", "wide angle shot", "cowboy shot", "two shot",
-    "over-the-shoulder shot", "over the shoulder shot",
-]
+HAND, BULK = "hand", "bulk"     # captions.edit_kind
+MAX_FRAME_ID = 2 ** 63 - 1      # the largest id a database integer holds
 
 
 # ---- data objects ------------------------------------------------------------------------------
@@ -59,14 +52,24 @@ class CaptionView:
     version: int
     prompt: str | None       # the exact training prompt
     tokens: int | None       # CLIP tokens of the prompt, start/end included
+    edit_kind: str | None = None   # "hand", "bulk" or None (the machine caption)
 
     @property
     def changed(self) -> bool:
+        """The training caption differs from the machine caption (by hand or by a bulk edit)."""
         return self.caption_original is not None and self.caption is not None and self.caption != self.caption_original
 
     @property
+    def changed_by_hand(self) -> bool:
+        return self.changed and self.edit_kind == HAND
+
+    @property
+    def changed_by_bulk(self) -> bool:
+        return self.changed and self.edit_kind == BULK
+
+    @property
     def too_long(self) -> bool:
-        return self.tokens is not None and self.tokens > CLIP_MAX_TOKENS
+        return over_limit(self.tokens)
 
 
 @dataclass(frozen=True)
@@ -92,107 +95,76 @@ class EditRequest:
 
 
 @dataclass(frozen=True)
-class BulkChange:
-    frame_id: int
-    version: int
-    before: str
-    after: str
-
-
-@dataclass
-class BulkResult:
-    applied: int = 0
-    conflicts: list[int] = field(default_factory=list)   # frames changed by someone since the preview
-
-
-@dataclass(frozen=True)
 class CaptionStats:
     frames: int          # frames in scope (labeled frames of the split)
     captioned: int       # with a caption
     machine: int         # with a machine caption
     reviewed: int        # looked at by a person
-    changed: int         # caption differs from the machine caption
+    changed: int         # caption differs from the machine caption (any way)
     too_long: int        # training prompts over 77 CLIP tokens
+    hand_changed: int = 0   # ... changed by a person in the editor
+    bulk_changed: int = 0   # ... changed only by bulk edits (find/replace, strip)
 
     @property
     def edit_rate(self) -> float | None:
-        """Share of machine-captioned frames whose caption people changed."""
-        return self.changed / self.machine if self.machine else None
+        """Share of machine-captioned frames whose caption a person changed by hand."""
+        return self.hand_changed / self.machine if self.machine else None
+
+    @property
+    def bulk_rate(self) -> float | None:
+        """Share of machine-captioned frames changed only by bulk edits."""
+        return self.bulk_changed / self.machine if self.machine else None
 
     def markdown(self) -> str:
         rate = f"**{self.edit_rate:.0%}**" if self.edit_rate is not None else "n/a"
+        bulk = f" · bulk edits {self.bulk_rate:.0%} ({self.bulk_changed})" if self.bulk_changed else ""
         return (
             f"{self.captioned}/{self.frames} frames captioned · {self.reviewed} reviewed · "
-            f"edit rate {rate} ({self.changed} of {self.machine} machine captions changed by people)"
+            f"edit rate {rate} ({self.hand_changed} of {self.machine} machine captions changed by hand){bulk}"
             + (f" · ⚠ {self.too_long} prompts over {CLIP_MAX_TOKENS} tokens" if self.too_long else "")
         )
 
 
-# ---- template and tokens -------------------------------------------------------------------------
-def get_template(studio) -> str:
-    return studio.db.get_setting(TEMPLATE_KEY, DEFAULT_TEMPLATE) or DEFAULT_TEMPLATE
+@dataclass(frozen=True)
+class PromptPreview:
+    prompt: str | None       # None: no shot label or no caption yet
+    tokens: int | None
+
+    @property
+    def too_long(self) -> bool:
+        return over_limit(self.tokens)
 
 
-def check_template(template: str) -> str:
-    template = re.sub(r"\s+", " ", template or "").strip()
-    if "{caption}" not in template:
-        raise InvalidInput("The prompt template must contain {caption}.")
-    if "{shot}" not in template:
-        raise InvalidInput("The prompt template must contain {shot}: the LoRA learns the shot type from it.")
-    if len(template) > 300:
-        raise InvalidInput("The prompt template is limited to 300 characters.")
-    leftover = re.sub(r"\{(shot|caption)\}", "", template)
-    if "{" in leftover or "}" in leftover:
-        raise InvalidInput("The prompt template may only use the placeholders {shot} and {caption}.")
-    return template
+# ---- input checks --------------------------------------------------------------------------------
+def frame_ref(value) -> int:
+    """A frame id as typed or sent through the API (``3``, ``3.0``), as an int; InvalidInput for
+    anything else and NotFound for an id no database row can have (``1e20``)."""
+    if value is None or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
+        raise InvalidInput("Open a caption first (no frame id given).")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"A frame id is a whole number, not {str(value)[:40]!r}.") from None
+    if not math.isfinite(number) or number != int(number):
+        raise InvalidInput(f"A frame id is a whole number, not {str(value)[:40]}.")
+    frame_id = int(number) if not isinstance(value, int) else value
+    if not 1 <= frame_id <= MAX_FRAME_ID:
+        raise NotFound(f"Frame {frame_id} does not exist.")
+    return frame_id
 
 
-def set_template(studio, template: str) -> str:
-    template = check_template(template)
-    studio.db.set_setting(TEMPLATE_KEY, template)
-    return template
-
-
-@functools.lru_cache(maxsize=1)
-def _clip_tokenizer():
-    from dreamshot.clip_tokenizer import load_clip_tokenizer, write_clip_tokenizer
-
-    folder = write_clip_tokenizer(tempfile.mkdtemp(prefix="dreamshot-clip-tok-"))
-    return load_clip_tokenizer(folder)
-
-
-_TOKENIZER_LOCK = threading.Lock()
-
-
-_TOKEN_MEMO: dict[str, int] = {}
-
-
-def token_counts(texts: list[str]) -> list[int]:
-    """CLIP token counts (start and end tokens included), as SD 1.5's text encoder sees them."""
-    with _TOKENIZER_LOCK:
-        todo = list(dict.fromkeys(t for t in texts if t not in _TOKEN_MEMO))
-        if todo:
-            if len(_TOKEN_MEMO) > 50_000:
-                _TOKEN_MEMO.clear()
-            ids = _clip_tokenizer()(todo, truncation=False).input_ids
-            _TOKEN_MEMO.update(zip(todo, map(len, ids)))
-        return [_TOKEN_MEMO[t] for t in texts]
-
-
-def prompt_for(studio, shot: str | None, caption: str | None, template: str | None = None) -> str | None:
-    """The exact training prompt of a frame, or None while it has no shot label or caption."""
-    return _prompt(_taxonomy(studio), shot, caption, template or get_template(studio))
-
-
-def _prompt(tax, shot: str | None, caption: str | None, template: str) -> str | None:
-    if not shot or not (caption or "").strip():
-        return None
-    shot_class = tax.get(shot) if shot in tax.names else shot.replace("_", " ")
-    return training_prompt(shot_class, caption, template)
-
-
-def _taxonomy(studio):
-    return get_taxonomy(studio.db.get_setting("taxonomy"))
+def clean_text(text: str | None) -> str:
+    """A person's caption as stored: one line, single spaces, no control characters.
+    InvalidInput for an empty or too long caption, or one with broken characters."""
+    if any("\ud800" <= ch <= "\udfff" for ch in text or ""):
+        raise InvalidInput("The caption contains a broken character (a lone UTF-16 surrogate); "
+                           "retype or paste it again.")
+    text = clean_caption(text or "")
+    if not text:
+        raise InvalidInput("A caption cannot be empty.")
+    if len(text) > MAX_CAPTION_CHARS:
+        raise InvalidInput(f"A caption is limited to {MAX_CAPTION_CHARS} characters.")
+    return text
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -207,12 +179,23 @@ def _rows(studio, frame_ids) -> dict[int, sa.Row]:
     return out
 
 
+class _Prompts:
+    """Training prompts for many frames with one read of the taxonomy and template."""
+
+    def __init__(self, studio):
+        self.project = studio.project
+        self.taxonomy, self.template = self.project.taxonomy(), self.project.template()
+
+    def __call__(self, shot: str | None, caption: str | None) -> str | None:
+        if not shot or not (caption or "").strip():
+            return None
+        return training_prompt(self.project.shot_phrase(shot, self.taxonomy), caption, self.template)
+
+
 def _views(studio, frames: dict[int, str | None], split: str) -> list[CaptionView]:
-    rows = _rows(studio, frames)
-    template, tax = get_template(studio), _taxonomy(studio)
-    labels = {c.name: c.label for c in tax.classes}
-    prompts = {fid: _prompt(tax, shot, getattr(rows.get(fid), "caption", None), template)
-               for fid, shot in frames.items()}
+    rows, prompt_of = _rows(studio, frames), _Prompts(studio)
+    labels = {c.name: c.label for c in prompt_of.taxonomy.classes}
+    prompts = {fid: prompt_of(shot, getattr(rows.get(fid), "caption", None)) for fid, shot in frames.items()}
     counted = [fid for fid, p in prompts.items() if p]
     counts = dict(zip(counted, token_counts([prompts[f] for f in counted])))
     views = []
@@ -229,6 +212,7 @@ def _views(studio, frames: dict[int, str | None], split: str) -> list[CaptionVie
             reviewed=bool(row.reviewed) if row else False,
             version=row.version if row else 0,
             prompt=prompts[fid], tokens=counts.get(fid),
+            edit_kind=row.edit_kind if row else None,
         ))
     return views
 
@@ -256,14 +240,39 @@ def list_captions(studio, flt: CaptionFilter = CaptionFilter()) -> list[CaptionV
     return filter_views(all_captions(studio, flt.split), flt)
 
 
-def get_caption(studio, frame_id: int) -> CaptionView:
-    frame_id = int(frame_id)
+def neighbour(views: list[CaptionView], frame_id: int | None, step: int) -> CaptionView | None:
+    """The caption after (step > 0) or before ``frame_id`` in ``views``, wrapping around;
+    the first one when no frame is open."""
+    if not views:
+        return None
+    if frame_id is None:
+        return views[0]
+    if step > 0:
+        later = [v for v in views if v.frame_id > frame_id]
+        return later[0] if later else views[0]
+    earlier = [v for v in views if v.frame_id < frame_id]
+    return earlier[-1] if earlier else views[-1]
+
+
+def get_caption(studio, frame_id) -> CaptionView:
+    frame_id = frame_ref(frame_id)
     with studio.db.read() as conn:
         split = conn.execute(sa.select(schema.frames.c.split).where(schema.frames.c.id == frame_id)).scalar()
     if split is None:
         raise NotFound(f"Frame {frame_id} does not exist.")
     shot = caption_sources.shot_of(studio, frame_id)
     return _views(studio, {frame_id: shot}, split)[0]
+
+
+def prompt_preview(studio, shot: str | None, caption: str | None) -> PromptPreview:
+    """The training prompt a caption would give (as typed, before saving) and its CLIP tokens."""
+    prompt = _Prompts(studio)(shot, clean_text(caption) if (caption or "").strip() else None)
+    return PromptPreview(prompt, token_counts([prompt])[0] if prompt else None)
+
+
+def prompt_for(studio, shot: str | None, caption: str | None) -> str | None:
+    """The exact training prompt of a frame, or None while it has no shot label or caption."""
+    return _Prompts(studio)(shot, caption)
 
 
 def stats_of(views: list[CaptionView]) -> CaptionStats:
@@ -274,6 +283,8 @@ def stats_of(views: list[CaptionView]) -> CaptionStats:
         reviewed=sum(1 for v in views if v.reviewed),
         changed=sum(1 for v in views if v.changed),
         too_long=sum(1 for v in views if v.too_long),
+        hand_changed=sum(1 for v in views if v.changed_by_hand),
+        bulk_changed=sum(1 for v in views if v.changed_by_bulk),
     )
 
 
@@ -281,34 +292,29 @@ def stats(studio, split: str = "train") -> CaptionStats:
     return stats_of(all_captions(studio, split))
 
 
+def frames_with_machine_caption(studio, frame_ids) -> set[int]:
+    return {fid for fid, row in _rows(studio, frame_ids).items() if row.caption_original is not None}
+
+
 # ---- writing -------------------------------------------------------------------------------------
-def clean_text(text: str | None) -> str:
-    """A caption as stored: one line, single spaces, no control characters; InvalidInput for an empty one."""
-    text = clean_caption(text or "")
-    if not text:
-        raise InvalidInput("A caption cannot be empty.")
-    if len(text) > MAX_CAPTION_CHARS:
-        raise InvalidInput(f"A caption is limited to {MAX_CAPTION_CHARS} characters.")
-    return text
-
-
 def edit_caption(studio, req: EditRequest) -> CaptionView:
     """Save a person's caption (committed at once) and mark it reviewed.
 
-    With ``expected_version``, a caption another *person* saved since the editor loaded it is not
-    overwritten (InvalidInput); a newer *machine* caption, or the editor's own earlier save, is."""
-    text = clean_text(req.text)
+    A changed text counts as a hand edit; saving the text unchanged (accepting it) keeps how it was
+    made. With ``expected_version``, a caption another *person* saved since the editor loaded it is
+    not overwritten (InvalidInput); a newer *machine* caption, or the editor's own earlier save, is."""
+    fid, text = frame_ref(req.frame_id), clean_text(req.text)
     t, ts = schema.captions, now()
     values = dict(caption=text, edited_by=req.editor, edited_at=ts, reviewed=True, updated_at=ts)
-    fid = int(req.frame_id)
     cond = t.c.frame_id == fid
     if req.expected_version is not None:
         cond = sa.and_(cond, sa.or_(t.c.version == int(req.expected_version), t.c.edited_by.is_(None),
                                     t.c.edited_by == req.editor))
-    update = t.update().where(cond).values(version=t.c.version + 1, **values)
+    kind = sa.case((t.c.caption == text, t.c.edit_kind), else_=sa.literal(HAND))
+    update = t.update().where(cond).values(version=t.c.version + 1, edit_kind=kind, **values)
+    first = dict(frame_id=fid, caption_original=None, version=1, created_at=ts, edit_kind=HAND, **values)
     with studio.db.write() as conn:
-        if not _write_edit(conn, fid, update, dict(frame_id=fid, caption_original=None, version=1, created_at=ts,
-                                                   **values)):
+        if not _write_edit(conn, fid, update, first):
             who = conn.execute(sa.select(t.c.edited_by).where(t.c.frame_id == fid)).scalar()
             raise InvalidInput(f"{who} saved this caption while you were editing it; reload to see their text.")
     return get_caption(studio, fid)
@@ -322,7 +328,7 @@ def _write_edit(conn, fid: int, update, insert_values: dict) -> bool:
     if conn.execute(sa.select(t.c.frame_id).where(t.c.frame_id == fid)).first() is not None:
         # PostgreSQL reads committed rows per statement: the row may have appeared just now
         return bool(conn.execute(update).rowcount)
-    _require_frame(conn, fid)
+    require_frame(conn, fid)
     try:
         with conn.begin_nested():
             conn.execute(t.insert().values(**insert_values))
@@ -331,13 +337,14 @@ def _write_edit(conn, fid: int, update, insert_values: dict) -> bool:
         return bool(conn.execute(update).rowcount)
 
 
-def revert_caption(studio, frame_id: int) -> CaptionView:
+def revert_caption(studio, frame_id) -> CaptionView:
     """Back to the machine caption, as if no person had touched it (not reviewed)."""
+    frame_id = frame_ref(frame_id)
     t, ts = schema.captions, now()
     with studio.db.write() as conn:
         done = conn.execute(
-            t.update().where(t.c.frame_id == int(frame_id), t.c.caption_original.is_not(None)).values(
-                caption=t.c.caption_original, edited_by=None, edited_at=None, reviewed=False,
+            t.update().where(t.c.frame_id == frame_id, t.c.caption_original.is_not(None)).values(
+                caption=t.c.caption_original, edited_by=None, edited_at=None, edit_kind=None, reviewed=False,
                 version=t.c.version + 1, updated_at=ts)
         ).rowcount
     if not done:
@@ -375,95 +382,6 @@ def _save_machine(conn, fid: int, text: str, model: str, prompt: str) -> str:
         return "kept"
 
 
-def frames_with_machine_caption(studio, frame_ids) -> set[int]:
-    return {fid for fid, row in _rows(studio, frame_ids).items() if row.caption_original is not None}
-
-
-def _require_frame(conn, frame_id: int) -> None:
+def require_frame(conn, frame_id: int) -> None:
     if conn.execute(sa.select(schema.frames.c.id).where(schema.frames.c.id == frame_id)).first() is None:
         raise NotFound(f"Frame {frame_id} does not exist.")
-
-
-# ---- bulk operations: preview, then apply exactly what was previewed ---------------------------
-def _compile_find(find: str, *, regex: bool, case_sensitive: bool) -> re.Pattern:
-    if not find:
-        raise InvalidInput("Enter the text to find.")
-    try:
-        return re.compile(find if regex else re.escape(find), 0 if case_sensitive else re.IGNORECASE)
-    except re.error as exc:
-        raise InvalidInput(f"Invalid regular expression: {exc}") from None
-
-
-def _tidy(text: str) -> str:
-    text = re.sub(r"\s+", " ", text)
-    text = re.sub(r"\s+([,.;:!?])", r"\1", text)
-    text = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", text)
-    return text.strip(" ,;:-")
-
-
-def _changes(views: list[CaptionView], transform) -> list[BulkChange]:
-    out = []
-    for v in views:
-        if not v.caption:
-            continue
-        raw = transform(v.caption)
-        if raw == v.caption:  # untouched captions are not reformatted
-            continue
-        after = _tidy(raw)
-        if after and after != v.caption:
-            out.append(BulkChange(v.frame_id, v.version, v.caption, after))
-    return out
-
-
-def preview_replace(studio, find: str, replace: str, flt: CaptionFilter = CaptionFilter(), *,
-                    regex: bool = False, case_sensitive: bool = False) -> list[BulkChange]:
-    """What find-and-replace would change (captions it would empty are left out)."""
-    pattern = _compile_find(find, regex=regex, case_sensitive=case_sensitive)
-    repl = replace or ""
-    if not regex:
-        repl = repl.replace("\\", "\\\\")
-    try:
-        return _changes(list_captions(studio, flt), lambda text: pattern.sub(repl, text))
-    except re.error as exc:
-        raise InvalidInput(f"Invalid replacement: {exc}") from None
-
-
-def shot_pattern(terms: list[str] | None = None) -> re.Pattern:
-    terms = [t.strip() for t in (terms or SHOT_TERMS) if t and t.strip()]
-    if not terms:
-        raise InvalidInput("Give at least one word or phrase to strip.")
-    alternatives = "|".join(re.escape(t).replace(r"\ ", r"[\s-]+").replace(r"\-", r"[\s-]*")
-                            for t in sorted(set(terms), key=len, reverse=True))
-    return re.compile(
-        rf"(?:\b(?:in|as)\s+)?(?:\b(?:an?|the)\s+)?\b(?:{alternatives})(?:\s+(?:shot|photo|view|image))?"
-        rf"(?:\s+(?:of|showing|with)\b)?",
-        re.IGNORECASE,
-    )
-
-
-def strip_shot_words(text: str, terms: list[str] | None = None) -> str:
-    """``a close-up of a man in a hat`` -> ``a man in a hat``."""
-    return _tidy(shot_pattern(terms).sub(" ", text))
-
-
-def preview_strip(studio, flt: CaptionFilter = CaptionFilter(), terms: list[str] | None = None) -> list[BulkChange]:
-    """Captions that mention the shot scale, with the words removed."""
-    pattern = shot_pattern(terms)
-    return _changes(list_captions(studio, flt), lambda text: pattern.sub(" ", text))
-
-
-def apply_changes(studio, changes: list[BulkChange], editor: str) -> BulkResult:
-    """Apply previewed changes in one committed transaction; a caption changed since the preview
-    (another version) is left alone and reported as a conflict."""
-    t, ts = schema.captions, now()
-    result = BulkResult()
-    with studio.db.write() as conn:
-        for ch in changes:
-            after = clean_text(ch.after)
-            done = conn.execute(t.update().where(t.c.frame_id == ch.frame_id, t.c.version == ch.version).values(
-                caption=after, edited_by=editor, edited_at=ts, version=t.c.version + 1, updated_at=ts)).rowcount
-            if done:
-                result.applied += 1
-            else:
-                result.conflicts.append(ch.frame_id)
-    return result
