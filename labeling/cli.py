@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from labeling import export, labels, pool
+from labeling import export, pool, stats
 
 
 def register(subparsers, parents) -> None:
@@ -77,35 +77,6 @@ def run_export(studio, args) -> int:
     return 0
 
 
-def stats_text(studio) -> str:
-    p = labels.progress(studio)
-    lines = [f"Taxonomy: {p.taxonomy.title}"]
-    for c in p.taxonomy.classes:
-        n, q = p.counts.get(c.name, 0), p.quotas[c.name]
-        extra = p.extras.get(c.name, 0)
-        lines.append(f"  {c.name:<18} {n:>5} / {q:<5}" + (f" (+{extra} extra)" if extra else "")
-                     + ("  quota met" if n >= q else ""))
-    lines.append(f"  rejected: {p.rejects}   skipped (for now): {p.skips}   open disagreements: {p.disagreements}")
-    if p.all_met:
-        lines.append("Every quota is met.")
-    if p.annotators:
-        lines.append("Annotators: " + ", ".join(f"{a} ({n})" for a, n in sorted(p.annotators.items())))
-    agreement = labels.agreement(studio)
-    lines.append(agreement.text())
-    if agreement.kappa is not None:
-        cats = agreement.categories
-        width = max(len(c) for c in cats) + 2
-        lines.append("Confusion matrix (rows: " + (agreement.annotators[0] if agreement.method == "cohen" else "first rating")
-                     + ", columns: " + (agreement.annotators[1] if agreement.method == "cohen" else "second rating") + ")")
-        lines.append(" " * width + "".join(f"{c:>{width}}" for c in cats))
-        for c, row in zip(cats, agreement.matrix):
-            lines.append(f"{c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
-    summary = pool.pool_summary(studio)
-    for split, by_status in sorted(summary.items()):
-        lines.append(f"Pool ({split}): " + ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())))
-    return "\n".join(lines)
-
-
 def run_stats(studio) -> int:
-    print(stats_text(studio))
+    print(stats.stats_text(studio))
     return 0

@@ -235,6 +235,9 @@ class Previews:
         with self._lock:
             self._cache.pop(frame_id, None)
 
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def prefetch(self, frame_ids: list[int]) -> None:
         for fid in frame_ids:
             with self._lock:

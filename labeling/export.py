@@ -2,8 +2,9 @@
 ``metadata.jsonl`` (file_name, shot, text, caption, caption_original, source, annotator, ...), loadable
 with ``datasets.load_dataset("imagefolder", data_dir=OUT)``; optionally pushed to the Hub.
 
-    1. final labels (single annotator, agreement or resolution; no rejects; extras only on request)
-    2. captions from the ``captions`` table; ``text`` = the training prompt
+    1. final labels (single annotator, agreement or resolution; no rejects; extras only on request;
+       the quota rule of ``labeling.labels``, the same accounting the stats show)
+    2. captions from the ``captions`` table; ``text`` = the training prompt (``studio.project.prompt``)
     3. write into a temporary folder next to OUT, then swap it in (an export is never half-written)
 """
 
@@ -20,7 +21,6 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
-from dreamshot.shots import DEFAULT_TEMPLATE, training_prompt
 
 from labeling import crop, labels
 
@@ -83,7 +83,8 @@ def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = Fal
         taxonomy.get(s)
     chosen = {fid: shot for fid, shot in labels.final_labels(studio, include_extra=include_extra, split=split).items()
               if wanted is None or shot in wanted}
-    template = studio.db.get_setting("prompt_template", DEFAULT_TEMPLATE) or DEFAULT_TEMPLATE
+    project = studio.project
+    template = project.template()
     size = crop.crop_size(studio)
     ids = sorted(chosen)
     with studio.db.read() as conn:
@@ -114,7 +115,7 @@ def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = Fal
                 frame = frames[fid]
                 meta.write(json.dumps({
                     "file_name": name, "shot": shot,
-                    "text": training_prompt(taxonomy.get(shot), caption, template),
+                    "text": project.prompt(shot, caption, template),
                     "caption": caption, "caption_original": (cap.caption_original if cap else None) or "",
                     "source": frame.source, "annotator": ",".join(who.get(fid, [])),
                     "frame_id": fid, "split": frame.split,

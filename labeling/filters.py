@@ -148,6 +148,14 @@ class PhashIndex:
         x = np.uint64(int(hexhash, 16))
         return int(np.bitwise_count(self._values[: self._n] ^ x).min())
 
+    def closest(self, hexhash: str) -> tuple[int, int] | None:
+        """(position in insertion order, Hamming distance) of the nearest kept hash; None when empty."""
+        if not self._n:
+            return None
+        distances = np.bitwise_count(self._values[: self._n] ^ np.uint64(int(hexhash, 16)))
+        at = int(distances.argmin())
+        return at, int(distances[at])
+
     def is_near_duplicate(self, hexhash: str) -> bool:
         if self.threshold < 0:
             return False

@@ -1,30 +1,40 @@
-"""Annotator actions, quotas, final labels, agreement and disagreement resolution.
+"""Annotator actions, relabels, quotas, final labels and disagreement resolution (no gradio).
 
 Every action is one row in ``labels`` committed at once; undo marks a row (``undone_at``), it never
 deletes one. Actions: ``label`` (with a shot class), ``reject`` (bad quality or crop), ``skip`` (show
 later) and ``resolve`` (the final class of a frame two annotators disagreed on; shot NULL = reject).
 
-A frame's final label (:func:`final_labels`) is its latest resolution if any; otherwise the class all
-its annotators agree on. Labels given after a class's quota was full are kept with ``is_extra``
-and left out of training sets by default.
+**Relabel rule.** An annotator who labels a frame again with a *different* class (or rejects a frame
+they had labeled) relabels it: the earlier row gets ``undone_at`` (kept in the history) and the new
+row is written with the same timestamp; the reply says so (``ActionResult.relabeled_from``). Undoing
+a relabel brings the earlier label back. The same class twice is a no-op reported as ``duplicate``.
+
+**Quota rule.** Only *settled* frames count toward a class's quota: a single annotator's label, the
+class all its annotators agree on, or a resolution. Settled frames of a class fill the quota in the
+order they were settled (first vote, or the resolution); the ones beyond it are *extras*. So a frame
+that leaves a class (undo, relabel, a second annotator disagreeing) frees its place and the oldest
+extra fills it; a disputed frame counts again once resolved (as an extra when the quota filled up
+meanwhile). Stats, the quota message and the export all read this one accounting
+(:func:`decisions`). The ``is_extra`` column only records what the annotator was told at the time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput, NotFound
-from dreamshot.shots import Taxonomy, get_taxonomy
+from dreamshot.shots import Taxonomy
 from dreamshot.storage import now
 
 ACTIONS = ("label", "reject", "skip")
 REJECT = "reject"
+QUOTAS_KEY = "quotas"
 L = schema.labels
 F = schema.frames
 
@@ -33,35 +43,65 @@ F = schema.frames
 _SNAPSHOT: contextvars.ContextVar = contextvars.ContextVar("label_settings_snapshot", default=None)
 
 
+@dataclass
+class _Snapshot:
+    studio: object
+    values: dict
+    taxonomy: Taxonomy
+
+
 @contextlib.contextmanager
 def settings_snapshot(studio):
-    """Within the block, project settings are read once (one query) instead of once per lookup:
+    """Within the block, project settings are read once (two queries) instead of once per lookup:
     a keypress reads the taxonomy, quotas, seed and overlap several times."""
     with studio.db.read() as conn:
         values = dict(conn.execute(sa.select(schema.project_settings.c.key, schema.project_settings.c.value)).all())
-    token = _SNAPSHOT.set((id(studio), values))
+    token = _SNAPSHOT.set(_Snapshot(studio, values, studio.project.taxonomy()))
     try:
         yield
     finally:
         _SNAPSHOT.reset(token)
 
 
-def setting(studio, key: str, default=None):
+def _snapshot(studio) -> _Snapshot | None:
     snap = _SNAPSHOT.get()
-    if snap is not None and snap[0] == id(studio):
-        value = snap[1].get(key)
+    return snap if snap is not None and snap.studio is studio else None
+
+
+def setting(studio, key: str, default=None):
+    """A labeling setting (quotas, label_seed, label_overlap, crop_size); never the taxonomy or
+    template, which only ``studio.project`` reads."""
+    snap = _snapshot(studio)
+    if snap is not None:
+        value = snap.values.get(key)
         return default if value is None else value
     return studio.db.get_setting(key, default)
 
 
 def current_taxonomy(studio) -> Taxonomy:
-    return get_taxonomy(setting(studio, "taxonomy", None))
+    snap = _snapshot(studio)
+    return snap.taxonomy if snap is not None else studio.project.taxonomy()
 
 
 def quotas(studio, taxonomy: Taxonomy | None = None) -> dict[str, int]:
     taxonomy = taxonomy or current_taxonomy(studio)
-    stored = setting(studio, "quotas", {}) or {}
+    stored = setting(studio, QUOTAS_KEY, {}) or {}
     return {c: int(stored.get(c, taxonomy.default_quota)) for c in taxonomy.names}
+
+
+def parse_quotas(text: str) -> dict[str, int]:
+    """``close=200, medium=150`` -> dict; InvalidInput with the bad part otherwise."""
+    out = {}
+    for part in (text or "").replace("\n", ",").split(","):
+        if part.strip():
+            if "=" not in part:
+                raise InvalidInput(f"Write quotas as class=n, got {part.strip()!r}")
+            k, v = part.split("=", 1)
+            try:
+                out[k.strip()] = int(v)
+            except ValueError:
+                raise InvalidInput(f"Quota for {k.strip()!r} must be a whole number") from None
+    return out
 
 
 def set_quotas(studio, values: dict[str, int]) -> dict[str, int]:
@@ -72,7 +112,7 @@ def set_quotas(studio, values: dict[str, int]) -> dict[str, int]:
         if int(n) < 0:
             raise InvalidInput("Quotas cannot be negative.")
         clean[name] = int(n)
-    studio.db.set_setting("quotas", {**(studio.db.get_setting("quotas", {}) or {}), **clean})
+    studio.db.set_setting(QUOTAS_KEY, {**(studio.db.get_setting(QUOTAS_KEY, {}) or {}), **clean})
     return quotas(studio, taxonomy)
 
 
@@ -83,63 +123,81 @@ class ActionResult:
     action: str
     shot: str | None
     is_extra: bool
-    duplicate: bool = False   # the annotator had already labeled/rejected this frame: nothing written
+    duplicate: bool = False            # the same label/reject again: nothing written
+    relabeled_from: str | None = None  # a relabel: the annotator's earlier class (or 'reject')
+    restored: str | None = None        # an undone relabel: the label that is active again
+
+    @property
+    def value(self) -> str:
+        return self.shot or self.action
 
 
-def _active_count(conn, taxonomy: str, shot: str, exclude_frame: int) -> int:
-    return conn.execute(
+def _quota_looks_full(conn, taxonomy: Taxonomy, studio, shot: str, frame_id: int) -> bool:
+    """The hint stored in ``is_extra`` (what the annotator is told); accounting is :func:`decisions`."""
+    taken = conn.execute(
         sa.select(sa.func.count(sa.distinct(L.c.frame_id))).where(
-            L.c.taxonomy == taxonomy, L.c.shot == shot, L.c.action.in_(["label", "resolve"]),
-            L.c.undone_at.is_(None), L.c.is_extra.is_(False), L.c.frame_id != exclude_frame)
+            L.c.taxonomy == taxonomy.name, L.c.shot == shot, L.c.action.in_(["label", "resolve"]),
+            L.c.undone_at.is_(None), L.c.frame_id != frame_id)
     ).scalar_one()
+    return taken >= quotas(studio, taxonomy)[shot]
 
 
 def insert_action(conn, studio, *, frame_id: int, annotator: str, action: str, shot: str | None,
-                  taxonomy: Taxonomy | None = None) -> ActionResult:
-    """Insert one action in an open write transaction (quota -> is_extra decided here)."""
+                  taxonomy: Taxonomy | None = None, at: float | None = None) -> ActionResult:
+    """Insert one action in an open write transaction."""
     taxonomy = taxonomy or current_taxonomy(studio)
     is_extra = False
     if shot is not None:
         taxonomy.get(shot)
-        counted = conn.execute(sa.select(L.c.id).where(
-            L.c.frame_id == frame_id, L.c.shot == shot, L.c.taxonomy == taxonomy.name,
-            L.c.undone_at.is_(None), L.c.is_extra.is_(False))).first()
-        if counted is None:
-            is_extra = _active_count(conn, taxonomy.name, shot, frame_id) >= quotas(studio, taxonomy)[shot]
+        is_extra = _quota_looks_full(conn, taxonomy, studio, shot, frame_id)
     conn.execute(L.insert().values(frame_id=frame_id, annotator=annotator, taxonomy=taxonomy.name, action=action,
-                                   shot=shot, is_extra=is_extra, created_at=now(), undone_at=None))
+                                   shot=shot, is_extra=is_extra, created_at=at or now(), undone_at=None))
     return ActionResult(frame_id, action, shot, is_extra)
+
+
+def _parse_action(taxonomy: Taxonomy, action: str) -> tuple[str, str | None]:
+    if action in ("reject", "skip"):
+        return action, None
+    taxonomy.get(action)  # InvalidInput for an unknown class
+    return "label", action
 
 
 def record(studio, annotator: str, frame_id: int, action: str, crop_box: list[int] | None = None) -> ActionResult:
     """One keypress: ``action`` is a class name of the current taxonomy, 'reject' or 'skip'.
+    A different label on a frame the annotator already labeled is a relabel (see the module doc).
     ``crop_box``: the box the annotator saw, stored with the label when the frame has none yet."""
     taxonomy = current_taxonomy(studio)
-    if action in ("reject", "skip"):
-        kind, shot = action, None
-    else:
-        taxonomy.get(action)  # InvalidInput for an unknown class
-        kind, shot = "label", action
+    kind, shot = _parse_action(taxonomy, action)
     with studio.db.write() as conn:
-        frame = conn.execute(sa.select(F.c.status, F.c.crop_box).where(F.c.id == int(frame_id))).first()
+        frame = conn.execute(sa.select(F.c.status, F.c.crop_box).where(F.c.id == int(frame_id))
+                             .with_for_update()).first()  # one writer per frame (PostgreSQL)
         if frame is None:
             raise NotFound(f"Frame {frame_id} does not exist.")
         if frame.status != "ok":
             raise InvalidInput(f"Frame {frame_id} was filtered out of the pool ({frame.status}).")
-        done = conn.execute(sa.select(L.c.action, L.c.shot, L.c.is_extra).where(
+        done = conn.execute(sa.select(L.c.id, L.c.action, L.c.shot, L.c.is_extra).where(
             L.c.frame_id == int(frame_id), L.c.annotator == annotator, L.c.undone_at.is_(None),
-            L.c.action.in_(["label", "reject"]), L.c.taxonomy == taxonomy.name)).first()
-        if done is not None and kind != "skip":
-            return ActionResult(int(frame_id), done.action, done.shot, bool(done.is_extra), duplicate=True)
+            L.c.action.in_(["label", "reject"]), L.c.taxonomy == taxonomy.name).order_by(L.c.id.desc())).all()
+        at = now()
+        relabeled_from = None
+        if done and kind != "skip":
+            latest = done[0]
+            if (latest.action, latest.shot) == (kind, shot):
+                return ActionResult(int(frame_id), latest.action, latest.shot, bool(latest.is_extra), duplicate=True)
+            relabeled_from = latest.shot or REJECT
+            conn.execute(L.update().where(L.c.id.in_([r.id for r in done])).values(undone_at=at))
         if crop_box is not None and frame.crop_box is None:
             conn.execute(F.update().where(F.c.id == int(frame_id))
                          .values(crop_box=[int(v) for v in crop_box], crop_source="auto"))
-        return insert_action(conn, studio, frame_id=int(frame_id), annotator=annotator, action=kind, shot=shot,
-                             taxonomy=taxonomy)
+        result = insert_action(conn, studio, frame_id=int(frame_id), annotator=annotator, action=kind, shot=shot,
+                               taxonomy=taxonomy, at=at)
+        result.relabeled_from = relabeled_from
+        return result
 
 
 def undo(studio, annotator: str) -> ActionResult | None:
-    """Undo the annotator's last label/reject/skip; None when there is nothing to undo."""
+    """Undo the annotator's last label/reject/skip (a relabel brings the earlier label back);
+    None when there is nothing to undo."""
     taxonomy = current_taxonomy(studio)
     with studio.db.write() as conn:
         row = conn.execute(sa.select(L).where(
@@ -148,24 +206,16 @@ def undo(studio, annotator: str) -> ActionResult | None:
         if row is None:
             return None
         conn.execute(L.update().where(L.c.id == row.id).values(undone_at=now()))
-        if row.shot and not row.is_extra:
-            _promote_extra(conn, taxonomy.name, row.shot, row.frame_id)
-        return ActionResult(row.frame_id, row.action, row.shot, bool(row.is_extra))
-
-
-def _promote_extra(conn, taxonomy: str, shot: str, freed_frame: int) -> None:
-    """A counted label was undone: the oldest extra label of that class takes its place."""
-    still = conn.execute(sa.select(L.c.id).where(
-        L.c.frame_id == freed_frame, L.c.shot == shot, L.c.taxonomy == taxonomy,
-        L.c.undone_at.is_(None), L.c.is_extra.is_(False))).first()
-    if still is not None:
-        return
-    extra = conn.execute(sa.select(L.c.id, L.c.frame_id).where(
-        L.c.taxonomy == taxonomy, L.c.shot == shot, L.c.undone_at.is_(None), L.c.is_extra.is_(True),
-        L.c.action.in_(["label", "resolve"])).order_by(L.c.id).limit(1)).first()
-    if extra is not None:
-        conn.execute(L.update().where(L.c.frame_id == extra.frame_id, L.c.shot == shot, L.c.taxonomy == taxonomy,
-                                      L.c.undone_at.is_(None)).values(is_extra=False))
+        result = ActionResult(row.frame_id, row.action, row.shot, bool(row.is_extra))
+        if row.action != "skip":  # a relabel stamped the row it replaced with its own time
+            replaced = conn.execute(sa.select(L.c.id, L.c.action, L.c.shot).where(
+                L.c.annotator == annotator, L.c.frame_id == row.frame_id, L.c.id < row.id,
+                L.c.undone_at == row.created_at, L.c.action.in_(["label", "reject"]),
+                L.c.taxonomy == taxonomy.name).order_by(L.c.id.desc()).limit(1)).first()
+            if replaced is not None:
+                conn.execute(L.update().where(L.c.id == replaced.id).values(undone_at=None))
+                result.restored = replaced.shot or REJECT
+        return result
 
 
 def resolve(studio, frame_id: int, choice: str, resolver: str) -> ActionResult:
@@ -181,13 +231,24 @@ def resolve(studio, frame_id: int, choice: str, resolver: str) -> ActionResult:
                              shot=shot, taxonomy=taxonomy)
 
 
-# ---- reading: decisions per frame ---------------------------------------------------------------
+def history(studio, frame_id: int) -> list[dict]:
+    """Every row of a frame, oldest first, undone ones included (what a relabel keeps)."""
+    with studio.db.read() as conn:
+        rows = conn.execute(sa.select(L.c.annotator, L.c.action, L.c.shot, L.c.created_at, L.c.undone_at)
+                            .where(L.c.frame_id == int(frame_id)).order_by(L.c.id)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+# ---- reading: decisions per frame and the quota accounting -------------------------------------
 @dataclass
 class FrameDecision:
     frame_id: int
     votes: dict[str, str]            # annotator -> class name or 'reject' (latest active)
     resolved: str | None = None      # class name or 'reject'
-    extra: bool = False
+    extra: bool = False              # settled on a class whose quota was already full (see module doc)
+    first_vote: int = 0              # row ids: the settling order of the quota rule
+    resolved_at: int = 0
+    split: str = "train"
 
     @property
     def final(self) -> str | None:
@@ -197,31 +258,41 @@ class FrameDecision:
         values = set(self.votes.values())
         return values.pop() if len(values) == 1 else None
 
+    @property
+    def settled_at(self) -> int:
+        return self.resolved_at or self.first_vote
+
 
 def decisions(studio, *, split: str | None = None) -> dict[int, FrameDecision]:
+    """Every usable frame with an active label, its votes and final class, with ``extra`` set by the
+    quota rule over all splits (so a split's view agrees with the whole)."""
     taxonomy = current_taxonomy(studio)
-    query = (sa.select(L.c.frame_id, L.c.annotator, L.c.action, L.c.shot, L.c.is_extra)
+    query = (sa.select(L.c.id, L.c.frame_id, L.c.annotator, L.c.action, L.c.shot, F.c.split)
              .join(F, F.c.id == L.c.frame_id)
              .where(L.c.undone_at.is_(None), L.c.taxonomy == taxonomy.name, F.c.status == "ok",
                     L.c.action.in_(["label", "reject", "resolve"]))
              .order_by(L.c.id))
-    if split:
-        query = query.where(F.c.split == split)
     out: dict[int, FrameDecision] = {}
-    extras: dict[int, list[bool]] = defaultdict(list)
     with studio.db.read() as conn:
         for row in conn.execute(query):
-            d = out.setdefault(row.frame_id, FrameDecision(row.frame_id, {}))
+            d = out.get(row.frame_id)
+            if d is None:
+                d = out[row.frame_id] = FrameDecision(row.frame_id, {}, split=row.split)
             value = row.shot if row.shot else REJECT
             if row.action == "resolve":
-                d.resolved = value
-                extras[row.frame_id] = [bool(row.is_extra)]
+                d.resolved, d.resolved_at = value, row.id
             else:
                 d.votes[row.annotator] = value
-                if row.action == "label" and d.resolved is None:
-                    extras[row.frame_id].append(bool(row.is_extra))
-    for fid, flags in extras.items():
-        out[fid].extra = bool(flags) and all(flags)
+                d.first_vote = d.first_vote or row.id
+    limits = quotas(studio, taxonomy)
+    filled: Counter = Counter()
+    for d in sorted(out.values(), key=lambda d: d.settled_at):
+        final = d.final
+        if final is not None and final != REJECT:
+            d.extra = filled[final] >= limits.get(final, 0)
+            filled[final] += not d.extra
+    if split:
+        out = {fid: d for fid, d in out.items() if d.split == split}
     return out
 
 
@@ -246,11 +317,12 @@ class Progress:
     taxonomy: Taxonomy
     quotas: dict[str, int]
     counts: dict[str, int]          # settled, counted toward the quota
-    extras: dict[str, int]
+    extras: dict[str, int]          # settled beyond the quota
     rejects: int
     disagreements: int
     skips: int = 0
     annotators: dict[str, int] = field(default_factory=dict)
+    extra_frames: set[int] = field(default_factory=set)
 
     @property
     def all_met(self) -> bool:
@@ -261,6 +333,7 @@ def progress(studio) -> Progress:
     taxonomy = current_taxonomy(studio)
     counts, extras = Counter(), Counter()
     rejects = disagree = 0
+    extra_frames = set()
     for d in decisions(studio).values():
         final = d.final
         if final is None:
@@ -269,6 +342,7 @@ def progress(studio) -> Progress:
             rejects += 1
         elif d.extra:
             extras[final] += 1
+            extra_frames.add(d.frame_id)
         else:
             counts[final] += 1
     with studio.db.read() as conn:
@@ -279,86 +353,4 @@ def progress(studio) -> Progress:
         skips = conn.execute(sa.select(sa.func.count()).where(
             L.c.undone_at.is_(None), L.c.action == "skip", L.c.taxonomy == taxonomy.name)).scalar_one()
     return Progress(taxonomy, quotas(studio, taxonomy), dict(counts), dict(extras), rejects, disagree, skips,
-                    per_annotator)
-
-
-# ---- agreement ------------------------------------------------------------------------------
-@dataclass
-class Agreement:
-    method: str                       # "cohen", "fleiss" or "none"
-    kappa: float | None
-    items: int
-    categories: list[str]
-    matrix: list[list[int]]           # rows: first rating, columns: second rating
-    annotators: list[str]
-    observed: float | None = None
-
-    def text(self) -> str:
-        if self.kappa is None:
-            return f"Agreement: not enough overlapping frames yet ({self.items})."
-        name = "Cohen's" if self.method == "cohen" else "Fleiss'"
-        return (f"Agreement on {self.items} frames labeled twice: {name} kappa = {self.kappa:.3f} "
-                f"(observed agreement {self.observed:.1%}; annotators: {', '.join(self.annotators)})")
-
-
-def cohen_kappa(pairs: list[tuple[str, str]], categories: list[str]) -> tuple[float | None, float | None]:
-    n = len(pairs)
-    if not n:
-        return None, None
-    observed = sum(a == b for a, b in pairs) / n
-    ca, cb = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
-    expected = sum(ca[c] * cb[c] for c in categories) / (n * n)
-    if expected >= 1:
-        return (1.0 if observed == 1 else 0.0), observed
-    return (observed - expected) / (1 - expected), observed
-
-
-def fleiss_kappa(table: list[list[int]]) -> float | None:
-    """``table[i][j]``: raters who put item i in category j; every item rated by the same number."""
-    if not table:
-        return None
-    n = sum(table[0])
-    if n < 2 or any(sum(row) != n for row in table):
-        raise ValueError("Fleiss' kappa needs the same number (>= 2) of ratings per item")
-    items = len(table)
-    p_j = [sum(row[j] for row in table) / (items * n) for j in range(len(table[0]))]
-    p_i = [(sum(x * x for x in row) - n) / (n * (n - 1)) for row in table]
-    p_bar, p_e = sum(p_i) / items, sum(p * p for p in p_j)
-    if p_e >= 1:
-        return 1.0 if p_bar == 1 else 0.0
-    return (p_bar - p_e) / (1 - p_e)
-
-
-def agreement(studio) -> Agreement:
-    """Cohen's kappa when exactly two annotators overlap, Fleiss' kappa (two ratings per frame, the
-    first two given) when more do. Rejects count as a category."""
-    taxonomy = current_taxonomy(studio)
-    categories = taxonomy.names + [REJECT]
-    index = {c: i for i, c in enumerate(categories)}
-    rated = [d for d in decisions(studio).values() if len(d.votes) >= 2]
-    pairs, people = [], set()
-    for d in rated:
-        first_two = list(d.votes.items())[:2]
-        people.update(d.votes)
-        pairs.append(first_two)
-    matrix = [[0] * len(categories) for _ in categories]
-    if not pairs:
-        return Agreement("none", None, 0, categories, matrix, [])
-    annotators = sorted(people)
-    if len(annotators) == 2:  # the same two people rated every overlapping frame
-        a, b = annotators
-        ordered = [(dict(p)[a], dict(p)[b]) for p in pairs]
-        for x, y in ordered:
-            matrix[index[x]][index[y]] += 1
-        kappa, observed = cohen_kappa(ordered, categories)
-        return Agreement("cohen", kappa, len(pairs), categories, matrix, annotators, observed)
-    table = []
-    for p in pairs:
-        (_, x), (_, y) = p
-        matrix[index[x]][index[y]] += 1
-        row = [0] * len(categories)
-        row[index[x]] += 1
-        row[index[y]] += 1
-        table.append(row)
-    observed = sum(x == y for (_, x), (_, y) in pairs) / len(pairs)
-    return Agreement("fleiss", fleiss_kappa(table), len(pairs), categories, matrix, annotators, observed)
+                    per_annotator, extra_frames)

@@ -6,7 +6,9 @@ folder (originals never modified) and record every item in ``frames``.
     3. per item: size limits, full decode, channels, resolution, metadata rules, exact and near duplicates
     4. commit a batch of frames together with the new cursor (a killed import loses at most one batch
        of work and never records a frame twice)
-    5. report counts per filter and the list of unreadable files
+    5. report counts per filter, every filtered file (with its twin for a duplicate), every file
+       that could not be read (a damaged or encrypted zip entry included: reported, never fatal) and
+       every entry skipped as not an image
 
 Crops are *not* made here (see ``labeling.crop``: lazily, or prefetched while labeling).
 """
@@ -35,7 +37,9 @@ log = logging.getLogger(__name__)
 
 BATCH_ITEMS = 32
 BATCH_SECONDS = 2.0
-MAX_PROBLEMS = 500
+MAX_PROBLEMS = 500   # unreadable files listed in the report (and stored with the run)
+MAX_LISTED = 2000    # filtered files and skipped non-images listed
+UNREADABLE = ("corrupt", "too_large", "unsafe_path")
 SPLITS = ("train", "test")
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -53,6 +57,8 @@ class ImportOptions:
     labels_file: str | None = None
     near_duplicate_distance: int = 6   # Hamming distance of 64-bit pHashes; -1 disables
     annotator: str = "import"          # annotator name for labels from --labels
+    source_name: str | None = None     # what people call the source (uploaded file names), for the
+                                       # report and frames.source, instead of a temporary path
 
     def check(self) -> "ImportOptions":
         if self.split not in SPLITS:
@@ -82,6 +88,8 @@ class ImportReport:
     problems: list[dict]
     resumed_from: int
     seconds: float
+    filtered_files: list[dict] = field(default_factory=list)  # item, reason, message (twin named)
+    not_images: list[dict] = field(default_factory=list)      # item, message
 
     def text(self) -> str:
         lines = [f"Import #{self.run_id} of {self.source} ({self.kind}): {self.status}",
@@ -95,10 +103,14 @@ class ImportReport:
             lines.append(f"  {self.seen - self.resumed_from} items in {self.seconds:.1f} s "
                          f"({(self.seen - self.resumed_from) / self.seconds:.1f} items/s)")
         if self.problems:
-            lines.append("  files not imported:")
-            lines += [f"    {p['item']}: {p['message']}" for p in self.problems[:50]]
-            if len(self.problems) > 50:
-                lines.append(f"    ... and {len(self.problems) - 50} more")
+            lines.append("  files not imported (unreadable):")
+            lines += [f"    {p['item']}: {p['message']}" for p in self.problems]
+        if self.filtered_files:
+            lines.append("  files filtered out:")
+            lines += [f"    {p['item']}: {p['message']}" for p in self.filtered_files]
+        if self.not_images:
+            lines.append(f"  skipped, not images ({len(self.not_images)}):")
+            lines += [f"    {p['item']}: {p['message']}" for p in self.not_images]
         return "\n".join(lines)
 
 
@@ -145,7 +157,8 @@ def _open_run(conn, opts: ImportOptions) -> tuple[int, int, dict]:
     if row is not None and row.options == options:
         conn.execute(runs.update().where(runs.c.id == row.id).values(status="running"))
         return row.id, int(row.cursor or 0), dict(row.counts or {})
-    counts = {"seen": 0, "kept": 0, "filtered": {}, "labels_imported": 0, "labels_rejected": 0, "problems": []}
+    counts = {"seen": 0, "kept": 0, "filtered": {}, "labels_imported": 0, "labels_rejected": 0, "problems": [],
+              "filtered_files": [], "not_images": []}
     run_id = conn.execute(runs.insert().values(
         source=opts.source, kind=opts.kind, status="running", options=options, counts=counts, cursor="0",
         created_at=now())).inserted_primary_key[0]
@@ -154,7 +167,9 @@ def _open_run(conn, opts: ImportOptions) -> tuple[int, int, dict]:
 
 def _source_label(opts: ImportOptions, key: str) -> str:
     if opts.kind == "zip":
-        return f"{opts.source}!{key}"
+        return f"{opts.source_name or opts.source}!{key}"
+    if opts.source_name:
+        return key
     if opts.kind == "folder" and Path(opts.source).is_dir():
         return str(Path(opts.source) / key)
     if opts.kind == "video":
@@ -177,9 +192,12 @@ class _Importer:
         self.labels = read_table(opts.labels_file)
         with studio.db.read() as conn:
             f = schema.frames
-            hashes = conn.execute(sa.select(f.c.phash).where(f.c.status == "ok", f.c.phash.is_not(None))).scalars()
+            hashes = conn.execute(sa.select(f.c.phash).where(f.c.status == "ok", f.c.phash.is_not(None))
+                                  .order_by(f.c.id)).scalars()
             self.phashes = filters.PhashIndex(list(hashes), threshold=opts.near_duplicate_distance)
-            self.known = set()  # content hashes seen in this batch (the DB has the older ones)
+            self.known: dict[str, str] = {}  # content hash -> item, this run (the DB has the older ones)
+            self.kept_phashes: list[str] = []    # this run's kept pHashes, in PhashIndex order after the DB's
+            self.db_phashes = self.phashes._n
         from labeling import labels as labels_mod
         self.labels_mod = labels_mod
         self.taxonomy = labels_mod.current_taxonomy(studio)
@@ -197,10 +215,14 @@ class _Importer:
             return {**row, "status": exc.reason, "filter_reason": str(exc)}
         except OSError as exc:
             return {**row, "status": "corrupt", "filter_reason": f"cannot read: {exc.strerror or exc}"}
+        except Exception as exc:  # a source's own read error: one bad entry never stops the import
+            log.warning("cannot read %s: %s", item.key, exc.__class__.__name__, exc_info=exc)
+            return {**row, "status": "corrupt", "filter_reason": f"cannot read: {exc.__class__.__name__}"}
         digest = hashlib.sha256(data).hexdigest()
-        if digest in self.known or self._exists(digest):
-            return {"duplicate": True}
-        self.known.add(digest)
+        twin = self.known.get(digest) or self._exists(digest)
+        if twin:
+            return {"duplicate": True, "filter_reason": f"same content as {twin}"}
+        self.known[digest] = item.key
         row["content_hash"] = digest
         try:
             decoded = filters.decode(data)
@@ -209,13 +231,16 @@ class _Importer:
             hexhash = filters.phash_hex(decoded.small)
             row["phash"] = hexhash
             if self.phashes.is_near_duplicate(hexhash):
-                raise Rejected("near_duplicate", f"pHash within {self.opts.near_duplicate_distance} bits of a kept frame")
+                at, distance = self.phashes.closest(hexhash)
+                raise Rejected("near_duplicate", f"near-duplicate of {self._phash_twin(at)} "
+                                                 f"(pHash {distance} bits apart)")
         except Rejected as exc:
             return {**row, "status": exc.reason, "filter_reason": str(exc)}
         except Exception as exc:  # one odd file never stops an import of thousands
             log.warning("cannot process %s: %s", item.key, exc.__class__.__name__, exc_info=exc)
             return {**row, "status": "corrupt", "filter_reason": f"cannot process: {exc.__class__.__name__}"}
         self.phashes.add(hexhash)
+        self.kept_phashes.append(item.key)
         row["path"] = self._store(digest, decoded.format, data)
         return {**row, "status": "ok", "filter_reason": None, "_label": _lookup(self.labels, item).get("shot"),
                 "_annotator": _lookup(self.labels, item).get("annotator")}
@@ -229,10 +254,20 @@ class _Importer:
             if not rule.check(meta):
                 raise Rejected("metadata_rule", f"fails {rule}")
 
-    def _exists(self, digest: str) -> bool:
+    def _exists(self, digest: str) -> str | None:
+        """The source of the frame already stored with this content, if any."""
         with self.studio.db.read() as conn:
             f = schema.frames
-            return conn.execute(sa.select(f.c.id).where(f.c.content_hash == digest)).first() is not None
+            return conn.execute(sa.select(f.c.source).where(f.c.content_hash == digest).limit(1)).scalar()
+
+    def _phash_twin(self, at: int) -> str:
+        if at >= self.db_phashes:
+            return self.kept_phashes[at - self.db_phashes]
+        with self.studio.db.read() as conn:  # a frame of an earlier import: the index order is the query's
+            f = schema.frames
+            sources_ = conn.execute(sa.select(f.c.source).where(f.c.status == "ok", f.c.phash.is_not(None))
+                                    .order_by(f.c.id).limit(1).offset(at)).scalar()
+        return sources_ or "a frame already in the pool"
 
     def _store(self, digest: str, fmt: str | None, data: bytes) -> str:
         rel = Path("frames") / digest[:2] / (digest + _EXT.get(fmt or "", ".img"))
@@ -282,9 +317,12 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
             if stop_after is not None and processed >= stop_after:
                 status = "interrupted"
                 break
+            next_index = index + 1
+            if item.skipped:
+                _listed(counts, "not_images", item.key, "not_image", item.skipped)
+                continue
             pending.append((importer.process(item), item.key))
             processed += 1
-            next_index = index + 1
             if len(pending) >= BATCH_ITEMS or time.monotonic() - last_flush > BATCH_SECONDS:
                 flush(next_index)
                 if progress:
@@ -303,6 +341,7 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
     return _report(run_id, opts, status, counts, resumed_from, time.monotonic() - started)
 
 
+
 def _count(counts: dict, row: dict, key: str) -> None:
     counts["seen"] += 1
     reason = "duplicate" if row.get("duplicate") else row["status"]
@@ -310,8 +349,18 @@ def _count(counts: dict, row: dict, key: str) -> None:
         counts["kept"] += 1
         return
     counts["filtered"][reason] = counts["filtered"].get(reason, 0) + 1
-    if reason in ("corrupt", "too_large", "unsafe_path") and len(counts["problems"]) < MAX_PROBLEMS:
-        counts["problems"].append({"item": key, "reason": reason, "message": row.get("filter_reason") or reason})
+    message = row.get("filter_reason") or reason
+    if reason in UNREADABLE:
+        if len(counts["problems"]) < MAX_PROBLEMS:
+            counts["problems"].append({"item": key, "reason": reason, "message": message})
+    else:
+        _listed(counts, "filtered_files", key, reason, f"{REASONS.get(reason, reason)} - {message}")
+
+
+def _listed(counts: dict, kind: str, key: str, reason: str, message: str) -> None:
+    listed = counts.setdefault(kind, [])  # runs started before these lists existed have none
+    if len(listed) < MAX_LISTED:
+        listed.append({"item": key, "reason": reason, "message": message})
 
 
 def _import_label(importer: _Importer, conn, counts: dict, frame_id: int, shot: str, annotator: str, key: str) -> None:
@@ -327,11 +376,13 @@ def _import_label(importer: _Importer, conn, counts: dict, frame_id: int, shot: 
 
 
 def _report(run_id, opts, status, counts, resumed_from, seconds) -> ImportReport:
-    return ImportReport(run_id=run_id, source=opts.source, kind=opts.kind, status=status, seen=counts["seen"],
+    return ImportReport(run_id=run_id, source=opts.source_name or opts.source, kind=opts.kind, status=status, seen=counts["seen"],
                         kept=counts["kept"], filtered=dict(counts["filtered"]),
                         labels_imported=counts.get("labels_imported", 0),
                         labels_rejected=counts.get("labels_rejected", 0), problems=list(counts["problems"]),
-                        resumed_from=resumed_from, seconds=seconds)
+                        resumed_from=resumed_from, seconds=seconds,
+                        filtered_files=list(counts.get("filtered_files", [])),
+                        not_images=list(counts.get("not_images", [])))
 
 
 def pool_summary(studio) -> dict:

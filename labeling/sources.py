@@ -3,7 +3,9 @@ imagefolder, and video files (one frame per detected shot).
 
 Every source yields :class:`Item` objects *one at a time* in a deterministic order, so an import can
 resume after item N and never holds the pool in memory. ``Item.read()`` returns the encoded bytes of
-one image (bounded in size); decoding and filtering happen in ``labeling.pool``.
+one image (bounded in size); decoding and filtering happen in ``labeling.pool``. Files that are not
+images (``notes.txt``, an SVG, a symbolic link) come as items with ``skipped`` set, so the import
+report can say what it left out; they are not read and not counted as seen.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -38,6 +41,22 @@ class Item:
     key: str                         # stable id inside the source, e.g. a relative path
     read: Callable[[], bytes]        # the encoded image; may raise Refused or OSError
     meta: dict = field(default_factory=dict)
+    skipped: str | None = None       # why this entry is not an image (never read)
+
+
+def not_an_image(key: str, why: str) -> Item:
+    return Item(key, _never, {"file": key}, skipped=why)
+
+
+def _never() -> bytes:
+    raise Refused("not_image", "not an image")
+
+
+def skip_reason(name: str) -> str:
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in (".svg", ".svgz"):
+        return "SVG (a vector drawing, not a film frame)"
+    return f"not an image ({suffix or 'no extension'})"
 
 
 def detect_kind(source: str) -> str:
@@ -110,12 +129,14 @@ def _folder(root: Path, start: int) -> Iterator[tuple[int, Item]]:
         for path in _folder_files(root):
             rel = path.relative_to(base).as_posix()
             suffix = path.suffix.lower()
-            if path.is_symlink():
-                continue
-            if suffix in VIDEO_EXTS:
+            if path.is_symlink():  # never followed: it could point anywhere on the server
+                yield not_an_image(rel, "symbolic link (not followed)")
+            elif suffix in VIDEO_EXTS:
                 yield from _video(path, rel)
             elif suffix in IMAGE_EXTS:
                 yield Item(rel, _read_file(path), {"file": rel})
+            else:
+                yield not_an_image(rel, skip_reason(rel))
     yield from _enumerate(items(), start)
 
 
@@ -124,6 +145,22 @@ def unsafe_member_name(name: str) -> bool:
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return True
     return ".." in PurePosixPath(name.replace("\\", "/")).parts
+
+
+# What zipfile raises for one bad entry: a bad CRC or header (BadZipFile), an encrypted entry
+# (RuntimeError), an unknown compression method (NotImplementedError), broken deflate data
+# (zlib.error), data cut short (EOFError), a malformed header field (ValueError).
+ZIP_ENTRY_ERRORS = (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, ValueError,
+                    OSError)
+
+
+def zip_entry_problem(name: str, exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and "encrypted" in text:
+        return f"zip entry {name!r} is encrypted (password protected)"
+    if isinstance(exc, NotImplementedError):
+        return f"zip entry {name!r} uses a compression method that cannot be read"
+    return f"zip entry {name!r} is damaged ({exc.__class__.__name__}: {text[:120]})"
 
 
 def _zip(path: Path, start: int) -> Iterator[tuple[int, Item]]:
@@ -141,6 +178,7 @@ def _zip(path: Path, start: int) -> Iterator[tuple[int, Item]]:
             name = member.filename
             suffix = PurePosixPath(name).suffix.lower()
             if not unsafe_member_name(name) and suffix not in IMAGE_EXTS:
+                yield i, not_an_image(name, skip_reason(name))
                 continue
 
             def read(member=member, name=name, total=total) -> bytes:
@@ -151,8 +189,11 @@ def _zip(path: Path, start: int) -> Iterator[tuple[int, Item]]:
                 if member.compress_size and member.file_size / member.compress_size > MAX_ZIP_RATIO:
                     raise Refused("too_large", f"zip entry {name!r} looks like a zip bomb "
                                                f"(compressed {member.file_size // member.compress_size}:1)")
-                with archive.open(member) as fh:  # the header may lie: never read past the limit
-                    data = fh.read(MAX_ZIP_MEMBER_BYTES + 1)
+                try:
+                    with archive.open(member) as fh:  # the header may lie: never read past the limit
+                        data = fh.read(MAX_ZIP_MEMBER_BYTES + 1)
+                except ZIP_ENTRY_ERRORS as exc:
+                    raise Refused("corrupt", zip_entry_problem(name, exc)) from None
                 if len(data) > MAX_ZIP_MEMBER_BYTES:
                     raise Refused("too_large", f"zip entry {name!r} is too large")
                 return data
@@ -174,9 +215,9 @@ def shot_middles(path: Path) -> list[int]:
     manager.detect_scenes(video, show_progress=False)
     scenes = manager.get_scene_list(start_in_scene=True)
     if not scenes:
-        frames = max(1, int(video.duration.get_frames()) if video.duration else 1)
+        frames = max(1, int(video.duration.frame_num) if video.duration else 1)
         return [frames // 2]
-    return [(a.get_frames() + b.get_frames() - 1) // 2 for a, b in scenes]
+    return [(a.frame_num + b.frame_num - 1) // 2 for a, b in scenes]
 
 
 def _video_frames(path: Path, wanted: list[int]) -> Iterator[tuple[int, bytes]]:

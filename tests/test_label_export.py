@@ -105,7 +105,7 @@ def test_export_loads_with_datasets(pooled, tmp_path):
     assert ds[0]["image"].size == (512, 512)
 
     labels.resolve(studio, ids[4], "medium", "lead")
-    studio.db.set_setting("prompt_template", "{shot}, {caption}")
+    studio.project.set_template("{shot}, {caption}")
     report = export.export_imagefolder(studio, out, include_extra=True)  # re-export over an earlier export
     assert report.per_class == {"close": 2, "long": 1, "medium": 1}
     texts = {json.loads(x)["frame_id"]: json.loads(x)["text"] for x in (out / "metadata.jsonl").read_text().splitlines()}

@@ -1,0 +1,168 @@
+"""The Label tab's page parts: the keyboard script and styles (``HEAD``) and the HTML of the frame
+and of the quota bars. Plain strings, no gradio: the handlers in ``labeling.tab`` return them.
+
+Keyboard: one key per class (from the taxonomy), ``x`` reject, ``s`` skip, ``u`` undo; the ``HEAD``
+script clicks the matching buttons (ignored while typing in a text field). Frames are shown as small
+inline JPEGs rendered ahead of time (``labeling.crop.Previews``), so a keypress costs one DB write
+and one small message; the next frame is shown at once and the server's answer confirms it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+
+from labeling import labels
+from labeling.annotate import FrameView
+from labeling.stats import QUOTA_RULE
+
+HEAD = """
+<script>
+(() => {
+  if (window.__dreamshotLabelKeys) return;
+  window.__dreamshotLabelKeys = true;
+  // One request at a time; a key pressed meanwhile waits (one is kept), so fast typists lose nothing.
+  let pending = null, queued = null, observed = null;
+  const frameRoot = () => document.querySelector("#label-frame .lf-root, #label-frame .lf-empty");
+  const button = (id) => {
+    const el = document.getElementById(id);
+    if (!el) return null;
+    const btn = el.tagName === "BUTTON" ? el : el.querySelector("button");
+    return btn && !btn.disabled && btn.offsetParent !== null ? btn : null;
+  };
+  const settle = () => { pending = null; if (queued) { const k = queued; queued = null; fire(k); } };
+  const watch = () => {
+    const box = document.getElementById("label-frame");
+    if (!box || observed === box) return;
+    observed = box;
+    new MutationObserver(() => {
+      const root = frameRoot();
+      if (pending && (!root || !root.dataset.pending)) { clearTimeout(pending.timer); settle(); }
+    }).observe(box, {subtree: true, childList: true});
+  };
+  const showNext = (root) => {  // display the prefetched next frame now; the server confirms it
+    const next = root && root.querySelector("template.lf-next");
+    const cur = root && root.querySelector(".lf-cur");
+    if (!next || !cur) return null;
+    const before = {html: cur.innerHTML, frame: root.dataset.frame};
+    cur.innerHTML = next.innerHTML;
+    root.dataset.frame = next.dataset.frame;
+    root.dataset.pending = "1";
+    next.remove();
+    return before;
+  };
+  function fire(key) {
+    const map = document.getElementById("label-keymap");
+    let id = null, advances = true;
+    if (key === "x") id = "label-reject";
+    else if (key === "s") id = "label-skip";
+    else if (key === "u") { id = "label-undo"; advances = false; }
+    else {
+      const i = (map.dataset.keys || "").split(",").indexOf(key);
+      if (i >= 0) id = "label-slot-" + i;
+    }
+    const btn = id && button(id);
+    if (!btn) return false;
+    watch();
+    const root = frameRoot();
+    const before = advances ? showNext(root) : null;
+    pending = {timer: setTimeout(() => {  // no answer (an error): put the frame back
+      if (before && root.isConnected && root.dataset.pending) {
+        root.querySelector(".lf-cur").innerHTML = before.html;
+        root.dataset.frame = before.frame;
+        delete root.dataset.pending;
+      }
+      settle();
+    }, 4000)};
+    btn.click();
+    return true;
+  }
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    const t = e.target;
+    if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
+    const map = document.getElementById("label-keymap");
+    if (!map || map.parentElement.offsetParent === null) return;
+    const key = (e.key || "").toLowerCase();
+    const known = ["x", "s", "u"].includes(key) || (map.dataset.keys || "").split(",").includes(key);
+    if (!known) return;
+    e.preventDefault();
+    if (pending) { queued = key; return; }
+    fire(key);
+  });
+})();
+</script>
+<style>
+#label-frame .lf { display: flex; gap: 16px; align-items: flex-start; flex-wrap: wrap }
+#label-frame .lf-crop { width: 384px; height: 384px; border-radius: 6px }
+#label-frame .lf-full { position: relative; display: inline-block; line-height: 0 }
+#label-frame .lf-full img { max-width: 384px; max-height: 384px; border-radius: 4px; opacity: .9 }
+#label-frame .lf-box { position: absolute; border: 2px solid #ffcc00 }
+#label-frame .lf-meta { font-size: .9em; opacity: .8; margin-top: 6px }
+#label-frame .lf-wrap-full { overflow: hidden; display: inline-block; border-radius: 4px }
+#label-progress .lp-row { margin-bottom: 8px }
+#label-progress .lp-n { float: right; opacity: .8 }
+#label-progress .lp-bar { height: 8px; border-radius: 4px; background: rgba(128,128,128,.25); overflow: hidden }
+#label-progress .lp-bar > div { height: 100%; background: #f97316 }
+#label-progress .lp-foot { font-size: .9em; opacity: .8 }
+</style>
+"""
+
+
+# ---- rendering ------------------------------------------------------------------------------
+def _data_url(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def _frame_block(frame_id: int, p: dict, meta: str) -> str:
+    w, h = p["size"]
+    x0, y0, x1, y1 = p["box"]
+    box = (f"left:{100 * x0 / w:.2f}%;top:{100 * y0 / h:.2f}%;"
+           f"width:{100 * (x1 - x0) / w:.2f}%;height:{100 * (y1 - y0) / h:.2f}%")
+    return (f'<div class="lf"><img class="lf-crop" alt="crop of frame {frame_id}" src="{_data_url(p["crop"])}">'
+            f'<div><div class="lf-wrap-full"><div class="lf-full"><img alt="full frame" src="{_data_url(p["full"])}">'
+            f'<div class="lf-box" style="{box}"></div></div></div>'
+            f'<div class="lf-meta">frame {frame_id} &middot; {w}&times;{h} &middot; {meta}</div></div></div>')
+
+
+def frame_html(view: FrameView) -> str:
+    """The current frame, plus the next one hidden: the HEAD script shows it the moment a key is
+    pressed and the server's answer (normally the same frame) replaces it."""
+    keys = ",".join(c.key for c in view.progress.taxonomy.classes)
+    keymap = f'<div id="label-keymap" data-keys="{html.escape(keys)}" style="display:none"></div>'
+    message = f'<p class="lf-msg"><b>{html.escape(view.message)}</b></p>' if view.message else ""
+    if view.frame_id is None:
+        return f'<div class="lf-empty" data-frame="">{keymap}{message}</div>'
+    who = html.escape(view.annotator)
+    current = {"crop": view.crop_jpeg, "full": view.full_jpeg, "box": view.box, "size": view.size}
+    nxt = ""
+    if view.next_id is not None and view.next_preview:
+        nxt = (f'<template class="lf-next" data-frame="{view.next_id}">'
+               f'{_frame_block(view.next_id, view.next_preview, f"{max(view.remaining - 1, 0)} left for {who}")}'
+               '</template>')
+    return (f'<div class="lf-root" data-frame="{view.frame_id}">{keymap}{message}'
+            f'<div class="lf-cur">{_frame_block(view.frame_id, current, f"{view.remaining} left for {who}")}</div>'
+            f'{nxt}</div>')
+
+
+def progress_html(p: labels.Progress) -> str:
+    rows = []
+    for c in p.taxonomy.classes:
+        n, q = p.counts.get(c.name, 0), p.quotas[c.name]
+        extra = p.extras.get(c.name, 0)
+        pct = 100 if q <= 0 else min(100, 100 * n / q)
+        rows.append(
+            f'<div class="lp-row"><div><code>{html.escape(c.key)}</code> {html.escape(c.label)} '
+            f'<span class="lp-n">{n}/{q}' + (f" +{extra} extra" if extra else "") + ("  &#10003;" if n >= q else "")
+            + f'</span></div><div class="lp-bar"><div style="width:{pct:.1f}%"></div></div></div>')
+    rows.append(f'<div class="lp-foot">rejected {p.rejects} &middot; skipped {p.skips} &middot; '
+                f"disagreements {p.disagreements}</div>")
+    if p.all_met:
+        rows.append("<div><b>Every quota is met.</b></div>")
+    rows.append(f'<div class="lp-foot" title="{html.escape(QUOTA_RULE)}">Settled frames count; extras fill '
+                "places that frames leave.</div>")
+    return '<div class="lp">' + "".join(rows) + "</div>"
+
+
+def prompt_html() -> str:
+    return '<div class="lf-empty" data-frame=""><p>Type your name and press <b>Start / resume</b>.</p></div>'
