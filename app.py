@@ -43,6 +43,12 @@ STUDIO_TABS = [  # (tab title, builder, needs login when a password is set)
 ]
 
 
+def public_endpoints() -> set[str]:
+    """Endpoints a participant (nobody logged in) may call: /status and what each tab module lists
+    in PUBLIC_API. Every other endpoint checks for a studio member itself (tests/test_access.py)."""
+    return {"status"}.union(*(getattr(m, "PUBLIC_API", ()) for m in TAB_MODULES))
+
+
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type.")

@@ -31,7 +31,8 @@ import pytest  # noqa: E402
 
 from dreamshot.settings import Settings  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium by default; DREAMSHOT_CHROMIUM points the browser tests at another build.
+CHROMIUM = os.environ.get("DREAMSHOT_CHROMIUM") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
@@ -144,7 +145,7 @@ def serve():
 @pytest.fixture(scope="session")
 def browser():
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (see .ci/run)")
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (see .ci/run) or set DREAMSHOT_CHROMIUM")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

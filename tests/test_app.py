@@ -72,8 +72,12 @@ def test_password_protects_the_studio(make_studio, serve):
 
     studio = make_studio(admin_password="correct horse")
     url = serve(studio)
-    with pytest.raises(Exception):
+    from gradio_client.exceptions import AuthenticationError
+
+    with pytest.raises(AuthenticationError, match="credentials were not provided"):
         Client(url, verbose=False).predict(api_name="/status")
+    with pytest.raises(ValueError, match="Could not login"):
+        Client(url, auth=("Ada", "wrong horse"), verbose=False)
     client = Client(url, auth=("Ada", "correct horse"), verbose=False)
     assert client.predict(api_name="/status")["role"] == "admin"
 
