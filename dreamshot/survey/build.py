@@ -14,6 +14,7 @@ used for training (split ``train`` or in a training run's exported dataset) is r
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +80,13 @@ def plan_from_prompts(lines: list[str], shots: list[str], n: int) -> list[tuple[
     if not lines:
         raise InvalidInput("The prompt list is empty: paste one caption per line (or 'shot | caption').")
     parsed = [_split_line(line, shots) for line in lines]
-    out = []
+    out, cycle = [], math.lcm(len(parsed), len(shots))
     for i in range(n):
-        fixed, caption = parsed[i % len(parsed)]
-        shot = fixed or shots[(i + i // len(parsed)) % len(shots)]
+        line = (i + i // cycle) % len(parsed)   # every caption meets every shot type in turn
+        fixed, caption = parsed[line]
+        shot = fixed or shots[i % len(shots)]
         if not caption:
-            raise InvalidInput(f"Prompt line {i % len(parsed) + 1} has no caption.")
+            raise InvalidInput(f"Prompt line {line + 1} has no caption.")
         out.append((shot, caption, None))
     return out
 

@@ -278,15 +278,27 @@ class SurveyService:
             item = who.plan[slot]
             pair = conn.execute(sa.select(P).where(P.c.id == item["pair"])).one()
         phrase = self.studio.project.shot_phrase(pair.shot)
-        images = {"A": pair.lora_image, "B": pair.base_image} if item["lora_side"] == "A" else \
-                 {"A": pair.base_image, "B": pair.lora_image}
         out.update(pair_id=pair.id, shot=pair.shot, shot_phrase=phrase, prompt=pair.caption,
-                   answered={q: a for q, (a, _) in answered.get((pair.id, item["round"]), {}).items()},
-                   images=images)
+                   answered={q: a for q, (a, _) in answered.get((pair.id, item["round"]), {}).items()})
         if who.shown_slot != slot and who.state == "open":
             with self.studio.db.write() as conn:
                 conn.execute(PT.update().where(PT.c.id == who.id).values(shown_slot=slot, shown_at=now()))
         return out
+
+    def images(self, token: str, slot: int):
+        """(picture A, picture B) of one of the participant's slots, as RGB pixels: no file name or
+        PNG text that could tell which model made which."""
+        from dreamshot.survey import images
+
+        with self.studio.db.read() as conn:
+            who = self._participant(conn, token)
+            try:
+                item = who.plan[int(slot)]
+            except (IndexError, TypeError, ValueError):
+                raise InvalidInput(f"Slot {slot} is not one of this participant's pairs.") from None
+            pair = conn.execute(sa.select(P.c.base_image, P.c.lora_image).where(P.c.id == item["pair"])).one()
+        first, second = (pair.lora_image, pair.base_image) if item["lora_side"] == "A" else (pair.base_image, pair.lora_image)
+        return images.load(self.studio, first), images.load(self.studio, second)
 
     def answer(self, token: str, slot: int, pair_id: int, question: str, answer: str, ip: str) -> dict:
         """Store one answer (committed before this returns). Returns {stored, duplicate, slot_done,

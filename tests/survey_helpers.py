@@ -1,0 +1,55 @@
+"""Fixtures for tests/test_survey*.py: a studio with 'close' and 'medium' LoRAs and a small,
+fast survey built on the demo model (64 px, 2 steps)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from dreamshot import schema
+from dreamshot.storage import now
+from dreamshot.survey.build import SurveySpec
+from dreamshot.survey.service import service
+from tests.generate_fixtures import gen_studio, lora_files  # noqa: F401  (fixtures)
+
+PROMPTS = ["a woman reading a letter", "a man crossing a bridge", "two children on a beach"]
+
+
+def small_spec(name="pilot", pairs=4, per_participant=2, **kw) -> SurveySpec:
+    kw.setdefault("prompts", list(PROMPTS))
+    return SurveySpec(name=name, shots=["close", "medium"], pairs=pairs, per_participant=per_participant,
+                      seed=3, steps=2, width=64, height=64, **kw)
+
+
+@pytest.fixture
+def open_survey(gen_studio, one_torch_thread):
+    """A built and opened survey 'pilot' (4 pairs, 2 per participant + 1 repeat)."""
+    svc = service(gen_studio)
+    svc.build(small_spec())
+    svc.set_state("pilot", "open")
+    return gen_studio
+
+
+def add_frames(studio, specs: list[tuple[str, str | None, str | None]]) -> list[int]:
+    """Insert frames (split, label shot or None, caption or None) without images; returns ids."""
+    f, c, labels = schema.frames, schema.captions, schema.labels
+    ids = []
+    with studio.db.write() as conn:
+        for i, (split, shot, caption) in enumerate(specs):
+            fid = conn.execute(f.insert().values(source=f"f{i}.png", path=f"f{i}.png", content_hash=f"h{i}-{now()}",
+                                                 meta={}, status="ok", split=split, created_at=now())).inserted_primary_key[0]
+            if shot:
+                conn.execute(labels.insert().values(frame_id=fid, annotator="ann", taxonomy="paper", action="label",
+                                                    shot=shot, is_extra=False, created_at=now()))
+            if caption:
+                conn.execute(c.insert().values(frame_id=fid, caption=caption, caption_original=caption,
+                                               reviewed=False, version=1, created_at=now(), updated_at=now()))
+            ids.append(fid)
+    return ids
+
+
+def answers(studio) -> list[tuple]:
+    A = schema.survey_answers
+    with studio.db.read() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(A.c.participant_id, A.c.pair_id, A.c.round, A.c.question,
+                                                         A.c.answer).order_by(A.c.id))]
