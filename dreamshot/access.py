@@ -9,7 +9,11 @@ anyone not logged in - e.g. a survey participant on a ``--survey-only`` server -
 from __future__ import annotations
 
 import hmac
+import logging
 import re
+import threading
+import time
+from collections import deque
 
 from dreamshot.errors import AccessDenied, InvalidInput
 
@@ -18,6 +22,7 @@ PARTICIPANT = "participant"
 LOCAL_USER = "local"
 
 _NAME = re.compile(r"^[\w .@\-]{1,64}$")
+log = logging.getLogger(__name__)
 
 
 def clean_name(name: str | None) -> str:
@@ -28,10 +33,57 @@ def clean_name(name: str | None) -> str:
     return name
 
 
+class LoginThrottle:
+    """Failed-login brake for the admin password (Gradio's ``auth=`` callback sees no address).
+
+    - Per name: after ``free`` failures in a row the name is locked for ``base_lock`` seconds,
+      doubling with each further failure up to ``max_lock``; a success clears it.
+    - Overall: at most ``global_limit`` failures per ``window`` seconds across all names; beyond
+      that every login waits for the window to pass. Guessing many names cannot lift the brake.
+    While locked, even the right password is refused (otherwise the lock would tell a guesser
+    nothing but would not slow them either)."""
+
+    def __init__(self, free: int = 5, base_lock: float = 30.0, max_lock: float = 900.0,
+                 global_limit: int = 30, window: float = 60.0, clock=time.monotonic):
+        self.free, self.base_lock, self.max_lock = free, base_lock, max_lock
+        self.global_limit, self.window, self.clock = global_limit, window, clock
+        self._fails: dict[str, tuple[int, float]] = {}   # name -> (failures in a row, locked until)
+        self._recent: deque = deque()
+        self._lock = threading.Lock()
+
+    def allowed(self, name: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            while self._recent and self._recent[0] <= now - self.window:
+                self._recent.popleft()
+            if len(self._recent) >= self.global_limit:
+                return False
+            return self._fails.get(name.lower(), (0, 0.0))[1] <= now
+
+    def failed(self, name: str) -> None:
+        now = self.clock()
+        with self._lock:
+            self._recent.append(now)
+            count, _ = self._fails.get(name.lower(), (0, 0.0))
+            count += 1
+            until = now + min(self.max_lock, self.base_lock * 2 ** (count - self.free)) if count >= self.free else 0.0
+            self._fails[name.lower()] = (count, until)
+            if count >= self.free:
+                log.warning("login for %r locked for %.0f s after %d failed attempts", name, until - now, count)
+            if len(self._fails) > 10_000:
+                self._fails = {k: v for k, v in self._fails.items() if v[1] > now}
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._fails.pop(name.lower(), None)
+
+
 class Access:
-    def __init__(self, admin_password: str | None, survey_only: bool = False):
+    def __init__(self, admin_password: str | None, survey_only: bool = False,
+                 throttle: LoginThrottle | None = None):
         self._password = admin_password or None
         self.survey_only = survey_only
+        self.throttle = throttle or LoginThrottle()
 
     @property
     def login_required(self) -> bool:
@@ -43,10 +95,17 @@ class Access:
         if self._password is None or self.survey_only:
             return False
         try:
-            clean_name(username)
+            name = clean_name(username)
         except InvalidInput:
+            name = "?invalid"
+        if not self.throttle.allowed(name):
             return False
-        return hmac.compare_digest(password.encode(), self._password.encode())
+        ok = name != "?invalid" and hmac.compare_digest((password or "").encode(), self._password.encode())
+        if ok:
+            self.throttle.succeeded(name)
+        else:
+            self.throttle.failed(name)
+        return ok
 
     def role(self, username: str | None) -> str:
         if self.survey_only:
