@@ -5,6 +5,7 @@
     storyboard    lines "shot | description" -> numbered contact sheet (PNG + PDF)
     read-png      print the settings stored in generated PNGs (A1111 'parameters' text)
     loras         list the LoRA library; `loras add FILE --name N` validates and adds an upload
+    survey        blind A/B survey: build, open, close, list, results, participants, exclude
 
 Every subcommand takes the studio settings (--data, --db, --model, ...), before or after its name.
 """
@@ -15,7 +16,7 @@ import sys
 
 from dreamshot import cli
 
-COMMAND_MODULES = ["dreamshot.generate.cli", "dreamshot.evaluate.cli", "dreamshot.video.cli"]
+COMMAND_MODULES = ["dreamshot.generate.cli", "dreamshot.evaluate.cli", "dreamshot.video.cli", "dreamshot.survey.cli"]
 
 
 def build_parser():
