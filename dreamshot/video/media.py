@@ -39,8 +39,9 @@ class VideoInfo:
     has_audio: bool
 
 
-def probe(path: Path, limits: Limits = Limits()) -> VideoInfo:
-    """The input's size, frame rate and length; InvalidInput if it is not a video or too big."""
+def probe(path: Path, limits: Limits = Limits(), *, max_frames: int | None = None) -> VideoInfo:
+    """The input's size, frame rate and length; InvalidInput if it is not a video or too big. With
+    ``max_frames`` only that many frames will be used, and the length limit applies to them."""
     import av
 
     path = Path(path)
@@ -69,7 +70,7 @@ def probe(path: Path, limits: Limits = Limits()) -> VideoInfo:
         raise InvalidInput(f"{path.name}: the video stream has no frame size or frame rate.")
     if width * height > limits.max_pixels:
         raise InvalidInput(f"{path.name} is {width}×{height}; frames are limited to {limits.max_pixels:,} pixels.")
-    if seconds > limits.max_seconds:
+    if min(seconds, (max_frames / fps) if max_frames else seconds) > limits.max_seconds:
         raise InvalidInput(f"{path.name} lasts {seconds:.1f} s; videos are limited to {limits.max_seconds:g} s "
                            "(use --max-frames for a part, or raise --max-seconds).")
     return VideoInfo(path, width, height, fps, frames, seconds, has_audio)
@@ -166,7 +167,7 @@ def _copy_audio(audio_in, audio_out, out, *, seconds: float) -> None:
 def write_gif(frames: list, fps: float, path: Path, *, comment: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    duration = max(20, round(1000 / float(fps)))
+    duration = max(20, round(100 / float(fps)) * 10)   # GIF counts in centiseconds
     extra = {"comment": comment.encode("utf-8")} if comment else {}
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration, loop=0, **extra)
     return path

@@ -106,7 +106,7 @@ def plot(metrics: dict, *, size=(720, 360), title: str = ""):
     series = [("T-SSIM", metrics["t_ssim"]["per_frame"], "#1f77b4", 1.0)]
     warp_values = metrics["warp_error"]["per_frame"]
     top_warp = max(warp_values) if warp_values and max(warp_values) > 0 else 1.0
-    series.append((f"warp error (÷{top_warp:.3g})", warp_values, "#d62728", 1.0 / top_warp))
+    series.append((f"warp error (scaled, max {top_warp:.3g})", warp_values, "#d62728", 1.0 / top_warp))
     n = len(series[0][1])
     for k, (label, values, colour, scale) in enumerate(series):
         points = [(left + (i / max(n - 1, 1)) * (right - left),
@@ -115,6 +115,7 @@ def plot(metrics: dict, *, size=(720, 360), title: str = ""):
             draw.line(points, fill=colour, width=2)
         for x, y in points:
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        draw.text((left + 8 + k * 230, bottom + 8), f"— {label}", fill=colour)
+        draw.line([left + 8 + k * 260, bottom + 15, left + 26 + k * 260, bottom + 15], fill=colour, width=3)
+        draw.text((left + 32 + k * 260, bottom + 8), label, fill=colour)
     draw.text((right - 90, bottom + 8), f"frame pairs: {n}", fill="#555")
     return img

@@ -99,7 +99,8 @@ def fit_inside(width: int, height: int, box_w: int, box_h: int) -> tuple[int, in
 
 def run(vsvc, req: RestyleRequest, job=None) -> RestyleResult:
     control, greq = check(req)
-    info = media.probe(Path(req.video), media.Limits(max_seconds=float(req.max_seconds), max_bytes=int(req.max_bytes)))
+    info = media.probe(Path(req.video), media.Limits(max_seconds=float(req.max_seconds), max_bytes=int(req.max_bytes)),
+                       max_frames=int(req.max_frames) if req.max_frames else None)
     total = min(info.frames, int(req.max_frames)) if req.max_frames else info.frames
     size = fit_inside(info.width, info.height, greq.width, greq.height)
     prompt, mix = vsvc.shot_prompt(greq.shot, greq.prompt, greq.use_template, greq.alpha)
