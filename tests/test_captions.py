@@ -155,6 +155,76 @@ def test_edit_rate_and_review_filters(drafted):
     assert captions.stats(studio).changed == 0
 
 
+def test_bulk_edits_do_not_count_as_hand_edits(studio):
+    """Issue 13, bug 8: a find/replace over every caption took the edit rate from 50% to 100%."""
+    ids = add_frames(studio, 4)
+    for fid in ids:
+        captions.save_machine_caption(studio, fid, f"a man standing {fid}", model="tiny")
+    captions.edit_caption(studio, EditRequest(ids[0], "a man sitting", "alice"))
+    captions.edit_caption(studio, EditRequest(ids[1], "an old man standing", "alice"))
+    assert captions.stats(studio).edit_rate == pytest.approx(0.5)
+
+    result = bulk.apply_changes(studio, bulk.preview_replace(studio, "man", "person"), "alice")
+    assert result.applied == 4
+    s = captions.stats(studio)
+    assert s.edit_rate == pytest.approx(0.5)                  # hand edits only
+    assert (s.changed, s.hand_changed, s.bulk_changed) == (4, 2, 2)
+    assert "edit rate **50%** (2 of 4 machine captions changed by hand) · bulk edits 50% (2)" in s.markdown()
+    v = captions.get_caption(studio, ids[2])
+    assert (v.caption, v.edit_kind, v.changed_by_bulk) == (f"a person standing {ids[2]}", "bulk", True)
+    assert captions.get_caption(studio, ids[0]).edit_kind == "hand"  # a hand edit stays one
+
+    # accepting a bulk-edited caption as it is keeps it a bulk edit; changing it makes it a hand edit
+    captions.edit_caption(studio, EditRequest(ids[2], v.caption, "bob"))
+    assert captions.get_caption(studio, ids[2]).edit_kind == "bulk" and captions.stats(studio).hand_changed == 2
+    captions.edit_caption(studio, EditRequest(ids[3], "a person kneeling", "bob"))
+    assert captions.stats(studio).hand_changed == 3
+    # revert: the machine caption again, no kind
+    assert captions.revert_caption(studio, ids[2]).edit_kind is None
+
+
+def test_regex_bulk_edit_is_time_limited_and_changes_nothing(drafted, monkeypatch):
+    """Issue 13, bug 9: a backtracking pattern ran for seconds per caption with no limit."""
+    from labeling.captions.tab import CaptionsHandlers
+
+    studio, ids = drafted
+    captions.edit_caption(studio, EditRequest(ids[0], "a" * 30 + "!", "alice"))
+    before = [v.caption for v in captions.list_captions(studio)]
+    monkeypatch.setattr(bulk, "REGEX_TIME_LIMIT_S", 0.2)
+    with pytest.raises(InvalidInput, match=r"took longer than 0.2 s over 6 captions.*Nothing was changed"):
+        bulk.preview_replace(studio, r"(a|aa)+$", "x", regex=True)
+    ui = CaptionsHandlers(studio)  # the same through the tab's handler (what /caption_replace_preview runs)
+    with pytest.raises(InvalidInput, match="took longer than"):
+        ui.replace_preview(r"(a|aa)+$", "x", True, "", "train", "all", False, "", False, None)
+    with pytest.raises(InvalidInput, match="took longer than"):
+        ui.replace_apply(r"(a|aa)+$", "x", True, "", "train", "all", False, "", False, None, None)
+    assert [v.caption for v in captions.list_captions(studio)] == before
+    # the catastrophic pattern of the report (slow on Python's re) is fine within the limit
+    assert [c.after for c in bulk.preview_replace(studio, r"(a+)+!$", "b", regex=True)] == ["b"]
+
+
+def test_bad_frame_ids_and_broken_text_get_clear_messages(drafted):
+    """Issue 13, bug 6: frame id 1e20 and a lone-surrogate caption gave "Internal error"."""
+    from labeling.captions.tab import CaptionsHandlers
+
+    studio, ids = drafted
+    ui = CaptionsHandlers(studio)
+    with pytest.raises(NotFound, match="Frame 100000000000000000000 does not exist"):
+        ui.save(1e20, "a cat", None, "train", None)
+    for bad in (float("nan"), float("inf"), 2.5, "abc"):
+        with pytest.raises(InvalidInput, match="whole number"):
+            ui.save(bad, "a cat", None, "train", None)
+    with pytest.raises(InvalidInput, match="Open a caption first"):
+        ui.save(None, "a cat", None, "train", None)
+    with pytest.raises(NotFound):
+        ui.open_frame(-3, None)
+    with pytest.raises(InvalidInput, match="broken character"):
+        ui.save(ids[1], "a woman \ud800 in red", None, "train", None)
+    assert captions.get_caption(studio, ids[1]).caption == "a woman in a red dress"
+    assert "broken character" in ui.prompt_preview(ids[1], "a woman \ud800", None)
+    assert "picture of a woman in blue" in ui.prompt_preview(ids[1], "a woman in blue", None)
+
+
 def test_find_replace_preview_then_apply(drafted):
     studio, ids = drafted
     changes = bulk.preview_replace(studio, "man", "person")

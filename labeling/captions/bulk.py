@@ -100,9 +100,10 @@ def _timed_sub(pattern: rx.Pattern, repl: str, limit_s: float) -> Callable[[str]
 
 def preview_replace(studio, find: str, replace: str, flt: CaptionFilter = CaptionFilter(), *,
                     regex: bool = False, case_sensitive: bool = False,
-                    time_limit_s: float = REGEX_TIME_LIMIT_S) -> list[BulkChange]:
+                    time_limit_s: float | None = None) -> list[BulkChange]:
     """What find-and-replace would change (captions it would empty are left out). InvalidInput for a
-    bad pattern or one that runs past ``time_limit_s`` over the captions."""
+    bad pattern or one that runs past ``time_limit_s`` (default ``REGEX_TIME_LIMIT_S``) over the captions."""
+    time_limit_s = REGEX_TIME_LIMIT_S if time_limit_s is None else time_limit_s
     pattern = _compile_find(find, use_regex=regex, case_sensitive=case_sensitive)
     repl = replace or ""
     if not regex:
