@@ -1,9 +1,191 @@
-"""Survey tab (UI builder). The feature is not built yet."""
+"""Survey tab. Participants (no login, phone or desktop): intro, then pairs A/B with three questions
+each, answered by click or with the keys A / B / N; the token stays in the browser, so a reload
+resumes at the next unanswered pair. Admins (full studio only) get build / open / close / results /
+exclusions below (``tab_admin.py``).
+
+Participant API (``gradio_client``), JSON in and out:
+
+    /survey_join    (survey, token)                         -> view (a new token unless `token` is yours)
+    /survey_view    (token)                                 -> view: progress and the current pair
+    /survey_answer  (token, slot, pair_id, question, answer) -> ack (+ lora_side when the pair is done)
+    /survey_images  (token, slot)                           -> (image A, image B)
+"""
+
+from __future__ import annotations
 
 import gradio as gr
 
-from dreamshot.ui import not_built
+from dreamshot.survey.limits import client_ip
+from dreamshot.survey.service import QUESTIONS, service
+from dreamshot.ui import guarded
+
+KEYS = ("A", "B", "N")
+LABELS = {"A": "A", "B": "B", "N": "Neither / same"}
+HEAD = """
+<script>
+(() => {
+  if (window.__dreamshotSurveyKeys) return;
+  window.__dreamshotSurveyKeys = true;
+  // A / B / N answer the first open question of the pair on screen; one question at a time.
+  let waiting = null;
+  const btn = (q, k) => {
+    const el = document.getElementById(`survey-${q}-${k}`);
+    const b = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
+    return b && !b.disabled && b.offsetParent !== null ? b : null;
+  };
+  document.addEventListener("keydown", (ev) => {
+    const t = ev.target;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName)))) return;
+    const key = (ev.key || "").toUpperCase();
+    if (!["A", "B", "N"].includes(key)) return;
+    for (const q of ["like", "shot", "prompt"]) {
+      if (waiting && waiting.q === q && Date.now() - waiting.t < 4000 && btn(q, "A")) return;
+      const b = btn(q, key);
+      if (b) { ev.preventDefault(); waiting = {q, t: Date.now()}; b.click(); return; }
+    }
+  });
+})();
+</script>
+"""
+
+
+def _ip(request: gr.Request | None) -> str:
+    if request is None:
+        return "local"
+    host = getattr(getattr(request, "client", None), "host", None)
+    headers = getattr(request, "headers", None) or {}
+    return client_ip(host, headers.get("x-forwarded-for"))
+
+
+class SurveyHandlers:
+    """Participant actions. ``join``/``view``/``answer`` are the JSON API; ``ui_*`` return the
+    component updates of the page (``len(self.view_outputs)`` values)."""
+
+    def __init__(self, studio):
+        self.studio = studio
+
+    @property
+    def service(self):
+        return service(self.studio)
+
+    # ---- JSON API ---------------------------------------------------------------------------------
+    def join(self, survey: str, token: str, request: gr.Request) -> dict:
+        """Join an open survey ('' = the only open one); keeps `token` if it is already yours."""
+        return self.service.view(self.service.join(survey, token, _ip(request)))
+
+    def view(self, token: str) -> dict:
+        """Progress and the current pair (slot, pair_id, shot, prompt, answered) of a participant."""
+        return self.service.view(token)
+
+    def answer(self, token: str, slot: int, pair_id: int, question: str, answer: str, request: gr.Request) -> dict:
+        """Store one answer: question like|shot|prompt, answer A|B|N. Committed before it returns."""
+        return self.service.answer(token, slot, pair_id, question, answer, _ip(request))
+
+    def images(self, token: str, slot):
+        return self.service.images(token, slot)
+
+    # ---- page -------------------------------------------------------------------------------------
+    def page(self, view: dict | None, note: str = "", new_images: bool = True) -> list:
+        """Updates for: token, store, intro, start, pair column, header, image A, image B, 9 answer
+        buttons, status, thanks, slot, pair id."""
+        if view is None:
+            names = self.service.open_names()
+            intro = ("*No survey is open right now. Please come back later.*" if not names else
+                     self.service.info(names[0]).intro if len(names) == 1 else "Choose a survey, then start.")
+            return [gr.skip(), gr.skip(), gr.Markdown(intro, visible=True), gr.Button(visible=bool(names)),
+                    gr.Column(visible=False), "", gr.skip(), gr.skip(), *[gr.skip()] * 9, note, gr.Markdown(visible=False),
+                    None, None]
+        finished = view["finished"]
+        buttons = []
+        for q in QUESTIONS:
+            chosen = (view.get("answered") or {}).get(q)
+            for k in KEYS:
+                buttons.append(gr.Button(interactive=chosen is None and not finished,
+                                         variant="primary" if chosen == k else "secondary"))
+        images = [gr.skip(), gr.skip()]
+        if not finished and new_images:
+            images = list(self.service.images(view["token"], view["slot"]))
+        header = "" if finished else (
+            f"**Pair {view['slot'] + 1} of {view['total']}**  ·  shot type: **{view['shot_phrase']}**\n\n"
+            f"Prompt: *{view['prompt']}*")
+        thanks = gr.Markdown("## Thank you!\nAll your answers are saved. You can close this page.", visible=finished)
+        return [view["token"], view["token"], gr.Markdown(visible=False), gr.Button(visible=False),
+                gr.Column(visible=not finished), header, *images, *buttons,
+                note or f"{view['done']} of {view['total']} pairs answered", thanks,
+                view.get("slot"), view.get("pair_id")]
+
+    def ui_load(self, stored: str, request: gr.Request) -> list:
+        survey = (getattr(request, "query_params", None) or {}).get("survey", "")
+        if stored:
+            try:
+                view = self.service.view(stored)
+                if not survey or view["survey"] == survey:
+                    return self.page(view)
+            except Exception:  # a token from another studio or a deleted survey: start afresh
+                pass
+        return self.page(None)
+
+    def ui_start(self, survey: str, stored: str, request: gr.Request) -> list:
+        survey = survey or (getattr(request, "query_params", None) or {}).get("survey", "")
+        return self.page(self.join(survey, stored, request))
+
+    def ui_answer(self, question: str, key: str, token: str, slot, pair_id, request: gr.Request) -> list:
+        if slot is None or pair_id is None:
+            return self.page(None)
+        ack = self.answer(token, int(slot), int(pair_id), question, key, request)
+        note = ""
+        if ack["slot_done"] and not ack["duplicate"]:
+            note = (f"Saved. In that pair, **{ack['lora_side']}** was the fine-tuned model. "
+                    f"{ack['done']} of {ack['total']} pairs answered.")
+        view = self.service.view(token)
+        return self.page(view, note, new_images=view.get("slot") != int(slot))
 
 
 def build(studio, demo: gr.Blocks) -> None:
-    not_built("The blind A/B survey (paper Table 5)")
+    h = SurveyHandlers(studio)
+    store = gr.BrowserState("", storage_key="dreamshot-survey-token")
+    with gr.Column(elem_id="survey-participant"):
+        intro = gr.Markdown(elem_id="survey-intro")
+        survey_box = gr.Textbox(visible=False, elem_id="survey-name")
+        start = gr.Button("Start the survey", variant="primary", visible=False, elem_id="survey-start")
+        with gr.Column(visible=False, elem_id="survey-pair") as pair_col:
+            header = gr.Markdown(elem_id="survey-header")
+            with gr.Row(equal_height=True):
+                img_a = gr.Image(label="A", type="pil", interactive=False, min_width=140, elem_id="survey-img-a",
+                                 buttons=[], format="png")
+                img_b = gr.Image(label="B", type="pil", interactive=False, min_width=140, elem_id="survey-img-b",
+                                 buttons=[], format="png")
+            buttons = []
+            for q, text in QUESTIONS.items():
+                gr.Markdown(f"**{text}**", elem_classes=["survey-question"])
+                with gr.Row():
+                    for k in KEYS:
+                        buttons.append((q, k, gr.Button(LABELS[k], size="sm", min_width=60, elem_id=f"survey-{q}-{k}")))
+            gr.Markdown("*Keys: A, B or N answer the next open question.*", elem_classes=["survey-keys"])
+        status = gr.Markdown(elem_id="survey-status")
+        thanks = gr.Markdown(visible=False, elem_id="survey-thanks")
+        token = gr.Textbox(visible=False, elem_id="survey-token")
+        slot = gr.Number(visible=False, precision=0)
+        pair_id = gr.Number(visible=False, precision=0)
+    outputs = [token, store, intro, start, pair_col, header, img_a, img_b, *[b for _, _, b in buttons],
+               status, thanks, slot, pair_id]
+    demo.load(guarded(h.ui_load), inputs=[store], outputs=outputs, api_visibility="private")
+    start.click(guarded(h.ui_start), inputs=[survey_box, store], outputs=outputs, api_visibility="private",
+                concurrency_id="survey", concurrency_limit=8)
+    for q, k, button in buttons:
+        def on_click(token_value, slot_value, pair_value, request: gr.Request, q=q, k=k):
+            return h.ui_answer(q, k, token_value, slot_value, pair_value, request)
+
+        button.click(guarded(on_click), inputs=[token, slot, pair_id], outputs=outputs, api_visibility="private",
+                     concurrency_id="survey", concurrency_limit=8)
+    api = dict(concurrency_id="survey", concurrency_limit=8)
+    gr.api(guarded(h.join), api_name="survey_join", **api)
+    gr.api(guarded(h.view), api_name="survey_view", **api)
+    gr.api(guarded(h.answer), api_name="survey_answer", **api)
+    images_btn = gr.Button(visible=False)
+    images_btn.click(guarded(h.images), inputs=[token, slot], outputs=[img_a, img_b], api_name="survey_images",
+                     **api)
+    if not studio.settings.survey_only:
+        from dreamshot.survey.tab_admin import build_admin
+
+        build_admin(studio, demo)
