@@ -1,0 +1,120 @@
+"""Restyling a video frame by frame (the videos shipped in the gradio wheel), resume after cancel,
+refusals, and the temporal metrics themselves."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamshot.errors import InvalidInput
+from dreamshot.video import media, metrics
+from dreamshot.video.base import Cancelled
+from dreamshot.video.restyle import RestyleRequest
+from dreamshot.video.service import service
+from tests.video_fixtures import arrays, gradio_videos, video_loras, video_models, vstudio  # noqa: F401
+
+FAST = dict(width=64, height=64, steps=2, seed=4, strength=0.75)
+
+
+def restyle(studio, out, video="b.mp4", job=None, **kw):
+    req = RestyleRequest(video=gradio_videos() / video if isinstance(video, str) else video, out_dir=out,
+                         **{"max_frames": 6, "chunk": 4, **FAST, **kw})
+    return service(studio).restyle(req, job)
+
+
+def frames_of(path) -> np.ndarray:
+    return arrays([im for _, im in media.read_frames(path)])
+
+
+def test_restyle_keeps_fps_and_audio_and_writes_metrics(vstudio, tmp_path):
+    result = restyle(vstudio, tmp_path / "out", shot="close")
+    assert media.count_frames(result.video) == 6
+    with av.open(str(result.video)) as c:
+        assert c.streams.video[0].average_rate == 30
+        assert [s.codec_context.name for s in c.streams.audio] == ["aac"]
+        assert c.streams.audio[0].rate == 48000
+    saved = json.loads((result.folder / "metrics.json").read_text())
+    for key in ("psnr", "t_ssim", "warp_error"):
+        assert len(saved[key]["per_frame"]) == 5
+        assert saved[key]["mean"] == pytest.approx(np.mean(saved[key]["per_frame"]), abs=1e-5)
+    assert saved["seed_policy"] == "fixed" and saved["frames"] == 6
+    assert Image.open(result.plot).size == (720, 360)
+    plain = restyle(vstudio, tmp_path / "plain")
+    assert np.abs(frames_of(result.video) - frames_of(plain.video)).mean() > 1.0   # the shot LoRA is used
+
+
+def test_fixed_seed_is_steady_on_a_still_video_per_frame_seed_flickers(vstudio, tmp_path):
+    still = Image.open(gradio_videos().parent / "images" / "cheetah1.jpg").convert("RGB").resize((64, 64))
+    video = media.write_mp4([still] * 4, 10, tmp_path / "still.mp4")
+    fixed = restyle(vstudio, tmp_path / "fixed", video=video, max_frames=None)
+    per_frame = restyle(vstudio, tmp_path / "per", video=video, max_frames=None, seed_policy="per-frame")
+    assert fixed.metrics["t_ssim"]["mean"] > 0.999 and fixed.metrics["psnr"]["mean"] > 40
+    assert per_frame.metrics["t_ssim"]["mean"] < fixed.metrics["t_ssim"]["mean"] - 0.01
+    assert per_frame.metrics["warp_error"]["mean"] > 10 * fixed.metrics["warp_error"]["mean"]
+
+
+def test_cancelled_restyle_resumes_where_it_stopped(vstudio, tmp_path):
+    class StopAfterFirstChunk:
+        cancelled = False
+
+        def report(self, fraction, text):
+            if text.startswith("frame "):
+                self.cancelled = True
+
+    out = tmp_path / "resumable"
+    with pytest.raises(Cancelled, match="Stopped after 2/6 frames"):
+        restyle(vstudio, out, job=StopAfterFirstChunk(), chunk=2)
+    assert len(list((out / "frames").glob("*.png"))) == 2
+    first = (out / "frames" / "000000.png").stat().st_mtime_ns
+    resumed = restyle(vstudio, out, chunk=2)
+    assert resumed.resumed_from == 2 and resumed.frames == 6
+    assert (out / "frames" / "000000.png").stat().st_mtime_ns == first
+    whole = restyle(vstudio, tmp_path / "whole", chunk=2)
+    assert np.array_equal(frames_of(resumed.video), frames_of(whole.video))
+    with pytest.raises(InvalidInput, match="holds a restyle with other settings"):
+        restyle(vstudio, out, chunk=2, seed=99)
+
+
+def test_controlnet_canny_steers_the_frames(vstudio, video_models, tmp_path):
+    canny = restyle(vstudio, tmp_path / "canny", control="canny", controlnet=video_models["controlnet"], max_frames=3)
+    plain = restyle(vstudio, tmp_path / "plain", max_frames=3)
+    assert json.loads((canny.folder / "metrics.json").read_text())["control"] == "canny"
+    assert np.abs(frames_of(canny.video) - frames_of(plain.video)).mean() > 1.0
+
+
+def test_refusals(vstudio, tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(InvalidInput, match="not a video file"):
+        restyle(vstudio, tmp_path / "a", video=text)
+    with pytest.raises(InvalidInput, match="lasts 30.0 s; videos are limited to 10 s"):
+        restyle(vstudio, tmp_path / "b", video="world.mp4", max_seconds=10, max_frames=None)
+    with pytest.raises(InvalidInput, match="limited to 0 MB"):
+        restyle(vstudio, tmp_path / "c", max_bytes=1000)
+    with pytest.raises(InvalidInput, match="depth estimator"):
+        restyle(vstudio, tmp_path / "d", control="depth")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_ssim_psnr_and_warp_error():
+    flat = lambda v: np.full((32, 32), v)  # noqa: E731
+    c1 = 0.01 ** 2
+    assert metrics.ssim(flat(0.5), flat(0.6)) == pytest.approx((2 * 0.5 * 0.6 + c1) / (0.25 + 0.36 + c1))
+    rng = np.random.default_rng(0)
+    img = rng.random((48, 48))
+    assert metrics.ssim(img, img) == pytest.approx(1.0)
+    assert metrics.ssim(img, np.clip(img + rng.normal(0, 0.2, img.shape), 0, 1)) < 0.9
+    assert metrics.psnr(img, img) == metrics.PSNR_CAP
+    assert metrics.psnr(flat(0.5), flat(0.6)) == pytest.approx(20.0)
+    # a textured picture panning right by 2 px: outputs that follow the motion have a small warping
+    # error; outputs that stand still while the input moves (or flicker) have a large one.
+    base = Image.fromarray((np.kron(rng.random((12, 12)), np.ones((8, 8))) * 255).astype(np.uint8)).convert("RGB")
+    moving = [base.transform(base.size, Image.AFFINE, (1, 0, -2 * i, 0, 1, 0)) for i in range(4)]
+    follow = metrics.temporal_metrics(moving, moving)
+    still = metrics.temporal_metrics([moving[0]] * 4, moving)
+    assert follow["warp_error"]["mean"] < still["warp_error"]["mean"] / 3
+    assert still["t_ssim"]["mean"] == pytest.approx(1.0) and follow["t_ssim"]["mean"] < 0.9
