@@ -87,14 +87,62 @@ def test_imagefolder_reading_and_its_errors(tmp_path, imagefolder):
         tdata.read_imagefolder(imagefolder, shot="close")
 
 
+def test_caption_only_rows_get_the_runs_prompt_template(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    make_imagefolder(folder, per_shot=1)
+    row = json.loads((folder / "metadata.jsonl").read_text())
+    del row["text"]
+    (folder / "metadata.jsonl").write_text(json.dumps(row) + "\n")
+    (ex,) = tdata.read_imagefolder(folder, shot="close", phrase="close-up shot", template="a {shot} film still of {caption}")
+    assert ex.text == "a close-up shot film still of a person number 0 in a room"
+
+
 def test_pixels_are_resized_and_cropped_square(imagefolder):
     pixels = tdata.load_pixels(imagefolder / "close" / "close-000.png", 32)
     assert pixels.shape == (3, 32, 32) and -1.0 <= pixels.min() and pixels.max() <= 1.0
 
 
+# ---- memory ---------------------------------------------------------------------------------------
+def test_frozen_parts_leave_memory_once_the_caches_are_built(tmp_path, imagefolder, demo_model_dir):
+    from training.trainer import Trainer
+
+    t = Trainer(smoke(imagefolder, demo_model_dir, tmp_path / "run"))
+    t.check_inputs()
+    t.setup()
+    t.build_caches()
+    assert t.parts.text_encoder is None and t.text_encoder is None       # frozen: its embeddings are cached
+    assert t.parts.vae.encoder is None and t.parts.vae.decoder is not None  # only validation decodes
+    assert t.caches.validation_emb.shape[0] == len(t.config.prompts()) + 1  # prompts + the empty prompt
+    assert t.caches.text_emb.shape[0] == 3
+
+
+def test_latents_are_encoded_a_few_images_at_a_time(imagefolder):
+    import torch
+
+    calls = []
+
+    class Vae:
+        config = type("Config", (), {"scaling_factor": 1.0})
+
+        def encode(self, x):
+            calls.append(x.shape[0])
+            dist = type("Dist", (), {"mean": x[:, :4, ::8, ::8], "std": torch.ones_like(x[:, :4, ::8, ::8])})
+            return type("Out", (), {"latent_dist": dist})
+
+    paths = [e.path for e in tdata.read_imagefolder(imagefolder, shot="close")]
+    cache = tdata.encode_latents(Vae(), paths, resolution=512, center_crop=True, flip=True, device="cpu",
+                                 dtype=torch.float32)
+    assert len(cache) == 3 and calls == [1] * 6          # 512 px: one image (and its mirror) per call
+    calls.clear()
+    tdata.encode_latents(Vae(), paths, resolution=64, center_crop=True, flip=False, device="cpu", dtype=torch.float32)
+    assert calls == [3]
+
+
 # ---- end to end -----------------------------------------------------------------------------------
 def test_trainer_end_to_end_writes_status_samples_checkpoints_and_both_formats(tmp_path, imagefolder, demo_model_dir):
-    from training.trainer import list_checkpoints, train
+    from training.checkpoints import list_checkpoints
+    from training.trainer import train
 
     out = tmp_path / "run"
     cfg = smoke(imagefolder, demo_model_dir, out, max_steps=4, validation_steps=2, checkpoint_steps=2,
@@ -145,6 +193,7 @@ def test_text_encoder_lora_trains_without_text_cache(tmp_path, imagefolder, demo
     result = train(smoke(imagefolder, demo_model_dir, out, max_steps=2, train_text_encoder=True,
                          target="all", alpha=8.0))
     assert result.status == "done"
+    assert len(list((out / "samples").glob("*.png"))) == 2  # validation through the trained text encoder
     caching = next(e for e in events(out) if e["event"] == "caching")
     assert caching["text_cache"] is False and "recomputed" in caching["note"]
     keys = load_file(str(out / "pytorch_lora_weights.safetensors"))
@@ -221,7 +270,7 @@ def test_base_model_that_is_not_sd1_is_refused(tmp_path, imagefolder, demo_model
     last = events(out)[-1]
     assert last["event"] == "error" and last["kind"] == "input" and "not SD 1.x" in last["message"]
     with pytest.raises(ModelLoadError):
-        from training.trainer import check_base_model
+        from training.components import check_base_model
 
         check_base_model(str(other))
 

@@ -39,7 +39,7 @@ def wait_for(runner, predicate, timeout=240):
 
 @pytest.fixture
 def runner(studio):
-    r = jobs.JobRunner(studio, poll_s=0.2)
+    r = jobs.TrainingRunner(studio, poll_s=0.2)
     yield r
     for run in r.list_runs((jobs.RUNNING,)):
         r._signal(run, 9)
@@ -89,10 +89,14 @@ def test_studio_set_is_exported_trained_and_registered_one_run_at_a_time(runner,
                                                                          "push_to_hub": "someone/dreamshot-test"},
                                            hub_token=TOKEN))
     assert [r.status for r in runs] == ["queued", "queued"]
+    written = (runs[0].output_dir / "config.json").read_bytes()
     wait_for(runner, lambda: all(r.status not in ("queued", "running") for r in runner.list_runs()))
     done = {r.shot: r for r in runner.list_runs()}
     assert done["close"].status == "done", done["close"].error
     assert done["medium"].status == "failed" and "class is empty" in done["medium"].error
+    # config.json, written when the run was created, is the one copy: launching rewrote nothing.
+    assert (done["close"].output_dir / "config.json").read_bytes() == written
+    assert done["close"].train_config.dataset == str(done["close"].output_dir / "data")
     exported = (done["close"].output_dir / "data" / "metadata.jsonl").read_text().splitlines()
     assert len(exported) == 2 and all(json.loads(l)["shot"] == "close" for l in exported)
     assert not list((studio.settings.data_dir / "exports").glob(".run-*"))
@@ -147,13 +151,13 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_the_run(runner, studio, d
 
 
 def test_a_run_left_running_by_a_dead_server_is_interrupted_and_resumable(studio, dataset):
-    runner = jobs.JobRunner(studio)
+    runner = jobs.TrainingRunner(studio)
     (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    runner._update(run.id, status=jobs.RUNNING, pid=dead.pid, step=7)
+    runner.runs.update(run.id, status=jobs.RUNNING, pid=dead.pid, step=7)
 
-    restarted = jobs.JobRunner(studio)  # a new server process
+    restarted = jobs.TrainingRunner(studio)  # a new server process
     restarted.recover()
     after = restarted.get(run.id)
     assert after.status == "interrupted" and after.resumable and "Resume" in after.error
@@ -191,3 +195,39 @@ def test_studio_cli_needs_shot_types(studio, capsys):
 
     assert main(["--data", str(studio.settings.data_dir), "--model", "demo"]) == 2
     assert "--shots close medium long" in capsys.readouterr().err
+
+
+def test_settings_come_from_the_project_and_live_in_config_json_only(runner, studio, dataset):
+    studio.project.set_taxonomy("framing")
+    template = studio.project.set_template("a {shot} film still of {caption}")
+    with pytest.raises(InvalidInput, match="Unknown shot type 'close'"):
+        runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
+    (run,) = runner.submit(jobs.TrainRequest(["close_up"], "smoke", {**FAST, "rank": 8}, dataset=str(dataset)))
+    cfg = run.train_config
+    assert (cfg.shot_phrase, cfg.prompt_template, cfg.rank) == ("close-up shot", template, 8)
+    assert cfg.dataset == str(dataset.resolve()) and cfg.output_dir == str(run.output_dir)
+    assert cfg.prompts()[0] == studio.project.prompt("close_up", "a woman in a red coat standing in the rain")
+    with studio.db.read() as conn:
+        stored = conn.execute(sa.select(schema.training_runs.c.config)).scalar_one()
+    assert stored == {"source": "folder", "rank": 8, "alpha": 4.0, "learning_rate": 1e-4, "resolution": 32,
+                      "batch_size": 1}  # a summary for the history; the settings are in config.json
+
+
+def test_queued_runs_continue_after_a_restart_without_a_page_visit(make_studio, dataset, tmp_path):
+    before = make_studio(data_dir=tmp_path / "data")
+    (run,) = jobs.service(before).submit(jobs.TrainRequest(["close"], "smoke", {**FAST, "max_steps": 2},
+                                                            dataset=str(dataset)))
+    before.close()  # the server stops with the run still queued
+
+    studio = make_studio(data_dir=tmp_path / "data")
+    runner = jobs.service(studio)
+    assert runner is jobs.service(studio)  # one runner per studio
+    runner.poll_s = 0.2
+    assert runner.start() is runner        # what app.py's warm-up calls; nothing else ticks below
+    deadline = time.time() + 240
+    while runner.get(run.id).status in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.5)
+    assert runner.get(run.id).status == "done", runner.get(run.id).error
+    thread = runner._thread
+    studio.close()
+    assert not thread.is_alive()           # closing the studio stops the polling

@@ -11,7 +11,8 @@ import pytest
 
 from dreamshot.generate.loras import LoraLibrary
 from tests.training_helpers import make_imagefolder
-from training.tab import PARAM_NAMES
+from training import jobs
+from training.tab import PARAM_NAMES, TrainHandlers
 
 SHOTS = ["close", "medium", "long"]
 
@@ -62,7 +63,7 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
     wait(client, lambda rows: rows[1][3] == "running", seen=bars)
     client.predict(1, api_name="/train_cancel")  # as early as a hasty user can: still loading, or training
     rows = wait(client, lambda rows: rows[1][3] == "cancelled", seen=bars)
-    assert rows[1][15].startswith("Cancelled")
+    assert rows[1][-1].startswith("Cancelled")
     live = client.predict(1, api_name="/train_status")
     assert live["status"] == "cancelled" and live["step"] < 8
 
@@ -114,10 +115,23 @@ def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
     page.locator("#train-max_steps input").fill("6")
     page.locator("#train-start").click()
     page.locator("#train-message").get_by_text("Queued by").wait_for()
+    # The view follows the queue: it ends on the last run (#3), not on the first one to finish.
+    page.locator("#train-bar").get_by_text("#3 long").wait_for(timeout=240_000)
     page.locator("#train-bar").get_by_text("done", exact=False).wait_for(timeout=180_000)
     assert "step 6 / 6" in page.locator("#train-bar").inner_text()
     page.locator("#train-samples img").first.wait_for(timeout=20_000)
-    assert "close-run1" in page.locator("#train-history").inner_text()
+    page.wait_for_timeout(2500)  # a few more ticks
+    history = page.locator("#train-history").inner_text()
+    assert "close-run1" in history and history.count("done") >= 3  # the history followed every run
+    # The log box shows its newest line.
+    log = page.locator("#train-log textarea")
+    top, height, client = log.evaluate("e => [e.scrollTop, e.scrollHeight, e.clientHeight]")
+    assert height > client and top + client >= height - 10, (top, height, client)
+    # History headers are whole words on one line (no "ru n", "al ph a"); a wide table scrolls inside its box.
+    lines = page.locator("#train-history th").evaluate_all(
+        "ths => ths.filter(th => th.innerText.trim()).map(th => { const r = document.createRange();"
+        " r.selectNodeContents(th); return [th.innerText.trim(), new Set([...r.getClientRects()].map(x => x.top)).size]; })")
+    assert lines and all(n == 1 for _, n in lines), lines
     page.screenshot(path=str(artifacts_dir / "train-tab.png"), full_page=True)
 
     # The studio's own labeled set has no image yet: a clear message, no process started.
@@ -129,3 +143,47 @@ def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
     page.locator("#train-start").click()
     page.get_by_text("--rank must be between 1 and 256", exact=False).first.wait_for()
     page.screenshot(path=str(artifacts_dir / "train-tab-errors.png"), full_page=True)
+
+
+# ---- the live view, without a server ------------------------------------------------------------------
+@pytest.fixture
+def handlers(studio, monkeypatch, tmp_path):
+    """Handlers on a runner that never launches anything (statuses are set by hand)."""
+    monkeypatch.setattr(jobs.TrainingRunner, "start", lambda self: self)
+    ui = TrainHandlers(studio)
+    dataset = make_imagefolder(tmp_path / "set", shots=SHOTS, per_shot=1)
+    ui.runs = ui.runner.submit(jobs.TrainRequest(SHOTS, "smoke", dataset=str(dataset)))
+    return ui
+
+
+def dropdown_value(output):
+    return getattr(output, "value", None) if hasattr(output, "choices") else None
+
+
+def test_the_view_follows_the_queue_unless_a_run_was_picked(handlers):
+    first, second, _third = handlers.runs
+    store = handlers.runner.runs
+    out = handlers.refresh(None, {}, None)
+    assert dropdown_value(out[6]) == first.id                # the next run to train
+    shown = out[7]
+    store.update(first.id, status=jobs.DONE)
+    store.update(second.id, status=jobs.RUNNING)
+    out = handlers.refresh(first.id, shown, None)
+    assert dropdown_value(out[6]) == second.id and "#2 medium" in out[0]
+    # Picked by hand: the finished run stays on screen while the queue moves on.
+    picked = handlers.pick(first.id, out[7], None)
+    assert "#1 close" in picked[0]
+    store.update(second.id, status=jobs.DONE)
+    out = handlers.refresh(first.id, picked[7], None)
+    assert dropdown_value(out[6]) is None and "#1 close" in out[0]
+
+
+def test_the_history_refreshes_when_a_run_changes(handlers):
+    out = handlers.refresh(None, {}, None)
+    assert [row[3] for row in out[5]] == ["queued"] * 3
+    again = handlers.refresh(out[6].value, out[7], None)
+    assert not isinstance(again[5], list)                     # unchanged: the table (and its scroll) stays
+    handlers.runner.cancel(handlers.runs[2].id)
+    out = handlers.refresh(out[6].value, again[7], None)
+    assert [row[3] for row in out[5]] == ["cancelled", "queued", "queued"]
+    assert out[5][0][5] == "smoke · r4 α4 · lr 0.0001 · 64px · b1"

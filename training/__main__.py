@@ -32,8 +32,7 @@ from dreamshot.errors import DreamShotError
 from dreamshot.safety import RedactSecrets, configure_logging
 
 from training import config as tconfig
-
-EXIT = {"input": 2, "oom": 3, "disk_full": 4, "diverged": 5}
+from training.status import EXIT_CODES, StatusLog, classify_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,15 +122,15 @@ def run_trainer(args, argv: list[str]) -> int:
         if isinstance(exc, KeyboardInterrupt):
             raise
         state = getattr(run, "state", None)
-        kind, message = trainer.classify_error(exc, getattr(state, "step", None))
-        trainer.StatusLog(out / "status.jsonl", echo=True).write("error", kind=kind, message=message,
-                                                      step=getattr(state, "step", 0))
+        kind, message = classify_error(exc, getattr(state, "step", None))
+        StatusLog(out / "status.jsonl", echo=True).write("error", kind=kind, message=message,
+                                                         step=getattr(state, "step", 0))
         print(f"training: {message}", file=sys.stderr, flush=True)
         if kind == "internal":
             import traceback
 
             traceback.print_exc()
-        return EXIT.get(kind, 1)
+        return EXIT_CODES.get(kind, 1)
     print(json.dumps({"status": result.status, "step": result.step, "total_steps": result.total_steps,
                       "files": result.files}), flush=True)
     return 0
@@ -141,12 +140,19 @@ def run_studio(args) -> int:
     """Studio mode: export the labeled set, record the runs, train them in turn, register the LoRAs."""
     from dreamshot.studio import Studio
 
+    studio = Studio.open(studio_settings.from_args(args))
+    try:
+        return _train_in_studio(studio, args)
+    finally:
+        studio.close()
+
+
+def _train_in_studio(studio, args) -> int:
     from training import jobs
 
-    studio = Studio.open(studio_settings.from_args(args))
-    runner = jobs.JobRunner(studio)
+    runner = jobs.service(studio)  # in the foreground: no background polling
+    shots = args.shots or ([args.cfg_shot] if args.cfg_shot else None)
     if args.resume and not args.resume_run:  # --resume latest: the newest resumable run (of --shot(s))
-        shots = args.shots or ([args.cfg_shot] if args.cfg_shot else None)
         candidates = [r for r in runner.list_runs(jobs.RESUMABLE) if not shots or r.shot in shots]
         if not candidates:
             raise DreamShotError("No cancelled, interrupted or failed run to resume.")
@@ -154,7 +160,6 @@ def run_studio(args) -> int:
     if args.resume_run:
         run_ids = [runner.resume(args.resume_run).id]
     else:
-        shots = args.shots or ([args.cfg_shot] if args.cfg_shot else None)
         if not shots:
             raise DreamShotError("Say which shot types to train: --shots close medium long (or --shot close).")
         overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
@@ -167,7 +172,6 @@ def run_studio(args) -> int:
         print(f"run {info.id} ({info.shot}): {info.status}" + (f" - {info.error}" if info.error else ""), flush=True)
         failed += info.status not in ("done",)
     return 1 if failed else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,6 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput
+from dreamshot.shots import DEFAULT_TEMPLATE, check_template, training_prompt
 
 TARGETS = {
     # The paper's choice: the cross-attention projections (text -> image) of every UNet block.
@@ -26,9 +27,9 @@ TARGETS = {
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 CACHES = ("memory", "disk")
-DEFAULT_VALIDATION_PROMPTS = (
-    "a high-quality {shot} picture of a woman in a red coat standing in the rain",
-    "a high-quality {shot} picture of an old man reading a newspaper in a cafe",
+DEFAULT_VALIDATION_PROMPTS = (  # captions: the prompt template puts the shot type around them
+    "a woman in a red coat standing in the rain",
+    "an old man reading a newspaper in a cafe",
 )
 SECRET_FIELDS = ()  # no field ever holds a secret: the Hub token travels only in HF_TOKEN
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,99}$")
@@ -45,6 +46,8 @@ class TrainConfig:
     # ---- what and where -----------------------------------------------------------------------
     shot: str = _f("close", "shot type this LoRA teaches (close, medium, long, ...)")
     shot_phrase: str = _f("", "the shot's words in prompts (default: the shot name with spaces, + ' shot')")
+    prompt_template: str = _f(DEFAULT_TEMPLATE, "training prompt of a caption ({shot} and {caption}); "
+                              "the studio fills in its project's template")
     dataset: str = _f("", "imagefolder with metadata.jsonl (file_name, text or caption, optional shot)")
     output_dir: str = _f("", "run folder: checkpoints/, samples/, status.jsonl, final LoRA files")
     base_model: str = _f("", "SD 1.x base: a local diffusers folder or a Hub id")
@@ -84,7 +87,8 @@ class TrainConfig:
     prior_loss_weight: float = _f(1.0, "weight of the prior-preservation loss", lo=0, hi=100)
     # ---- monitoring ---------------------------------------------------------------------------
     validation_steps: int = _f(500, "sample validation images every N steps (0: only at the end)", lo=0, hi=1_000_000)
-    validation_prompts: list = _f(DEFAULT_VALIDATION_PROMPTS, "validation prompts ({shot} is replaced)")
+    validation_prompts: list = _f(DEFAULT_VALIDATION_PROMPTS, "validation captions, put through the prompt "
+                                  "template (an entry with {shot} is a whole prompt)")
     validation_seeds: list = _f([0, 1], "one seed per validation image")
     validation_inference_steps: int = _f(16, "sampling steps of validation images", lo=1, hi=200)
     checkpoint_steps: int = _f(500, "save a resumable checkpoint every N steps (0: off)", lo=0, hi=1_000_000)
@@ -105,7 +109,9 @@ class TrainConfig:
         return list(TARGETS[self.target])
 
     def prompts(self) -> list[str]:
-        return [p.replace("{shot}", self.phrase) for p in self.validation_prompts]
+        """The validation prompts: built like the training prompts, so they show what generation gets."""
+        return [p.replace("{shot}", self.phrase) if "{shot}" in p  # a whole prompt (configs before 2026-11)
+                else training_prompt(self.phrase, p, self.prompt_template) for p in self.validation_prompts]
 
     def total_steps(self, num_examples: int, num_processes: int = 1) -> int:
         if self.epochs > 0:
@@ -143,6 +149,10 @@ class TrainConfig:
             out.append("At least one validation prompt is needed.")
         if self.lr_warmup_steps > self.max_steps and self.epochs == 0:
             out.append("--lr-warmup-steps cannot exceed --max-steps.")
+        try:
+            check_template(self.prompt_template)
+        except InvalidInput as exc:
+            out.append(f"--prompt-template: {exc}")
         if self.push_to_hub and not re.match(r"^[\w.\-]+/[\w.\-]+$", self.push_to_hub):
             out.append("--push-to-hub must be a Hub repo id like user/name.")
         return out

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from dreamshot.errors import InvalidInput
+from dreamshot.shots import DEFAULT_TEMPLATE, training_prompt
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 CACHE_VERSION = 1
+ENCODE_PIXELS = 512 * 512  # pixels per VAE encoder call: its activations at 512 px are ~1 GiB per image
 
 
 @dataclass(frozen=True)
@@ -28,17 +30,19 @@ class Example:
     text: str        # the full training prompt
 
 
-def _prompt(entry: dict, phrase: str) -> str:
+def _prompt(entry: dict, phrase: str, template: str) -> str:
     if entry.get("text"):
         return str(entry["text"])
     caption = str(entry.get("caption") or "").strip()
     if not caption:
         return ""
-    return f"a high-quality {phrase} picture of {caption}"
+    return training_prompt(phrase, caption, template)
 
 
-def read_imagefolder(folder: Path, *, shot: str | None = None, phrase: str = "close shot") -> list[Example]:
-    """The examples of ``folder/metadata.jsonl`` (rows of another shot type are skipped).
+def read_imagefolder(folder: Path, *, shot: str | None = None, phrase: str = "close shot",
+                     template: str = DEFAULT_TEMPLATE) -> list[Example]:
+    """The examples of ``folder/metadata.jsonl`` (rows of another shot type are skipped). A row's
+    ``text`` is its training prompt; a row with only a ``caption`` gets ``template`` around it.
 
     Raises InvalidInput for a missing folder or metadata file, unreadable lines, images missing on
     disk, rows without a prompt, or no example at all for the shot type."""
@@ -67,7 +71,7 @@ def read_imagefolder(folder: Path, *, shot: str | None = None, phrase: str = "cl
         if not path.is_file():
             missing.append(name)
             continue
-        text = _prompt(entry, phrase)
+        text = _prompt(entry, phrase, template)
         if not text:
             no_text.append(name)
             continue
@@ -149,11 +153,17 @@ class LatentCache:
         return out
 
 
+def encode_batch(resolution: int, most: int = 8) -> int:
+    """Images per VAE encoder call: the peak memory of caching stays below the training step's."""
+    return max(1, min(most, ENCODE_PIXELS // (resolution * resolution)))
+
+
 def encode_latents(vae, paths: list[Path], *, resolution: int, center_crop: bool, flip: bool,
-                   device, dtype, batch: int = 8) -> LatentCache:
+                   device, dtype, batch: int | None = None) -> LatentCache:
     """Run the frozen VAE once over every image (and its mirror when ``flip``)."""
     import torch
 
+    batch = batch or encode_batch(resolution)
     means, stds, fmeans, fstds = [], [], [], []
     scale = vae.config.scaling_factor
     with torch.no_grad():

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from dreamshot.shots import training_prompt
+
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -118,7 +120,7 @@ def kohya_metadata(*, config, base_model: str, dataset_hash: str, num_images: in
         "ss_num_train_images": str(num_images),
         "ss_dataset_hash": dataset_hash,
         "ss_shot_type": config.shot,
-        "ss_training_prompt_template": f"a high-quality {config.phrase} picture of {{caption}}",
+        "ss_training_prompt_template": training_prompt(config.phrase, "{caption}", config.prompt_template),
         "ss_learning_rate": f"{config.learning_rate:g}",
         "ss_unet_lr": f"{config.learning_rate:g}",
         "ss_text_encoder_lr": f"{te_lr:g}" if config.train_text_encoder else "0",

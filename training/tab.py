@@ -3,271 +3,185 @@ parameters, start; watch the active run live (progress, it/s, ETA, loss curve, v
 log tail); cancel and resume; browse the run history.
 
 Training never runs in a Gradio worker: the job runner (``training.jobs``) starts a separate
-process per run, and this tab polls the database and the run's status file with a ``gr.Timer``.
-Every action is a named endpoint (``api_name``), each admin handler checks the caller itself.
+process per run; this tab polls the database and the run's status file with a ``gr.Timer``. The
+view follows the queue (when the run shown ends, the next one is shown) unless the user picked a
+run by hand. Every action is a named endpoint (``api_name``); each handler checks the caller itself.
 """
 
 from __future__ import annotations
 
+import functools
 import html
-from datetime import datetime
+import inspect
 
 import gradio as gr
 
 from dreamshot.errors import InvalidInput
-from dreamshot.shots import get_taxonomy
 from dreamshot.ui import admin_name, guarded
-
 from training import config as tconfig
-from training import jobs
+from training import jobs, views
+from training.views import FAST_POLL_S, HISTORY_HEADERS, HISTORY_WIDTHS, IDLE_POLL_S, PARAM_NAMES, PARAMS, TrainForm
 
-# The parameters the tab shows, in order: (TrainConfig field, label, kind, extra options)
-PARAMS = [
-    ("rank", "LoRA rank", "int", {}),
-    ("alpha", "LoRA alpha", "float", {}),
-    ("target", "Layers", "radio", {"choices": list(tconfig.TARGETS),
-                                   "info": "cross: cross-attention only (paper); all: self + cross"}),
-    ("learning_rate", "Learning rate", "float", {}),
-    ("max_steps", "Steps", "int", {}),
-    ("epochs", "Epochs (0: use steps)", "int", {}),
-    ("batch_size", "Batch size", "int", {}),
-    ("grad_accum", "Gradient accumulation", "int", {}),
-    ("resolution", "Resolution (px)", "int", {}),
-    ("mixed_precision", "Mixed precision", "radio", {"choices": list(tconfig.PRECISIONS)}),
-    ("seed", "Seed", "int", {}),
-    ("lr_scheduler", "LR schedule", "dropdown", {"choices": list(tconfig.LR_SCHEDULERS)}),
-    ("lr_warmup_steps", "Warm-up steps", "int", {}),
-    ("random_flip", "Random flip", "bool", {}),
-    ("gradient_checkpointing", "Gradient checkpointing", "bool", {}),
-    ("train_text_encoder", "Text-encoder LoRA (no text cache)", "bool", {}),
-    ("snr_gamma", "Min-SNR gamma (0: off)", "float", {}),
-    ("noise_offset", "Noise offset", "float", {}),
-    ("validation_steps", "Validation images every N steps", "int", {}),
-    ("checkpoint_steps", "Checkpoint every N steps", "int", {}),
-    ("checkpoints_keep", "Keep last K checkpoints", "int", {}),
-    ("prior_preservation", "Prior preservation (DreamBooth)", "bool", {}),
-    ("class_dir", "Class-image folder", "text", {}),
-    ("class_prompt", "Class prompt", "text", {}),
-    ("num_class_images", "Class images", "int", {}),
-    ("push_to_hub", "Push to Hub repo (optional)", "text", {"placeholder": "user/dreamshot-close"}),
-]
-PARAM_NAMES = [p[0] for p in PARAMS]
-FAST_POLL_S, IDLE_POLL_S = 1.0, 5.0
-HISTORY_HEADERS = ["run", "name", "shot", "status", "step", "preset", "rank", "alpha", "lr", "res", "batch",
-                   "final loss", "LoRA", "started", "finished", "message"]
+INTRO = ("Train one LoRA per shot type on the labeled, captioned set (DreamBooth-style, no identifier token; "
+         "the prompt is the project's template, e.g. `a high-quality {shot} picture of {caption}`). Runs queue up "
+         "and train one at a time in a separate process; finished LoRAs appear in the Generate tab.")
+# Gradio's own autoscroll does not follow a box inside a tab (gradio-app/gradio#10545): after each
+# update, keep the log at its newest line unless the reader has scrolled up.
+FOLLOW_LOG_JS = """() => { setTimeout(() => {
+  const box = document.querySelector('#train-log textarea');
+  if (!box) return;
+  if (!box.dataset.follow) {
+    box.dataset.follow = '1';
+    box.addEventListener('scroll', () => {
+      box.dataset.follow = box.scrollTop + box.clientHeight >= box.scrollHeight - 8 ? '1' : '0';
+    });
+  }
+  if (box.dataset.follow === '1') box.scrollTop = box.scrollHeight;
+}, 60); }"""
 
 
-def _component(name, label, kind, extra, value):
-    if kind == "int":
-        return gr.Number(value, precision=0, label=label, elem_id=f"train-{name}")
-    if kind == "float":
-        return gr.Number(value, label=label, elem_id=f"train-{name}")
-    if kind == "bool":
-        return gr.Checkbox(value, label=label, elem_id=f"train-{name}")
-    if kind == "radio":
-        return gr.Radio(extra["choices"], value=value, label=label, info=extra.get("info"), elem_id=f"train-{name}")
-    if kind == "dropdown":
-        return gr.Dropdown(extra["choices"], value=value, label=label, elem_id=f"train-{name}")
-    return gr.Textbox(value, label=label, placeholder=extra.get("placeholder"), elem_id=f"train-{name}")
+class TrainHandlers:
+    """The tab's handlers: named inputs in, outputs out; each checks the caller is an admin."""
 
-
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
-
-
-def _when(ts) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else ""
-
-
-class TrainUi:
     def __init__(self, studio):
         self.studio = studio
 
     @property
-    def runner(self) -> jobs.JobRunner:
-        # Started on first use (a page visit's timer or any API call), not when the app is built.
-        return jobs.JobRunner.for_studio(self.studio)
+    def runner(self) -> jobs.TrainingRunner:
+        return jobs.service(self.studio).start()  # the app starts it at launch; a no-op then
 
-    def base_model_line(self) -> str:
+    def page_load(self):
+        """Base-model line and the project's shot types (the Label tab may have changed them)."""
         status = self.studio.models.status
         demo = " (the untrained demo model: fine for trying the workflow, not for real LoRAs)" if status.is_demo else ""
-        return f"Base model: `{status.source}`{demo}"
+        taxonomy = self.studio.project.taxonomy()
+        return (f"Base model: `{status.source}`{demo}",
+                gr.CheckboxGroup(choices=[(c.label, c.name) for c in taxonomy.classes], value=taxonomy.names))
 
-    # ---- the form ---------------------------------------------------------------------------------
-    def preset_values(self, preset: str, request: gr.Request):
+    def preset_values(self, preset: str, request: gr.Request) -> list:
         admin_name(self.studio, request)
         cfg = tconfig.preset(preset)
         return [getattr(cfg, name) for name in PARAM_NAMES]
 
-    def start(self, request: gr.Request, shots, preset, dataset, hub_token, *values):
+    def start(self, form: TrainForm, request: gr.Request):
+        """Queue one run per shot type; the view follows the queue from the first one."""
         who = admin_name(self.studio, request)
-        overrides = {}
-        for (name, _label, kind, _extra), value in zip(PARAMS, values):
-            if value is None or (kind == "text" and str(value).strip() == "" and name != "push_to_hub"):
-                continue
-            if kind == "int":
-                if float(value) != int(float(value)):
-                    raise InvalidInput(f"{_label} must be a whole number.")
-                value = int(float(value))
-            elif kind == "float":
-                value = float(value)
-            overrides[name] = value.strip() if isinstance(value, str) else value
-        request_ = jobs.TrainRequest(shots=list(shots or []), preset=preset, overrides=overrides,
-                                     dataset=(dataset or "").strip() or None, hub_token=(hub_token or "").strip() or None)
-        runs = self.runner.submit(request_)
+        created = self.runner.submit(jobs.TrainRequest(shots=form.shots, preset=form.preset,
+                                                       overrides=form.overrides(), dataset=form.dataset,
+                                                       hub_token=form.hub_token))
         self.runner.tick()  # start at once when the GPU is free
-        names = ", ".join(f"#{r.id} {r.shot}" for r in runs)
-        message = f"Queued by {html.escape(who)}: {names}. They train one after another."
-        return message, self.history_rows(), self._choices(runs[0].id), gr.Timer(value=FAST_POLL_S)
+        runs = self.runner.list_runs()
+        names = ", ".join(f"#{r.id} {r.shot}" for r in created)
+        return (f"Queued by {html.escape(who)}: {names}. They train one after another.", views.history_rows(runs),
+                gr.Dropdown(choices=views.run_choices(runs), value=created[0].id), gr.Timer(value=FAST_POLL_S), {})
 
-    # ---- actions on a run ----------------------------------------------------------------------------
     def cancel(self, run_id, request: gr.Request):
         admin_name(self.studio, request)
-        run = self.runner.cancel(self._id(run_id))
+        run = self.runner.cancel(_run_id(run_id))
         text = ("Cancelled." if run.status == jobs.CANCELLED else
                 "Stopping after the current step; the last checkpoint is kept.")
-        return f"Run #{run.id}: {text}", self.history_rows()
+        return f"Run #{run.id}: {text}", views.history_rows(self.runner.list_runs())
 
     def resume(self, run_id, request: gr.Request):
         admin_name(self.studio, request)
-        run = self.runner.resume(self._id(run_id))
+        run = self.runner.resume(_run_id(run_id))
         self.runner.tick()
-        return (f"Run #{run.id} queued again: it continues from its last checkpoint.", self.history_rows(),
-                gr.Timer(value=FAST_POLL_S))
-
-    def _id(self, run_id) -> int:
-        if run_id in (None, ""):
-            raise InvalidInput("Pick a run first.")
-        return int(run_id)
-
-    # ---- live view ------------------------------------------------------------------------------------
-    def _run_choices(self, value=None):
-        runs = self.runner.list_runs()
-        choices = [(f"#{r.id} {r.shot} ({r.name})", r.id) for r in runs]
-        if value is None and runs:
-            active = [r for r in runs if r.status in (jobs.RUNNING, jobs.QUEUED)]
-            value = (active[-1] if active else runs[0]).id
-        return choices, value
-
-    def _choices(self, value=None):
-        choices, value = self._run_choices(value)
-        return gr.Dropdown(choices=choices, value=value)
-
-    def history_rows(self) -> list[list]:
-        rows = []
-        for r in self.runner.list_runs():
-            c = r.config.get("train", {})
-            result = r.result or {}
-            loss = result.get("final_loss")
-            rows.append([r.id, r.name, r.shot, r.status, f"{r.step}/{r.total_steps}", r.preset or "",
-                         c.get("rank"), c.get("alpha"), c.get("learning_rate"), c.get("resolution"),
-                         c.get("batch_size"), f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
-                         result.get("lora_name") or "", _when(r.started_at), _when(r.finished_at), r.error or ""])
-        return rows
+        return (f"Run #{run.id} queued again: it continues from its last checkpoint.",
+                views.history_rows(self.runner.list_runs()), gr.Timer(value=FAST_POLL_S), run.id, {})
 
     def history(self, request: gr.Request) -> list[list]:
         admin_name(self.studio, request)
-        return self.history_rows()
+        return views.history_rows(self.runner.list_runs())
 
     def status(self, run_id, request: gr.Request) -> dict:
         """Machine-readable progress of one run (for scripts)."""
         admin_name(self.studio, request)
-        p = self.runner.progress(self._id(run_id))
-        return {"id": p.run.id, "name": p.run.name, "shot": p.run.shot, "status": p.run.status, "step": p.step,
-                "total_steps": p.total_steps, "it_s": p.it_s, "eta_s": p.eta_s, "message": p.message,
-                "losses": p.losses, "validation_step": p.image_step, "result": p.run.result}
+        return views.status_dict(self.runner.progress(_run_id(run_id)))
 
-    def refresh(self, run_id, shown, request: gr.Request):
-        """Timer tick: progress bar, loss curve, validation images, log tail, history."""
+    def pick(self, run_id, shown: dict, request: gr.Request):
+        """The user chose a run: show it, and keep showing it when it ends."""
+        return self.refresh(run_id, {**(shown or {}), "pinned": _run_id(run_id)}, request)
+
+    def refresh(self, run_id, shown: dict, request: gr.Request):
+        """Timer tick: what changed of progress bar, loss curve, images, log, history and run picker.
+        ``shown`` remembers what the page already has, so unchanged parts are skipped."""
         admin_name(self.studio, request)
-        runner = self.runner
+        runs = self.runner.list_runs()
         shown = dict(shown or {})
-        ids = [r.id for r in runner.list_runs()]
+        current = None if run_id in (None, "") else int(run_id)
+        target = views.follow(current, runs, shown.get("pinned"))
+        ids = [r.id for r in runs]
         dropdown = gr.skip()
-        if ids != shown.get("ids") or (run_id in (None, "") and ids):
-            choices, run_id = self._run_choices(None if run_id in (None, "") else int(run_id))
-            dropdown = gr.Dropdown(choices=choices, value=run_id)
-            shown["ids"] = ids
-        busy = bool(runner.list_runs((jobs.RUNNING, jobs.QUEUED)))
-        timer = gr.Timer(value=FAST_POLL_S if busy else IDLE_POLL_S)  # poll slowly while nothing trains
-        if run_id in (None, ""):
+        if target != current or ids != shown.get("ids"):
+            dropdown, shown["ids"] = gr.Dropdown(choices=views.run_choices(runs), value=target), ids
+        history = _changed(shown, "history", views.history_key(runs), lambda: views.history_rows(runs))
+        timer = gr.Timer(value=FAST_POLL_S if views.busy(runs) else IDLE_POLL_S)  # slow polls while idle
+        if target is None:
             empty = "<div class='train-progress'>No training run yet: pick shot types and press Start.</div>"
-            return empty, gr.skip(), gr.skip(), "", "", self.history_rows(), dropdown, shown, timer
-        p = runner.progress(int(run_id))
-        key = (p.run.id, len(p.losses))
-        plot = gr.skip()
-        if key != tuple(shown.get("plot") or ()):
-            import pandas as pd
-
-            plot = pd.DataFrame({"step": [s for s, _ in p.losses], "loss": [l for _, l in p.losses]})
-            shown["plot"] = list(key)
-        gallery = gr.skip()
-        img_key = (p.run.id, p.image_step)
-        if img_key != tuple(shown.get("images") or ()):
-            gallery = self._images(p)
-            shown["images"] = list(img_key)
-        message = ""
-        if p.message:
-            message = f"**Run #{p.run.id} ({p.run.status})**: {html.escape(p.message)}"
-        return (self._bar(p), plot, gallery, p.log_tail, message, self.history_rows(), dropdown, shown, timer)
-
-    def _images(self, p: jobs.Progress):
-        from PIL import Image
-
-        prompts = p.run.train_config.prompts()
-        items = []
-        for i, path in enumerate(p.images):
-            try:
-                with Image.open(path) as im:  # pixels, never a path under the data folder
-                    items.append((im.convert("RGB"), f"step {p.image_step}: {prompts[i] if i < len(prompts) else ''}"))
-            except OSError:
-                continue
-        return items
-
-    def _bar(self, p: jobs.Progress) -> str:
-        total = max(p.total_steps, 1)
-        pct = min(100.0, 100.0 * p.step / total)
-        speed = f"{p.it_s:.2f} it/s" if p.it_s else "– it/s"
-        eta = _duration(p.eta_s) if p.run.status == jobs.RUNNING else "–"
-        loss = f" · loss {p.losses[-1][1]:.4f}" if p.losses else ""
-        return (f"<div class='train-progress' data-status='{p.run.status}' data-step='{p.step}' data-total='{total}'>"
-                f"<b>#{p.run.id} {html.escape(p.run.shot)}</b> · {p.run.status}"
-                f"{' (' + html.escape(p.phase) + ')' if p.run.status == jobs.RUNNING and p.phase else ''} · step {p.step} / {total} · "
-                f"{speed} · ETA {eta}{loss}"
-                f"<div style='background:#ddd;border-radius:4px;height:14px;margin-top:4px'>"
-                f"<div style='background:#e8a33d;width:{pct:.1f}%;height:14px;border-radius:4px'></div></div></div>")
+            return empty, gr.skip(), gr.skip(), "", "", history, dropdown, shown, timer
+        p = self.runner.progress(target)
+        plot = _changed(shown, "plot", [p.run.id, len(p.losses)], lambda: _loss_frame(p.losses))
+        gallery = _changed(shown, "images", [p.run.id, p.image_step], lambda: views.images(p))
+        log_text = _changed(shown, "log", [p.run.id, p.log_tail], lambda: p.log_tail)
+        message = f"**Run #{p.run.id} ({p.run.status})**: {html.escape(p.message)}" if p.message else ""
+        return views.bar_html(p), plot, gallery, log_text, message, history, dropdown, shown, timer
 
 
-def _named(handler):
-    """Give the start handler one named parameter per form field, so ``gradio_client`` users see
-    ``rank=``, ``learning_rate=``, ... instead of ``param_4``."""
-    import functools
-    import inspect
+def _run_id(run_id) -> int:
+    if run_id in (None, ""):
+        raise InvalidInput("Pick a run first.")
+    return int(run_id)
 
-    @functools.wraps(handler)
-    def endpoint(*args):
-        return handler(*args)
 
-    fixed = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
-    fixed += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-              for n in ("shots", "preset", "dataset", "hub_token", *PARAM_NAMES)]
-    endpoint.__signature__ = inspect.Signature(fixed)
-    del endpoint.__wrapped__
-    return endpoint
+def _changed(shown: dict, key: str, state, make):
+    """``make()`` when ``state`` differs from what the page has (then remembered), else gr.skip()."""
+    if shown.get(key) == state:
+        return gr.skip()
+    shown[key] = state
+    return make()
+
+
+def _loss_frame(losses):
+    import pandas as pd
+
+    return pd.DataFrame({"step": [s for s, _ in losses], "loss": [v for _, v in losses]})
+
+
+def _component(name, label, kind, extra, value):
+    elem_id = f"train-{name}"
+    if kind == "int":
+        return gr.Number(value, precision=0, label=label, elem_id=elem_id)
+    if kind == "float":
+        return gr.Number(value, label=label, elem_id=elem_id)
+    if kind == "bool":
+        return gr.Checkbox(value, label=label, elem_id=elem_id)
+    if kind == "radio":
+        return gr.Radio(extra["choices"], value=value, label=label, info=extra.get("info"), elem_id=elem_id)
+    if kind == "dropdown":
+        return gr.Dropdown(extra["choices"], value=value, label=label, elem_id=elem_id)
+    return gr.Textbox(value, label=label, placeholder=extra.get("placeholder"), elem_id=elem_id)
+
+
+def start_endpoint(handlers: TrainHandlers):
+    """``/train_start`` with one named parameter per form field (``rank=``, ``learning_rate=``, ...
+    for gradio_client users), in the order shots, preset, dataset, hub_token, *PARAM_NAMES."""
+    @functools.wraps(handlers.start)
+    def train_start(request: gr.Request, *inputs):
+        return handlers.start(TrainForm.from_inputs(*inputs), request)
+
+    names = ("shots", "preset", "dataset", "hub_token", *PARAM_NAMES)
+    train_start.__signature__ = inspect.Signature(
+        [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
+        + [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    del train_start.__wrapped__
+    return guarded(train_start)
 
 
 def build(studio, demo: gr.Blocks) -> None:
-    ui = TrainUi(studio)
-    taxonomy = get_taxonomy(studio.db.get_setting("taxonomy"))
+    ui = TrainHandlers(studio)
+    taxonomy = studio.project.taxonomy()
     paper = tconfig.preset("paper")
-    gr.Markdown("Train one LoRA per shot type on the labeled, captioned set (DreamBooth-style, no identifier "
-                "token; prompt `a high-quality {shot} picture of {caption}`). Runs queue up and train one at a "
-                "time in a separate process; finished LoRAs appear in the Generate tab.")
+    gr.Markdown(INTRO)
     base_model = gr.Markdown(elem_id="train-base-model")
     with gr.Row():
         shots = gr.CheckboxGroup([(c.label, c.name) for c in taxonomy.classes], value=taxonomy.names,
@@ -290,40 +204,35 @@ def build(studio, demo: gr.Blocks) -> None:
         resume_btn = gr.Button("Resume run", elem_id="train-resume")
     message = gr.Markdown(elem_id="train-message")
     with gr.Row():
-        run = gr.Dropdown([], value=None, label="Run", elem_id="train-run", scale=1)
+        run = gr.Dropdown([], value=None, label="Run (follows the queue until you pick one)", elem_id="train-run",
+                          scale=1)
         bar = gr.HTML(elem_id="train-bar")
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="train-loss", height=260)
         gallery = gr.Gallery(label="Latest validation images", columns=2, height=260, elem_id="train-samples")
     run_message = gr.Markdown(elem_id="train-run-message")
-    log_tail = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, elem_id="train-log")
+    log_tail = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, interactive=False, autoscroll=True,
+                          elem_id="train-log")
     history = gr.Dataframe(headers=HISTORY_HEADERS, interactive=False, wrap=True, label="Run history",
-                           elem_id="train-history")
+                           column_widths=HISTORY_WIDTHS, max_height=420, elem_id="train-history")
+    history_btn = gr.Button("Refresh history", size="sm")
     shown = gr.State({})
     status_json = gr.JSON(visible=False)
+    status_btn = gr.Button(visible=False)
     timer = gr.Timer(FAST_POLL_S)
 
-    preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset")
     # Quick actions: an error shows as a toast, not as an overlay on the table and the run picker.
-    start_btn.click(_named(guarded(ui.start)), [shots, preset, dataset, hub_token, *params],
-                    [message, history, run, timer], api_name="train_start", show_progress="hidden")
-    cancel_btn.click(guarded(ui.cancel), run, [message, history], api_name="train_cancel", show_progress="hidden")
-    resume_btn.click(guarded(ui.resume), run, [message, history, timer], api_name="train_resume",
-                     show_progress="hidden")
+    quiet = dict(show_progress="hidden")
+    preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset")
+    start_btn.click(start_endpoint(ui), [shots, preset, dataset, hub_token, *params],
+                    [message, history, run, timer, shown], api_name="train_start", **quiet)
+    cancel_btn.click(guarded(ui.cancel), run, [message, history], api_name="train_cancel", **quiet)
+    resume_btn.click(guarded(ui.resume), run, [message, history, timer, run, shown], api_name="train_resume", **quiet)
     live = [bar, loss_plot, gallery, log_tail, run_message, history, run, shown, timer]
-    timer.tick(guarded(ui.refresh), [run, shown], live, api_name="train_progress", show_progress="hidden")
-    fresh = gr.State({})
-    run.change(guarded(ui.refresh), [run, fresh], live, api_visibility="private", show_progress="hidden")
-    history_btn = gr.Button("Refresh history", size="sm")
+    timer.tick(guarded(ui.refresh), [run, shown], live, api_name="train_progress", **quiet).then(
+        None, js=FOLLOW_LOG_JS, api_visibility="private")
+    run.input(guarded(ui.pick), [run, shown], live, api_visibility="private", **quiet).then(
+        None, js=FOLLOW_LOG_JS, api_visibility="private")
     history_btn.click(guarded(ui.history), None, history, api_name="train_history")
-    status_btn = gr.Button(visible=False)
     status_btn.click(guarded(ui.status), run, status_json, api_name="train_status")
-
-    def on_page_load():
-        # Resolving the base model at build time would import torch with `app`; and the taxonomy may
-        # have changed in the Label tab since the app was built.
-        current = get_taxonomy(studio.db.get_setting("taxonomy"))
-        return ui.base_model_line(), gr.CheckboxGroup(choices=[(c.label, c.name) for c in current.classes],
-                                                      value=current.names)
-
-    demo.load(guarded(on_page_load), None, [base_model, shots], api_visibility="private")
+    demo.load(guarded(ui.page_load), None, [base_model, shots], api_visibility="private")

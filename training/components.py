@@ -1,0 +1,164 @@
+"""The trainer's parts before the loop: the checks that run before anything heavy loads, the
+accelerator, the frozen SD 1.x components and the LoRA adapter(s).
+
+Memory: the frozen parts stay on the training device only while they are needed. The VAE encoder
+and the text encoder (unless it is trained) are needed only to fill the caches; ``after_caching``
+drops them, and the VAE decoder waits on the CPU between validations (see ``on_device``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamshot.errors import InvalidInput, ModelLoadError
+
+TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def check_base_model(source: str) -> None:
+    if not source:
+        raise InvalidInput("No base model given (--base-model DIR|HUB_ID).")
+    if Path(source).exists():
+        from dreamshot.models import check_sd1_folder
+
+        check_sd1_folder(Path(source))
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if mixed_precision == "auto":
+        return "fp16" if cuda else "no"
+    if mixed_precision == "fp16" and not cuda:
+        raise InvalidInput("--mixed-precision fp16 needs a CUDA GPU; use 'no' (or 'auto') on a CPU.")
+    return mixed_precision
+
+
+def weight_dtype(precision: str):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
+def make_accelerator(config, precision: str, out: Path):
+    import importlib.util
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration
+
+    trackers = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else None
+    AcceleratorState._reset_state()  # a second run in one process (tests, benchmark) may change precision
+    accelerator = Accelerator(
+        mixed_precision=precision, gradient_accumulation_steps=config.grad_accum, log_with=trackers,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    if trackers and accelerator.is_main_process:
+        accelerator.init_trackers(config.run_name)
+    return accelerator
+
+
+@dataclass
+class Components:
+    tokenizer: object
+    text_encoder: object | None     # None once its embeddings are cached (unless it is trained)
+    vae: object
+    unet: object
+    noise_scheduler: object
+
+
+def load(source: str, precision: str, device) -> Components:
+    """The frozen SD 1.x parts, in the training precision (the VAE in fp32 under fp16: fp16 VAEs overflow)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = Path(source).exists()
+    dtype = weight_dtype(precision)
+    try:
+        kw = dict(local_files_only=local)
+        parts = Components(
+            tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **kw),
+            vae=AutoencoderKL.from_pretrained(source, subfolder="vae", **kw,
+                                              dtype=torch.float32 if precision == "fp16" else dtype),
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=dtype, **kw),
+            noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw))
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelLoadError(f"Cannot load the base model {source!r}: {exc}") from None
+    if parts.tokenizer.model_max_length > 1000:
+        parts.tokenizer.model_max_length = 77
+    _check_sd1(source, local, parts.unet)
+    for model in (parts.vae, parts.text_encoder, parts.unet):
+        model.requires_grad_(False)
+        model.to(device)
+    return parts
+
+
+def _check_sd1(source: str, local: bool, unet) -> None:
+    from dreamshot.demo_model import is_demo_model
+    from dreamshot.models import SD1_CROSS_ATTENTION_DIM
+
+    dim = unet.config.cross_attention_dim
+    if not (local and is_demo_model(Path(source))) and dim != SD1_CROSS_ATTENTION_DIM:
+        raise ModelLoadError(f"{source} is not a Stable Diffusion 1.x model (cross_attention_dim {dim}, "
+                             "SD 1.x has 768).")
+
+
+def add_adapters(parts: Components, config, precision: str) -> list:
+    """LoRA on the UNet (and the text encoder when asked); returns the trainable models."""
+    import torch
+    from peft import LoraConfig
+
+    # "gaussian" init of A and zeros for B: the LoRA starts as a no-op, as in diffusers' scripts.
+    parts.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian",
+                                      target_modules=config.target_modules))
+    trainable = [parts.unet]
+    if config.train_text_encoder:
+        parts.text_encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha,
+                                                  init_lora_weights="gaussian", target_modules=TE_TARGETS))
+        trainable.append(parts.text_encoder)
+    if precision != "no":
+        from diffusers.training_utils import cast_training_params
+
+        cast_training_params(trainable, dtype=torch.float32)  # only the LoRA tensors become fp32
+    if config.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            parts.text_encoder.gradient_checkpointing_enable()
+    return trainable
+
+
+def after_caching(parts: Components, config, device) -> None:
+    """Drop what only the caches needed: the VAE encoder, the frozen text encoder; the VAE decoder
+    waits on the CPU until a validation needs it."""
+    parts.vae.encoder = None
+    parts.vae.quant_conv = None
+    if not config.train_text_encoder:
+        parts.text_encoder = None
+    if getattr(device, "type", "cpu") != "cpu":
+        parts.vae.to("cpu")
+        _empty_cache()
+
+
+@contextlib.contextmanager
+def on_device(model, device):
+    """``model`` on ``device`` for the duration of the block, then back where it was."""
+    home = next(model.parameters()).device
+    model.to(device)
+    try:
+        yield model
+    finally:
+        if home != device:
+            model.to(home)
+            _empty_cache()
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
