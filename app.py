@@ -24,22 +24,34 @@ from dreamshot.studio import Studio
 from dreamshot.evaluate import tab as evaluate_tab
 from dreamshot.generate import tab as generate_tab
 from dreamshot.survey import tab as survey_tab
+from dreamshot.video import tab as video_tab
 from labeling.captions import tab as captions_tab
 from labeling import tab as label_tab
+from training import jobs as training_jobs
 from training import tab as train_tab
 
 TITLE = "DreamShot studio"
 log = logging.getLogger("dreamshot.app")
-CSS = ".not-built { opacity: .75 } #demo-banner { border-left: 4px solid #e8a33d; padding-left: .75em }"
+CSS = """
+.not-built { opacity: .75 }
+#demo-banner { border-left: 4px solid #e8a33d; padding-left: .75em }
+/* Tables: headers wrap between words, never inside one ("ru n", "al ph a"); a wide table scrolls
+   sideways inside its own box instead of pushing the page wider. */
+.gradio-container table th, .gradio-container table th * {
+  word-break: normal !important; overflow-wrap: normal !important; hyphens: none; white-space: nowrap;
+}
+.gradio-container .table-wrap, .gradio-container .table-container { max-width: 100%; overflow-x: auto; }
+"""
 
-TAB_MODULES = [label_tab, captions_tab, train_tab, generate_tab, survey_tab, evaluate_tab]
-STUDIO_TABS = [  # (tab title, builder, needs login when a password is set)
-    ("Label", label_tab.build, True),
-    ("Captions", captions_tab.build, True),
-    ("Train", train_tab.build, True),
-    ("Generate", generate_tab.build, False),
-    ("Survey", survey_tab.build, False),
-    ("Evaluate", evaluate_tab.build, True),
+TAB_MODULES = [label_tab, captions_tab, train_tab, generate_tab, survey_tab, evaluate_tab, video_tab]
+STUDIO_TABS = [  # (tab title, builder); a --survey-only server builds the Survey tab alone
+    ("Label", label_tab.build),
+    ("Captions", captions_tab.build),
+    ("Train", train_tab.build),
+    ("Generate", generate_tab.build),
+    ("Survey", survey_tab.build),
+    ("Evaluate", evaluate_tab.build),
+    ("Video", video_tab.build),
 ]
 
 
@@ -55,7 +67,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         banner = gr.Markdown(visible=False, elem_id="demo-banner")
         tabs = [t for t in STUDIO_TABS if t[0] == "Survey"] if studio.settings.survey_only else STUDIO_TABS
         with gr.Tabs():
-            for title, build, _ in tabs:
+            for title, build in tabs:
                 with gr.Tab(title, id=title.lower()):
                     build(studio, demo)
 
@@ -140,6 +152,9 @@ def warm_up() -> None:
 def main() -> None:
     configure_logging([studio.settings.admin_password or ""])
     redact_stderr()  # what gradio or a library prints itself is masked too
+    if not studio.settings.survey_only:
+        # Queued training runs continue after a restart without anyone opening the Train tab.
+        training_jobs.service(studio).start()
     threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TABS = ["Label", "Captions", "Train", "Generate", "Survey", "Evaluate"]
+TABS = ["Label", "Captions", "Train", "Generate", "Survey", "Evaluate", "Video"]
 
 
 def _run_app(*args, env=None, timeout=120):
