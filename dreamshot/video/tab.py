@@ -186,5 +186,9 @@ def build(studio, demo: gr.Blocks) -> None:
         return [gr.Dropdown(choices=choices) for _ in range(4)]
 
     dropdowns = [f.shot, *t.shots, rs.shot]
-    gr.api(lambda: [name for _, name in h.lora_choices()[1:]], api_name="video_loras")
+    def video_loras() -> list[str]:
+        """The names of the LoRAs a clip, transition or restyle can use."""
+        return [name for _, name in h.lora_choices()[1:]]
+
+    gr.api(video_loras, api_name="video_loras")
     demo.load(refresh, None, dropdowns, api_visibility="private")

@@ -1,0 +1,79 @@
+"""The Video tab: its handlers called as the tab calls them, and the endpoints served for real
+(a Blocks with only this tab, called with gradio_client)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from dreamshot.errors import InvalidInput
+from dreamshot.video import media
+from dreamshot.video.handlers import ClipForm, RestyleForm, TransitionForm, VideoHandlers
+from tests.video_fixtures import gradio_videos, video_loras, video_models, vstudio  # noqa: F401
+
+SMALL = dict(frames=8, steps=2, width=64, height=64, seed="3")
+
+
+def test_clip_and_transition_handlers(vstudio, video_models):
+    h = VideoHandlers(vstudio)
+    assert [name for _, name in h.lora_choices()] == ["none", "long", "close"]
+    form = ClipForm(prompt="a lighthouse", shot="close", camera="zoom-in", motion_adapter=video_models["adapter"],
+                    **SMALL)
+    shown = h.clip(form)
+    assert media.count_frames(shown.video) == 8 and Image.open(shown.gif).n_frames == 8
+    assert not shown.video.startswith(str(vstudio.settings.data_dir))   # copies outside the data folder
+    assert "Camera: zoom-in 1" in shown.parameters and "8 frames" in shown.info
+
+    def judge(frames):
+        return [{"long": 0.2, "close": 0.8} for _ in frames]
+
+    vstudio_svc = h.svc
+    original = vstudio_svc.transition_judge
+    vstudio_svc.transition_judge = lambda req, spec: judge     # the judge is pluggable
+    try:
+        shown = h.transition(form, TransitionForm(from_shot="long", to_shot="close", keyframes="0:0, 7:1", auto=True,
+                                                  rounds=2))
+    finally:
+        vstudio_svc.transition_judge = original
+    assert "long → close" in shown.info and "0.00" in shown.info
+    assert "Judged shot per frame" in shown.info and shown.info.count("close") >= 8
+    with pytest.raises(InvalidInput, match="Choose the shot LoRA at the first frame"):
+        h.transition(form, TransitionForm(from_shot="long"))
+
+
+def test_restyle_handler(vstudio):
+    h = VideoHandlers(vstudio)
+    video, plot, metrics_file, summary = h.restyle(RestyleForm(video=str(gradio_videos() / "b.mp4"), max_frames=4,
+                                                               size=64, seed="2"))
+    assert media.count_frames(video) == 4
+    assert Image.open(plot).size == (720, 360)
+    assert set(json.loads(open(metrics_file).read())) >= {"psnr", "t_ssim", "warp_error"}
+    assert "T-SSIM" in summary and "4 frames" in summary
+    with pytest.raises(InvalidInput, match="Upload a video"):
+        h.restyle(RestyleForm())
+
+
+def test_video_endpoints_served(vstudio, video_models):
+    import gradio as gr
+    from gradio_client import Client
+
+    from dreamshot.video import tab
+    from tests.conftest import free_port
+
+    with gr.Blocks() as demo:
+        tab.build(vstudio, demo)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                        blocked_paths=[str(vstudio.settings.data_dir)])
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        assert client.predict(api_name="/video_loras") == ["long", "close"]
+        values = ClipForm(prompt="a bridge", shot="long", motion_adapter=video_models["adapter"], **SMALL)
+        video, gif, info, params = client.predict(*[getattr(values, n) for n in ClipForm.fields()],
+                                                  api_name="/video_clip")
+        path = video["video"] if isinstance(video, dict) else video
+        assert media.count_frames(path) == 8 and "Seed: 3" in params
+    finally:
+        demo.close()
