@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dreamshot.generate import pngmeta
@@ -54,7 +55,7 @@ def test_generate_alpha_compare_and_read_back(client, gen_studio):
     from gradio_client import handle_file
 
     *values, note = client.predict(handle_file(str(path)), api_name="/read_png")
-    assert values[:3] == ["a man on a bridge", "close", 1.0] and values[10] == 11 and "restored" in note
+    assert values[:3] == ["a man on a bridge", "close", 1.0] and values[10] == "11" and "restored" in note
 
 
 def test_bad_input_is_a_clear_error_and_the_service_keeps_working(client):
@@ -66,6 +67,29 @@ def test_bad_input_is_a_clear_error_and_the_service_keeps_working(client):
         client.predict(*form(shot="nope"), api_name="/generate")
     gallery, *_ = client.predict(*form(shot="none"), api_name="/generate")
     assert len(gallery) == 1
+
+
+@pytest.mark.parametrize("seed, message", [("abc", "Seed must be a number"), ("NaN", "Seed must be a finite"),
+                                           ("inf", "Seed must be a finite"), (1.5, "Seed must be a whole")])
+def test_bad_seeds_and_broken_text_get_a_message(client, seed, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(*form(seed=seed), api_name="/generate")
+
+
+def test_a_lone_surrogate_prompt_gets_a_message(gen_studio, serve):
+    """Raw HTTP (gradio_client cannot even encode it): JSON "\\ud800" decodes to a lone surrogate."""
+    import json
+
+    import httpx
+
+    url = serve(gen_studio)
+    body = json.dumps({"data": form(prompt="a man \ud800 on a bridge")})   # ASCII, with the escape
+    event = httpx.post(f"{url}gradio_api/call/generate", content=body,
+                       headers={"content-type": "application/json"}, timeout=30).json()["event_id"]
+    stream = httpx.get(f"{url}gradio_api/call/generate/{event}", timeout=60).text
+    assert "event: error" in stream and "not valid text" in stream and "Internal error" not in stream
 
 
 def test_sweep_storyboard_and_lora_list(client):
@@ -88,6 +112,13 @@ def test_upload_refuses_pickles_and_accepts_kohya(client, lora_files, tmp_path):
     bad.write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(AppError, match="pickle"):
         client.predict(handle_file(str(bad)), "evil", "none", api_name="/upload_lora")
+    ints = tmp_path / "ints.safetensors"     # right keys and shapes, integer weights
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.to(torch.int64) for k, v in load_file(str(lora_files["close"])).items()}, str(ints))
+    with pytest.raises(AppError, match="I64 tensors; LoRA weights are floating point") as refused:
+        client.predict(handle_file(str(ints)), "ints", "none", api_name="/upload_lora")
+    assert len(str(refused.value)) < 300
     note, shot_update, _ = client.predict(handle_file(str(lora_files["close_kohya"])), "closek", "close",
                                           api_name="/upload_lora")
     assert "kohya" in note and "closek" in {c[1] for c in shot_update["choices"]}

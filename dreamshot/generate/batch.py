@@ -122,7 +122,7 @@ class BatchRun:
         self.lo, self.hi = span
         self.total = sum(r.request.num_images for r in results)
         self.done = 0
-        self.saves: list = []
+        self.saves = 0
         self.groups = len(groups([r.request for r in results], [(r.prompt, r.loras) for r in results]))
 
     def group(self, indices: list[int], batch_size: int | None) -> bool:
@@ -154,8 +154,9 @@ class BatchRun:
         result.images.append(generated)
         result.seconds += seconds
         if self.save:
-            path = self.svc.output_path(item.seed, len(self.saves))
-            self.saves.append((generated, self.svc.saver().submit(generated.save, path)))
+            path = self.svc.output_path(item.seed, self.saves)
+            self.saves += 1
+            generated.saved = self.svc.saver().submit(generated.save, path)
 
     def _group_label(self, result) -> str:
         names = ", ".join(f"{info.name} α={format_number(w)}" for info, w in result.loras)
@@ -180,8 +181,7 @@ class BatchRun:
         return on_step
 
     def finish(self) -> None:
-        """Wait for the PNGs (their paths are set once written)."""
-        for generated, future in self.saves:
-            generated.path = future.result()
+        """Mark the results of a stopped call. The PNGs are still being written: ``image.path``
+        waits for its file."""
         for result in self.results:
             result.cancelled = result.cancelled or self.job.cancelled

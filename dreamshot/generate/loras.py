@@ -112,6 +112,7 @@ class LoraLibrary:
 
 MAX_LORA_BYTES = 1 << 30        # 1 GiB: SD 1.5 LoRAs are 1-300 MB
 MAX_LORA_TENSORS = 5000         # a full-rank SD 1.5 kohya LoRA with every layer has ~3,000
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")   # safetensors' names
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
 _LYCORIS = ("hada_w1", "hada_w2", "lokr_w1", "lokr_w2", "lokr_t", ".oft_", "lora_mid")
@@ -216,11 +217,16 @@ def inspect_lora_file(path: Path, shapes: ModelShapes) -> LoraCheck:
             if not 0 < len(keys) <= MAX_LORA_TENSORS:
                 raise InvalidInput(f"{path.name} holds {len(keys)} tensors; a LoRA has 1 to {MAX_LORA_TENSORS}.")
             key_shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in keys}
+            dtypes = {k: fh.get_slice(k).get_dtype() for k in keys}
     except SafetensorError as exc:
         raise InvalidInput(f"{path.name} is not a valid safetensors file ({exc}).") from None
     except OSError as exc:
         raise InvalidInput(f"{path.name} cannot be read ({exc.strerror or exc}).") from None
 
+    odd = sorted({d for d in dtypes.values() if d not in FLOAT_DTYPES})
+    if odd:
+        raise InvalidInput(f"{path.name} holds {', '.join(odd)} tensors; LoRA weights are floating point "
+                           "(F16, BF16 or F32).")
     if any(marker in k for k in keys for marker in _LYCORIS):
         raise InvalidInput(f"{path.name} is a LyCORIS (LoHa/LoKr) file; only plain LoRA files are supported.")
     if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,21 +18,30 @@ from dreamshot.generate.request import GenerationRequest
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class GeneratedImage:
     image: object          # PIL.Image
     seed: int
     parameters: str        # A1111 text
-    path: Path | None = None   # saved copy under outputs/ (never handed to the browser)
+    saved: object = None   # the saved copy under outputs/: a Path, or a Future of it while it is written
     _png: bytes | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def path(self) -> Path | None:
+        """The saved copy under outputs/ (never handed to the browser); waits for a background write."""
+        if isinstance(self.saved, Future):
+            self.saved = self.saved.result()
+        return self.saved
 
     def png(self) -> bytes:
         """The PNG file (settings in its ``parameters`` chunk), encoded once and kept."""
-        if self._png is None:
-            buffer = io.BytesIO()
-            self.image.save(buffer, format="PNG", pnginfo=pngmeta.png_info(self.parameters))
-            self._png = buffer.getvalue()
-        return self._png
+        with self._lock:
+            if self._png is None:
+                buffer = io.BytesIO()
+                self.image.save(buffer, format="PNG", pnginfo=pngmeta.png_info(self.parameters))
+                self._png = buffer.getvalue()
+            return self._png
 
     def save(self, path: Path) -> Path:
         """Write the PNG to ``path`` (its folder is created)."""

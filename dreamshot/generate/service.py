@@ -22,7 +22,9 @@ API (``svc = service(studio)``; requests are ``GenerationRequest``, see ``reques
 
 Each image matches the one-by-one image of its seed up to floating-point noise and is bit-identical
 when the same batch runs again (``batch.py``). ``save=True`` writes PNGs (A1111 ``parameters`` text
-inside) under outputs/ in a background thread while the next batch denoises.
+inside) under outputs/ in a background thread, off the denoising path: a call returns when its
+images are decoded, and ``image.path`` waits for that image's file. ``image.png()`` gives the same
+PNG bytes (encoded once) for a download.
 
 How a call runs: every request is checked (``check_inputs``) and planned once - its LoRA mix resolved
 from the library and its prompt built by the project's template (``studio.project``: the same prompt
