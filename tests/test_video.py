@@ -15,7 +15,7 @@ from tests.video_fixtures import FAST, arrays, video_loras, video_models, vstudi
 
 
 def clip(studio, adapter, **kw):
-    req = ClipRequest(prompt="a woman on a bridge", motion_adapter=adapter, use_template=False, **{**FAST, **kw})
+    req = ClipRequest(prompt="a woman on a bridge", motion_adapter=adapter, **{"use_template": False, **FAST, **kw})
     return service(studio).clip(req, save=False)
 
 
@@ -75,6 +75,21 @@ def test_transition_first_frame_follows_a_last_frame_follows_b_exactly(vstudio, 
     assert np.allclose(trans[-1], close[-1], atol=1.0) and not np.allclose(trans[-1], long_[-1], atol=1.0)
     middle = trans[4]
     assert not np.allclose(middle, long_[4], atol=1.0) and not np.allclose(middle, close[4], atol=1.0)
+
+
+def test_transition_prompts_follow_the_template_frame_by_frame(vstudio, video_models):
+    """With the template on, the first frame sees 'a high-quality long shot picture of ...' and the
+    last 'a high-quality close shot picture of ...' (text embeddings blended in between)."""
+    inert = video_models["inert"]
+    kw = dict(use_template=True)
+    trans = clip(vstudio, inert, shot="long", to_shot="close", **kw)
+    assert trans.prompt == "a high-quality long shot picture of a woman on a bridge"
+    long_, close = (arrays(clip(vstudio, inert, shot="long", **kw).frames),
+                    arrays(clip(vstudio, inert, shot="close", **kw).frames))
+    frames = arrays(trans.frames)
+    assert np.allclose(frames[0], long_[0], atol=1.0) and np.allclose(frames[-1], close[-1], atol=1.0)
+    untemplated = arrays(clip(vstudio, inert, shot="long", to_shot="close").frames)
+    assert not np.allclose(untemplated[-1], frames[-1], atol=1.0)
 
 
 def test_transition_with_motion_moves_from_a_to_b(vstudio, video_models):

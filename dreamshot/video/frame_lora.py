@@ -99,3 +99,30 @@ def _scale_hook(vec, frames: int, temporal: bool):
         per_sample = vec.repeat(output.shape[0] // frames)
         return output * per_sample.view(-1, *([1] * (output.ndim - 1)))
     return hook
+
+
+@contextmanager
+def per_frame_text(unet, cond_a, cond_b, t: list):
+    """Blend two prompts' embeddings frame by frame: frame f is conditioned on
+    ``(1 - t[f])·cond_a + t[f]·cond_b`` (each [1, tokens, dim]). A forward pre-hook on the motion UNet
+    replaces the conditional rows of ``encoder_hidden_states`` ([cfg batch × frames, ...], the
+    conditional block last, as AnimateDiffPipeline lays it out); the unconditional rows stay."""
+    import torch
+
+    frames = len(t)
+    w = torch.tensor(t, dtype=cond_a.dtype, device=cond_a.device).view(-1, 1, 1)
+    blended = (1 - w) * cond_a + w * cond_b            # [frames, tokens, dim]
+
+    def hook(module, args, kwargs):
+        states = kwargs.get("encoder_hidden_states")
+        if states is None or states.shape[0] % frames or states.shape[1:] != blended.shape[1:]:
+            raise RuntimeError("per-frame prompt: unexpected encoder_hidden_states layout")
+        states = states.clone()
+        states[-frames:] = blended.to(states.dtype)
+        return args, {**kwargs, "encoder_hidden_states": states}
+
+    handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

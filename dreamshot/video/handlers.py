@@ -140,7 +140,7 @@ class VideoHandlers:
             raise InvalidInput("Choose the shot LoRA at the first frame (from) and at the last frame (to).")
         req = form.request().replace(shot=_choice(t.from_shot), to_shot=_choice(t.to_shot),
                                      start=_num(t.start, 0.0, "Start"), end=_num(t.end, 1.0, "End"),
-                                     keyframes=t.keyframes or "", use_template=False)
+                                     keyframes=t.keyframes or "")
         judge = svc.transition_judge(req, (t.judge_clip or "").strip() or None) if t.auto else None
         with svc.gen.job(owner, progress=progress) as job:
             result = svc.clip(req, job, judge=judge, rounds=_num(t.rounds, 3, "Rounds", int))

@@ -12,6 +12,7 @@ fresh scheduler from the sampler and seed -> ``ClipResult`` (frames + A1111-styl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -176,10 +177,18 @@ class VideoService:
         if req.to_shot:
             lead, target = gen.resolve_lora(req.shot), gen.resolve_lora(req.to_shot)
             t = schedule.schedule(req.frames, start=req.start, end=req.end, keyframes=req.keyframes)
-            # One prompt for the whole clip: a shot phrase would pin one shot type; the LoRAs move it.
-            return req.prompt, [(lead, req.alpha), (target, req.alpha)], t
+            return self.transition_prompts(req, lead, target)[0], [(lead, req.alpha), (target, req.alpha)], t
         prompt, mix = self.shot_prompt(req.shot, req.prompt, req.use_template, req.alpha)
         return prompt, mix, None
+
+    def transition_prompts(self, req: ClipRequest, lead, target) -> tuple[str, str]:
+        """The prompts of the first and the last frame (the template with each shot's phrase, as in
+        training); frames in between blend their text embeddings with the LoRA weights' schedule."""
+        prompts = []
+        for info in (lead, target):
+            use = req.use_template and info.shot
+            prompts.append(self.studio.project.prompt(info.shot, req.prompt) if use else req.prompt)
+        return prompts[0], prompts[1]
 
     def shot_prompt(self, shot: str | None, caption: str, use_template: bool, alpha: float) -> tuple[str, list]:
         """(prompt, [(LoraInfo, α)]): the project's template with the LoRA's shot phrase, as in training."""
@@ -237,7 +246,7 @@ class VideoService:
             if req.camera and req.camera_strength > 0:
                 weights[self._camera_adapter(req.camera, pipe)] = req.camera_strength
             pipe.scheduler = base.scheduler(self.scheduler_config(), req.sampler, req.seed, **SCHEDULER_OVERRIDES)
-            with self._loras.active(weights, req.frames), warnings.catch_warnings():
+            with self._loras.active(weights, req.frames), self._text(pipe, req, mix, t), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*(ta>=t0|Should have).*")
                 out = pipe(prompt=prompt, negative_prompt=req.negative_prompt or None, num_frames=req.frames,
                            width=req.width, height=req.height, num_inference_steps=req.steps,
@@ -247,6 +256,19 @@ class VideoService:
             gen.lock.release()
         _check_cancel(job)
         return list(out.frames[0])
+
+    def _text(self, pipe, req: ClipRequest, mix: list, t):
+        """Per-frame prompt blend for a transition whose two prompts differ; else nothing."""
+        if t is None or not req.to_shot:
+            return contextlib.nullcontext()
+        first, last = self.transition_prompts(req, mix[0][0], mix[1][0])
+        if first == last:
+            return contextlib.nullcontext()
+        import torch
+
+        with torch.no_grad():
+            cond = [pipe.encode_prompt(p, pipe.unet.device, 1, False)[0] for p in (first, last)]
+        return frame_lora.per_frame_text(pipe.unet, cond[0], cond[1], t)
 
     def transition_judge(self, req: ClipRequest, clip_spec: str | None = None):
         """The Evaluate feature's shot-type judge over the transition's two shot types."""
