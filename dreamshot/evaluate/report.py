@@ -69,8 +69,8 @@ def status_line(results: dict) -> str:
     return line
 
 
-def markdown(results: dict) -> str:
-    lines = [status_line(results), ""]
+def markdown(results: dict, *, status: bool = True) -> str:
+    lines = [status_line(results), ""] if status else []
     models = results.get("models", {})
     lines.append(f"CLIP: `{models.get('clip', '-')}` · DINO: `{models.get('dino', '-')}` · α = {results.get('alpha')}")
     for name, title in TITLES.items():
@@ -82,9 +82,13 @@ def markdown(results: dict) -> str:
         for metric, label in METRICS.items():
             for shot, row in [("all", t[metric]["overall"]), *t[metric]["per_shot"].items()]:
                 lines.append(f"| {label} | {shot} | {row['n']} | " + " | ".join(row_text(row)) + " |")
-        for metric, label in (("judged_as_requested", "judged as requested shot"), ("r1", "R@1")):
-            for shot, row in [("all", t[metric]["overall"]), *t[metric]["per_shot"].items()]:
-                lines.append(f"| {label} | {shot} | {row['n']} | {fmt(row['base'], 3)} | {fmt(row['tuned'], 3)} | | |")
+        lines += ["", "| shot | n | judged as requested: base | fine-tuned | R@1: base | fine-tuned |",
+                  "|---|---|---|---|---|---|"]
+        judged, r1 = t["judged_as_requested"], t["r1"]
+        for shot, row in [("all", judged["overall"]), *judged["per_shot"].items()]:
+            other = r1["overall"] if shot == "all" else r1["per_shot"].get(shot, {})
+            lines.append(f"| {shot} | {row['n']} | {_share(row, 'base')} | {_share(row, 'tuned')} | "
+                         f"{_share(other, 'base')} | {_share(other, 'tuned')} |")
     curve = results.get("alpha_curve") or []
     if curve:
         lines += ["", "### α curve (subset)", "", "| α | n | CLIP-T | DINO | judged as requested | R@1 |",
@@ -93,6 +97,14 @@ def markdown(results: dict) -> str:
                   f"{fmt(a['r1'], 3)} |" for a in curve]
     lines += ["", judge_text(results.get("judge") or {})]
     return "\n".join(lines)
+
+
+def _share(row: dict, side: str) -> str:
+    value = (row or {}).get(side)
+    if value is None:
+        return "-"
+    low, high = row.get(f"{side}_ci") or (None, None)
+    return f"{value:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
 
 
 def judge_text(report: dict) -> str:

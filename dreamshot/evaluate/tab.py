@@ -90,7 +90,7 @@ class EvaluateHandlers:
     def view(self, results: dict, out: Path):
         plot = out / "results.png"
         gallery = [(side_by_side(b, t), caption) for b, t, caption in service(self.studio).samples(out)]
-        return (report.status_line(results), report.markdown(results),
+        return (report.status_line(results), report.markdown(results, status=False),
                 Image.open(plot).convert("RGB") if plot.is_file() else None, gallery)
 
     def shot_choices(self) -> gr.CheckboxGroup:
@@ -104,7 +104,10 @@ def side_by_side(base: Path, tuned: Path) -> Image.Image:
         canvas = Image.new("RGB", (a.width + b.width + 4, max(a.height, b.height)), "white")
         canvas.paste(a, (0, 0))
         canvas.paste(b, (a.width + 4, 0))
-        return canvas
+    if canvas.height < 256:   # small test-size images: enlarge (pixel art) so they can be seen
+        factor = -(-256 // canvas.height)
+        canvas = canvas.resize((canvas.width * factor, canvas.height * factor), Image.NEAREST)
+    return canvas
 
 
 def build(studio, demo: gr.Blocks) -> None:
@@ -139,9 +142,8 @@ def build(studio, demo: gr.Blocks) -> None:
         stop_btn = gr.Button("Stop", variant="stop", elem_id="eval-stop")
         show_btn = gr.Button("Show results", elem_id="eval-show")
     status = gr.Markdown(elem_id="eval-status")
-    with gr.Row():
-        tables = gr.Markdown(elem_id="eval-tables")
-        plot = gr.Image(label="Tables 3-4 and α curve", type="pil", format="png", elem_id="eval-plot")
+    plot = gr.Image(label="Tables 3-4 and α curve", type="pil", format="png", elem_id="eval-plot", height=320)
+    tables = gr.Markdown(elem_id="eval-tables")
     gallery = gr.Gallery(label="Sample pairs (left: base, right: fine-tuned)", columns=3, elem_id="eval-gallery")
 
     def evaluate_run(request: gr.Request, name, frames, shots, pairs, alpha, clip_model, dino_model, judge, batch,
