@@ -213,3 +213,39 @@ def test_cli_end_to_end_and_its_errors(eval_studio, tiny_eval_models, tmp_path):
                            "--out", str(tmp_path / "bad"), "--clip-model", str(tmp_path / "missing")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: The CLIP model folder")
+
+
+def test_scores_equal_cosines_computed_by_hand_with_transformers(eval_studio, tiny_eval_models, tmp_path):
+    """CLIP-T and DINO of one pair recomputed here from the raw models: CLIP image/text projections,
+    DINO's CLS token of last_hidden_state (no pooler)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel, CLIPTokenizer, ViTModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    service(eval_studio).run(opts(tmp_path, tiny_eval_models, pairs=2, ablation=False, alpha_subset=0))
+    out = tmp_path / "eval"
+    rec = pairs.read_jsonl(out / "pairs.jsonl")[0]
+    score = next(s for s in pairs.read_jsonl(out / "scores.jsonl") if s["id"] == rec["id"])
+    tuned = Image.open(out / rec["tuned_image"]).convert("RGB")
+    frame = Image.open(rec["frame_path"]).convert("RGB")
+
+    clip = CLIPModel.from_pretrained(tiny_eval_models["clip"]).eval()
+    tok = CLIPTokenizer.from_pretrained(tiny_eval_models["clip"])
+    proc = CLIPImageProcessorPil.from_pretrained(tiny_eval_models["clip"])
+    with torch.no_grad():
+        img = clip.vision_model(pixel_values=proc(images=[tuned], return_tensors="pt")["pixel_values"]).pooler_output
+        img = clip.visual_projection(img)[0].numpy()
+        ids = tok([rec["prompt"]], return_tensors="pt")
+        txt = clip.text_projection(clip.text_model(**ids).pooler_output)[0].numpy()
+    expected = float(img @ txt / np.linalg.norm(img) / np.linalg.norm(txt))
+    assert score["tuned"]["clip_t"] == pytest.approx(expected, abs=1e-5)
+
+    vit = ViTModel.from_pretrained(tiny_eval_models["dino"], add_pooling_layer=False).eval()
+    vproc = ViTImageProcessorPil.from_pretrained(tiny_eval_models["dino"])
+    with torch.no_grad():
+        a, b = (vit(pixel_values=vproc(images=[im], return_tensors="pt")["pixel_values"]).last_hidden_state[0, 0].numpy()
+                for im in (tuned, frame))
+    assert score["tuned"]["dino"] == pytest.approx(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), abs=1e-5)
