@@ -52,6 +52,20 @@ def test_clip_is_reproducible_and_the_shot_lora_drives_it(vstudio, video_models)
     assert not np.array_equal(a, arrays(clip(vstudio, adapter, shot="close", seed=12).frames))
 
 
+def test_motion_unet_shares_the_base_weights_and_a_generate_lora_does_not_leak(vstudio, video_models):
+    from dreamshot.generate.service import GenerationRequest, service as generation
+
+    adapter = video_models["adapter"]
+    before = arrays(clip(vstudio, adapter).frames)
+    motion = service(vstudio).motion_pipeline(adapter)
+    base_unet = vstudio.models.pipeline().unet
+    assert motion.unet.conv_in.weight is base_unet.conv_in.weight
+    assert motion.unet.down_blocks[1].attentions[0].proj_in.weight is base_unet.down_blocks[1].attentions[0].proj_in.weight
+    generation(vstudio).generate(GenerationRequest(prompt="x", shot="long", width=64, height=64, steps=2, seed=1),
+                                 save=False)    # merges 'long' into the shared weights
+    assert np.array_equal(arrays(clip(vstudio, adapter).frames), before)
+
+
 def test_per_frame_weights_equal_constant_weights_when_constant(vstudio, video_models):
     """A transition whose schedule holds still is the constant-weight mix: the hook tiles and
     broadcasts the per-frame vector the way the UNet lays out [cfg × frames]."""
@@ -154,6 +168,20 @@ def test_evaluate_judge_gives_probabilities_per_frame(vstudio, tmp_path):
     out = judge(frames)
     assert len(out) == 3 and all(set(p) == {"long", "close"} and abs(sum(p.values()) - 1) < 1e-6 for p in out)
     assert out[0] != out[1]
+
+
+def test_stop_cancels_a_clip(vstudio, video_models):
+    from dreamshot.video.base import Cancelled
+
+    class StopAtOnce:
+        cancelled = False
+
+        def report(self, fraction, text):
+            self.cancelled = True
+
+    with pytest.raises(Cancelled, match="Stopped"):
+        service(vstudio).clip(ClipRequest(prompt="a man", motion_adapter=video_models["adapter"], **FAST),
+                              StopAtOnce(), save=False)
 
 
 def test_bad_requests_get_clear_messages(vstudio, video_models):

@@ -15,6 +15,8 @@ loaded base pipeline's components, and camera moves (AnimateDiff motion LoRAs).
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput, ModelLoadError
@@ -56,8 +58,9 @@ def load_motion_adapter(source: str, base_unet, *, offline: bool):
     else:
         local = Path(source).expanduser()
         try:
-            adapter = MotionAdapter.from_pretrained(str(local) if local.exists() else source,
-                                                    local_files_only=local.exists() or offline)
+            with quiet():
+                adapter = MotionAdapter.from_pretrained(str(local) if local.exists() else source,
+                                                        local_files_only=local.exists() or offline)
         except Exception as exc:
             raise ModelLoadError(
                 f"Cannot load the motion adapter {source!r} ({exc.__class__.__name__}). Give a local "
@@ -67,7 +70,8 @@ def load_motion_adapter(source: str, base_unet, *, offline: bool):
     if tuple(adapter.config.block_out_channels) != channels:
         raise ModelLoadError(f"The motion adapter {source!r} is for UNet channels "
                              f"{tuple(adapter.config.block_out_channels)}, the base model has {channels}.")
-    return adapter.to(base_unet.device, dtype=base_unet.dtype if base_unet.dtype != torch.float32 else None)
+    with quiet():
+        return adapter.to(base_unet.device, dtype=base_unet.dtype if base_unet.dtype != torch.float32 else None)
 
 
 def demo_motion_adapter(base_unet, seed: int = 1234):
@@ -88,13 +92,15 @@ def motion_pipeline(base, adapter):
     from diffusers import AnimateDiffPipeline
 
     try:
-        pipe = AnimateDiffPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
-                                   unet=base.unet, motion_adapter=adapter, scheduler=base.scheduler)
+        with quiet():
+            pipe = AnimateDiffPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                       unet=base.unet, motion_adapter=adapter, scheduler=base.scheduler)
     except Exception as exc:
         raise ModelLoadError(f"The motion adapter does not fit the base model ({exc.__class__.__name__}: {exc}).") from None
     shared = share_weights(pipe.unet, base.unet)
     log.info("motion UNet shares %d weight tensors with the base UNet", shared)
-    pipe.unet.to(base.unet.device, dtype=base.unet.dtype)
+    with quiet():
+        pipe.unet.to(base.unet.device, dtype=base.unet.dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -128,3 +134,19 @@ def demo_camera_lora(motion_unet, move: str, rank: int = 4) -> dict:
             state[f"unet.{name}.lora.down.weight"] = down
             state[f"unet.{name}.lora.up.weight"] = up
     return state
+
+
+@contextmanager
+def quiet():
+    """Silence the notices every tiny or fp32 build prints (diffusers' 'modules kept in float32',
+    peft's 'multiple adapters'): expected here, and noise on the CLI."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(multiple adapters|peft_config).*")
+            yield
+    finally:
+        dlogging.set_verbosity(level)

@@ -39,8 +39,11 @@ class FrameLoras:
         if not unet_part:
             raise ModelLoadError(f"The LoRA {label} has no UNet weights.")
         unet_alphas = {k: v for k, v in (alphas or {}).items() if k.startswith("unet.")} or None
+        from dreamshot.video.clip import quiet
+
         try:
-            self.unet.load_lora_adapter(unet_part, prefix="unet", network_alphas=unet_alphas, adapter_name=name)
+            with quiet():
+                self.unet.load_lora_adapter(unet_part, prefix="unet", network_alphas=unet_alphas, adapter_name=name)
         except Exception as exc:
             raise ModelLoadError(f"The LoRA {label} does not fit this base model "
                                  f"({exc.__class__.__name__}: {exc})") from None
