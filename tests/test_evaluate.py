@@ -176,6 +176,10 @@ def test_bad_input_gets_one_clear_message(eval_studio, tiny_eval_models, tmp_pat
         svc.run(opts(tmp_path, tiny_eval_models, shots=["closeup"]))
     with pytest.raises(InvalidInput, match="No LoRA for the shot type 'long'"):
         svc.run(opts(tmp_path, tiny_eval_models, shots=["long"]))
+    with pytest.raises(InvalidInput, match="not a multiple of 8"):
+        svc.run(opts(tmp_path, tiny_eval_models, width=60))
+    with pytest.raises(InvalidInput, match="Batch size"):
+        svc.run(opts(tmp_path, tiny_eval_models, batch=0))
     with pytest.raises(InvalidInput, match="at least 1"):
         svc.run(opts(tmp_path, tiny_eval_models, pairs=0))
     empty = tmp_path / "empty"

@@ -82,9 +82,15 @@ class EvaluateService:
         return out
 
     def prepare(self, options: EvalOptions):
+        from dreamshot.generate.service import GenerationRequest, check_inputs
+
+        check_inputs(GenerationRequest(prompt="check", width=options.width, height=options.height, steps=options.steps,
+                                       cfg=options.cfg, sampler=options.sampler, alpha=options.alpha))
+        if not 1 <= int(options.batch) <= 16:
+            raise InvalidInput(f"Batch size must be between 1 and 16 (got {options.batch}).")
+        loras = self.shot_loras(options.shots)
         out = Path(options.out).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        loras = self.shot_loras(options.shots)
         shots = list(loras)
         clip, dino = self.clip(options.clip_model), self.dino(options.dino_model)
         frames, skipped = load_frames(self.studio, options.frames, out, shots)
@@ -264,31 +270,12 @@ class EvaluateService:
 
 
 def render(gen, requests: list, compare: bool, batch: int, job) -> list:
-    """The one place evaluation asks for images: per request [base, fine-tuned] (compare) or
-    [image]; None where a stop came first. Uses the generation service's batch API."""
-    from dreamshot.generate.service import Cancelled
-
+    """The one place evaluation asks for images (the generation service's batch API): per request
+    [base, fine-tuned] (compare) or [image]; None where a stop came first."""
     if compare:
-        if hasattr(gen, "compare_many"):
-            results = gen.compare_many(requests, job, batch_size=batch, save=False)
-            return [[b.images[0], t.images[0]] if b.images and t.images else None for b, t in results]
-        made = []
-        for req in requests:
-            try:
-                b, t = gen.compare_with_base(req, job, save=False)
-            except Cancelled:
-                return made + [None] * (len(requests) - len(made))
-            made.append([b.images[0], t.images[0]])
-        return made
-    if hasattr(gen, "generate_many"):
-        return [[r.images[0]] if r.images else None for r in gen.generate_many(requests, job, batch_size=batch, save=False)]
-    made = []
-    for req in requests:
-        try:
-            made.append([gen.generate(req, job, save=False).images[0]])
-        except Cancelled:
-            return made + [None] * (len(requests) - len(made))
-    return made
+        results = gen.compare_many(requests, job, batch_size=batch, save=False)
+        return [[b.images[0], t.images[0]] if b.images and t.images else None for b, t in results]
+    return [[r.images[0]] if r.images else None for r in gen.generate_many(requests, job, batch_size=batch, save=False)]
 
 
 def service(studio) -> EvaluateService:
