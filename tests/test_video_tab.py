@@ -77,3 +77,26 @@ def test_video_endpoints_served(vstudio, video_models):
         assert media.count_frames(path) == 8 and "Seed: 3" in params
     finally:
         demo.close()
+
+
+def test_video_endpoints_are_for_studio_members(make_studio):
+    import gradio as gr
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from dreamshot.video import tab
+    from tests.conftest import free_port
+
+    studio = make_studio(admin_password="pw")      # served without login: every caller is a participant
+    with gr.Blocks() as demo:
+        tab.build(studio, demo)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        for name, args in (("/video_loras", []), ("/video_stop", []),
+                           ("/video_clip", [getattr(ClipForm(prompt="x"), n) for n in ClipForm.fields()])):
+            with pytest.raises(AppError, match="Log in as a studio member"):
+                client.predict(*args, api_name=name)
+    finally:
+        demo.close()

@@ -17,7 +17,7 @@ import gradio as gr
 from dreamshot.video.base import SAMPLERS
 from dreamshot.video.clip import MAX_CLIP_FRAMES
 from dreamshot.video.handlers import NONE, ClipForm, RestyleForm, Shown, TransitionForm, VideoHandlers
-from dreamshot.ui import guarded
+from dreamshot.ui import admin_name, guarded
 
 try:  # ZeroGPU: a GPU is attached only while a decorated function runs; a no-op elsewhere.
     import spaces
@@ -33,14 +33,16 @@ def owner(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
 
 
-def form_event(method, forms: tuple, shown: bool = True):
-    """A gradio function whose inputs are the fields of ``forms`` (dataclasses) in order; it calls
-    ``method(*form objects, owner=..., progress=...)``. The signature is spelled out because gradio
-    reads it to inject the request and the progress tracker."""
+def form_event(studio, method, forms: tuple):
+    """A gradio function whose inputs are the fields of ``forms`` (dataclasses) in order; it checks
+    that the caller is a studio member, then calls ``method(*form objects, owner=..., progress=...)``.
+    The signature is spelled out because gradio reads it to inject the request and the progress
+    tracker."""
     names = [name for form in forms for name in form.fields()]
 
     def event(*args):
         *values, request, progress = args
+        admin_name(studio, request)   # members only: video runs are the studio's most expensive jobs
         objects, i = [], 0
         for form in forms:
             n = len(form.fields())
@@ -167,14 +169,15 @@ def build(studio, demo: gr.Blocks) -> None:
     t = _transition_section(h)
     rs = _restyle_section(h)
     events = [
-        f.go.click(form_event(h.clip, (ClipForm,)), f.form, r.outputs, api_name="video_clip"),
-        t.go.click(form_event(h.transition, (ClipForm, TransitionForm)), [*f.form, *t.form], r.outputs,
+        f.go.click(form_event(studio, h.clip, (ClipForm,)), f.form, r.outputs, api_name="video_clip"),
+        t.go.click(form_event(studio, h.transition, (ClipForm, TransitionForm)), [*f.form, *t.form], r.outputs,
                    api_name="video_transition"),
-        rs.go.click(form_event(h.restyle, (RestyleForm,)), rs.form, rs.outputs, api_name="video_restyle"),
+        rs.go.click(form_event(studio, h.restyle, (RestyleForm,)), rs.form, rs.outputs, api_name="video_restyle"),
     ]
 
     @guarded
     def stop(request: gr.Request):
+        admin_name(studio, request)
         return h.stop(owner(request))
 
     f.stop.click(stop, None, r.info, api_name="video_stop", concurrency_limit=None, cancels=events)
@@ -186,8 +189,10 @@ def build(studio, demo: gr.Blocks) -> None:
         return [gr.Dropdown(choices=choices) for _ in range(4)]
 
     dropdowns = [f.shot, *t.shots, rs.shot]
-    def video_loras() -> list[str]:
+    @guarded
+    def video_loras(request: gr.Request) -> list[str]:
         """The names of the LoRAs a clip, transition or restyle can use."""
+        admin_name(studio, request)
         return [name for _, name in h.lora_choices()[1:]]
 
     gr.api(video_loras, api_name="video_loras")
