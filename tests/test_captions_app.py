@@ -71,6 +71,8 @@ def test_endpoints_with_gradio_client(studio, serve, tiny_blip2):  # noqa: F811
     with pytest.raises(AppError, match="cannot be empty"):
         client.predict(ids[1], "   ", None, "train", api_name="/caption_save")
     assert captions.get_caption(studio, ids[1]).caption == "a woman driving a car"
+    with pytest.raises(AppError, match="Frame 100000000000000000000 does not exist"):  # not "Internal error"
+        client.predict(1e20, "a cat", None, "train", api_name="/caption_save")
 
     rows, note = client.predict("man", "person", False, "", "train", "all", False, "", False,
                                 api_name="/caption_replace_preview")
@@ -152,3 +154,29 @@ def test_auto_caption_from_the_browser_with_progress(studio, serve, page, tiny_b
     page.wait_for_function("!document.querySelector('#captions-table').innerText.includes('(no caption)')")
     page.wait_for_function("document.querySelector('#captions-stats').innerText.includes('3/3 frames captioned')")
     assert captions.frames_with_machine_caption(studio, ids) == set(ids)
+
+
+@pytest.mark.browser
+def test_a_refused_save_leaves_the_page_as_it_was(studio, serve, page, artifacts_dir):
+    """Issue 13: after a refused empty caption every output showed a red "Error" badge and the image
+    disappeared. The refusal is a toast; the editor keeps its image, text and info."""
+    ids = _drafted(studio)
+    page.goto(serve(studio))
+    page.get_by_role("tab", name="Captions").click()
+    page.wait_for_function("document.querySelector('#caption-info')?.innerText.includes('Frame')")
+    page.wait_for_function("document.querySelector('#captions-editor img')?.naturalWidth > 0")
+    info_before = page.locator("#caption-info").inner_text()
+    box = page.locator("#caption-box textarea")
+    box.fill("   ")
+    page.locator("#caption-save").click()
+    toast = page.locator(".toast-body").filter(has_text="A caption cannot be empty")
+    toast.first.wait_for(timeout=15_000)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(artifacts_dir / "captions-refusal.png"), full_page=True)
+    shown_badges = page.evaluate("""() => [...document.querySelectorAll(
+        '#captions-editor [data-testid=status-tracker]')].filter(t => t.querySelector('.error')
+        && !t.classList.contains('hide') && getComputedStyle(t).opacity !== '0').length""")
+    assert shown_badges == 0   # gradio's red "Error" badge over an output
+    assert page.locator("#captions-editor img").first.evaluate("im => im.naturalWidth") > 0
+    assert info_before.strip() in page.locator("#caption-info").inner_text()  # (a hidden tracker adds text)
+    assert captions.get_caption(studio, ids[0]).caption == "a close-up of a man"
