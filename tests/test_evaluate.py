@@ -253,3 +253,21 @@ def test_scores_equal_cosines_computed_by_hand_with_transformers(eval_studio, ti
         a, b = (vit(pixel_values=vproc(images=[im], return_tensors="pt")["pixel_values"]).last_hidden_state[0, 0].numpy()
                 for im in (tuned, frame))
     assert score["tuned"]["dino"] == pytest.approx(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), abs=1e-5)
+
+
+def test_ctrl_c_leaves_results_marked_incomplete(eval_studio, tiny_eval_models, tmp_path, monkeypatch):
+    from dreamshot.evaluate import service as evaluate_service
+
+    real, calls = evaluate_service.render, []
+
+    def render_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_service, "render", render_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        service(eval_studio).run(opts(tmp_path, tiny_eval_models, batch=2))
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["complete"] is False and saved["stopped"] == "interrupted" and saved["pairs_done"] == 2

@@ -28,23 +28,23 @@ def _floats(text: str) -> list[float]:
 def register(sub, parents) -> None:
     p = sub.add_parser("evaluate", parents=parents, help="CLIP-T / DINO evaluation (paper Tables 3-4)",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="run folder (pairs.jsonl, results.json, ...)")
-    p.add_argument("--frames", default="test", help="'test' (the studio's test split) or an imagefolder [test]")
-    p.add_argument("--shots", default="", help="shot types, e.g. close,medium,long [every shot with a LoRA]")
-    p.add_argument("--pairs", type=int, default=1500, help="captions (pairs), even over shot types [1500]")
-    p.add_argument("--alpha", type=float, default=1.0, help="LoRA strength of the fine-tuned images [1]")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder (pairs.jsonl, results.json, ...)")
+    p.add_argument("--frames", default="test", metavar="test|DIR", help="'test' (the studio's test split) or an imagefolder [test]")
+    p.add_argument("--shots", default="", metavar="A,B", help="shot types, e.g. close,medium,long [every shot with a LoRA]")
+    p.add_argument("--pairs", type=int, default=1500, metavar="N", help="captions (pairs), even over shot types [1500]")
+    p.add_argument("--alpha", type=float, default=1.0, metavar="A", help="LoRA strength of the fine-tuned images [1]")
     p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i [0]")
-    p.add_argument("--clip-model", default=embedders.DEFAULT_CLIP, help=f"Hub id or folder [{embedders.DEFAULT_CLIP}]")
-    p.add_argument("--dino-model", default=embedders.DEFAULT_DINO, help=f"Hub id or folder [{embedders.DEFAULT_DINO}]")
+    p.add_argument("--clip-model", default=embedders.DEFAULT_CLIP, metavar="ID|DIR", help=f"Hub id or folder [{embedders.DEFAULT_CLIP}]")
+    p.add_argument("--dino-model", default=embedders.DEFAULT_DINO, metavar="ID|DIR", help=f"Hub id or folder [{embedders.DEFAULT_DINO}]")
     p.add_argument("--judge", default="auto", choices=JUDGES, help="shot-type judge [auto: probe if enough labels]")
     p.add_argument("--min-labels", type=int, default=8, help="labeled frames per shot the probe needs [8]")
-    p.add_argument("--batch", type=int, default=4, help="images per generation batch [4]")
+    p.add_argument("--batch", type=int, default=4, metavar="N", help="images per generation batch [4]")
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--cfg", type=float, default=6.0)
     p.add_argument("--no-ablation", action="store_true", help="skip Table 4 (prompts without the shot type)")
-    p.add_argument("--alpha-values", default="0,0.25,0.5,0.75,1", help="α curve values [0,0.25,0.5,0.75,1]")
+    p.add_argument("--alpha-values", default="0,0.25,0.5,0.75,1", metavar="A,B,..", help="α curve values [0,0.25,0.5,0.75,1]")
     p.add_argument("--alpha-subset", type=int, default=12, help="pairs re-generated for the α curve [12]")
     p.add_argument("--allow-contaminated", action="store_true",
                    help="evaluate on frames used for training (marked in the results)")
@@ -66,11 +66,22 @@ def _progress(fraction: float, text: str) -> None:
     print(f"\r{fraction * 100:5.1f}%  {text:<70}", end="", file=sys.stderr, flush=True)
 
 
+def _pick_gpu() -> None:
+    """Under ``accelerate launch`` on several GPUs: this process uses GPU LOCAL_RANK."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0) % torch.cuda.device_count())
+
+
 def run(studio, args) -> int:
     from dreamshot.evaluate.service import service
 
     svc = service(studio)
     options = options_from(args)
+    _pick_gpu()
     results = svc.merge_and_score(options) if args.merge else svc.run(options, progress=_progress)
     print(file=sys.stderr)
     if "shard" in results:

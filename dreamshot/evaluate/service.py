@@ -128,7 +128,8 @@ class EvaluateService:
         try:
             stopped = self._generate(out, options, loras, todo, bar, job, rank, world)
         except KeyboardInterrupt:
-            self._finish(out, options, loras, clip, dino, items, notes, "interrupted")
+            if rank == 0:      # what exists so far, marked complete: false
+                self._finish(out, options, loras, clip, dino, items, notes, "interrupted")
             raise
         finally:
             self.running.clear()
