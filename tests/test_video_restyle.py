@@ -118,3 +118,21 @@ def test_ssim_psnr_and_warp_error():
     still = metrics.temporal_metrics([moving[0]] * 4, moving)
     assert follow["warp_error"]["mean"] < still["warp_error"]["mean"] / 3
     assert still["t_ssim"]["mean"] == pytest.approx(1.0) and follow["t_ssim"]["mean"] < 0.9
+
+
+def test_restyle_cli_compares_fixed_and_per_frame_seeds(vstudio, tmp_path, capsys):
+    from dreamshot.__main__ import main
+
+    still = Image.open(gradio_videos().parent / "images" / "lion.jpg").convert("RGB").resize((64, 64))
+    video = media.write_mp4([still] * 4, 12, tmp_path / "still.mp4")
+    out = tmp_path / "cmp"
+    code = main(["video", "restyle", str(video), "--data", str(vstudio.settings.data_dir), "--model", "demo",
+                 "--seed-policy", "both", "--width", "64", "--height", "64", "--steps", "2", "--strength", "0.75",
+                 "--seed", "8", "--out", str(out)])
+    assert code == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["fixed"]["t_ssim"] > comparison["per-frame"]["t_ssim"] + 0.01
+    for policy in ("fixed", "per-frame"):
+        assert media.count_frames(out / policy / "restyled.mp4") == 4
+        assert json.loads((out / policy / "metrics.json").read_text())["seed_policy"] == policy
+    assert '"seed_policy": "per-frame"' in capsys.readouterr().out

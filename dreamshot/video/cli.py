@@ -82,7 +82,8 @@ def register(sub, parents) -> None:
                    help="none/img2img: plain img2img; canny: ControlNet on the frame's edges [none]")
     p.add_argument("--controlnet", default=None, metavar="ID|DIR", help="ControlNet for --control canny")
     p.add_argument("--strength", type=float, default=0.6, help="img2img denoising strength (0-1] [0.6]")
-    p.add_argument("--seed-policy", default="fixed", choices=["fixed", "per-frame"], help="[fixed]")
+    p.add_argument("--seed-policy", default="fixed", choices=["fixed", "per-frame", "both"],
+                   help="both: run each into OUT/fixed and OUT/per-frame and write OUT/comparison.json [fixed]")
     p.add_argument("--max-frames", type=int, default=None, help="restyle only the first N frames")
     p.add_argument("--max-seconds", type=float, default=None, help="refuse longer inputs [120]")
     p.add_argument("--chunk", type=int, default=8, help="frames per batch; progress is saved after each [8]")
@@ -151,6 +152,18 @@ def run_restyle(studio, args) -> int:
         seed=args.seed, sampler=args.sampler, steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
         max_frames=args.max_frames, max_seconds=args.max_seconds or media.MAX_SECONDS, chunk=args.chunk,
         controlnet=args.controlnet, out_dir=args.out, restart=args.restart)
+    if args.seed_policy == "both":
+        from dataclasses import replace
+
+        from dreamshot.video.restyle import compare_seed_policies
+
+        with svc.gen.job("cli", progress=_progress) as job:
+            results = compare_seed_policies(svc, replace(req, seed_policy="fixed"), job)
+        print(file=sys.stderr)
+        for policy, result in results.items():
+            print(json.dumps({"seed_policy": policy, "video": str(result.video), **{
+                k: round(result.metrics[k]["mean"], 5) for k in ("psnr", "t_ssim", "warp_error")}}))
+        return 0
     with svc.gen.job("cli", progress=_progress) as job:
         result = svc.restyle(req, job)
     print(file=sys.stderr)

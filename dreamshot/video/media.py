@@ -117,7 +117,9 @@ def write_mp4(frames, fps, path: Path, *, audio_from: Path | None = None,
         if comment:
             out.metadata["comment"] = comment
         stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+        if width % 2 or height % 2:
+            raise ValueError(f"H.264 (yuv420p) needs even frame sizes, got {width}x{height}")
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = 1 / fps
         stream.options = {"crf": "18", "preset": "veryfast"}
         audio_in = _open_audio(audio_from)

@@ -127,6 +127,25 @@ def run(vsvc, req: RestyleRequest, job=None) -> RestyleResult:
     return _finish(folder, frames_dir, info, decoded, size, settings, done_before)
 
 
+def compare_seed_policies(vsvc, req: RestyleRequest, job=None) -> dict:
+    """Restyle twice - fixed seed and per-frame seed, same everything else - into ``<out>/fixed`` and
+    ``<out>/per-frame``; writes ``<out>/comparison.json`` (each policy's clip means). Returns
+    {policy: RestyleResult}."""
+    from dataclasses import replace
+
+    seed = req.seed if req.seed != -1 else base.random_seed()
+    root = Path(req.out_dir) if req.out_dir else None
+    results = {}
+    for policy in SEED_POLICIES:
+        out = root / policy if root else None
+        results[policy] = run(vsvc, replace(req, seed_policy=policy, seed=seed, out_dir=out), job)
+    folder = root or results["fixed"].folder.parent
+    summary = {policy: {k: r.metrics[k]["mean"] for k in metrics.KEYS} for policy, r in results.items()}
+    summary["input"] = results["fixed"].metrics["input"]
+    (folder / "comparison.json").write_text(json.dumps(summary, indent=2))
+    return results
+
+
 def _identity(path: Path) -> dict:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
