@@ -1,0 +1,79 @@
+"""A participant in headless Chromium on a survey-only server: start, keyboard answers (A / B / N),
+a reload in the middle of a pair, the reveal after each pair, the thank-you page; screenshots at
+desktop and phone width."""
+
+from __future__ import annotations
+
+import pytest
+
+from dreamshot.survey.service import service
+from tests.survey_helpers import answers, open_survey  # noqa: F401 (fixtures)
+from tests.survey_helpers import gen_studio, lora_files  # noqa: F401
+
+ANSWERED = "id => { const el = document.getElementById(id); const b = el && (el.tagName === 'BUTTON' ? el : el.querySelector('button')); return b && b.disabled; }"
+
+
+def _press(page, key: str, question: str) -> None:
+    page.keyboard.press(key)
+    page.wait_for_function(ANSWERED, arg=f"survey-{question}-A")
+
+
+def _pair_header(page, n: int, total: int = 3) -> None:
+    page.wait_for_function("t => (document.querySelector('#survey-header')?.innerText || '').includes(t)",
+                           arg=f"Pair {n} of {total}")
+
+
+@pytest.mark.browser
+def test_participant_keyboard_reload_and_thanks(open_survey, make_studio, serve, browser, artifacts_dir):
+    participant = make_studio(data_dir=open_survey.settings.data_dir, survey_only=True)
+    service(participant).new_limiter.limit = 100
+    url = serve(participant)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.get_by_role("button", name="Start the survey").click()
+    _pair_header(page, 1)
+    page.wait_for_selector("#survey-img-a img")
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(artifacts_dir / "survey-desktop.png"), full_page=True)
+    _press(page, "a", "like")
+    _press(page, "b", "shot")
+    assert [r[4] for r in answers(open_survey)] == ["A", "B"]   # committed before acknowledged
+
+    page.reload()                                   # the token is in the browser: same pair, answers kept
+    _pair_header(page, 1)
+    page.wait_for_function(ANSWERED, arg="survey-shot-A")
+    page.keyboard.press("n")
+    _pair_header(page, 2)
+    status = page.locator("#survey-status").inner_text()
+    assert "was the fine-tuned model" in status     # revealed only after the pair's answers are stored
+    for n in (2, 3):
+        for key, q in (("a", "like"), ("a", "shot"), ("b", "prompt")):
+            if q == "prompt":
+                page.keyboard.press(key)
+            else:
+                _press(page, key, q)
+        if n == 2:
+            _pair_header(page, 3)
+    page.wait_for_selector("#survey-thanks", state="visible")
+    assert "Thank you" in page.locator("#survey-thanks").inner_text()
+    rows = answers(open_survey)
+    assert len(rows) == 9 and len({r[0] for r in rows}) == 1
+    context.close()
+
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                has_touch=True)
+    page = phone.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.get_by_role("button", name="Start the survey").click()
+    _pair_header(page, 1)
+    page.wait_for_selector("#survey-img-b img")
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(artifacts_dir / "survey-phone.png"), full_page=True)
+    box_a = page.locator("#survey-img-a").bounding_box()
+    assert box_a["width"] <= 390                    # fits the phone's width
+    page.locator("#survey-like-B").tap()            # touch answers work too
+    page.wait_for_function(ANSWERED, arg="survey-like-A")
+    phone.close()
