@@ -37,7 +37,7 @@ def client(gen_studio, serve):
 def test_generate_alpha_compare_and_read_back(client, gen_studio):
     gallery, info, seed, params = client.predict(*form(), api_name="/generate")
     [path] = gallery_paths(gallery)
-    assert seed == 11 and "<lora:close:1>" in params and "close" in info
+    assert seed == "11" and "<lora:close:1>" in params and "close" in info
     text = pngmeta.read_parameters(path)          # the downloaded PNG still carries its settings
     assert text == params and "Seed: 11" in text
     first = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
@@ -144,7 +144,7 @@ def test_stop_interrupts_a_running_generation(client):
 
 
 def _set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
+    box = page.locator(f"#{elem_id} input:not([type=range]), #{elem_id} textarea").first
     box.fill(str(value))
     box.press("Enter")
     box.blur()
@@ -165,10 +165,21 @@ def test_browser_generate_with_lora_then_move_alpha(gen_studio, serve, page, art
     page.locator("#gen-prompt textarea").fill("a man on a bridge")
     page.locator("#gen-shot input").click()
     page.get_by_role("option", name="close · close shot (trained)").click()
+    # a fresh form: typing α + blur, the slider's keys and a click on it must not generate anything
+    assert page.locator("#gen-used-seed textarea, #gen-used-seed input").first.input_value() == ""
+    _set_number(page, "gen-alpha", 0.7)
+    page.locator("#gen-alpha input[type=range]").focus()
+    page.keyboard.press("ArrowRight")
+    box = page.locator("#gen-alpha input[type=range]").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] / 2)
+    page.wait_for_timeout(3000)
+    assert page.locator("#gen-gallery img").count() == 0 and page.locator("#gen-info").inner_text().strip() == ""
+    assert page.locator("#gen-used-seed textarea, #gen-used-seed input").first.input_value() == ""
+    _set_number(page, "gen-alpha", 1)
     page.get_by_text("Advanced settings").click()
     for elem_id, value in (("gen-width", 64), ("gen-height", 64), ("gen-steps", 4)):
         _set_number(page, elem_id, value)
-    page.locator("#gen-seed input").fill("7")
+    page.locator("#gen-seed textarea, #gen-seed input").first.fill("7")
     page.locator("#gen-go").click()
     info = page.locator("#gen-info")
     info.get_by_text("close α=1").wait_for()

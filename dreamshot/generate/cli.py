@@ -77,10 +77,12 @@ def register(sub, parents) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for storyboard.png and storyboard.pdf")
     p.set_defaults(run=run_storyboard)
 
-    p = sub.add_parser("read-png", parents=parents, help="print the settings stored in PNGs")
+    p = sub.add_parser("read-png", parents=parents, help="print the settings stored in PNGs",
+                       description="Print the settings stored in PNGs. Needs no studio: --json reads the LoRA "
+                                   "library of --data only when that studio exists (nothing is created).")
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="print the restored request as JSON")
-    p.set_defaults(run=run_read_png)
+    p.set_defaults(run_without_studio=run_read_png)
 
     p = sub.add_parser("loras", parents=parents, help="list the LoRA library or add an upload")
     p.add_argument("action", choices=["list", "add", "remove"], nargs="?", default="list")
@@ -142,23 +144,50 @@ def run_storyboard(studio, args) -> int:
     return 0
 
 
-def run_read_png(studio, args) -> int:
+def run_read_png(args) -> int:
+    """Exit status 0: every file had settings; 1: some had none; 2: some could not be read."""
     from dreamshot.generate import pngmeta
-    from dreamshot.generate.service import service
 
-    status = 0
+    status, restore = 0, None
     for path in args.files:
-        text = pngmeta.read_parameters(path)
+        try:
+            text = pngmeta.read_parameters(path)
+        except FileNotFoundError:
+            print(f"error: {path}: no such file", file=sys.stderr)
+            status = 2
+            continue
+        except (OSError, ValueError, SyntaxError):
+            print(f"error: {path} is not an image that can be read (PNG, JPEG or WebP)", file=sys.stderr)
+            status = 2
+            continue
         if not text:
             print(f"{path}: no settings stored", file=sys.stderr)
-            status = 1
-            continue
-        if args.json:
-            req, notes = service(studio).request_from_parameters(text)
+            status = max(status, 1)
+        elif args.json:
+            restore = restore or _restorer(args)
+            req, notes = restore(text)
             print(json.dumps({"file": str(path), "request": asdict(req), "notes": notes}, indent=2))
         else:
             print(f"# {path}\n{text}\n")
     return status
+
+
+def _restorer(args):
+    """text -> (request, notes), matching LoRAs against the studio's library when the studio exists
+    (an existing data folder or --db); never creates a data folder."""
+    from dreamshot import settings as config
+    from dreamshot.generate.params import request_from_parameters
+    from dreamshot.shots import get_taxonomy
+
+    settings = config.from_args(args)
+    if not settings.db_url and not (settings.data_dir / "studio.db").is_file():
+        return lambda text: request_from_parameters(text, [], get_taxonomy(None))
+    from dreamshot.generate.service import service
+    from dreamshot.studio import Studio
+
+    studio = Studio.open(settings)
+    svc = service(studio)
+    return svc.request_from_parameters
 
 
 def run_loras(studio, args) -> int:

@@ -112,7 +112,7 @@ class LoraLibrary:
 
 MAX_LORA_BYTES = 1 << 30        # 1 GiB: SD 1.5 LoRAs are 1-300 MB
 MAX_LORA_TENSORS = 5000         # a full-rank SD 1.5 kohya LoRA with every layer has ~3,000
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")   # safetensors' names
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")   # safetensors' names; LoRA weights (an alpha may be an int)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
 _LYCORIS = ("hada_w1", "hada_w2", "lokr_w1", "lokr_w2", "lokr_t", ".oft_", "lora_mid")
@@ -223,7 +223,7 @@ def inspect_lora_file(path: Path, shapes: ModelShapes) -> LoraCheck:
     except OSError as exc:
         raise InvalidInput(f"{path.name} cannot be read ({exc.strerror or exc}).") from None
 
-    odd = sorted({d for d in dtypes.values() if d not in FLOAT_DTYPES})
+    odd = sorted({dtypes[k] for k in keys if _split_key(k)[1] in ("down", "up") and dtypes[k] not in FLOAT_DTYPES})
     if odd:
         raise InvalidInput(f"{path.name} holds {', '.join(odd)} tensors; LoRA weights are floating point "
                            "(F16, BF16 or F32).")

@@ -12,8 +12,10 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dreamshot.generate import pngmeta
 from dreamshot.errors import InvalidInput
+from dreamshot.generate import pngmeta
+from dreamshot.generate.request import check_inputs, with_seed
+from dreamshot.generate.results import Cancelled, Job
 
 MAX_PANELS = 24
 MAX_SWEEP_CELLS = 40
@@ -59,33 +61,22 @@ def default_sweep_shots(service) -> list[str]:
 def alpha_sweep(service, req, shots: list[str], alphas, job=None) -> SweepResult:
     """One image per (shot, α), all from ``req``'s prompt and seed (a random seed is drawn once).
     No shots given: every shot type with a LoRA."""
-    from dreamshot.generate.service import Job, check_inputs, random_seed
-
     alphas = parse_alphas(alphas)
     shots = [s for s in (shots or []) if s and s.lower() not in BASE_WORDS] or default_sweep_shots(service)
     if not shots:
         raise InvalidInput("No shot LoRA yet: train or upload one to make an α sweep.")
     if len(shots) * len(alphas) > MAX_SWEEP_CELLS:
         raise InvalidInput(f"A sweep has at most {MAX_SWEEP_CELLS} images ({len(shots)} × {len(alphas)} asked).")
-    req = check_inputs(req.replace(num_images=1, blend=None, shot=shots[0]))
+    req = with_seed(check_inputs(req.replace(num_images=1, blend=None, shot=shots[0])))
     for shot in shots:
         service.resolve_lora(shot)
     for a in alphas:
         check_inputs(req.replace(alpha=a))
-    if req.seed == -1:
-        req = req.replace(seed=random_seed())
-    job = job or Job()
-    total = len(shots) * len(alphas)
-    cells = []
-    for r, shot in enumerate(shots):
-        row = []
-        for c, alpha in enumerate(alphas):
-            k = r * len(alphas) + c
-            job.prefix = f"{shot}, α {pngmeta.format_number(alpha)} ({k + 1}/{total}) · "
-            result = service.generate(req.replace(shot=shot, alpha=alpha), job, save=False,
-                                      progress_span=(k / total, (k + 1) / total))
-            row.append(result.images[0])
-        cells.append(row)
+    results = service.generate_many([req.replace(shot=shot, alpha=a) for shot in shots for a in alphas],
+                                    job or Job(), save=False)
+    if any(not r.images for r in results):
+        raise Cancelled("Stopped before the sweep was finished.")
+    cells = [[results[r * len(alphas) + c].images[0] for c in range(len(alphas))] for r in range(len(shots))]
     grid = labelled_grid([[cell.image for cell in row] for row in cells],
                          row_labels=shots, col_labels=[f"α = {pngmeta.format_number(a)}" for a in alphas])
     sweep = f"shots {' '.join(shots)}; alphas {' '.join(map(pngmeta.format_number, alphas))}"
@@ -139,21 +130,17 @@ def parse_storyboard(text: str) -> list[Panel]:
 
 def storyboard(service, text: str, req, job=None, *, columns: int = 3, title: str = "") -> StoryboardResult:
     """Generate every panel (same seed for all, so the look stays consistent) and lay them out."""
-    from dreamshot.generate.service import Job, check_inputs, random_seed
-
     panels = parse_storyboard(text)
-    for panel in panels:  # check everything before the first image is made
+    req = with_seed(check_inputs(req.replace(prompt=panels[0].description, num_images=1, blend=None)))
+    requests = [req.replace(prompt=panel.description, shot=panel.shot) for panel in panels]
+    for panel, one in zip(panels, requests):  # check everything before the first image is made
         if panel.shot:
             service.resolve_lora(panel.shot)
-        check_inputs(req.replace(prompt=panel.description, shot=panel.shot, num_images=1, blend=None))
-    req = req.replace(num_images=1, blend=None)
-    if int(req.seed) == -1:
-        req = req.replace(seed=random_seed())
-    job = job or Job()
-    for i, panel in enumerate(panels):
-        job.prefix = f"panel {i + 1}/{len(panels)} · "
-        result = service.generate(req.replace(prompt=panel.description, shot=panel.shot), job, save=False,
-                                  progress_span=(i / len(panels), (i + 1) / len(panels)))
+        check_inputs(one)
+    results = service.generate_many(requests, job or Job(), save=False)   # panels of one shot batched
+    if any(not r.images for r in results):
+        raise Cancelled("Stopped before the storyboard was finished.")
+    for panel, result in zip(panels, results):
         image = result.images[0]
         panel.image, panel.seed, panel.parameters = image.image, image.seed, image.parameters
     labels = {p.shot: _shot_label(service, p.shot) for p in panels}

@@ -69,7 +69,7 @@ def form_event(method, extra: tuple = ()):
 def shown(result: Shown | None):
     if result is None:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    return result.gallery, result.info, result.seed, result.parameters
+    return result.gallery, result.info, str(result.seed), result.parameters
 
 
 def _form_section(h: GenerateHandlers):
@@ -115,8 +115,8 @@ def _results_section():
                              format="png", elem_id="gen-gallery", preview=False)
         info = gr.Markdown(elem_id="gen-info")
         with gr.Row():
-            used_seed = gr.Number(value=None, label="Seed used", precision=0, interactive=False,
-                                  elem_id="gen-used-seed", scale=3)
+            used_seed = gr.Textbox(value="", label="Seed used", interactive=False, max_lines=1,
+                                   elem_id="gen-used-seed", scale=3)   # empty until an image exists
             reuse = gr.Button("♻ Reuse this seed", scale=1, elem_id="gen-reuse")
         params = gr.Textbox(label="Settings of the first image (A1111 text)", lines=3, interactive=False,
                             elem_id="gen-params")
@@ -230,7 +230,7 @@ def _wire_settings(studio, h, f, r, sweep, read, upload, demo) -> None:
         note = h.upload(getattr(file, "name", file), name, shot_type)
         return (note, *refresh_loras())
 
-    r.reuse.click(lambda s: "-1" if s is None else str(int(s)), r.used_seed, f.seed, api_visibility="private",
+    r.reuse.click(lambda s: s or "-1", r.used_seed, f.seed, api_visibility="private",
                   queue=False)
     f.refresh.click(refresh_loras, None, [f.shot, sweep.shots], api_name="list_loras", concurrency_limit=None)
     read.png.upload(guarded(lambda file: restored(*h.read_png(getattr(file, "name", file)))), read.png,
