@@ -13,6 +13,8 @@ from dreamshot.video import media, schedule
 from dreamshot.video.service import ClipRequest, service
 from tests.video_fixtures import FAST, arrays, video_loras, video_models, vstudio  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def clip(studio, adapter, **kw):
     req = ClipRequest(prompt="a woman on a bridge", motion_adapter=adapter, **{"use_template": False, **FAST, **kw})

@@ -17,6 +17,8 @@ from dreamshot.video.restyle import RestyleRequest
 from dreamshot.video.service import service
 from tests.video_fixtures import arrays, gradio_videos, video_loras, video_models, vstudio  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = dict(width=64, height=64, steps=2, seed=4, strength=0.75)
 
 

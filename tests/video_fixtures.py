@@ -1,7 +1,7 @@
 """Test-only builders for tests/test_video*.py: a tiny motion adapter, a camera-move (motion) LoRA
 and a steering ControlNet, all from configs with random weights, saved with save_pretrained so the
 studio loads them through the same code as real checkpoints; a studio with 'long' and 'close' LoRAs
-(built once per module: the motion pipeline is then built once too)."""
+(built once per test session: the pipelines are then built once too)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def build_controlnet(out: Path, unet_dir: Path, seed: int = 5) -> Path:
     return Path(out)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def video_models(demo_model_dir, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("video-models")
     unet_dir = demo_model_dir / "unet"
@@ -89,7 +89,7 @@ def video_models(demo_model_dir, tmp_path_factory) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def video_loras(demo_model_dir, tmp_path_factory) -> dict:
     from diffusers import UNet2DConditionModel
 
@@ -102,17 +102,13 @@ def video_loras(demo_model_dir, tmp_path_factory) -> dict:
             "close_kohya": to_kohya(close, out / "close_kohya.safetensors")}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vstudio(demo_model_dir, video_loras, video_models, tmp_path_factory):
     """A studio (demo model) with LoRAs 'long' and 'close' and the camera LoRA under models/."""
-    import torch
-
     from dreamshot.generate.loras import LoraLibrary
     from dreamshot.settings import Settings
     from dreamshot.studio import Studio
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     data = tmp_path_factory.mktemp("video-data")
     shutil.copytree(demo_model_dir, data / "models" / "demo-sd")
     shutil.copytree(video_models["camera"], data / "models" / "motion-loras" / "zoom-in")
@@ -122,4 +118,3 @@ def vstudio(demo_model_dir, video_loras, video_models, tmp_path_factory):
     lib.register(video_loras["close"], name="close", shot="close", origin="trained")
     yield studio
     studio.close()
-    torch.set_num_threads(threads)
