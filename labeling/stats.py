@@ -91,9 +91,8 @@ def agreement(studio) -> Agreement:
     return Agreement("fleiss", fleiss_kappa(table), len(pairs), categories, matrix, annotators, observed)
 
 
-QUOTA_RULE = ("Quota rule: a frame counts once its label is settled (one annotator, agreement, or a "
-              "resolution); disputed frames wait for a resolution, and the oldest extra fills a place a "
-              "frame leaves.")
+QUOTA_RULE = ("Quota rule: a frame counts once its label is settled (one annotator, agreement or a\n"
+              "resolution); disputed frames wait for a resolution; the oldest extra fills a place a frame leaves.")
 
 
 def stats_text(studio) -> str:

@@ -210,9 +210,9 @@ def build_stats(h: AdminHandlers, quota_box: gr.HTML) -> list:
         refresh = gr.Button("Refresh stats")
         text = gr.Markdown()
         table = gr.Dataframe(headers=["frame", "votes"], label="Open disagreements (click a row)",
-                             interactive=False)
+                             interactive=False, elem_id="label-disagreements")
         with gr.Row():
-            fid = gr.Number(label="Frame id", precision=0)
+            fid = gr.Number(label="Frame id", value=None, precision=0)
             show = gr.Button("Show frame")
             choice = gr.Dropdown(label="Final class", choices=[])
             resolve = gr.Button("Resolve", variant="primary")

@@ -159,7 +159,7 @@ def progress_html(p: labels.Progress) -> str:
                 f"disagreements {p.disagreements}</div>")
     if p.all_met:
         rows.append("<div><b>Every quota is met.</b></div>")
-    rows.append(f'<div class="lp-foot" title="{html.escape(QUOTA_RULE)}">Settled frames count; extras fill '
+    rows.append(f'<div class="lp-foot" title="{html.escape(QUOTA_RULE.replace(chr(10), " "))}">Settled frames count; extras fill '
                 "places that frames leave.</div>")
     return '<div class="lp">' + "".join(rows) + "</div>"
 

@@ -36,8 +36,66 @@ def make_mixed_pool(folder: Path) -> dict:
     Image.open(PHOTOS / "groot.jpeg").resize((700, 394)).save(sub / "groot_resized.jpg", quality=85)  # near dup
     shutil.copyfile(PHOTOS / "bus.png", folder / "bus_small.png")                            # 61x68: too small
     (folder / "notes.txt").write_text("ignored: not an image")
+    (folder / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')   # not a raster image
+    (folder / "link.jpg").symlink_to(folder / "tower.jpg")                         # never followed
     return {"seen": 12, "kept": 5, "filtered": {"grayscale": 2, "corrupt": 2, "duplicate": 1,
                                                 "near_duplicate": 1, "too_small": 1}}
+
+
+MIXED_FILTERED = {  # file -> (reason, words its report line must contain)
+    "gray_tower.jpg": ("grayscale", "mode L"),
+    "more/bw_as_rgb.png": ("grayscale", "no color"),
+    "more/lion_copy.jpg": ("duplicate", "same content as lion.jpg"),
+    "more/groot_resized.jpg": ("near_duplicate", "near-duplicate of groot.jpeg"),
+    "bus_small.png": ("too_small", "< 256 px"),
+}
+MIXED_NOT_IMAGES = {"notes.txt": "(.txt)", "logo.svg": "SVG", "link.jpg": "symbolic link"}
+
+
+def corrupt_zip(path: Path) -> dict[str, str]:
+    """A stored (uncompressed) zip with one good photo and three bad entries; returns what each bad
+    entry is: a flipped byte (bad CRC), an entry marked encrypted, an entry longer than declared."""
+    import struct
+    import zipfile
+
+    good = (PHOTOS / "tower.jpg").read_bytes()
+    other = {name: (PHOTOS / name).read_bytes() for name in ("lion.jpg", "cheetah.jpg", "groot.jpeg")}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a_good.jpg", good)
+        zf.writestr("b_flipped.jpg", other["lion.jpg"])
+        zf.writestr("c_encrypted.jpg", other["cheetah.jpg"])
+        zf.writestr("d_longer.jpeg", other["groot.jpeg"])
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+    for name, info in infos.items():
+        local = info.header_offset
+        name_len, extra_len = struct.unpack("<HH", data[local + 26: local + 30])
+        start = local + 30 + name_len + extra_len
+        central = _central_entry(data, name)
+        if name == "b_flipped.jpg":
+            data[start + info.file_size // 2] ^= 0xFF
+        elif name == "c_encrypted.jpg":
+            for at in (local + 6, central + 8):
+                data[at] |= 0x01
+        elif name == "d_longer.jpeg":
+            short = info.file_size // 2
+            struct.pack_into("<II", data, local + 18, short, short)
+            struct.pack_into("<II", data, central + 20, short, short)
+    path.write_bytes(bytes(data))
+    return {"b_flipped.jpg": "damaged", "c_encrypted.jpg": "encrypted", "d_longer.jpeg": "damaged"}
+
+
+def _central_entry(data: bytearray, name: str) -> int:
+    import struct
+
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:
+        name_len = struct.unpack("<H", data[at + 28: at + 30])[0]
+        if data[at + 46: at + 46 + name_len] == name.encode():
+            return at
+        at += 4
+    raise ValueError(name)
 
 
 def synthetic_frames(folder: Path, n: int, size=(320, 240), seed: int = 0) -> list[Path]:

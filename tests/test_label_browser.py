@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
+from pathlib import Path
 import subprocess
 import sys
 import time
@@ -131,15 +133,26 @@ def test_upload_settings_stats_resolve_endpoints(studio, tmp_path, serve):
     from gradio_client import Client, handle_file
 
     frames = synthetic_frames(tmp_path / "pool", 3)
+    escape = synthetic_frames(tmp_path / "other", 1, seed=9)[0].read_bytes()
     archive = tmp_path / "frames.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for p in frames:
             zf.write(p, f"shots/{p.name}")
-        zf.writestr("../escape.png", frames[0].read_bytes())
+        zf.writestr("../escape.png", escape)
+    uploads_before = set(Path(tempfile.gettempdir()).glob("dreamshot-upload-*"))
     client = Client(serve(studio), verbose=False)
     text = client.predict("", [handle_file(str(archive))], None, None, "", 100, 6, "train", api_name="/label_import")
-    assert "kept: 3" in text and "../escape.png" in text
-    assert not (tmp_path / "escape.png").exists()
+    assert "kept: 3" in text and "../escape.png: zip entry '../escape.png' points outside" in text
+    assert text.startswith("Import #1 of frames.zip (zip): done")        # the upload's name, not a temp path
+    assert not any(escape == p.read_bytes() for p in studio.settings.data_dir.rglob("*") if p.is_file())
+    with studio.db.read() as conn:
+        statuses = dict(conn.execute(sa.select(schema.frames.c.source, schema.frames.c.status)).all())
+    assert statuses["frames.zip!../escape.png"] == "unsafe_path"
+    more = synthetic_frames(tmp_path / "more", 2, seed=5)
+    text = client.predict("", [handle_file(str(p)) for p in more], None, None, "", 100, 6, "train",
+                          api_name="/label_import")
+    assert "upload of 2 files: frame_0000.png, frame_0001.png" in text and "dreamshot-upload" not in text
+    assert set(Path(tempfile.gettempdir()).glob("dreamshot-upload-*")) == uploads_before
 
     saved = client.predict("paper", "close=1, medium=1, long=1", "256", 1.0, 3, api_name="/label_settings")
     assert saved[1] == "close=1, medium=1, long=1" and saved[2] == "256" and saved[5] == "Saved."
@@ -147,10 +160,11 @@ def test_upload_settings_stats_resolve_endpoints(studio, tmp_path, serve):
         client.predict("paper", "close:1", "256", 1.0, 3, api_name="/label_settings")
 
     v = client.predict("ann", api_name="/label_view")
+    assert v["remaining"] == 5
     fid = v["frame_id"]
     client.predict("ann", fid, "close", api_name="/label_action")
     w = client.predict("ben", api_name="/label_view")
-    assert w["remaining"] == 3                       # overlap 1.0: ann's frame stays in ben's queue
+    assert w["remaining"] == 5                       # overlap 1.0: ann's frame stays in ben's queue
     client.predict("ben", fid, "long", api_name="/label_action")
     stats, table, _ = client.predict(api_name="/label_stats")
     assert "Cohen's kappa" in stats and "open disagreements: 1" in stats
@@ -161,6 +175,35 @@ def test_upload_settings_stats_resolve_endpoints(studio, tmp_path, serve):
     with pytest.raises(Exception, match="wide"):  # refused (by the dropdown's choices or by the taxonomy)
         client.predict(fid, "wide", api_name="/label_resolve")
     assert labels.final_labels(studio) == {fid: "medium"}
+
+
+@pytest.mark.browser
+def test_tab_opens_on_labeling_and_a_disagreement_row_fills_the_frame_id(studio, tmp_path, serve, page,
+                                                                          artifacts_dir):
+    synthetic_frames(tmp_path / "pool", 4)
+    pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool"), min_side=100))
+    studio.db.set_setting("label_overlap", 1.0)
+    disputed = Sampler(studio).current("ann")
+    labels.record(studio, "ann", disputed, "close")
+    labels.record(studio, "ben", disputed, "long")
+    page.goto(serve(studio))
+    page.wait_for_selector("#label-frame [data-frame]")
+    assert not page.get_by_label("Source on the server").is_visible()   # the Import panel is folded away
+    assert page.locator("#label-frame").bounding_box()["y"] < 700        # labeling is on the first screen
+    page.get_by_text("3 · Stats, agreement and disagreements").click()
+    page.get_by_role("button", name="Refresh stats").click()
+    page.locator("#label-disagreements").get_by_text("ann: close, ben: long").locator("visible=true").first.click()
+    page.wait_for_function(
+        "fid => [...document.querySelectorAll('input[type=number]')].some(i => i.value === String(fid))",
+        arg=disputed)
+    page.get_by_label("Final class").click()
+    page.get_by_role("option", name="medium").click()
+    quota = page.locator("#label-progress")
+    assert "0/200" in quota.inner_text()
+    page.get_by_role("button", name="Resolve", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#label-progress').innerText.includes('1/200')")
+    assert labels.final_labels(studio) == {disputed: "medium"}
+    page.screenshot(path=str(artifacts_dir / "label-tab-resolved.png"), full_page=True)
 
 
 def test_logged_in_name_is_the_annotator(make_studio, tmp_path, serve):
@@ -214,7 +257,7 @@ def test_kill_server_and_resume(tmp_path, make_studio):
         client = Client(url, verbose=False)
         v = client.predict("ann", api_name="/label_view")
         labeled = []
-        for shot in ("close", "long"):
+        for shot in ("close", "reject", "long"):
             labeled.append(v["frame_id"])
             v = client.predict("ann", v["frame_id"], shot, api_name="/label_action")
         current = v["frame_id"]
@@ -223,7 +266,12 @@ def test_kill_server_and_resume(tmp_path, make_studio):
         proc = start()
         client = Client(url, verbose=False)
         v = client.predict("ann", api_name="/label_view")
-        assert v["frame_id"] == current and v["counts"] == {"close": 1, "long": 1}
+        assert v["frame_id"] == current and v["counts"] == {"close": 1, "long": 1} and v["rejects"] == 1
+        seen = []
+        while v["frame_id"] is not None:            # the rest of the queue: the rejected frame never returns
+            seen.append(v["frame_id"])
+            v = client.predict("ann", v["frame_id"], "medium", api_name="/label_action")
+        assert len(seen) == 2 and not set(seen) & set(labeled)
     finally:
         proc.kill()
         proc.wait(timeout=30)

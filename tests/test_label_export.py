@@ -175,7 +175,11 @@ def test_cli_import_stats_export(tmp_path):
     bad = run_cli("import", str(tmp_path / "nope"), data=data, check=False)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
     assert tree_digest(tmp_path / "pool") == before
-    token = "hf_" + "y" * 30
     pushed = run_cli("export", str(tmp_path / "set2"), "--push-to-hub", "me/x", data=data,
                      env={"HF_TOKEN": "", "HUGGING_FACE_HUB_TOKEN": ""}, check=False)
-    assert pushed.returncode == 2 and "HF_TOKEN" in pushed.stderr and token not in pushed.stderr
+    assert pushed.returncode == 2 and "HF_TOKEN" in pushed.stderr
+    token = "hf_" + "y" * 30                      # a real token, offline: the push fails, the token stays out
+    pushed = run_cli("export", str(tmp_path / "set3"), "--push-to-hub", "me/x", data=data,
+                     env={"HF_TOKEN": token, "HF_HUB_OFFLINE": "1"}, check=False)
+    assert pushed.returncode != 0 and pushed.stderr.strip()
+    assert token not in pushed.stderr and token not in pushed.stdout and "yyyyyyyy" not in pushed.stderr

@@ -15,7 +15,8 @@ from PIL import Image
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
 from labeling import filters, labels, pool, sources
-from tests.label_helpers import PHOTOS, make_mixed_pool, synthetic_frames, tree_digest
+from tests.label_helpers import (MIXED_FILTERED, MIXED_NOT_IMAGES, PHOTOS, corrupt_zip, make_mixed_pool,
+                                 synthetic_frames, tree_digest)
 
 
 def _frames(studio):
@@ -80,9 +81,16 @@ def test_zip_refuses_unsafe_paths_and_bombs(studio, tmp_path):
     assert report.kind == "zip" and report.kept == 1
     assert report.filtered == {"unsafe_path": 2, "too_large": 1}
     assert {p["item"] for p in report.problems} == {"../evil.png", "/abs/evil2.png", "bomb.png"}
-    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "upload" / "evil.png").exists()
+    data = studio.settings.data_dir
+    outside = {p for p in tmp_path.rglob("*") if p != data and data not in p.parents}
+    assert outside == {archive.parent, archive}                     # nothing written next to the zip
+    stored = [p.read_bytes() for p in studio.settings.data_dir.rglob("*") if p.is_file()]
+    assert buf.getvalue() not in stored                             # the unsafe entries' bytes are nowhere
     written = [p for p in studio.settings.data_dir.rglob("*") if p.is_file() and p.suffix in (".png", ".jpg")]
     assert len(written) == 1 and written[0].read_bytes() == good
+    assert {r.source: r.status for r in _frames(studio) if r.status != "ok"} == {
+        f"{archive}!../evil.png": "unsafe_path", f"{archive}!/abs/evil2.png": "unsafe_path",
+        f"{archive}!bomb.png": "too_large"}
 
 
 def test_decompression_bomb_and_absurd_size_refused(studio, tmp_path):
@@ -209,3 +217,72 @@ def test_palette_gif_and_one_bit_png_never_crash_the_import(studio, tmp_path):
     assert report.status == "done" and report.seen == 2
     statuses = {r.source.rsplit("/", 1)[-1]: r.status for r in _frames(studio)}
     assert statuses == {"palette.gif": "ok", "bilevel.png": "grayscale"}
+
+
+def test_report_names_every_filtered_file_and_what_was_not_an_image(studio, tmp_path):
+    make_mixed_pool(tmp_path / "pool")
+    report = pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool")))
+    listed = {p["item"]: p for p in report.filtered_files}
+    assert {k: v["reason"] for k, v in listed.items()} == {k: v[0] for k, v in MIXED_FILTERED.items()}
+    text = report.text()
+    for item, (_, words) in MIXED_FILTERED.items():
+        line = next(x for x in text.splitlines() if x.strip().startswith(item + ":"))
+        assert words in line, line
+    skipped = {p["item"]: p["message"] for p in report.not_images}
+    assert set(skipped) == set(MIXED_NOT_IMAGES)
+    for item, words in MIXED_NOT_IMAGES.items():
+        assert words in skipped[item] and f"{item}: {skipped[item]}" in text
+    assert "skipped, not images (3)" in text
+
+
+def test_corrupt_zip_entries_are_reported_and_skipped(studio, tmp_path):
+    archive = tmp_path / "frames.zip"
+    bad = corrupt_zip(archive)
+    report = pool.run_import(studio, pool.ImportOptions(str(archive)))
+    assert report.status == "done" and report.seen == 4 and report.kept == 1
+    problems = {p["item"]: p for p in report.problems}
+    assert set(problems) == set(bad)
+    for name, word in bad.items():
+        assert problems[name]["reason"] == "corrupt" and word in problems[name]["message"]
+    with studio.db.read() as conn:
+        run = conn.execute(sa.select(schema.import_runs)).one()
+    assert run.status == "done" and run.cursor == "4"
+    again = pool.run_import(studio, pool.ImportOptions(str(archive)))   # a retry is a clean no-op
+    assert again.status == "done" and again.kept == 0 and len(again.problems) == 3
+    assert [r.status for r in _frames(studio)].count("ok") == 1
+
+
+def test_uploads_leave_no_temp_folder_and_report_names_the_files(studio, tmp_path, monkeypatch):
+    import tempfile
+
+    from labeling import uploads
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    frames = synthetic_frames(tmp_path / "picked", 3)
+    (tmp_path / "picked" / "notes.txt").write_text("x")
+    files = [str(p) for p in frames] + [str(tmp_path / "picked" / "notes.txt")]
+    svc = uploads.service(studio)
+    report = svc.run_import(files, pool.ImportOptions("", min_side=100))
+    assert report.kept == 3 and list(scratch.iterdir()) == []
+    text = report.text()
+    assert "upload of 4 files: frame_0000.png, frame_0001.png, frame_0002.png, notes.txt" in text
+    assert "dreamshot-upload" not in text and str(scratch) not in text
+    assert sorted(r.source for r in _frames(studio)) == ["frame_0000.png", "frame_0001.png", "frame_0002.png"]
+
+    with pytest.raises(InvalidInput):                                 # refused after the copy: removed too
+        svc.run_import(files, pool.ImportOptions("", rules=["year >>= 3"]))
+    assert list(scratch.iterdir()) == []
+
+    zipped = tmp_path / "shots.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(frames[0], "a/frame.png")
+    one = svc.run_import([str(zipped)], pool.ImportOptions(""))
+    assert one.source == "shots.zip" and " of shots.zip (zip): done" in one.text()
+
+    left = scratch / (uploads.PREFIX + "left")                        # open when the studio closes
+    left.mkdir()
+    svc._open.add(left)
+    studio.close()
+    assert not left.exists()

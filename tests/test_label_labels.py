@@ -184,13 +184,21 @@ def test_agreement_confusion_and_resolution(studio):
 def test_reopen_studio_resumes_exactly(make_studio, tmp_path):
     data = tmp_path / "shared-data"
     first = make_studio(data_dir=data)
-    add_frames(first, 12)
-    done = label_all(first, Sampler(first), "ann", limit=5)
+    ids = add_frames(first, 12)
+    choose = {}
+    done = label_all(first, Sampler(first), "ann", choose=lambda fid: choose.setdefault(
+        fid, "reject" if len(choose) % 2 else "close"), limit=6)
+    rejected = {fid for fid in done if choose[fid] == "reject"}
+    assert len(rejected) == 3
     current = Sampler(first).current("ann")
     first.close()
     second = make_studio(data_dir=data)  # the server was killed: a new process on the same folder
-    assert Sampler(second).current("ann") == current
-    assert set(labels.final_labels(second)) == set(done)
+    resumed = Sampler(second)
+    assert resumed.current("ann") == current
+    assert set(labels.final_labels(second)) == set(done) - rejected
+    rest = label_all(second, resumed, "ann")             # the rejected frames never come back
+    assert not set(rest) & set(done) and sorted(rest + done) == sorted(ids)
+    assert resumed.current("ann") is None and Sampler(second).current("ann") is None
 
 
 @pytest.mark.postgres
