@@ -96,9 +96,10 @@ def plot(metrics: dict, *, size=(720, 360), title: str = ""):
     w, h = size
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 48, w - 12, 28, h - 30
+    left, right, top, bottom = 48, w - 12, 44, h - 30
     draw.rectangle([left, top, right, bottom], outline="#999")
-    draw.text((left, 6), title or "per-frame temporal metrics", fill="black")
+    text = title or "per-frame temporal metrics"   # right-aligned: UIs put their label top left
+    draw.text((right - draw.textlength(text), 20), text, fill="black")
     for frac, label in ((0, "1.0"), (0.5, "0.5"), (1, "0.0")):
         y = top + frac * (bottom - top)
         draw.line([left, y, right, y], fill="#eee")
