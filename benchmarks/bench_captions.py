@@ -5,7 +5,8 @@
 Measures, in one run on a fresh studio with N labeled, machine-captioned frames:
 1. the "save & next" handler (commit + next caption + edit rate), median and p95;
 2. in the served app in headless Chromium: Ctrl+Enter -> next caption shown, median and p95;
-3. auto-captioning throughput with the tiny BLIP-2 (pipeline overhead: crop, batching, saving;
+3. a backtracking regular expression in a bulk preview: stopped at its time limit;
+4. auto-captioning throughput with the tiny BLIP-2 (pipeline overhead: crop, batching, saving;
    real BLIP-2 time is dominated by the model and needs a GPU).
 Prints each figure against its target (ratio < 1 = within target).
 """
@@ -56,9 +57,9 @@ def make_studio(n: int):
 
 
 def bench_handler(studio, ids, presses: int):
-    from labeling.captions.tab import CaptionsUi
+    from labeling.captions.tab import CaptionsHandlers
 
-    ui = CaptionsUi(studio)
+    ui = CaptionsHandlers(studio)
     times = []
     for fid in ids[:presses]:
         t = time.perf_counter()
@@ -102,18 +103,36 @@ def bench_browser(studio, presses: int):
 
 
 def bench_captioning(studio, n: int):
-    from labeling.captions.jobs import CaptionRequest, run_captioning
-    from labeling.captions.captioner import load_captioner
+    from labeling.captions.jobs import CaptionRequest, run_captioning, service
     from labeling.captions.tiny_blip2 import build_tiny_blip2
 
     folder = str(build_tiny_blip2(Path(tempfile.mkdtemp(prefix="bench-blip2-")) / "tiny"))
-    load_captioner(folder)
+    service(studio).captioner(folder)  # loaded once, kept by the studio's captioning service
     t = time.perf_counter()
     result = run_captioning(studio, CaptionRequest(model=folder, batch_size=16, redo=True, max_new_tokens=10,
                                                    min_new_tokens=10))
     dt = time.perf_counter() - t
     print(f"auto-caption {result.done} frames (tiny BLIP-2, batch 16, 10 tokens): {dt:.1f} s, "
           f"{result.done / dt:.1f} frames/s (pipeline overhead only)")
+
+
+def bench_regex_bound(studio, ids):
+    """A backtracking pattern over every caption: stopped at the limit instead of running for ever."""
+    from dreamshot.errors import InvalidInput
+    from labeling.captions import bulk
+    from labeling.captions import service as captions
+
+    captions.edit_caption(studio, captions.EditRequest(ids[-1], "a" * 40 + "!", "bench"))
+    t, cpu = time.perf_counter(), time.process_time()
+    try:
+        bulk.preview_replace(studio, r"(a|aa)+$", "x", regex=True)
+        outcome = "finished"
+    except InvalidInput:
+        outcome = "refused"
+    dt, dcpu = time.perf_counter() - t, time.process_time() - cpu  # both include listing the captions
+    print(f"regex (a|aa)+$ over {len(ids)} captions, one with 40 a's: {outcome} after {dcpu:.2f} s CPU "
+          f"({dt:.2f} s wall); limit {bulk.REGEX_TIME_LIMIT_S:.0f} s CPU -> ratio {dcpu / bulk.REGEX_TIME_LIMIT_S:.2f} "
+          "(Python's re: ~10^4 s on 40 characters)")
 
 
 def main() -> None:
@@ -127,6 +146,7 @@ def main() -> None:
     bench_handler(studio, ids, args.presses)
     if not args.no_browser:
         bench_browser(studio, args.presses)
+    bench_regex_bound(studio, ids)
     bench_captioning(studio, args.frames)
 
 

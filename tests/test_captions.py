@@ -169,7 +169,7 @@ def test_bulk_edits_do_not_count_as_hand_edits(studio):
     s = captions.stats(studio)
     assert s.edit_rate == pytest.approx(0.5)                  # hand edits only
     assert (s.changed, s.hand_changed, s.bulk_changed) == (4, 2, 2)
-    assert "edit rate **50%** (2 of 4 machine captions changed by hand) · bulk edits 50% (2)" in s.markdown()
+    assert "edit rate **50%** (2 of 4 machine captions changed by hand) · bulk edits 50% (2 changed only by find/replace or strip)" in s.markdown()
     v = captions.get_caption(studio, ids[2])
     assert (v.caption, v.edit_kind, v.changed_by_bulk) == (f"a person standing {ids[2]}", "bulk", True)
     assert captions.get_caption(studio, ids[0]).edit_kind == "hand"  # a hand edit stays one

@@ -4,7 +4,8 @@
   man`` -> ``a man``: the LoRA must learn the shot scale from the ``{shot}`` phrase only).
 - A regular expression runs on the ``regex`` engine with a time limit for the whole preview
   (``REGEX_TIME_LIMIT_S``): a pattern that backtracks for ever (``(a|aa)+$``) is stopped and
-  refused with a message; nothing is changed.
+  refused with a message; nothing is changed. The engine counts the CPU time of the match, so on a
+  busy machine the wall-clock wait can be longer; the server's work stays bounded either way.
 - Applied changes are recorded as bulk edits (``edit_kind = "bulk"``), so the edit rate keeps
   counting what people changed by hand; a caption someone already changed by hand stays a hand edit.
 """

@@ -117,7 +117,8 @@ class CaptionStats:
 
     def markdown(self) -> str:
         rate = f"**{self.edit_rate:.0%}**" if self.edit_rate is not None else "n/a"
-        bulk = f" · bulk edits {self.bulk_rate:.0%} ({self.bulk_changed})" if self.bulk_changed else ""
+        bulk = (f" · bulk edits {self.bulk_rate:.0%} ({self.bulk_changed} changed only by find/replace or strip)"
+                if self.bulk_changed else "")
         return (
             f"{self.captioned}/{self.frames} frames captioned · {self.reviewed} reviewed · "
             f"edit rate {rate} ({self.hand_changed} of {self.machine} machine captions changed by hand){bulk}"

@@ -66,7 +66,7 @@ def _list_column():
         gallery = gr.Gallery(columns=6, height=400, allow_preview=False, object_fit="cover",
                              label="Captions (click to edit)")
         table = gr.Dataframe(headers=LIST_HEADERS, interactive=False, wrap=True, label="This page (click a row to edit)",
-                             elem_id="captions-table", column_widths=["76px", "120px", "92px", "92px", "auto", "76px"],
+                             elem_id="captions-table", column_widths=["64px", "112px", "88px", "84px", "300px", "64px"],
                              max_height=480)
         ids = gr.State([])
     return page, list_md, refresh_btn, gallery, table, ids
@@ -138,7 +138,7 @@ def _bulk_panel(ui: CaptionsHandlers, stats_md, filters, refresh) -> None:
             terms = gr.Textbox(", ".join(SHOT_TERMS), label="Shot words to strip (comma-separated)", scale=4)
             strip_preview_btn = gr.Button("Preview strip")
         bulk_table = gr.Dataframe(headers=BULK_HEADERS, interactive=False, wrap=True, elem_id="captions-bulk-table",
-                                  column_widths=["76px", "auto", "auto"], max_height=420)
+                                  column_widths=["64px", "46%", "46%"], max_height=420)
         with gr.Row():
             bulk_md = gr.Markdown(elem_id="captions-bulk-note")
             apply_replace_btn = gr.Button("Apply replace", variant="stop")
