@@ -204,8 +204,8 @@ def build(studio, demo: gr.Blocks) -> None:
         resume_btn = gr.Button("Resume run", elem_id="train-resume")
     message = gr.Markdown(elem_id="train-message")
     with gr.Row():
-        run = gr.Dropdown([], value=None, label="Run (follows the queue until you pick one)", elem_id="train-run",
-                          scale=1)
+        run = gr.Dropdown([], value=None, label="Run", info="follows the queue until you pick one",
+                          elem_id="train-run", scale=1)
         bar = gr.HTML(elem_id="train-bar")
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="train-loss", height=260)
