@@ -154,8 +154,10 @@ def build_admin(studio, demo: gr.Blocks) -> None:
             export_btn = gr.Button("Export raw answers (CSV + JSON)")
             files = gr.File(label="Raw answers", file_count="multiple")
 
-    def do_build(*values, request: gr.Request, progress=gr.Progress()):
-        return h.build(BuildForm(*values), request, progress=lambda f, t: progress(f, desc=t))
+    def do_build(name, shots, pairs, per_participant, alpha, source, prompts, frames, intro, steps, size,
+                 request: gr.Request, progress=gr.Progress()):
+        form = BuildForm(name, shots, pairs, per_participant, alpha, source, prompts, frames, intro, steps, size)
+        return h.build(form, request, progress=lambda f, t: progress(f, desc=t))
 
     def do_results(name, request: gr.Request):
         md, chart_data, rows = h.results(name, request)
