@@ -257,7 +257,7 @@ def test_ten_clients_sharing_a_name_every_acknowledged_action_is_stored(studio):
     def client(n):
         try:
             for k in range(10):
-                fid, sent = ids[(n + k) % 4], choices[(n * 7 + k * 3) % 4]
+                fid, sent = ids[(n + k) % 4], choices[(n * 7 + k * 3 + k // 4) % 4]
                 result = labels.record(studio, "shared", fid, sent)
                 acks.append((fid, sent, result))
         except Exception as exc:  # noqa: BLE001 - reported below
