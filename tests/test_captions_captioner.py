@@ -278,3 +278,20 @@ def test_cli_unloadable_captioner(studio):
     assert "cannot load captioner Salesforce/blip2-flan-t5-xl: not in the local cache and the Hub is unreachable" \
         in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_bulk_replace_and_edit_rate(studio):
+    ids = add_frames(studio, 4)
+    for fid, text in zip(ids, ["a man standing", "a man sitting", "a man walking", "a dog"]):
+        captions.save_machine_caption(studio, fid, text, model="x")
+    captions.edit_caption(studio, EditRequest(ids[0], "an old man standing", "alice"))
+    data = str(studio.settings.data_dir)
+    proc = _cli("caption-replace", "man", "person", "--data", data, "--apply", "--editor", "bob")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{ids[1]}\ta man sitting\t->\ta person sitting" in proc.stdout
+    assert "applied to 3 captions (recorded as bulk edits)" in proc.stderr
+    stats = _cli("caption-stats", "--data", data)
+    assert "edit rate (hand edits): 25% (1 of 4)" in stats.stdout
+    assert "bulk edits only:        50% (2 of 4)" in stats.stdout
+    bad = _cli("caption-replace", "(", "x", "--regex", "--data", data)
+    assert bad.returncode == 2 and "Invalid regular expression" in bad.stderr and "Traceback" not in bad.stderr

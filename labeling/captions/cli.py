@@ -1,7 +1,10 @@
-"""``python -m labeling caption``: machine captions for the labeled frames, headless.
+"""Captions, headless: machine captions, the edit rate, bulk find/replace.
 
     python -m labeling caption [--data DIR] [--model ID|DIR] [--batch N] [--prefix TEXT]
                                [--max-length N] [--split train|test] [--redo]
+    python -m labeling caption-stats [--data DIR] [--split train|test]
+    python -m labeling caption-replace FIND REPLACE [--regex] [--case-sensitive] [--shot NAME]
+                                       [--split train|test] [--apply --editor NAME]
 
 Resumable: frames that already have a machine caption are skipped unless --redo. A person's edited
 caption is never replaced (the new machine caption is stored beside it). Ctrl+C stops after saving
@@ -36,6 +39,54 @@ def register(subparsers, parents) -> None:
                    help="train: the labeled frames; test: every held-out frame [train]")
     p.add_argument("--redo", action="store_true", help="caption again frames that already have a machine caption")
     p.set_defaults(run=run)
+
+    s = subparsers.add_parser("caption-stats", help="captioned, reviewed, edit rate (hand vs bulk edits)",
+                              parents=[cli.settings_parent(model=False)])
+    s.add_argument("--split", choices=["train", "test"], default="train")
+    s.set_defaults(run=run_stats)
+
+    r = subparsers.add_parser("caption-replace", help="find/replace in captions: preview, or --apply (bulk edit)",
+                              parents=[cli.settings_parent(model=False)])
+    r.add_argument("find")
+    r.add_argument("replace")
+    r.add_argument("--regex", action="store_true", help="FIND is a regular expression (time-limited)")
+    r.add_argument("--case-sensitive", action="store_true")
+    r.add_argument("--shot", default=None, metavar="NAME", help="only captions of this shot type")
+    r.add_argument("--split", choices=["train", "test"], default="train")
+    r.add_argument("--apply", action="store_true", help="apply the changes (default: preview only)")
+    r.add_argument("--editor", default="cli", metavar="NAME", help="recorded as the editor of the bulk edit [cli]")
+    r.set_defaults(run=run_replace)
+
+
+def run_stats(studio, args) -> int:
+    from labeling.captions import service
+
+    s = service.stats(studio, args.split)
+    rate = lambda x: "n/a" if x is None else f"{x:.0%}"  # noqa: E731
+    print(f"{args.split}: {s.captioned}/{s.frames} captioned, {s.reviewed} reviewed, "
+          f"{s.machine} machine captions")
+    print(f"edit rate (hand edits): {rate(s.edit_rate)} ({s.hand_changed} of {s.machine})")
+    print(f"bulk edits only:        {rate(s.bulk_rate)} ({s.bulk_changed} of {s.machine})")
+    if s.too_long:
+        print(f"prompts over 77 CLIP tokens: {s.too_long}")
+    return 0
+
+
+def run_replace(studio, args) -> int:
+    from labeling.captions import bulk, service
+
+    flt = service.CaptionFilter(split=args.split, shot=args.shot)
+    changes = bulk.preview_replace(studio, args.find, args.replace, flt, regex=args.regex,
+                                   case_sensitive=args.case_sensitive)
+    for ch in changes:
+        print(f"{ch.frame_id}\t{ch.before}\t->\t{ch.after}")
+    if not args.apply:
+        print(f"{len(changes)} captions would change; run again with --apply to apply them.", file=sys.stderr)
+        return 0
+    result = bulk.apply_changes(studio, changes, args.editor)
+    print(f"applied to {result.applied} captions (recorded as bulk edits)"
+          + (f"; {len(result.conflicts)} changed meanwhile, left alone" if result.conflicts else ""), file=sys.stderr)
+    return 0
 
 
 def run(studio, args) -> int:
