@@ -53,3 +53,28 @@ def answers(studio) -> list[tuple]:
     with studio.db.read() as conn:
         return [tuple(r) for r in conn.execute(sa.select(A.c.participant_id, A.c.pair_id, A.c.round, A.c.question,
                                                          A.c.answer).order_by(A.c.id))]
+
+
+def ready_survey(studio, name: str = "db", pairs: int = 4, per_participant: int = 2) -> None:
+    """An open survey whose pairs are written straight to the database (placeholder pictures):
+    for tests of participants and answers that need no generation."""
+    from PIL import Image
+
+    from dreamshot.survey.images import survey_dir
+
+    with studio.db.write() as conn:
+        sid = conn.execute(schema.surveys.insert().values(
+            name=name, state="open", per_participant=per_participant, intro="hello", settings={},
+            created_at=now(), opened_at=now())).inserted_primary_key[0]
+        folder = survey_dir(studio, sid)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(pairs):
+            paths = []
+            for kind, colour in (("base", (90, 90, 90)), ("lora", (200, 120, 40))):
+                path = folder / f"{i:04d}-{kind}.png"
+                Image.new("RGB", (64, 64), colour).save(path)
+                paths.append(path.relative_to(studio.settings.data_dir).as_posix())
+            conn.execute(schema.survey_pairs.insert().values(
+                survey_id=sid, position=i, shot=("close", "medium")[i % 2], caption=f"prompt {i}",
+                prompt=f"a photo of prompt {i}", seed=i, alpha=1.0, lora_name="x", status="ready",
+                base_image=paths[0], lora_image=paths[1], meta={}, created_at=now()))
