@@ -40,6 +40,8 @@ BATCH_SECONDS = 2.0
 MAX_PROBLEMS = 500   # unreadable files listed in the report (and stored with the run)
 MAX_LISTED = 2000    # filtered files and skipped non-images listed
 UNREADABLE = ("corrupt", "too_large", "unsafe_path")
+SHORT = {"grayscale": "grayscale", "too_small": "too small", "near_duplicate": "near-duplicate",
+         "duplicate": "exact duplicate", "metadata_rule": "metadata rule"}
 SPLITS = ("train", "test")
 _EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -354,7 +356,8 @@ def _count(counts: dict, row: dict, key: str) -> None:
         if len(counts["problems"]) < MAX_PROBLEMS:
             counts["problems"].append({"item": key, "reason": reason, "message": message})
     else:
-        _listed(counts, "filtered_files", key, reason, f"{REASONS.get(reason, reason)} - {message}")
+        label = SHORT.get(reason, reason)
+        _listed(counts, "filtered_files", key, reason, message if message.startswith(label) else f"{label} - {message}")
 
 
 def _listed(counts: dict, kind: str, key: str, reason: str, message: str) -> None:

@@ -100,6 +100,10 @@ HEAD = """
 #label-frame .lf-box { position: absolute; border: 2px solid #ffcc00 }
 #label-frame .lf-meta { font-size: .9em; opacity: .8; margin-top: 6px }
 #label-frame .lf-wrap-full { overflow: hidden; display: inline-block; border-radius: 4px }
+@media (max-width: 600px) {
+  #label-frame .lf-crop { width: 100%; height: auto; max-width: 384px }
+  #label-frame .lf-full img { max-width: 100% }
+}
 #label-progress .lp-row { margin-bottom: 8px }
 #label-progress .lp-n { float: right; opacity: .8 }
 #label-progress .lp-bar { height: 8px; border-radius: 4px; background: rgba(128,128,128,.25); overflow: hidden }
