@@ -46,7 +46,7 @@ PARAM_NAMES = [p[0] for p in PARAMS]
 FAST_POLL_S, IDLE_POLL_S = 1.0, 5.0
 # Ten columns of fixed widths: headers stay whole words, and a narrow screen scrolls the table sideways.
 HISTORY_HEADERS = ["run", "name", "shot", "status", "step", "settings", "loss", "started", "finished", "message"]
-HISTORY_WIDTHS = ["56px", "130px", "80px", "100px", "80px", "230px", "80px", "120px", "120px", "320px"]
+HISTORY_WIDTHS = ["56px", "120px", "80px", "96px", "72px", "210px", "72px", "110px", "110px", "280px"]
 
 
 @dataclass
