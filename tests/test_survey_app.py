@@ -72,12 +72,13 @@ def test_handlers_without_a_server(open_survey):
     h = SurveyHandlers(open_survey)
     first = h.ui_load("", Req())
     assert first[3].visible is True              # the start button; no pair yet
+    assert first[-1].visible is False            # one open survey: nothing to choose
     page = h.ui_start("", "", Req())
-    token, slot, pair = page[0], page[-2], page[-1]
+    token, slot, pair = page[0], page[-3], page[-2]
     assert page[4].visible is True and page[6] is not None and page[7] is not None
     page = h.ui_answer("like", "B", token, slot, pair, Req())
     assert page[8 + 1].variant == "primary" and page[8 + 1].interactive is False   # like-B chosen
-    assert h.ui_load(token, Req())[-2] == slot       # a reload resumes at the same pair
+    assert h.ui_load(token, Req())[-3] == slot       # a reload resumes at the same pair
     PT = schema.survey_participants
     with open_survey.db.read() as conn:
         ip_hash = conn.execute(sa.select(PT.c.ip_hash).where(PT.c.token == token)).scalar_one()

@@ -87,14 +87,15 @@ class SurveyHandlers:
     # ---- page -------------------------------------------------------------------------------------
     def page(self, view: dict | None, note: str = "", new_images: bool = True) -> list:
         """Updates for: token, store, intro, start, pair column, header, image A, image B, 9 answer
-        buttons, status, thanks, slot, pair id."""
+        buttons, status, thanks, slot, pair id, survey chooser."""
         if view is None:
             names = self.service.open_names()
             intro = ("*No survey is open right now. Please come back later.*" if not names else
                      self.service.info(names[0]).intro if len(names) == 1 else "Choose a survey, then start.")
+            chooser = gr.Dropdown(choices=names, value=names[0] if names else None, visible=len(names) > 1)
             return [gr.skip(), gr.skip(), gr.Markdown(intro, visible=True), gr.Button(visible=bool(names)),
                     gr.Column(visible=False), "", gr.skip(), gr.skip(), *[gr.skip()] * 9, note, gr.Markdown(visible=False),
-                    None, None]
+                    None, None, chooser]
         finished = view["finished"]
         buttons = []
         for q in QUESTIONS:
@@ -112,9 +113,10 @@ class SurveyHandlers:
         return [view["token"], view["token"], gr.Markdown(visible=False), gr.Button(visible=False),
                 gr.Column(visible=not finished), header, *images, *buttons,
                 note or f"{view['done']} of {view['total']} pairs answered", thanks,
-                view.get("slot"), view.get("pair_id")]
+                view.get("slot"), view.get("pair_id"), gr.Dropdown(visible=False)]
 
     def ui_load(self, stored: str, request: gr.Request) -> list:
+        """Page load: resume the stored token's survey (unless ?survey=NAME asks for another)."""
         survey = (getattr(request, "query_params", None) or {}).get("survey", "")
         if stored:
             try:
@@ -146,7 +148,7 @@ def build(studio, demo: gr.Blocks) -> None:
     store = gr.BrowserState("", storage_key="dreamshot-survey-token")
     with gr.Column(elem_id="survey-participant"):
         intro = gr.Markdown(elem_id="survey-intro")
-        survey_box = gr.Textbox(visible=False, elem_id="survey-name")
+        survey_box = gr.Dropdown([], label="Survey", visible=False, elem_id="survey-name")
         start = gr.Button("Start the survey", variant="primary", visible=False, elem_id="survey-start")
         with gr.Column(visible=False, elem_id="survey-pair") as pair_col:
             header = gr.Markdown(elem_id="survey-header")
@@ -168,7 +170,7 @@ def build(studio, demo: gr.Blocks) -> None:
         slot = gr.Number(visible=False, precision=0)
         pair_id = gr.Number(visible=False, precision=0)
     outputs = [token, store, intro, start, pair_col, header, img_a, img_b, *[b for _, _, b in buttons],
-               status, thanks, slot, pair_id]
+               status, thanks, slot, pair_id, survey_box]
     demo.load(guarded(h.ui_load), inputs=[store], outputs=outputs, api_visibility="private")
     start.click(guarded(h.ui_start), inputs=[survey_box, store], outputs=outputs, api_visibility="private",
                 concurrency_id="survey", concurrency_limit=8)
