@@ -45,3 +45,20 @@ def test_fleiss_kappa_wikipedia_example():
     with pytest.raises(ValueError):
         stats.fleiss_kappa([[2, 0], [1, 0]])
     assert not math.isnan(stats.fleiss_kappa([[3, 0, 0], [0, 3, 0], [1, 1, 1]]))
+
+
+def test_agreement_uses_shared_pairs_and_the_smallest_rating_count():
+    from types import SimpleNamespace as Row
+
+    from dreamshot.survey.results import _kappa, question_result
+
+    rows = [Row(question="like", pair_id=1, choice=c) for c in ("lora", "lora", "lora")] + \
+           [Row(question="like", pair_id=2, choice=c) for c in ("base", "base")] + \
+           [Row(question="like", pair_id=3, choice="lora")]            # rated once: left out
+    k = _kappa(rows)["like"]
+    # items 1 and 2 with m = 2 ratings each: perfect agreement across two categories -> kappa 1
+    assert (k["items"], k["raters"]) == (2, 2) and k["kappa"] == pytest.approx(1.0)
+    assert _kappa(rows)["shot"] == {"kappa": None, "items": 0, "raters": 0}
+    res = question_result("like", ["lora"] * 6 + ["base"] * 2 + ["neither"] * 2)
+    assert (res.n, res.shares["lora"].count, res.shares["neither"].share) == (10, 6, 0.2)
+    assert res.sign_p == pytest.approx(2 * (1 + 8 + 28) / 256)   # 6 vs 2, ties left out
