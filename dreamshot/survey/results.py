@@ -81,8 +81,8 @@ class Results:
                         else f"{q} -" for q, v in self.kappa.items())
         lines += ["", f"Agreement (Fleiss' κ): {kap or 'no pair answered by two participants yet'}"]
         if self.consistency is not None:
-            lines.append(f"Consistency on the repeated pair: {self.consistency:.1%} of answers matched")
-        lines.append("Shares with 95% Wilson intervals; sign test: fine-tuned vs baseline, ties left out.")
+            lines += ["", f"Consistency on the repeated pair: {self.consistency:.1%} of answers matched"]
+        lines += ["", "Shares with 95% Wilson intervals; sign test: fine-tuned vs baseline, ties left out."]
         return "\n".join(lines)
 
 
