@@ -250,6 +250,15 @@ def test_relabel_is_recorded_and_undo_brings_the_earlier_label_back(studio):
 
 
 def test_ten_clients_sharing_a_name_every_acknowledged_action_is_stored(studio):
+    _shared_name_clients(studio)
+
+
+@pytest.mark.postgres
+def test_ten_clients_sharing_a_name_on_postgresql(make_studio, pg_url):
+    _shared_name_clients(make_studio(db_url=pg_url))
+
+
+def _shared_name_clients(studio):
     ids = add_frames(studio, 4)
     choices = ["close", "medium", "long", "reject"]
     acks, errors = [], []
