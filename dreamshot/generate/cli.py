@@ -59,6 +59,9 @@ def register(sub, parents) -> None:
     _request_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="also copy the PNGs into this folder")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per denoising batch [automatic: from free GPU memory; 4 on a CPU]")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet first (worth it for long runs only)")
     p.set_defaults(run=run_generate)
 
     p = sub.add_parser("sweep", parents=parents, help="shot types × α grid for one prompt and seed")
@@ -96,8 +99,10 @@ def run_generate(studio, args) -> int:
     from dreamshot.generate.service import service
 
     svc = service(studio)
+    if args.compile:
+        print(f"compiled mode: warm-up took {svc.compile(_request(args, seed=0)):.1f} s", file=sys.stderr)
     with svc.job("cli", progress=_progress) as job:
-        result = svc.generate(_request(args), job)
+        result = svc.generate(_request(args), job, batch_size=args.batch_size)
     print(file=sys.stderr)
     rows = []
     for img in result.images:
