@@ -119,6 +119,8 @@ def test_per_call_work_is_done_once(gen_studio, monkeypatch):
     for result in results:                                 # PNGs were written (in the background)
         path = result.images[0].path
         assert path.is_file() and path.read_bytes() == result.images[0].png()
+    twins = svc.generate_many([fast(seed=3), fast(seed=3)])  # the same seed twice: two files
+    assert twins[0].images[0].path != twins[1].images[0].path
 
 
 def test_cancel_inside_a_batch_keeps_the_finished_batches(gen_studio):

@@ -122,7 +122,7 @@ class BatchRun:
         self.lo, self.hi = span
         self.total = sum(r.request.num_images for r in results)
         self.done = 0
-        self.saves = 0
+        self.saved_seeds: list = []
         self.groups = len(groups([r.request for r in results], [(r.prompt, r.loras) for r in results]))
 
     def group(self, indices: list[int], batch_size: int | None) -> bool:
@@ -154,8 +154,9 @@ class BatchRun:
         result.images.append(generated)
         result.seconds += seconds
         if self.save:
-            path = self.svc.output_path(item.seed, self.saves)
-            self.saves += 1
+            repeat = self.saved_seeds.count(item.seed)        # the same seed twice in one call
+            self.saved_seeds.append(item.seed)
+            path = self.svc.output_path(item.seed, repeat)
             generated.saved = self.svc.saver().submit(generated.save, path)
 
     def _group_label(self, result) -> str:
