@@ -1,4 +1,4 @@
-"""``python -m dreamshot SUBCOMMAND``: headless generation (and, later, survey and evaluation).
+"""``python -m dreamshot SUBCOMMAND``: generation, survey, evaluation and video, headless.
 
     generate      images from a prompt with a shot LoRA at strength α (PNG with A1111 settings)
     sweep         shot types × α values for one prompt and seed, as one grid image (paper Fig. 3)
@@ -6,6 +6,8 @@
     read-png      print the settings stored in generated PNGs (A1111 'parameters' text)
     loras         list the LoRA library; `loras add FILE --name N` validates and adds an upload
     survey        blind A/B survey: build, open, close, list, results, participants, exclude
+    evaluate      CLIP-T / DINO evaluation (paper Tables 3-4): pairs.jsonl, results.json/.csv/.png
+    video         AnimateDiff shot clips, shot-to-shot transitions, per-frame restyling of a video
 
 Every subcommand takes the studio settings (--data, --db, --model, ...), before or after its name.
 """
@@ -16,7 +18,7 @@ import sys
 
 from dreamshot import cli
 
-COMMAND_MODULES = ["dreamshot.generate.cli", "dreamshot.evaluate.cli", "dreamshot.video.cli", "dreamshot.survey.cli"]
+COMMAND_MODULES = ["dreamshot.generate.cli", "dreamshot.survey.cli", "dreamshot.evaluate.cli", "dreamshot.video.cli"]
 
 
 def build_parser():
