@@ -108,7 +108,7 @@ class TrainHandlers:
         admin_name(self.studio, request)
         runs = self.runner.list_runs()
         shown = dict(shown or {})
-        current = None if run_id in (None, "") else int(run_id)
+        current = None if run_id in (None, "") else _run_id(run_id)
         target = views.follow(current, runs, shown.get("pinned"))
         ids = [r.id for r in runs]
         dropdown = gr.skip()
@@ -130,7 +130,10 @@ class TrainHandlers:
 def _run_id(run_id) -> int:
     if run_id in (None, ""):
         raise InvalidInput("Pick a run first.")
-    return int(run_id)
+    try:
+        return int(run_id)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{run_id!r} is not a run number.") from None
 
 
 def _changed(shown: dict, key: str, state, make):
