@@ -54,15 +54,29 @@ def make_survey(studio, pairs: int) -> None:
                 base_image=names[0], lora_image=names[1], meta={}, created_at=now()))
 
 
+class HttpClient:
+    """The participant API over plain HTTP: one POST per call to /gradio_api/run/<name> (what a
+    non-Python client would do); light enough that 50 of them do not starve the server's CPU."""
+
+    def __init__(self, url: str, http):
+        self.url, self.http = url.rstrip("/"), http
+
+    def predict(self, *data, api_name: str):
+        r = self.http.post(f"{self.url}/gradio_api/run{api_name}", json={"data": list(data)}, timeout=300)
+        r.raise_for_status()
+        return r.json()["data"][0]
+
+
 def participant(client, latencies: list, lock: threading.Lock) -> int:
     view = client.predict("bench", "", api_name="/survey_join")
     n = 0
     while not view["finished"]:
         for q in ("like", "shot", "prompt"):
             t0 = time.perf_counter()
-            client.predict(view["token"], view["slot"], view["pair_id"], q, "A", api_name="/survey_answer")
+            ack = client.predict(view["token"], view["slot"], view["pair_id"], q, "A", api_name="/survey_answer")
             with lock:
                 latencies.append(time.perf_counter() - t0)
+            assert ack["stored"]
             n += 1
         view = client.predict(view["token"], api_name="/survey_view")
     return n
@@ -73,6 +87,8 @@ def main() -> int:
     ap.add_argument("--participants", type=int, default=50)
     ap.add_argument("--pairs", type=int, default=3, help="pairs per participant (+1 repeat)")
     ap.add_argument("--db", default=None)
+    ap.add_argument("--client", choices=["http", "gradio"], default="http",
+                    help="plain HTTP POSTs (default) or one gradio_client session per participant")
     args = ap.parse_args()
 
     import subprocess
@@ -111,11 +127,18 @@ def main() -> int:
             if probe.predict(api_name="/status").get("model_loaded"):
                 break
             time.sleep(0.5)
-        with ThreadPoolExecutor(4) as pool:   # one session per participant, as browsers have; made beforehand
-            clients = list(pool.map(lambda _: Client(url, verbose=False, httpx_kwargs={"timeout": 120}),
-                                    range(args.participants)))
+        if args.client == "gradio":   # one session per participant, as browsers have; made beforehand
+            with ThreadPoolExecutor(4) as pool:
+                clients = list(pool.map(lambda _: Client(url, verbose=False, httpx_kwargs={"timeout": 300}),
+                                        range(args.participants)))
+        else:
+            import httpx
+
+            http = httpx.Client(limits=httpx.Limits(max_connections=args.participants))
+            clients = [HttpClient(url, http) for _ in range(args.participants)]
         latencies: list[float] = []
         lock = threading.Lock()
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.participants) as pool:
             sent = sum(pool.map(lambda c: participant(c, latencies, lock), clients))
@@ -130,6 +153,7 @@ def main() -> int:
     studio.close()
     lat = sorted(latencies)
     p95 = lat[max(0, int(round(0.95 * len(lat))) - 1)]
+    print(f"client: {args.client}; load average before the run: {load:.1f} on {os.cpu_count()} CPUs")
     print(f"participants {args.participants}, answers sent {sent}, stored {stored}, wall {wall:.1f}s, "
           f"{sent / wall:.1f} answers/s")
     print(f"answer latency: p50 {statistics.median(lat) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "

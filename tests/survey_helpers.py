@@ -3,6 +3,14 @@ fast survey built on the demo model (64 px, 2 steps)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 
@@ -12,6 +20,7 @@ from dreamshot.survey.build import SurveySpec
 from dreamshot.survey.service import service
 from tests.generate_fixtures import gen_studio, lora_files  # noqa: F401  (fixtures)
 
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a woman reading a letter", "a man crossing a bridge", "two children on a beach"]
 
 
@@ -78,3 +87,33 @@ def ready_survey(studio, name: str = "db", pairs: int = 4, per_participant: int 
                 survey_id=sid, position=i, shot=("close", "medium")[i % 2], caption=f"prompt {i}",
                 prompt=f"a photo of prompt {i}", seed=i, alpha=1.0, lora_name="x", status="ready",
                 base_image=paths[0], lora_image=paths[1], meta={}, created_at=now()))
+
+
+@contextlib.contextmanager
+def survey_server(data_dir, **env):
+    """``python app.py --survey-only`` on ``data_dir`` in its own process (as participants meet it);
+    yields its URL, stops it afterwards."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    full_env = dict(os.environ, DREAMSHOT_DATA=str(data_dir), DREAMSHOT_MODEL="demo", OMP_NUM_THREADS="1", **env)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--survey-only", "--port", str(port)],
+                            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the survey server did not start: " + proc.stderr.read().decode()[-2000:])
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

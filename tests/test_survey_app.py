@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.survey.service import QUESTIONS, service
-from tests.survey_helpers import answers, open_survey, ready_survey, small_spec  # noqa: F401 (fixtures)
+from tests.survey_helpers import answers, open_survey, ready_survey, small_spec, survey_server  # noqa: F401
 from tests.survey_helpers import gen_studio, lora_files  # noqa: F401
 
 CROWD = 50
@@ -34,14 +34,20 @@ def _participant(client, seen: list) -> tuple[str, int]:
     return token, sent
 
 
-def test_crowd_of_50_concurrent_participants(studio, serve):
-    from gradio_client import Client
-
+def test_crowd_of_50_concurrent_participants(studio):
+    """The survey-only server runs in its own process, as in production (in this process 50 client
+    sessions and the server would share one interpreter lock)."""
     ready_survey(studio, "pilot", pairs=4, per_participant=1)   # pictures made up: no generation here
     open_survey = studio
     svc = service(open_survey)
-    svc.new_limiter.limit = svc.answer_limiter.limit = 10_000   # everyone comes from 127.0.0.1 here
-    url = serve(open_survey)
+    caps = {"DREAMSHOT_SURVEY_MAX_NEW_PER_HOUR": "1000", "DREAMSHOT_SURVEY_MAX_ANSWERS_PER_MIN": "100000"}
+    with survey_server(studio.settings.data_dir, **caps) as url:
+        _crowd(url, open_survey, svc)
+
+
+def _crowd(url, open_survey, svc):
+    from gradio_client import Client
+
     client = Client(url, verbose=False, httpx_kwargs={"timeout": 300})   # a loaded CI box is slow, not wrong
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert {"/survey_join", "/survey_view", "/survey_answer", "/survey_images"} <= set(api)
@@ -64,9 +70,16 @@ def test_crowd_of_50_concurrent_participants(studio, serve):
     PT = schema.survey_participants
     with open_survey.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(PT).where(PT.c.finished_at.is_not(None))).scalar_one() == CROWD
+    spoofer = Client(url, verbose=False, headers={"X-Forwarded-For": "6.6.6.6"})
+    token = spoofer.predict("pilot", "", api_name="/survey_join")["token"]
+    with open_survey.db.read() as conn:
+        ip_hash = conn.execute(sa.select(PT.c.ip_hash).where(PT.c.token == token)).scalar_one()
+    assert ip_hash == svc.ip_key("127.0.0.1") != svc.ip_key("6.6.6.6")   # the header did not count
     a, b = client.predict(done[0][0], 0, api_name="/survey_images")   # files of the pictures
     assert a and b and a != b
-    with pytest.raises(Exception, match="Unknown participant"):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Unknown participant"):
         client.predict("forged-token-forged-token", 0, 1, "like", "A", api_name="/survey_answer")
 
 

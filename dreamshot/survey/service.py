@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -100,6 +102,10 @@ class SurveyService:
         self.new_limiter = RateLimiter(env_int(MAX_NEW_ENV, DEFAULT_MAX_NEW_PER_HOUR), 3600.0)
         self.answer_limiter = RateLimiter(env_int(MAX_ANSWERS_ENV, DEFAULT_MAX_ANSWERS_PER_MIN), 60.0)
         self._mirror = None
+        self._salt: str | None = None
+        # SQLite takes one writer at a time and makes the others sleep-and-retry (up to 100 ms per
+        # try): a crowd's answers queue here instead, first come first served, commit by commit.
+        self._write_lock = threading.Lock() if studio.db.is_sqlite else contextlib.nullcontext()
 
     # ---- surveys (admins) ------------------------------------------------------------------------
     def _survey_row(self, conn, name: str):
@@ -209,11 +215,14 @@ class SurveyService:
 
     # ---- participants ---------------------------------------------------------------------------
     def ip_key(self, ip: str) -> str:
-        salt = self.studio.db.get_setting(IP_SALT_KEY)
-        if not salt:
-            self.studio.db.set_setting(IP_SALT_KEY, secrets.token_hex(16))
+        """A salted hash of the client address: caps work, addresses are not stored."""
+        if self._salt is None:
             salt = self.studio.db.get_setting(IP_SALT_KEY)
-        return hashlib.sha256(f"{salt}:{ip}".encode()).hexdigest()
+            if not salt:
+                self.studio.db.set_setting(IP_SALT_KEY, secrets.token_hex(16))
+                salt = self.studio.db.get_setting(IP_SALT_KEY)
+            self._salt = salt
+        return hashlib.sha256(f"{self._salt}:{ip}".encode()).hexdigest()
 
     def join(self, survey: str, token: str | None, ip: str) -> str:
         """The participant's token: the one given if it belongs to this survey, else a new one."""
@@ -236,7 +245,7 @@ class SurveyService:
             raise AccessDenied("Too many new participants from your network in the last hour; please try later.")
         token = secrets.token_urlsafe(18)
         plan = make_plan([(p.id, p.shot) for p in pairs], row.per_participant, self.rng)
-        with self.studio.db.write() as conn:
+        with self._writing() as conn:
             conn.execute(PT.insert().values(survey_id=row.id, token=token, ip_hash=key, plan=plan, created_at=now()))
         return token
 
@@ -281,7 +290,7 @@ class SurveyService:
         out.update(pair_id=pair.id, shot=pair.shot, shot_phrase=phrase, prompt=pair.caption,
                    answered={q: a for q, (a, _) in answered.get((pair.id, item["round"]), {}).items()})
         if who.shown_slot != slot and who.state == "open":
-            with self.studio.db.write() as conn:
+            with self._writing() as conn:
                 conn.execute(PT.update().where(PT.c.id == who.id).values(shown_slot=slot, shown_at=now()))
         return out
 
@@ -325,7 +334,7 @@ class SurveyService:
         return result
 
     def _store(self, token, slot, pair_id, question, value) -> dict:
-        with self.studio.db.write() as conn:
+        with self._writing() as conn:
             who = self._participant(conn, token)
             if who.state != "open":
                 raise AccessDenied(f"The survey {who.survey_name!r} is {who.state}: answers are no longer accepted.")
@@ -364,6 +373,11 @@ class SurveyService:
         return {"stored": True, "duplicate": duplicate, "slot": slot, "slot_done": slot_done,
                 "lora_side": item["lora_side"] if slot_done else None, "done": done,
                 "total": len(who.plan), "finished": done == len(who.plan)}
+
+    @contextlib.contextmanager
+    def _writing(self):
+        with self._write_lock, self.studio.db.write() as conn:
+            yield conn
 
     # ---- mirroring ------------------------------------------------------------------------------
     def mirror(self):

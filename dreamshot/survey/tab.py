@@ -13,6 +13,8 @@ Participant API (``gradio_client``), JSON in and out:
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from dreamshot.survey.limits import client_ip
@@ -144,6 +146,10 @@ class SurveyHandlers:
 
 
 def build(studio, demo: gr.Blocks) -> None:
+    # Uvicorn (under Gradio) believes X-Forwarded-For from loopback peers by default, which would let
+    # a local client pick any address; only DREAMSHOT_TRUSTED_PROXIES decides here (see limits.py).
+    # Read when the server starts, i.e. after this build; an explicit FORWARDED_ALLOW_IPS is kept.
+    os.environ.setdefault("FORWARDED_ALLOW_IPS", "")
     h = SurveyHandlers(studio)
     store = gr.BrowserState("", storage_key="dreamshot-survey-token")
     with gr.Column(elem_id="survey-participant"):
@@ -181,9 +187,10 @@ def build(studio, demo: gr.Blocks) -> None:
         button.click(guarded(on_click), inputs=[token, slot, pair_id], outputs=outputs, api_visibility="private",
                      concurrency_id="survey", concurrency_limit=8)
     api = dict(concurrency_id="survey", concurrency_limit=8)
-    gr.api(guarded(h.join), api_name="survey_join", **api)
-    gr.api(guarded(h.view), api_name="survey_view", **api)
-    gr.api(guarded(h.answer), api_name="survey_answer", **api)
+    # Small JSON calls skip the queue (no SSE round trips); SQLite serialises the writes anyway.
+    gr.api(guarded(h.join), api_name="survey_join", queue=False)
+    gr.api(guarded(h.view), api_name="survey_view", queue=False)
+    gr.api(guarded(h.answer), api_name="survey_answer", queue=False)
     images_btn = gr.Button(visible=False)
     images_btn.click(guarded(h.images), inputs=[token, slot], outputs=[img_a, img_b], api_name="survey_images",
                      **api)
