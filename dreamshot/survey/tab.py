@@ -9,6 +9,9 @@ Participant API (``gradio_client``), JSON in and out:
     /survey_view    (token)                                 -> view: progress and the current pair
     /survey_answer  (token, slot, pair_id, question, answer) -> ack (+ lora_side when the pair is done)
     /survey_images  (token, slot)                           -> (image A, image B)
+
+The three JSON endpoints skip Gradio's queue: besides gradio_client, any HTTP client can call them
+with one ``POST /gradio_api/run/<name>`` and body ``{"data": [...]}``.
 """
 
 from __future__ import annotations
