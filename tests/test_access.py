@@ -13,7 +13,7 @@ def _argument(param: dict, upload):
     replaced by a local PNG: the examples point at the network)."""
     kind = str(param.get("python_type", {}).get("type", "")) + str(param.get("component", ""))
     if "filepath" in kind or "File" in kind or "Image" in kind or "Video" in kind:
-        return [upload] if kind.startswith("List") else upload
+        return [upload] if kind.lower().startswith("list") else upload
     if param.get("parameter_has_default"):
         return param.get("parameter_default")
     return param.get("example_input")

@@ -45,14 +45,17 @@ def reporter(progress):
     return (lambda fraction, text: progress(fraction, desc=text)) if progress is not None else None
 
 
-def form_event(method, extra: tuple = ()):
+def form_event(method, extra: tuple = (), *, check=None):
     """A gradio function taking the form's 13 values, then ``extra`` inputs, then the request and
-    progress; it calls ``method(GenerateForm, *extra values, owner=..., progress=...)``. The
-    signature is spelled out (gradio reads it to inject the request and the progress tracker)."""
+    progress; it calls ``check(request)`` (the caller's role), then
+    ``method(GenerateForm, *extra values, owner=..., progress=...)``. The signature is spelled out
+    (gradio reads it to inject the request and the progress tracker)."""
     fields = GenerateForm.fields()
 
     def event(*args):
         *values, request, progress = args
+        if check is not None:
+            check(request)
         form = GenerateForm(*values[:len(fields)])
         return method(form, *values[len(fields):], owner=owner(request), progress=reporter(progress))
 
@@ -188,7 +191,8 @@ def build(studio, demo: gr.Blocks) -> None:
 
 
 def _wire_generation(h, f, r, sweep, board) -> None:
-    run = lambda method, extra=(), seconds=120: guarded(gpu(seconds)(form_event(method, extra)))  # noqa: E731
+    member = lambda request: admin_name(h.studio, request)  # noqa: E731  generation is for studio members
+    run = lambda method, extra=(), seconds=120: guarded(gpu(seconds)(form_event(method, extra, check=member)))  # noqa: E731
     show = lambda method: lambda *a, **k: shown(method(*a, **k))  # noqa: E731
     grid = lambda *a, **k: (lambda path, info: (path, path, info))(*h.sweep(*a, **k))  # noqa: E731
     generate = run(show(h.generate))
@@ -212,31 +216,39 @@ def _wire_generation(h, f, r, sweep, board) -> None:
 def _stop_fn(h: GenerateHandlers):
     @guarded
     def stop(request: gr.Request):
+        admin_name(h.studio, request)
         return h.stop(owner(request))
     return stop
 
 
 def _wire_settings(studio, h, f, r, sweep, read, upload, demo) -> None:
     @guarded
-    def refresh_loras():
+    def refresh_loras(request: gr.Request):
+        admin_name(studio, request)
         choices = h.lora_choices()
         return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices[1:])
 
     def restored(form: GenerateForm, note: str):
         return [*form.values(), note]
 
+    def read_png(file, request: gr.Request):
+        admin_name(studio, request)
+        return restored(*h.read_png(getattr(file, "name", file)))
+
+    def read_text(text, request: gr.Request):
+        admin_name(studio, request)
+        return restored(*h.read_text(text))
+
     def do_upload(file, name, shot_type, request: gr.Request):
         admin_name(studio, request)
         note = h.upload(getattr(file, "name", file), name, shot_type)
-        return (note, *refresh_loras())
+        return (note, *refresh_loras(request))
 
     r.reuse.click(lambda s: s or "-1", r.used_seed, f.seed, api_visibility="private",
                   queue=False)
     f.refresh.click(refresh_loras, None, [f.shot, sweep.shots], api_name="list_loras", concurrency_limit=None)
-    read.png.upload(guarded(lambda file: restored(*h.read_png(getattr(file, "name", file)))), read.png,
-                    [*f.form, read.note], api_name="read_png")
-    read.restore.click(guarded(lambda text: restored(*h.read_text(text))), read.pasted, [*f.form, read.note],
-                       api_name="read_parameters")
+    read.png.upload(guarded(read_png), read.png, [*f.form, read.note], api_name="read_png")
+    read.restore.click(guarded(read_text), read.pasted, [*f.form, read.note], api_name="read_parameters")
     upload.go.click(guarded(do_upload), [upload.file, upload.name, upload.shot], [upload.note, f.shot, sweep.shots],
                     api_name="upload_lora")
     demo.load(refresh_loras, None, [f.shot, sweep.shots], api_visibility="private")  # LoRAs trained meanwhile

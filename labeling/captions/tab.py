@@ -117,14 +117,15 @@ def _autocaption_panel(ui: CaptionsHandlers, stats_md, split, refresh_if_done):
     return progress_md, timer
 
 
-def _template_panel(ui: CaptionsHandlers, stats_md, split, refresh) -> None:
+def _template_panel(ui: CaptionsHandlers, stats_md, split, refresh, demo: gr.Blocks) -> None:
     with gr.Accordion("Training prompt template", open=False):
         with gr.Row():
-            template = gr.Textbox(value=ui.current_template, label="Template ({shot}, {caption})", scale=4)
+            template = gr.Textbox(label="Template ({shot}, {caption})", scale=4)
             template_btn = gr.Button("Save template")
         template_md = gr.Markdown()
     template_btn.click(guarded(ui.save_template), inputs=[template, split], outputs=[template, template_md, stats_md],
                        api_name="caption_template", **QUIET).then(**refresh)
+    demo.load(guarded(ui.current_template), None, template, api_visibility="private")
 
 
 def _bulk_panel(ui: CaptionsHandlers, stats_md, filters, refresh) -> None:
@@ -188,7 +189,7 @@ def build(studio, demo: gr.Blocks) -> None:
                            api_visibility="private", **QUIET)
     with accordions:
         progress_md, timer = _autocaption_panel(ui, stats_md, filters[0], refresh_if_done)
-        _template_panel(ui, stats_md, filters[0], refresh)
+        _template_panel(ui, stats_md, filters[0], refresh, demo)
         _bulk_panel(ui, stats_md, filters, refresh)
 
     refresh_btn.click(**show_list, api_name="captions_list")

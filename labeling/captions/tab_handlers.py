@@ -204,7 +204,8 @@ class CaptionsHandlers:
         return "Cancelling after the current batch ..." if worker.cancel() else worker.snapshot().summary()
 
     # ---- template and bulk ---------------------------------------------------------------------------
-    def current_template(self) -> str:
+    def current_template(self, request: gr.Request = None) -> str:
+        admin_name(self.studio, request)
         return self.studio.project.template()
 
     def save_template(self, template: str, split: str, request: gr.Request = None) -> tuple:
