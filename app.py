@@ -11,6 +11,7 @@ without loading any model.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 
@@ -96,6 +97,10 @@ def build_app(studio: Studio) -> gr.Blocks:
 
 
 def launch_kwargs(studio: Studio) -> dict:
+    # Uvicorn (under Gradio) believes X-Forwarded-For from loopback peers by default, which would let
+    # a local client pick any address; only DREAMSHOT_TRUSTED_PROXIES decides (dreamshot/survey/limits.py).
+    # Uvicorn reads this when the server starts; an explicit FORWARDED_ALLOW_IPS is kept.
+    os.environ.setdefault("FORWARDED_ALLOW_IPS", "")
     s = studio.settings
     data = s.data_dir.resolve()
     return dict(
@@ -155,7 +160,8 @@ def main() -> None:
     if not studio.settings.survey_only:
         # Queued training runs continue after a restart without anyone opening the Train tab.
         training_jobs.service(studio).start()
-    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    if not studio.settings.survey_only:  # participants never need the model: their pictures are stored
+        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio))
 
 

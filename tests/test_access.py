@@ -9,11 +9,12 @@ REFUSAL = "Log in as a studio member"
 
 
 def _argument(param: dict, upload):
-    """A plausible value for one API parameter: its default, else gradio's own example (files are
-    replaced by a local PNG: the examples point at the network)."""
+    """A plausible value for one API parameter: its default, else gradio's own example. Files: a
+    local PNG in a list parameter, an empty single-file parameter (gradio's examples point at the
+    network, and a PNG would fail a component's type filter before the handler is reached)."""
     kind = str(param.get("python_type", {}).get("type", "")) + str(param.get("component", ""))
     if "filepath" in kind or "File" in kind or "Image" in kind or "Video" in kind:
-        return [upload] if kind.lower().startswith("list") else upload
+        return [upload] if kind.lower().startswith("list") else None
     if param.get("parameter_has_default"):
         return param.get("parameter_default")
     return param.get("example_input")

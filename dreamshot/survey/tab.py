@@ -16,8 +16,6 @@ with one ``POST /gradio_api/run/<name>`` and body ``{"data": [...]}``.
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr
 
 from dreamshot.survey.limits import client_ip
@@ -26,6 +24,9 @@ from dreamshot.ui import guarded
 
 KEYS = ("A", "B", "N")
 LABELS = {"A": "A", "B": "B", "N": "Neither / same"}
+# What a participant (nobody logged in) may call; every other endpoint checks for a studio member.
+PUBLIC_API = ("survey_join", "survey_view", "survey_answer", "survey_images")
+
 HEAD = """
 <script>
 (() => {
@@ -149,10 +150,6 @@ class SurveyHandlers:
 
 
 def build(studio, demo: gr.Blocks) -> None:
-    # Uvicorn (under Gradio) believes X-Forwarded-For from loopback peers by default, which would let
-    # a local client pick any address; only DREAMSHOT_TRUSTED_PROXIES decides here (see limits.py).
-    # Read when the server starts, i.e. after this build; an explicit FORWARDED_ALLOW_IPS is kept.
-    os.environ.setdefault("FORWARDED_ALLOW_IPS", "")
     h = SurveyHandlers(studio)
     store = gr.BrowserState("", storage_key="dreamshot-survey-token")
     with gr.Column(elem_id="survey-participant"):
