@@ -64,7 +64,10 @@ def public_endpoints() -> set[str]:
 
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type.")
+        participants = studio.settings.survey_only
+        gr.Markdown(f"# {TITLE}\n" + ("A short blind survey: compare two pictures, answer three questions."
+                                       if participants else
+                                       "Teach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type."))
         banner = gr.Markdown(visible=False, elem_id="demo-banner")
         tabs = [t for t in STUDIO_TABS if t[0] == "Survey"] if studio.settings.survey_only else STUDIO_TABS
         with gr.Tabs():
@@ -73,7 +76,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                     build(studio, demo)
 
         def show_banner():
-            text = studio.model_status().banner_markdown()
+            # Participants generate nothing (the survey's pictures were made when it was built), so a
+            # survey-only page neither resolves a model nor shows the demo-model banner.
+            text = None if participants else studio.model_status().banner_markdown()
             return gr.Markdown(value=text or "", visible=bool(text))
 
         def status(request: gr.Request) -> dict:

@@ -107,3 +107,7 @@ def test_survey_only_serves_nothing_but_the_survey(make_studio, serve, page):
     for title in TABS:
         if title != "Survey":
             assert page.get_by_role("tab", name=title).count() == 0
+    page.wait_for_timeout(1500)  # the page-load events have run
+    # the survey's pictures were made when it was built: no model banner for participants
+    assert not page.locator("#demo-banner").is_visible()
+    assert "blind survey" in page.locator("body").inner_text()
