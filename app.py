@@ -34,7 +34,6 @@ from training import tab as train_tab
 TITLE = "DreamShot studio"
 log = logging.getLogger("dreamshot.app")
 CSS = """
-.not-built { opacity: .75 }
 #demo-banner { border-left: 4px solid #e8a33d; padding-left: .75em }
 /* Tables: headers wrap between words, never inside one ("ru n", "al ph a"); a wide table scrolls
    sideways inside its own box instead of pushing the page wider. */

@@ -5,7 +5,8 @@
   id and the browser sees only that id. Gradio itself prints no traceback for either. A handler
   arriving while the warm-up thread imports the ML libraries waits for them to be whole.
 - ``admin_name``: the role check each admin handler runs itself.
-- ``not_built``: the one-line notice for a tab whose feature does not exist yet.
+- ``gpu``: ZeroGPU's ``@spaces.GPU(duration=...)`` for handlers that run the model (a no-op
+  elsewhere).
 """
 
 from __future__ import annotations
@@ -76,5 +77,10 @@ def admin_name(studio, request: gr.Request | None) -> str:
     return studio.access.require_admin(username)
 
 
-def not_built(feature: str) -> None:
-    gr.Markdown(f"*{feature} is not built yet.*", elem_classes=["not-built"])
+def gpu(duration: int = 60):
+    """ZeroGPU: a GPU is attached only while a decorated function runs; a no-op elsewhere."""
+    try:
+        import spaces
+    except Exception:  # pragma: no cover - spaces missing or broken
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from dreamshot.stats import fleiss_kappa
 from labeling import labels, pool
 from labeling.labels import REJECT
 
@@ -38,22 +39,6 @@ def cohen_kappa(pairs: list[tuple[str, str]], categories: list[str]) -> tuple[fl
     if expected >= 1:
         return (1.0 if observed == 1 else 0.0), observed
     return (observed - expected) / (1 - expected), observed
-
-
-def fleiss_kappa(table: list[list[int]]) -> float | None:
-    """``table[i][j]``: raters who put item i in category j; every item rated by the same number."""
-    if not table:
-        return None
-    n = sum(table[0])
-    if n < 2 or any(sum(row) != n for row in table):
-        raise ValueError("Fleiss' kappa needs the same number (>= 2) of ratings per item")
-    items = len(table)
-    p_j = [sum(row[j] for row in table) / (items * n) for j in range(len(table[0]))]
-    p_i = [(sum(x * x for x in row) - n) / (n * (n - 1)) for row in table]
-    p_bar, p_e = sum(p_i) / items, sum(p * p for p in p_j)
-    if p_e >= 1:
-        return 1.0 if p_bar == 1 else 0.0
-    return (p_bar - p_e) / (1 - p_e)
 
 
 def agreement(studio) -> Agreement:

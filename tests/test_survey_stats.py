@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dreamshot.survey import stats
+from dreamshot import stats
 
 
 def test_wilson_interval_matches_hand_computation():

@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
+
+from dreamshot import stats
 
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
@@ -43,15 +44,9 @@ def paired_bootstrap(base, tuned, *, samples: int = BOOTSTRAP_SAMPLES, seed: int
             "ci_low": float(low), "ci_high": float(high)}
 
 
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
+def wilson(successes: int, n: int, z: float = stats.Z95) -> tuple[float | None, float | None]:
     """Wilson score interval of a proportion (95% by default); (None, None) for n = 0."""
-    if n <= 0:
-        return None, None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return stats.wilson(successes, n, z) or (None, None)
 
 
 def table(scores: list[dict], metric: str, *, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> dict:

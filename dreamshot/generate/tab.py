@@ -21,16 +21,8 @@ from dreamshot.generate.handlers import NONE, GenerateForm, GenerateHandlers, Sh
 from dreamshot.generate.request import ALPHA_RANGE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from dreamshot.generate.samplers import DEFAULT_SAMPLER, SAMPLERS
 from dreamshot.generate.storyboard import DEFAULT_ALPHAS
-from dreamshot.ui import admin_name, guarded
+from dreamshot.ui import admin_name, gpu, guarded
 
-try:  # ZeroGPU: a GPU is attached only while a decorated function runs; a no-op elsewhere.
-    import spaces
-
-    def gpu(duration: int = 60):
-        return spaces.GPU(duration=duration)
-except Exception:  # pragma: no cover - spaces missing or broken
-    def gpu(duration: int = 60):
-        return lambda fn: fn
 
 EXAMPLE_BOARD = ("long | a lighthouse on a cliff at dusk\n"
                  "medium | a fisherman mending a net on the pier\n"

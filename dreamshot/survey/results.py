@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import sqlalchemy as sa
 
 from dreamshot import schema
-from dreamshot.survey import stats
+from dreamshot import stats
 from dreamshot.survey.service import QUESTIONS, service
 
 S, P, PT, A = schema.surveys, schema.survey_pairs, schema.survey_participants, schema.survey_answers

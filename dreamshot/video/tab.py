@@ -17,16 +17,8 @@ import gradio as gr
 from dreamshot.video.base import SAMPLERS
 from dreamshot.video.clip import MAX_CLIP_FRAMES
 from dreamshot.video.handlers import NONE, ClipForm, RestyleForm, Shown, TransitionForm, VideoHandlers
-from dreamshot.ui import admin_name, guarded
+from dreamshot.ui import admin_name, gpu, guarded
 
-try:  # ZeroGPU: a GPU is attached only while a decorated function runs; a no-op elsewhere.
-    import spaces
-
-    def gpu(duration: int = 120):
-        return spaces.GPU(duration=duration)
-except Exception:  # pragma: no cover - spaces missing or broken
-    def gpu(duration: int = 120):
-        return lambda fn: fn
 
 
 def owner(request: gr.Request | None) -> str:
@@ -60,7 +52,7 @@ def form_event(studio, method, forms: tuple):
     event.__annotations__ = {"request": gr.Request}
     event.__name__ = method.__name__
     assert len(params) == len(names) + 2
-    return guarded(gpu()(event))
+    return guarded(gpu(120)(event))
 
 
 def _clip_form(h: VideoHandlers):

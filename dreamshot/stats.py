@@ -1,4 +1,5 @@
-"""The statistics of the survey report (no numpy/scipy needed, exact where it matters).
+"""Small statistics shared by the features (the survey's Table 5, the evaluation's judge, the
+label agreement); no numpy/scipy needed, exact where it matters.
 
 - ``wilson``: the 95% Wilson score interval of a share k/n (better than ±1.96·SE for small n and
   shares near 0 or 1).
