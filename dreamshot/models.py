@@ -90,8 +90,13 @@ def device_and_dtype():
     return torch.device("cpu"), torch.float32
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks every model load to use the local cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if hub_offline():
         return False
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     parsed = urlparse(endpoint)

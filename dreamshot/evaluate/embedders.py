@@ -13,17 +13,16 @@ Every embedding comes back L2-normalised (numpy float64 rows), so a cosine is a 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dreamshot.errors import ModelLoadError
+from dreamshot.models import hub_offline
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_DINO = "facebook/dino-vits16"
-_OFFLINE = {"1", "true", "yes", "on"}
 
 
 def _weights_hash(folder: Path) -> str:
@@ -60,7 +59,7 @@ def resolve(spec: str, what: str) -> tuple[str, str]:
     if isinstance(cached, str):
         snapshot = Path(cached).parent
         return str(snapshot), f"{spec}@{snapshot.name}"
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE:
+    if hub_offline():
         raise ModelLoadError(f"The {what} model {spec!r} is not in the local Hugging Face cache and the Hub is "
                              "offline (HF_HUB_OFFLINE): download it once, or give a local folder.")
     return spec, spec

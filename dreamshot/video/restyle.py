@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput, ModelLoadError
+from dreamshot.models import hub_offline
 from dreamshot.video import base, media, metrics
 
 CONTROLS = ("none", "canny", "depth")
@@ -256,8 +257,6 @@ def _pipeline(vsvc, control: str, controlnet_source: str | None):
 
 
 def _load_controlnet(vsvc, source: str):
-    import os
-
     from diffusers import ControlNetModel
 
     basep = base.base_pipeline(vsvc.studio)
@@ -266,7 +265,7 @@ def _load_controlnet(vsvc, source: str):
         net = ControlNetModel.from_unet(basep.unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
     else:
         local = Path(source).expanduser()
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        offline = hub_offline()
         try:
             net = ControlNetModel.from_pretrained(str(local) if local.exists() else source,
                                                   local_files_only=local.exists() or offline)
