@@ -137,7 +137,7 @@ def plot(results: dict, width: int = 900, height: int = 420) -> Image.Image:
             row = (t.get(metric) or {}).get("overall") or {}
             if row.get("n"):
                 bars.append((f"{label} {'abl.' if name == 'table4' else ''}".strip(), row["base"], row["tuned"]))
-    top, bottom, left = 40, height - 40, 40
+    top, bottom, left = 70, height - 40, 40
     panel = width // 2 - 20
     d.line((left, bottom, left + panel, bottom), fill="black")
     hi = max([max(b, t, 1e-6) for _, b, t in bars] or [1.0])
@@ -146,13 +146,17 @@ def plot(results: dict, width: int = 900, height: int = 420) -> Image.Image:
         for j, (value, colour) in enumerate(((base, (150, 150, 150)), (tuned, (40, 110, 200)))):
             h = int((bottom - top) * max(value, 0) / hi)
             d.rectangle((x + j * 22, bottom - h, x + j * 22 + 18, bottom), fill=colour)
+            d.text((x + j * 22, bottom - h - 12 - 12 * j), f"{value:.3f}", fill=colour)
         d.text((x, bottom + 6), label, fill="black")
-    d.text((left, top - 16), "grey = base, blue = fine-tuned", fill="black")
+    d.text((left, 30), "grey = base, blue = fine-tuned", fill="black")
     curve = results.get("alpha_curve") or []
     ox = width // 2 + 20
     d.line((ox, bottom, width - 20, bottom), fill="black")
-    d.text((ox, top - 16), "α curve: CLIP-T (green), DINO (red)", fill="black")
     if len(curve) >= 2:
+        ranges = {k: (min(c[k] for c in curve), max(c[k] for c in curve)) for k in ("clip_t", "dino")}
+        d.text((ox, top - 28), "alpha curve, each line scaled to its own range:", fill="black")
+        d.text((ox, top - 16), "CLIP-T {:.4f}..{:.4f} (green), DINO {:.4f}..{:.4f} (red)".format(
+            *ranges["clip_t"], *ranges["dino"]), fill="black")
         alphas = [c["alpha"] for c in curve]
         span = (max(alphas) - min(alphas)) or 1.0
         for key, colour in (("clip_t", (30, 150, 60)), ("dino", (200, 50, 50))):
