@@ -12,13 +12,13 @@ Every embedding comes back L2-normalised (numpy float64 rows), so a cosine is a 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dreamshot.errors import ModelLoadError
+from dreamshot.generate.loras import file_sha256
 from dreamshot.models import hub_offline
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -29,11 +29,7 @@ def _weights_hash(folder: Path) -> str:
     for name in ("model.safetensors", "pytorch_model.bin"):
         path = folder / name
         if path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-            return digest.hexdigest()[:12]
+            return file_sha256(path)[:12]
     return "no-weights"
 
 

@@ -15,7 +15,6 @@ and the override is written into the results.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
+from dreamshot.generate.loras import file_sha256
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -35,14 +35,6 @@ class HeldOutFrame:
     shot: str
     caption: str
     frame_id: int | None = None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def studio_test_frames(studio, out_dir: Path, shots: list[str]) -> tuple[list[HeldOutFrame], dict]:
@@ -134,7 +126,7 @@ def training_footprint(studio) -> tuple[set[int], set[str]]:
                 ids.add(row["frame_id"])
             image = folder / str(row.get("file_name", ""))
             if image.is_file():
-                hashes.add(sha256_file(image))
+                hashes.add(file_sha256(image))
     if ids:
         f = schema.frames
         with studio.db.read() as conn:
@@ -148,7 +140,7 @@ def contaminated(studio, frames: list[HeldOutFrame]) -> list[str]:
     if not ids and not hashes:
         return []
     return [fr.key for fr in frames
-            if (fr.frame_id is not None and fr.frame_id in ids) or sha256_file(fr.path) in hashes]
+            if (fr.frame_id is not None and fr.frame_id in ids) or file_sha256(fr.path) in hashes]
 
 
 def load_frames(studio, source: str, out_dir: Path, shots: list[str]) -> tuple[list[HeldOutFrame], dict]:
