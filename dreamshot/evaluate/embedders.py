@@ -67,6 +67,19 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _image_features(embedder, images, batch: int, forward) -> np.ndarray:
+    """L2-normalised ``forward(pixel_values)`` of ``images``, ``batch`` at a time, without gradients."""
+    import torch
+
+    out = []
+    for i in range(0, len(images), batch):
+        pixels = embedder.processor(images=[im.convert("RGB") for im in images[i:i + batch]],
+                                    return_tensors="pt")["pixel_values"].to(embedder.device)
+        with torch.no_grad():
+            out.append(_tensor(forward(pixels)))
+    return normalize(np.concatenate(out)) if out else np.zeros((0, 0))
+
+
 @dataclass
 class ClipEmbedder:
     model: object
@@ -77,16 +90,7 @@ class ClipEmbedder:
     device: object = None
 
     def image_features(self, images, batch: int = 32) -> np.ndarray:
-        import torch
-
-        out = []
-        for i in range(0, len(images), batch):
-            pixels = self.processor(images=[im.convert("RGB") for im in images[i:i + batch]],
-                                    return_tensors="pt")["pixel_values"].to(self.device)
-            with torch.no_grad():
-                feats = self.model.get_image_features(pixel_values=pixels)
-            out.append(_tensor(feats))
-        return normalize(np.concatenate(out)) if out else np.zeros((0, 0))
+        return _image_features(self, images, batch, lambda pixels: self.model.get_image_features(pixel_values=pixels))
 
     def text_features(self, texts: list[str], batch: int = 64) -> np.ndarray:
         import torch
@@ -111,16 +115,8 @@ class DinoEmbedder:
     device: object = None
 
     def image_features(self, images, batch: int = 32) -> np.ndarray:
-        import torch
-
-        out = []
-        for i in range(0, len(images), batch):
-            pixels = self.processor(images=[im.convert("RGB") for im in images[i:i + batch]],
-                                    return_tensors="pt")["pixel_values"].to(self.device)
-            with torch.no_grad():
-                hidden = self.model(pixel_values=pixels).last_hidden_state
-            out.append(_tensor(hidden[:, 0]))       # the CLS token (DreamBooth's DINO score)
-        return normalize(np.concatenate(out)) if out else np.zeros((0, 0))
+        # the CLS token of the last hidden state (DreamBooth's DINO score)
+        return _image_features(self, images, batch, lambda pixels: self.model(pixel_values=pixels).last_hidden_state[:, 0])
 
 
 def _tensor(t) -> np.ndarray:
