@@ -116,7 +116,8 @@ class DinoEmbedder:
 
     def image_features(self, images, batch: int = 32) -> np.ndarray:
         # the CLS token of the last hidden state (DreamBooth's DINO score)
-        return _image_features(self, images, batch, lambda pixels: self.model(pixel_values=pixels).last_hidden_state[:, 0])
+        return _image_features(self, images, batch,
+                               lambda pixels: self.model(pixel_values=pixels).last_hidden_state[:, 0])
 
 
 def _tensor(t) -> np.ndarray:
