@@ -120,7 +120,9 @@ training_runs = sa.Table(
     sa.Column("finished_at", sa.Float, nullable=True),
 )
 
-# LoRAs the generator can use: trained by the studio or uploaded.
+# LoRAs and textual-inversion embeddings the generator can use: trained by the studio or uploaded.
+# kind: "lora" or "embedding"; method: how it was made ("lora", "ti", "full" = extracted from a full
+# fine-tune); token: an embedding's placeholder in prompts (e.g. "<close-shot>").
 loras = sa.Table(
     "loras", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -134,6 +136,9 @@ loras = sa.Table(
     sa.Column("base_model", sa.Text, nullable=True),
     sa.Column("meta", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="lora"),
+    sa.Column("method", sa.String(16), nullable=False, server_default="lora"),
+    sa.Column("token", sa.String(128), nullable=True),
 )
 
 # Blind A/B surveys (paper Table 5). A survey owns a pool of pairs; each participant gets a random

@@ -84,8 +84,17 @@ def _captions_edit_kind(op) -> None:
     op.execute("UPDATE captions SET edit_kind = 'hand' WHERE edited_by IS NOT NULL")
 
 
+def _loras_kind_method(op) -> None:
+    """loras.kind (lora | embedding), loras.method (lora | ti | full) and an embedding's token."""
+    with op.batch_alter_table("loras") as batch:
+        batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="lora"))
+        batch.add_column(sa.Column("method", sa.String(16), nullable=False, server_default="lora"))
+        batch.add_column(sa.Column("token", sa.String(128), nullable=True))
+
+
 STEPS.append(_captions_edit_kind)
 STEPS.append(_step_surveys)
+STEPS.append(_loras_kind_method)
 SCHEMA_VERSION = 1 + len(STEPS)
 
 

@@ -111,7 +111,7 @@ def test_per_call_work_is_done_once(gen_studio, monkeypatch):
     scheduler = svc.scheduler("DPM++ SDE Karras", [1])
     reads, hashes = [], []
     real_list, real_hash = loras_module.LoraLibrary.list, service_module.a1111_lora_hash
-    monkeypatch.setattr(loras_module.LoraLibrary, "list", lambda self: reads.append(1) or real_list(self))
+    monkeypatch.setattr(loras_module.LoraLibrary, "list", lambda self, kind=None: reads.append(1) or real_list(self, kind))
     monkeypatch.setattr(service_module, "a1111_lora_hash", lambda path: hashes.append(path) or real_hash(path))
     results = svc.generate_many([fast(f"prompt {i}", shot="close", seed=i) for i in range(5)])
     assert len(reads) == 1 and hashes == []               # library read once per call; hash cached

@@ -20,6 +20,8 @@ from dreamshot.errors import InvalidInput, NotFound
 from dreamshot.storage import now
 
 ORIGINS = ("trained", "uploaded")
+KINDS = ("lora", "embedding")
+METHODS = ("lora", "ti", "full")   # LoRA training, textual inversion, LoRA extracted from a full fine-tune
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class LoraInfo:
     sha256: str
     base_model: str | None
     meta: dict
+    kind: str = "lora"          # "lora" or "embedding" (textual inversion)
+    method: str = "lora"        # "lora", "ti" or "full" (see METHODS)
+    token: str | None = None    # an embedding's placeholder in prompts, e.g. "<close-shot>"
 
     @property
     def short_hash(self) -> str:
@@ -72,28 +77,41 @@ class LoraLibrary:
         if not path.is_absolute():
             path = self.data_dir / path
         return LoraInfo(row.id, row.name, row.shot, path, row.format, row.origin, row.run_id,
-                        row.sha256, row.base_model, dict(row.meta or {}))
+                        row.sha256, row.base_model, dict(row.meta or {}), row.kind, row.method, row.token)
 
     def register(self, path: Path, *, name: str, shot: str | None, origin: str, fmt: str = "diffusers",
-                 run_id: int | None = None, base_model: str | None = None, meta: dict | None = None) -> LoraInfo:
-        """Add (or replace, same name) a LoRA file. The file must already be complete on disk."""
+                 run_id: int | None = None, base_model: str | None = None, meta: dict | None = None,
+                 kind: str = "lora", method: str | None = None, token: str | None = None) -> LoraInfo:
+        """Add (or replace, same name) a LoRA or embedding file. The file must already be complete on
+        disk. ``method`` defaults to "lora" for a LoRA and "ti" for an embedding; an embedding needs
+        its ``token``."""
         path = Path(path).resolve()
+        method = method or ("ti" if kind == "embedding" else "lora")
         if origin not in ORIGINS:
             raise InvalidInput(f"origin must be one of {ORIGINS}")
+        if kind not in KINDS or method not in METHODS:
+            raise InvalidInput(f"kind must be one of {KINDS} and method one of {METHODS}")
+        if kind == "embedding" and not token:
+            raise InvalidInput(f"The embedding {name!r} needs its prompt token (e.g. <close-shot>).")
         if not path.is_file() or path.suffix != ".safetensors":
             raise InvalidInput(f"{path.name}: a LoRA must be an existing .safetensors file")
         stored = str(path.relative_to(self.data_dir)) if path.is_relative_to(self.data_dir) else str(path)
         values = dict(name=name, shot=shot, path=stored, format=fmt, origin=origin, run_id=run_id,
-                      sha256=file_sha256(path), base_model=base_model, meta=meta or {}, created_at=now())
+                      sha256=file_sha256(path), base_model=base_model, meta=meta or {}, created_at=now(),
+                      kind=kind, method=method, token=token if kind == "embedding" else None)
         table = schema.loras
         with self.db.write() as conn:
             conn.execute(table.delete().where(table.c.name == name))
             conn.execute(table.insert().values(**values))
         return self.get(name)
 
-    def list(self) -> list[LoraInfo]:
+    def list(self, kind: str | None = None) -> list[LoraInfo]:
+        """Every entry, oldest first; only LoRAs or only embeddings when ``kind`` is given."""
+        query = sa.select(schema.loras).order_by(schema.loras.c.created_at)
+        if kind is not None:
+            query = query.where(schema.loras.c.kind == kind)
         with self.db.read() as conn:
-            rows = conn.execute(sa.select(schema.loras).order_by(schema.loras.c.created_at)).all()
+            rows = conn.execute(query).all()
         return [self._row_to_info(r) for r in rows]
 
     def get(self, name: str) -> LoraInfo:

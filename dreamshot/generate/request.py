@@ -23,11 +23,30 @@ MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**32 - 1
 
 
+CONTROL_KINDS = ("canny", "depth", "scribble")
+
+
+@dataclass
+class ControlRequest:
+    """A ControlNet condition: ``image`` is the reference frame (canny edges or a depth map are made
+    from it) or, for ``scribble``, the sketch itself (a PIL image or a file path). ``scale`` is the
+    conditioning scale; ``start``/``end`` the fraction of the steps it acts on. ``model`` is a
+    ControlNet hub id or folder (None: the default of that kind)."""
+    kind: str
+    image: object
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    model: str | None = None
+
+
 @dataclass
 class GenerationRequest:
     """Everything one generation needs. ``shot`` is a shot type (``close``) or a LoRA name; None
     is the base model. ``blend`` ({shot or LoRA: weight}) mixes several LoRAs and overrides α.
-    ``num_images`` images use the seeds seed, seed+1, ... (-1: a random first seed)."""
+    ``num_images`` images use the seeds seed, seed+1, ... (-1: a random first seed).
+    ``embedding`` names a textual-inversion embedding of the library: its token stands where the
+    shot words stand in the template (with or without a LoRA). ``control`` adds a ControlNet."""
     prompt: str
     shot: str | None = None
     alpha: float = 1.0
@@ -41,6 +60,8 @@ class GenerationRequest:
     seed: int = -1
     num_images: int = 1
     blend: dict | None = None
+    embedding: str | None = None
+    control: ControlRequest | None = None
 
     def replace(self, **changes) -> "GenerationRequest":
         return dataclasses.replace(self, **changes)

@@ -119,8 +119,8 @@ class GenerationService:
         return self.studio.project.taxonomy()
 
     def loras(self) -> list[LoraInfo]:
-        """The LoRA library, read now (a LoRA trained a moment ago is in it)."""
-        return self.library.list()
+        """The library's LoRAs, read now (a LoRA trained a moment ago is in it)."""
+        return self.library.list(kind="lora")
 
     def context(self) -> Context:
         project = self.studio.project
