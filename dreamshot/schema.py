@@ -122,7 +122,7 @@ training_runs = sa.Table(
 
 # LoRAs and textual-inversion embeddings the generator can use: trained by the studio or uploaded.
 # kind: "lora" or "embedding"; method: how it was made ("lora", "ti", "full" = extracted from a full
-# fine-tune); token: an embedding's placeholder in prompts (e.g. "<close-shot>").
+# fine-tune, "motion" = trained on clips); token: an embedding's placeholder in prompts (e.g. "<close-shot>").
 loras = sa.Table(
     "loras", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),

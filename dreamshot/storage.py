@@ -85,7 +85,7 @@ def _captions_edit_kind(op) -> None:
 
 
 def _loras_kind_method(op) -> None:
-    """loras.kind (lora | embedding), loras.method (lora | ti | full) and an embedding's token."""
+    """loras.kind (lora | embedding), loras.method (lora | ti | full | motion) and an embedding's token."""
     with op.batch_alter_table("loras") as batch:
         batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="lora"))
         batch.add_column(sa.Column("method", sa.String(16), nullable=False, server_default="lora"))

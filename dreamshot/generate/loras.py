@@ -21,7 +21,8 @@ from dreamshot.storage import now
 
 ORIGINS = ("trained", "uploaded")
 KINDS = ("lora", "embedding")
-METHODS = ("lora", "ti", "full")   # LoRA training, textual inversion, LoRA extracted from a full fine-tune
+METHODS = ("lora", "ti", "full", "motion")  # LoRA, textual inversion, LoRA extracted from a full
+# fine-tune, a shot LoRA trained on clips through AnimateDiff (motion module frozen)
 
 
 @dataclass(frozen=True)
