@@ -265,7 +265,7 @@ class FrameDecision:
 
 def decisions(studio, *, split: str | None = None) -> dict[int, FrameDecision]:
     """Every usable frame with an active label, its votes and final class, with ``extra`` set by the
-    quota rule over all splits (so a split's view agrees with the whole)."""
+    quota rule over the training split (held-out frames are never extra)."""
     taxonomy = current_taxonomy(studio)
     query = (sa.select(L.c.id, L.c.frame_id, L.c.annotator, L.c.action, L.c.shot, F.c.split)
              .join(F, F.c.id == L.c.frame_id)
@@ -288,7 +288,8 @@ def decisions(studio, *, split: str | None = None) -> dict[int, FrameDecision]:
     filled: Counter = Counter()
     for d in sorted(out.values(), key=lambda d: d.settled_at):
         final = d.final
-        if final is not None and final != REJECT:
+        # Quotas are training-set quotas: held-out (test) frames never fill or overflow them.
+        if final is not None and final != REJECT and d.split == "train":
             d.extra = filled[final] >= limits.get(final, 0)
             filled[final] += not d.extra
     if split:
@@ -323,6 +324,7 @@ class Progress:
     skips: int = 0
     annotators: dict[str, int] = field(default_factory=dict)
     extra_frames: set[int] = field(default_factory=set)
+    held_out: dict[str, int] = field(default_factory=dict)  # settled test-split frames (no quota)
 
     @property
     def all_met(self) -> bool:
@@ -331,7 +333,7 @@ class Progress:
 
 def progress(studio) -> Progress:
     taxonomy = current_taxonomy(studio)
-    counts, extras = Counter(), Counter()
+    counts, extras, held_out = Counter(), Counter(), Counter()
     rejects = disagree = 0
     extra_frames = set()
     for d in decisions(studio).values():
@@ -340,6 +342,8 @@ def progress(studio) -> Progress:
             disagree += 1
         elif final == REJECT:
             rejects += 1
+        elif d.split != "train":
+            held_out[final] += 1
         elif d.extra:
             extras[final] += 1
             extra_frames.add(d.frame_id)
@@ -353,4 +357,4 @@ def progress(studio) -> Progress:
         skips = conn.execute(sa.select(sa.func.count()).where(
             L.c.undone_at.is_(None), L.c.action == "skip", L.c.taxonomy == taxonomy.name)).scalar_one()
     return Progress(taxonomy, quotas(studio, taxonomy), dict(counts), dict(extras), rejects, disagree, skips,
-                    per_annotator, extra_frames)
+                    per_annotator, extra_frames, dict(held_out))

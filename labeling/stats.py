@@ -76,8 +76,9 @@ def agreement(studio) -> Agreement:
     return Agreement("fleiss", fleiss_kappa(table), len(pairs), categories, matrix, annotators, observed)
 
 
-QUOTA_RULE = ("Quota rule: a frame counts once its label is settled (one annotator, agreement or a\n"
-              "resolution); disputed frames wait for a resolution; the oldest extra fills a place a frame leaves.")
+QUOTA_RULE = ("Quota rule: a training frame counts once its label is settled (one annotator, agreement or a\n"
+              "resolution); disputed frames wait for a resolution; the oldest extra fills a place a frame leaves;\n"
+              "held-out (test) frames never count toward the training quotas.")
 
 
 def stats_text(studio) -> str:
@@ -88,6 +89,9 @@ def stats_text(studio) -> str:
         extra = p.extras.get(c.name, 0)
         lines.append(f"  {c.name:<18} {n:>5} / {q:<5}" + (f" (+{extra} extra)" if extra else "")
                      + ("  quota met" if n >= q else ""))
+    if p.held_out:
+        lines.append("  held-out (test split, no quota): "
+                     + ", ".join(f"{c.name} {p.held_out.get(c.name, 0)}" for c in p.taxonomy.classes))
     lines.append(f"  rejected: {p.rejects}   skipped (for now): {p.skips}   open disagreements: {p.disagreements}")
     if p.all_met:
         lines.append("Every quota is met.")

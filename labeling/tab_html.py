@@ -159,6 +159,9 @@ def progress_html(p: labels.Progress) -> str:
             f'<div class="lp-row"><div><code>{html.escape(c.key)}</code> {html.escape(c.label)} '
             f'<span class="lp-n">{n}/{q}' + (f" +{extra} extra" if extra else "") + ("  &#10003;" if n >= q else "")
             + f'</span></div><div class="lp-bar"><div style="width:{pct:.1f}%"></div></div></div>')
+    if p.held_out:
+        rows.append('<div class="lp-foot">held-out (test, no quota): ' + " &middot; ".join(
+            f"{html.escape(c.label)} {p.held_out.get(c.name, 0)}" for c in p.taxonomy.classes) + "</div>")
     rows.append(f'<div class="lp-foot">rejected {p.rejects} &middot; skipped {p.skips} &middot; '
                 f"disagreements {p.disagreements}</div>")
     if p.all_met:

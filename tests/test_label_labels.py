@@ -341,3 +341,20 @@ def test_two_annotators_overlap_half_stats_message_and_export_agree(studio):
         assert p.counts.get(name, 0) == p.quotas[name] or not p.extras.get(name)
     _agree(studio, p, p.taxonomy.names)
     assert ("Every quota is met" in last.message) == p.all_met
+
+
+def test_held_out_labels_never_fill_the_training_quota(studio):
+    """Test-split labels settled first must not push training frames out as extras, and are never
+    extras themselves (the evaluation reads them with final_labels(split='test'))."""
+    labels.set_quotas(studio, {"close": 2, "medium": 0, "long": 0})
+    held = add_frames(studio, 3, split="test")
+    for fid in held:
+        labels.record(studio, "ann", fid, "close")
+    train = add_frames(studio, 2, split="train")
+    for fid in train:
+        labels.record(studio, "ann", fid, "close")
+    p = labels.progress(studio)
+    assert p.counts == {"close": 2} and p.extras == {} and p.held_out == {"close": 3}
+    assert set(labels.final_labels(studio, split="train")) == set(train)
+    assert set(labels.final_labels(studio, split="test")) == set(held)
+    assert "held-out (test split, no quota): close 3, medium 0, long 0" in stats.stats_text(studio)
