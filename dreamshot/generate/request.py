@@ -31,13 +31,16 @@ class ControlRequest:
     """A ControlNet condition: ``image`` is the reference frame (canny edges or a depth map are made
     from it) or, for ``scribble``, the sketch itself (a PIL image or a file path). ``scale`` is the
     conditioning scale; ``start``/``end`` the fraction of the steps it acts on. ``model`` is a
-    ControlNet hub id or folder (None: the default of that kind)."""
+    ControlNet hub id or folder (None: the default of that kind). Checked by ``control.check_control``."""
     kind: str
     image: object
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
     model: str | None = None
+    low: int = 100                   # canny thresholds (OpenCV)
+    high: int = 200
+    preprocessed: bool = False       # ``image`` is the control map itself (no edges/depth/inversion)
 
 
 @dataclass
@@ -147,7 +150,14 @@ def check_inputs(req: GenerationRequest) -> GenerationRequest:
         shot = None
     return req.replace(prompt=prompt, negative_prompt=negative, width=width, height=height, steps=steps,
                        num_images=n, seed=seed, alpha=alpha, cfg=cfg, sampler=sampler_name(req.sampler),
-                       shot=shot, blend=_check_blend(req.blend), use_template=bool(req.use_template))
+                       shot=shot, blend=_check_blend(req.blend), use_template=bool(req.use_template),
+                       control=_check_control(req.control))
+
+
+def _check_control(control):
+    from dreamshot.generate.control import check_control  # it imports this module
+
+    return check_control(control)
 
 
 def random_seed() -> int:

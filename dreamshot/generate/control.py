@@ -1,0 +1,438 @@
+"""ControlNet for Generate and for the video restyle: control images, the shared models, and what the
+PNG parameters say about them. No gradio here.
+
+- Control images (``control_map``): **canny** edges of a reference frame (OpenCV, thresholds
+  ``low``/``high``), a **depth** map of it (a ``transformers`` depth-estimation model, Depth Anything
+  V2 small by default), or a **scribble** used as is: white strokes on black; a black-on-white
+  drawing (or strokes on a transparent canvas) is inverted. ``preprocessed`` requests use their image
+  as the control map itself (a map saved beside an earlier output, or one made elsewhere).
+- Models (``ControlModels``, one per studio: ``controls(studio)``): each ControlNet and the depth
+  model load once and are shared; the ControlNet pipeline is built from the shared base pipeline's
+  components, so LoRAs, embeddings, α, samplers and seeds work exactly as without control.
+  Which ControlNet: the request's ``model``, else ``DREAMSHOT_CONTROLNET_<KIND>``, else the studio
+  setting ``controlnet.<kind>``, else ``DEFAULT_CONTROLNETS`` (on the demo model: ``demo``, a
+  random-weight ControlNet shaped for the demo UNet). The depth model: ``DREAMSHOT_DEPTH_MODEL``,
+  else the setting ``controlnet.depth_model``, else ``DEFAULT_DEPTH_MODEL``.
+- Parameters: ``ControlNet 0: "Module: canny, Model: ..., Weight: 1, ..."`` as the sd-webui-controlnet
+  extension writes it, plus ``Control image: <file>`` (the map saved beside the output PNG);
+  ``restore`` reads both back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+from dreamshot.errors import InvalidInput, ModelLoadError
+from dreamshot.generate.request import CONTROL_KINDS, ControlRequest
+from dreamshot.models import HUB_ID, hub_offline
+
+DEFAULT_CONTROLNETS = {
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "scribble": "lllyasviel/control_v11p_sd15_scribble",
+}
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+DEMO = "demo"
+LEGACY_ENV = "DREAMSHOT_CONTROLNET"        # the video restyle's canny ControlNet before #14
+DEPTH_ENV = "DREAMSHOT_DEPTH_MODEL"
+SCALE_RANGE = (0.0, 2.0)
+CANNY_LOW, CANNY_HIGH = 100, 200
+MAX_IMAGE_PIXELS = 4096 * 4096
+MODULES = {"canny": "canny", "depth": "depth_anything_v2", "scribble": "none"}
+IMAGE_KEY = "Control image"
+UNIT_KEY = "ControlNet 0"
+
+
+def env_name(kind: str) -> str:
+    return f"DREAMSHOT_CONTROLNET_{kind.upper()}"
+
+
+def setting_key(kind: str) -> str:
+    return f"controlnet.{kind}"
+
+
+# ---- checks ----------------------------------------------------------------------------------------
+
+def _number(value, label: str, lo: float, hi: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"ControlNet {label} must be a number (got {value!r}).") from None
+    if not lo <= number <= hi:  # NaN fails too
+        raise InvalidInput(f"ControlNet {label} must be between {lo:g} and {hi:g} (got {value!r}).")
+    return number
+
+
+def load_image(image, what: str = "control image"):
+    """A PIL image of a PIL image, numpy array or file path; InvalidInput when there is none."""
+    from PIL import Image, UnidentifiedImageError
+
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise InvalidInput(f"ControlNet needs a {what}: upload a reference frame or draw a sketch "
+                           "(or set the ControlNet to none).")
+    if isinstance(image, Image.Image):
+        return image
+    if hasattr(image, "shape"):
+        import numpy as np
+
+        return Image.fromarray(np.asarray(image).astype("uint8"))
+    path = Path(str(image)).expanduser()
+    if not path.is_file():
+        raise InvalidInput(f"The {what} {str(image)!r} does not exist.")
+    try:
+        with Image.open(path) as opened:
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise InvalidInput(f"The {what} is {opened.width}×{opened.height}: too large (at most 16 MP).")
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InvalidInput(f"The {what} {path.name!r} is not an image that can be read.") from None
+
+
+def check_control(control: ControlRequest | None) -> ControlRequest | None:
+    """The checked control of a request (kind, image loaded, ranges); None stays None."""
+    if control is None:
+        return None
+    kind = str(control.kind or "").strip().lower()
+    if kind in ("", "none"):
+        return None
+    if kind not in CONTROL_KINDS:
+        raise InvalidInput(f"Unknown ControlNet kind {control.kind!r}; choose one of: {', '.join(CONTROL_KINDS)}.")
+    scale = _number(control.scale, "scale", *SCALE_RANGE)
+    start = _number(control.start, "start", 0.0, 1.0)
+    end = _number(control.end, "end", 0.0, 1.0)
+    if start >= end:
+        raise InvalidInput(f"ControlNet start ({start:g}) must be below its end ({end:g}): they are the "
+                           "fractions of the steps it acts on, e.g. 0 and 1.")
+    low, high = int(_number(control.low, "canny low threshold", 0, 255)), int(_number(control.high, "canny high threshold", 0, 255))
+    if low >= high:
+        raise InvalidInput(f"The canny low threshold ({low}) must be below the high one ({high}).")
+    image = load_image(control.image, "sketch" if kind == "scribble" else "reference image")
+    model = (str(control.model).strip() or None) if control.model is not None else None
+    return ControlRequest(kind, image, scale, start, end, model, low=low, high=high,
+                          preprocessed=bool(control.preprocessed))
+
+
+# ---- control images ----------------------------------------------------------------------------------
+
+def fit(image, width: int, height: int):
+    """``image`` cropped to the aspect of width×height around its centre and resized to it."""
+    from PIL import ImageOps
+
+    return ImageOps.fit(_on_white(image), (int(width), int(height)))
+
+
+def _on_white(image):
+    """RGB; a transparent canvas (a sketchpad's) counts as white paper."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "P") and (image.mode != "P" or "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def canny(image, low: int = CANNY_LOW, high: int = CANNY_HIGH):
+    """White edges on black (3 channels), OpenCV's Canny on the grey image."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    edges = cv2.Canny(np.asarray(_on_white(image).convert("L")), int(low), int(high))
+    return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+
+def scribble(image):
+    """White strokes on black: a drawing on a light background is inverted, one on black kept."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    grey = _on_white(image).convert("L")
+    if float(np.asarray(grey).mean()) > 127.5:
+        grey = ImageOps.invert(grey)
+    return Image.merge("RGB", [grey] * 3)
+
+
+def control_map(kind: str, image, *, low: int = CANNY_LOW, high: int = CANNY_HIGH, depth=None,
+                preprocessed: bool = False):
+    """The control image of one (already sized) image; ``depth`` is the depth estimator."""
+    if preprocessed:
+        return _on_white(image)
+    if kind == "canny":
+        return canny(image, low, high)
+    if kind == "scribble":
+        return scribble(image)
+    return depth_maps(depth, [image])[0]
+
+
+def depth_maps(estimator, images: list) -> list:
+    """Depth maps (near = white, 3 channels, each the size of its image) from a transformers
+    depth-estimation pipeline, one batch."""
+    from PIL import Image
+
+    rgb = [_on_white(im) for im in images]
+    out = estimator(rgb)
+    out = out if isinstance(out, list) else [out]
+    return [Image.merge("RGB", [o["depth"].convert("L").resize(im.size)] * 3) for o, im in zip(out, rgb)]
+
+
+# ---- models ------------------------------------------------------------------------------------------
+
+def _local_or_cached(source: str, marker: str) -> str | None:
+    """A folder holding ``source``: the path itself, or its snapshot in the local Hub cache."""
+    local = Path(source).expanduser()
+    if local.exists():
+        return str(local)
+    if not HUB_ID.match(source):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(source, marker)
+    except Exception:  # malformed id and the like
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def _missing(what: str, source: str, fix: str) -> ModelLoadError:
+    where = "this folder does not hold one" if Path(source).expanduser().exists() else \
+        "it is not a folder here and not in the local Hub cache" + (" (HF_HUB_OFFLINE is set)" if hub_offline() else "")
+    return ModelLoadError(f"The {what} {source!r} is not available: {where}. {fix}")
+
+
+class ControlModels:
+    """The studio's ControlNets, ControlNet pipelines and depth model, each loaded once."""
+
+    def __init__(self, studio):
+        self.studio = studio
+        self._lock = threading.RLock()
+        self._nets: dict = {}
+        self._pipes: dict = {}
+        self._depth: dict = {}
+
+    def close(self) -> None:
+        self._nets, self._pipes, self._depth = {}, {}, {}
+
+    # -- which model ------------------------------------------------------------------------------
+    def _setting(self, key: str) -> str:
+        try:
+            return str(self.studio.db.get_setting(key, None) or "").strip()
+        except Exception:  # a studio without settings storage (a bare test double)
+            return ""
+
+    def source(self, kind: str, override: str | None = None) -> str:
+        """The ControlNet of ``kind`` a request gets (see the module docstring)."""
+        chosen = (override or "").strip() or os.environ.get(env_name(kind), "").strip()
+        if not chosen and kind == "canny":
+            chosen = os.environ.get(LEGACY_ENV, "").strip()
+        chosen = chosen or self._setting(setting_key(kind))
+        if chosen:
+            return chosen
+        return DEMO if self.studio.models.status.is_demo else DEFAULT_CONTROLNETS[kind]
+
+    def depth_source(self) -> str:
+        return os.environ.get(DEPTH_ENV, "").strip() or self._setting(setting_key("depth_model")) or DEFAULT_DEPTH_MODEL
+
+    # -- loading ------------------------------------------------------------------------------------
+    def controlnet(self, source: str):
+        """The ControlNetModel of ``source`` on the base UNet's device and dtype (loaded once)."""
+        with self._lock:
+            if source not in self._nets:
+                self._nets[source] = self._load_controlnet(source)
+            return self._nets[source]
+
+    def _load_controlnet(self, source: str):
+        from dreamshot.models import import_libraries
+
+        import_libraries()
+        from diffusers import ControlNetModel
+
+        unet = self.studio.models.pipeline().unet
+        if source == DEMO:
+            net = demo_controlnet(self.studio.models.status.source)
+        else:
+            folder = _local_or_cached(source, "config.json")
+            fix = ("Give a local diffusers ControlNet folder (--controlnet DIR, or DREAMSHOT_CONTROLNET_<KIND>), "
+                   "or run once with Hub access to cache it.")
+            if folder is None and hub_offline():
+                raise _missing("ControlNet", source, fix)
+            try:
+                net = ControlNetModel.from_pretrained(folder or source, local_files_only=folder is not None)
+            except Exception:
+                raise _missing("ControlNet", source, fix) from None
+        dims = (net.config.cross_attention_dim, unet.config.cross_attention_dim)
+        if dims[0] != dims[1]:
+            raise ModelLoadError(f"The ControlNet {source!r} is for a model with cross_attention_dim {dims[0]}; "
+                                 f"the base model has {dims[1]} (SD 1.5 ControlNets need an SD 1.5 model).")
+        return net.to(unet.device, dtype=unet.dtype)
+
+    def pipeline(self, source: str):
+        """A StableDiffusionControlNetPipeline on the shared base pipeline's components."""
+        with self._lock:
+            if source not in self._pipes:
+                from diffusers import StableDiffusionControlNetPipeline
+
+                base = self.studio.models.pipeline()
+                parts = {**base.components, "safety_checker": None, "feature_extractor": None}
+                pipe = StableDiffusionControlNetPipeline(**parts, controlnet=self.controlnet(source),
+                                                         requires_safety_checker=False)
+                pipe.set_progress_bar_config(disable=True)
+                self._pipes[source] = pipe
+            return self._pipes[source]
+
+    def depth(self, source: str | None = None):
+        """The transformers depth-estimation pipeline (loaded once)."""
+        source = source or self.depth_source()
+        with self._lock:
+            if source not in self._depth:
+                self._depth[source] = self._load_depth(source)
+            return self._depth[source]
+
+    def _load_depth(self, source: str):
+        from dreamshot.models import import_libraries
+
+        import_libraries()
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation, pipeline
+
+        folder = _local_or_cached(source, "config.json")
+        fix = (f"Set {DEPTH_ENV} to a local transformers depth-estimation folder (e.g. a copy of "
+               f"{DEFAULT_DEPTH_MODEL}), or run once with Hub access to cache it.")
+        if folder is None and hub_offline():
+            raise _missing("depth model", source, fix)
+        try:
+            processor = AutoImageProcessor.from_pretrained(folder or source, local_files_only=folder is not None)
+            model = AutoModelForDepthEstimation.from_pretrained(folder or source, local_files_only=folder is not None)
+        except Exception:
+            raise _missing("depth model", source, fix) from None
+        device = self.studio.models.pipeline().unet.device
+        return pipeline("depth-estimation", model=model.to(device).eval(), image_processor=processor, device=device)
+
+    # -- control images -------------------------------------------------------------------------------
+    def prepare(self, control: ControlRequest, width: int, height: int):
+        """The control image of a checked request's control, at the output size."""
+        image = fit(control.image, width, height)
+        depth = self.depth() if control.kind == "depth" and not control.preprocessed else None
+        return control_map(control.kind, image, low=control.low, high=control.high, depth=depth,
+                           preprocessed=control.preprocessed)
+
+    def pipeline_kwargs(self, control: ControlRequest, maps: list) -> dict:
+        return dict(image=maps, controlnet_conditioning_scale=float(control.scale),
+                    control_guidance_start=float(control.start), control_guidance_end=float(control.end))
+
+
+def demo_controlnet(demo_dir: str, seed: int = 4321):
+    """A random-weight ControlNet shaped for the demo UNet (read from disk, never a LoRA-merged copy):
+    its zero convolutions get small random weights, so the control image steers the demo's noise as
+    a trained ControlNet steers a real model."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(demo_dir) / "unet")
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if "controlnet_down_blocks" in name or "controlnet_mid_block" in name or "conv_out" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return net
+
+
+def controls(studio) -> ControlModels:
+    """The one ControlModels of a studio."""
+    return studio.service(ControlModels)
+
+
+# ---- parameters text ---------------------------------------------------------------------------------
+
+def model_label(source: str) -> str:
+    """How the parameters name a ControlNet: a Hub id as is, a folder by its name."""
+    return source if HUB_ID.match(source) and not Path(source).exists() else Path(source.rstrip("/")).name
+
+
+def unit_text(control: ControlRequest, source: str) -> str:
+    """The sd-webui-controlnet unit text of a checked control."""
+    from dreamshot.generate.pngmeta import format_number
+
+    module = "none" if control.preprocessed else MODULES[control.kind]
+    if control.kind == "scribble" and not control.preprocessed:
+        module = "invert (from white bg & black line)"
+    parts = [("Module", module), ("Model", model_label(source)), ("Weight", format_number(control.scale))]
+    if control.kind == "canny" and not control.preprocessed:
+        parts += [("Threshold A", control.low), ("Threshold B", control.high)]
+    parts += [("Guidance Start", format_number(control.start)), ("Guidance End", format_number(control.end))]
+    return ", ".join(f"{k}: {v}" for k, v in parts)
+
+
+def with_control(text: str, control: ControlRequest, source: str, image_file: str | None = None) -> str:
+    """A1111 ``parameters`` text with the ControlNet unit (and the control image's file) appended."""
+    from dreamshot.generate.pngmeta import quote
+
+    extra = f", {UNIT_KEY}: {quote(unit_text(control, source))}"
+    if image_file:
+        extra += f", {IMAGE_KEY}: {quote(image_file)}"
+    return text + extra
+
+
+def _unit_fields(text: str) -> dict:
+    fields = {}
+    for part in re.split(r",\s*(?=[A-Za-z][\w ]*:)", text or ""):
+        if ":" in part:
+            key, value = part.split(":", 1)
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def restore(settings: dict, folders: list) -> tuple[ControlRequest | None, list[str]]:
+    """The control of parsed A1111 settings (``Parameters.settings``) and notes on what is missing.
+    The image is the saved control map (``preprocessed``) found in one of ``folders``."""
+    unit = settings.get(UNIT_KEY)
+    if not unit:
+        return None, []
+    fields, notes = _unit_fields(unit), []
+    module, model = fields.get("Module", "").lower(), fields.get("Model", "")
+    name = re.sub(r"\s*\[[0-9a-f]+\]$", "", model)  # the extension appends "[hash]"
+    kind = next((k for k in CONTROL_KINDS if k in name.lower()), None) or \
+        next((k for k in CONTROL_KINDS if k in module or (k == "scribble" and "invert" in module)), None)
+    if kind is None:
+        return None, [f"ControlNet {model or module!r} is not one of {', '.join(CONTROL_KINDS)}; it was left out."]
+    defaults = {DEMO, *DEFAULT_CONTROLNETS.values(), *(v.split('/')[-1] for v in DEFAULT_CONTROLNETS.values())}
+    chosen = None if name in defaults else (name if HUB_ID.match(name) else None)
+    if name not in defaults and chosen is None:
+        notes.append(f"ControlNet model {name!r} is a local folder: choose it again (--controlnet DIR).")
+    number = lambda key, default: _float(fields.get(key), default)  # noqa: E731
+    image = _find_image(settings.get(IMAGE_KEY), folders)
+    if image is None:
+        notes.append("The control image is not stored here: add the reference image or sketch again.")
+    control = ControlRequest(kind, image, number("Weight", 1.0), number("Guidance Start", 0.0),
+                             number("Guidance End", 1.0), chosen, low=int(number("Threshold A", CANNY_LOW)),
+                             high=int(number("Threshold B", CANNY_HIGH)), preprocessed=image is not None)
+    return control, notes
+
+
+def _float(text, default: float) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def _find_image(name: str | None, folders: list) -> str | None:
+    """``name`` (a path relative to the outputs folder) in one of ``folders``, never outside them."""
+    if not name:
+        return None
+    for folder in folders:
+        if folder is None:
+            continue
+        root = Path(folder).resolve()
+        for candidate in (root / name, root / Path(name).name):
+            try:
+                resolved = candidate.resolve()
+            except OSError:
+                continue
+            if resolved.is_relative_to(root) and resolved.is_file():
+                return str(resolved)
+    return None
