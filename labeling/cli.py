@@ -5,6 +5,7 @@
     python -m labeling import hf:./my-dataset          # a datasets id or save_to_disk folder
     python -m labeling import imagefolder:./folder     # datasets' imagefolder loader
     python -m labeling export ./shots-set [--include-extra] [--push-to-hub user/name]
+    python -m labeling export-clips ./shot-clips [--shot close]   # the video shots' clips (motion LoRAs)
     python -m labeling stats
 """
 
@@ -35,6 +36,13 @@ def register(subparsers, parents) -> None:
     e.add_argument("--include-extra", action="store_true", help="also labels beyond the quotas")
     e.add_argument("--push-to-hub", metavar="REPO", help="upload to this dataset repo (token from HF_TOKEN)")
     e.set_defaults(run=lambda studio, args: run_export(studio, args))
+
+    c = subparsers.add_parser("export-clips", parents=parents,
+                              help="export the labeled video shots' clips (clips/*.mp4 + metadata.jsonl)")
+    c.add_argument("out", help="output folder (new, empty, or an earlier export)")
+    c.add_argument("--shot", action="append", default=None, help="only these classes (repeatable)")
+    c.add_argument("--include-extra", action="store_true", help="also labels beyond the quotas")
+    c.set_defaults(run=lambda studio, args: run_export_clips(studio, args))
 
     s = subparsers.add_parser("stats", parents=parents, help="per-class counts, quotas, rejects and agreement")
     s.set_defaults(run=lambda studio, args: run_stats(studio))
@@ -74,6 +82,13 @@ def run_export(studio, args) -> int:
     report = export.export_imagefolder(studio, args.out, shots=args.shot, include_extra=args.include_extra,
                                        push_to_hub=args.push_to_hub)
     print(report.text())
+    return 0
+
+
+def run_export_clips(studio, args) -> int:
+    from labeling.clips import export_clips
+
+    print(export_clips(studio, args.out, shots=args.shot, include_extra=args.include_extra).text())
     return 0
 
 

@@ -30,7 +30,7 @@ from dreamshot import schema
 from dreamshot.errors import InvalidInput
 from dreamshot.storage import now
 
-from labeling import filters, sources
+from labeling import clips, filters, sources
 from labeling.filters import REASONS, Rejected
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,7 @@ class _Importer:
         self.phashes.add(hexhash)
         self.kept_phashes.append(item.key)
         row["path"] = self._store(digest, decoded.format, data)
+        clips.keep_clip(self.studio, item, meta)  # a video shot's clip, linked in frames.meta["clip"]
         return {**row, "status": "ok", "filter_reason": None, "_label": _lookup(self.labels, item).get("shot"),
                 "_annotator": _lookup(self.labels, item).get("annotator")}
 
@@ -341,7 +342,6 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
     if progress:
         progress(counts["seen"], total, "done")
     return _report(run_id, opts, status, counts, resumed_from, time.monotonic() - started)
-
 
 
 def _count(counts: dict, row: dict, key: str) -> None:

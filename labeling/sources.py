@@ -1,5 +1,6 @@
 """Where frames come from: a folder (recursive), a ``.zip``, a Hugging Face ``datasets`` image dataset or
-imagefolder, and video files (one frame per detected shot).
+imagefolder, and video files (one frame per detected shot, plus a short clip of the shot: see
+``labeling.clips``).
 
 Every source yields :class:`Item` objects *one at a time* in a deterministic order, so an import can
 resume after item N and never holds the pool in memory. ``Item.read()`` returns the encoded bytes of
@@ -42,6 +43,7 @@ class Item:
     read: Callable[[], bytes]        # the encoded image; may raise Refused or OSError
     meta: dict = field(default_factory=dict)
     skipped: str | None = None       # why this entry is not an image (never read)
+    clip: Callable[[], bytes] | None = None   # a video shot's short clip (MP4), stored beside the frame
 
 
 def not_an_image(key: str, why: str) -> Item:
@@ -202,8 +204,9 @@ def _zip(path: Path, start: int) -> Iterator[tuple[int, Item]]:
 
 
 # ---- video: PySceneDetect (PyAV backend) finds the cuts, PyAV decodes the middle frame of each shot ----
-def shot_middles(path: Path) -> list[int]:
-    """Frame numbers of the middle of each detected shot (the whole video when there is no cut)."""
+# and the clip window around it (labeling.clips), in one pass over the video.
+def shot_ranges(path: Path) -> list[tuple[int, int]]:
+    """[start, end) frame numbers of each detected shot (the whole video when there is no cut)."""
     from scenedetect import ContentDetector, SceneManager, open_video
 
     try:
@@ -216,30 +219,53 @@ def shot_middles(path: Path) -> list[int]:
     scenes = manager.get_scene_list(start_in_scene=True)
     if not scenes:
         frames = max(1, int(video.duration.frame_num) if video.duration else 1)
-        return [frames // 2]
-    return [(a.frame_num + b.frame_num - 1) // 2 for a, b in scenes]
+        return [(0, frames)]
+    return [(a.frame_num, b.frame_num) for a, b in scenes]
 
 
-def _video_frames(path: Path, wanted: list[int]) -> Iterator[tuple[int, bytes]]:
+def shot_middles(path: Path) -> list[int]:
+    """Frame numbers of the middle of each detected shot (the whole video when there is no cut)."""
+    return [(a + b - 1) // 2 for a, b in shot_ranges(path)]
+
+
+def _video_shots(path: Path, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, bytes, list, tuple, float]]:
+    """(middle frame number, its PNG, the clip window's frames, the window, fps) per shot, in order."""
     import av
 
-    targets = set(wanted)
+    from labeling import clips
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        fps = float(stream.average_rate or stream.guessed_rate or 24)
+        shots = []
+        for a, b in ranges:
+            middle = (a + b - 1) // 2
+            shots.append((middle, clips.window(middle, a, b, fps)))
+        if not shots:
+            return
+        at, png, window_frames = 0, None, []
         for index, frame in enumerate(container.decode(stream)):
-            if index in targets:
+            middle, (first, last) = shots[at]
+            if index == middle:
                 buf = io.BytesIO()
                 frame.to_image().save(buf, format="PNG")
-                yield index, buf.getvalue()
-                targets.discard(index)
-                if not targets:
-                    break
+                png = buf.getvalue()
+            if first <= index < last:
+                window_frames.append(clips.bounded(frame.to_image()))
+            if index >= max(middle, last - 1):
+                if png is not None:
+                    yield middle, png, window_frames, (first, last), fps
+                at, png, window_frames = at + 1, None, []
+                if at >= len(shots):
+                    return
+        if png is not None:  # the container's frame count was an estimate: the video ended early
+            yield shots[at][0], png, window_frames, shots[at][1], fps
 
 
 def _video(path: Path, rel: str) -> Iterator[Item]:
     try:
-        middles = shot_middles(path)
+        ranges = shot_ranges(path)
     except Exception as exc:  # unreadable video: one reported item, never a crash
         message = f"cannot read video: {exc.__class__.__name__}"
 
@@ -247,8 +273,13 @@ def _video(path: Path, rel: str) -> Iterator[Item]:
             raise Refused("corrupt", message)
         yield Item(rel, fail, {"file": rel})
         return
-    for index, data in _video_frames(path, middles):
-        yield Item(f"{rel}#frame={index}", (lambda data=data: data), {"file": rel, "video_frame": index})
+    from labeling import clips
+
+    for index, data, frames, (first, last), fps in _video_shots(path, ranges):
+        meta = {"file": rel, "video_frame": index, "clip_frames": [first, first + len(frames)],
+                "clip_fps": round(fps, 3)}
+        make = (lambda frames=frames, fps=fps: clips.encode(frames, fps)) if frames else None
+        yield Item(f"{rel}#frame={index}", (lambda data=data: data), meta, clip=make)
 
 
 # ---- Hugging Face datasets: streamed, one row at a time -----------------------------------------
