@@ -148,10 +148,13 @@ def check_inputs(req: GenerationRequest) -> GenerationRequest:
     shot = _text(req.shot, "shot") or None
     if shot and shot.lower() in ("none", "base"):
         shot = None
+    embedding = _text(req.embedding, "embedding") or None   # its name is checked against the library
+    if embedding and embedding.lower() == "none":
+        embedding = None
     return req.replace(prompt=prompt, negative_prompt=negative, width=width, height=height, steps=steps,
                        num_images=n, seed=seed, alpha=alpha, cfg=cfg, sampler=sampler_name(req.sampler),
                        shot=shot, blend=_check_blend(req.blend), use_template=bool(req.use_template),
-                       control=_check_control(req.control))
+                       control=_check_control(req.control), embedding=embedding)
 
 
 def _check_control(control):
@@ -171,8 +174,10 @@ def with_seed(req: GenerationRequest) -> GenerationRequest:
 
 
 def base_request(req: GenerationRequest, prompt: str) -> GenerationRequest:
-    """The same request on the base model, with the exact prompt the LoRA image saw."""
-    return req.replace(prompt=prompt, shot=None, blend=None, use_template=False, alpha=1.0)
+    """The same request on the base model (no LoRA, no embedding) with ``prompt``: the exact prompt
+    the LoRA image saw, or for an embedding the shot words where its token stood
+    (``GenerationService.base_prompt``)."""
+    return req.replace(prompt=prompt, shot=None, blend=None, use_template=False, alpha=1.0, embedding=None)
 
 
 def parse_blend(text: str) -> dict | None:
