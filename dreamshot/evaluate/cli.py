@@ -4,6 +4,12 @@
     python -m dreamshot evaluate --out eval/ --frames held_out_folder/ --clip-model ./clip --dino-model ./dino
     accelerate launch -m dreamshot evaluate --out eval/ ...     # pairs split over processes, merged on rank 0
     python -m dreamshot evaluate --out eval/ --merge            # fold shards and score again
+    python -m dreamshot evaluate --out eval-ti/ --a lora@0.8 --b ti     # compare two methods
+    python -m dreamshot evaluate --out eval-cn/ --a full@1 --b full@1+canny
+
+Generators (--a, --b): base, lora@α, full@α, motion@α, ti, ti+lora@α, name:<library name>@α, each
+optionally +canny or +depth (a ControlNet from the held-out frame); a LoRA part without @α takes
+--alpha. Default: --a base --b lora (the paper's base vs fine-tuned).
 
 Run again with the same settings to resume: pairs already in OUT/pairs.jsonl are not generated again.
 """
@@ -32,7 +38,9 @@ def register(sub, parents) -> None:
     p.add_argument("--frames", default="test", metavar="test|DIR", help="'test' (the studio's test split) or an imagefolder [test]")
     p.add_argument("--shots", default="", metavar="A,B", help="shot types, e.g. close,medium,long [every shot with a LoRA]")
     p.add_argument("--pairs", type=int, default=1500, metavar="N", help="captions (pairs), even over shot types [1500]")
-    p.add_argument("--alpha", type=float, default=1.0, metavar="A", help="LoRA strength of the fine-tuned images [1]")
+    p.add_argument("--a", default="base", metavar="SPEC", help="generator of side A [base]")
+    p.add_argument("--b", default="lora", metavar="SPEC", help="generator of side B [lora: the shot's LoRA at --alpha]")
+    p.add_argument("--alpha", type=float, default=1.0, metavar="A", help="α of LoRA parts written without @α [1]")
     p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i [0]")
     p.add_argument("--clip-model", default=embedders.DEFAULT_CLIP, metavar="ID|DIR", help=f"Hub id or folder [{embedders.DEFAULT_CLIP}]")
     p.add_argument("--dino-model", default=embedders.DEFAULT_DINO, metavar="ID|DIR", help=f"Hub id or folder [{embedders.DEFAULT_DINO}]")
@@ -59,7 +67,8 @@ def options_from(args) -> EvalOptions:
         pairs=args.pairs, alpha=args.alpha, seed=args.seed, clip_model=args.clip_model, dino_model=args.dino_model,
         judge=args.judge, batch=args.batch, width=args.width, height=args.height, steps=args.steps, cfg=args.cfg,
         ablation=not args.no_ablation, alpha_values=_floats(args.alpha_values), alpha_subset=args.alpha_subset,
-        allow_contaminated=args.allow_contaminated, min_labels=args.min_labels, bootstrap=args.bootstrap)
+        allow_contaminated=args.allow_contaminated, min_labels=args.min_labels, bootstrap=args.bootstrap,
+        a=args.a, b=args.b)
 
 
 def _progress(fraction: float, text: str) -> None:

@@ -56,12 +56,22 @@ class EvalOptions:
     allow_contaminated: bool = False
     min_labels: int = 8
     bootstrap: int = 2000
+    a: str = "base"        # generator of side A (dreamshot/generate/generators.py)
+    b: str = "lora"        # generator of side B; a LoRA part without @α takes ``alpha``
 
     def generation_key(self) -> dict:
-        """The settings that decide the images: a resumed run must use the same."""
+        """The settings that decide the images: a resumed run must use the same. The generators
+        are part of it unless they are the default pair (base vs the shot's LoRA at ``alpha``), so
+        run folders made before generators existed resume as before."""
+        from dreamshot.generate import generators
+
         keys = ("frames", "shots", "pairs", "alpha", "seed", "width", "height", "steps", "cfg", "sampler",
                 "ablation", "alpha_values", "alpha_subset")
-        return {k: getattr(self, k) for k in keys}
+        key = {k: getattr(self, k) for k in keys}
+        a, b = generators.parse(self.a, self.alpha), generators.parse(self.b, self.alpha)
+        if not (generators.is_default_pair(a, b) and b.alpha == float(self.alpha)):
+            key["generators"] = [a.text, b.text]
+        return key
 
 
 @dataclass
@@ -101,7 +111,10 @@ def choose(frames: list, shots: list[str], n: int, seed: int) -> tuple[list, dic
     return chosen, short
 
 
-def plan_items(studio, options: EvalOptions, frames: list, shots: list[str]) -> tuple[list[Item], dict]:
+def plan_items(studio, options: EvalOptions, frames: list, shots: list[str], *, alpha: float | None = None,
+               alpha_curve: bool = True) -> tuple[list[Item], dict]:
+    """Pairs (and their ablation twins) plus the α-curve items (when ``alpha_curve``: side B has a
+    LoRA). ``alpha``: side B's α recorded with each pair (default ``options.alpha``)."""
     chosen, short = choose(frames, shots, int(options.pairs), int(options.seed))
     if not chosen:
         raise InvalidInput("Zero pairs: no held-out frame with a caption for the shot types "
@@ -111,12 +124,12 @@ def plan_items(studio, options: EvalOptions, frames: list, shots: list[str]) -> 
     items = []
     for i, fr in enumerate(chosen):
         common = dict(index=i, frame=fr.key, frame_path=str(fr.path), shot=fr.shot, caption=fr.caption,
-                      seed=int(options.seed) + i, alpha=float(options.alpha))
+                      seed=int(options.seed) + i, alpha=float(options.alpha if alpha is None else alpha))
         items.append(Item(f"{i:05d}-shot", "pair", prompt=project.prompt(fr.shot, fr.caption), **common))
         if options.ablation:
             items.append(Item(f"{i:05d}-noshot", "pair", prompt=project.prompt(fr.shot, fr.caption, plain),
                               ablation=True, **common))
-    for i, fr in enumerate(chosen[:max(0, int(options.alpha_subset))]):
+    for i, fr in enumerate(chosen[:max(0, int(options.alpha_subset)) if alpha_curve else 0]):
         for a in options.alpha_values:
             items.append(Item(f"{i:05d}-a{float(a):.2f}", "alpha", i, fr.key, str(fr.path), fr.shot, fr.caption,
                               int(options.seed) + i, project.prompt(fr.shot, fr.caption), alpha=float(a)))

@@ -25,6 +25,23 @@ def write(out: Path, results: dict) -> None:
     plot(results).save(out / "results.png")
 
 
+def side_labels(results: dict) -> tuple[str, str]:
+    """The names of side A and side B: the generators' labels ("base" and "fine-tuned" for runs
+    made before generators existed)."""
+    gens = results.get("generators") or {}
+    return ((gens.get("a") or {}).get("label") or "base", (gens.get("b") or {}).get("label") or "fine-tuned")
+
+
+def generators_line(results: dict) -> str:
+    a, b = side_labels(results)
+    gens = results.get("generators") or {}
+    specs = [(gens.get(s) or {}).get("spec") for s in ("a", "b")]
+    text = f"**A**: {a} · **B**: {b}"
+    if all(specs):
+        text += f" (`--a {specs[0]} --b {specs[1]}`)"
+    return text + " · same captions and seeds on both sides; diff = B - A"
+
+
 def read(out: Path) -> dict | None:
     path = Path(out) / "results.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -72,17 +89,20 @@ def status_line(results: dict) -> str:
 def markdown(results: dict, *, status: bool = True) -> str:
     lines = [status_line(results), ""] if status else []
     models = results.get("models", {})
+    a, b = side_labels(results)
+    lines.append(generators_line(results))
+    lines.append("")
     lines.append(f"CLIP: `{models.get('clip', '-')}` · DINO: `{models.get('dino', '-')}` · α = {results.get('alpha')}")
     for name, title in TITLES.items():
         t = results.get("tables", {}).get(name)
         if not t or not t.get("n_pairs"):
             continue
         lines += ["", f"### {title} ({t['n_pairs']} pairs)", "",
-                  "| metric | shot | n | base | fine-tuned | diff | 95% CI |", "|---|---|---|---|---|---|---|"]
+                  f"| metric | shot | n | A: {a} | B: {b} | diff | 95% CI |", "|---|---|---|---|---|---|---|"]
         for metric, label in METRICS.items():
             for shot, row in [("all", t[metric]["overall"]), *t[metric]["per_shot"].items()]:
                 lines.append(f"| {label} | {shot} | {row['n']} | " + " | ".join(row_text(row)) + " |")
-        lines += ["", "| shot | n | judged as requested: base | fine-tuned | R@1: base | fine-tuned |",
+        lines += ["", "| shot | n | judged as requested: A | B | R@1: A | B |",
                   "|---|---|---|---|---|---|"]
         judged, r1 = t["judged_as_requested"], t["r1"]
         for shot, row in [("all", judged["overall"]), *judged["per_shot"].items()]:
@@ -91,7 +111,8 @@ def markdown(results: dict, *, status: bool = True) -> str:
                          f"{_share(other, 'base')} | {_share(other, 'tuned')} |")
     curve = results.get("alpha_curve") or []
     if curve:
-        lines += ["", "### α curve (subset)", "", "| α | n | CLIP-T | DINO | judged as requested | R@1 |",
+        lines += ["", f"### α curve (subset, B = {b} at each α)", "",
+                  "| α | n | CLIP-T | DINO | judged as requested | R@1 |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {a['alpha']:g} | {a['n']} | {fmt(a['clip_t'])} | {fmt(a['dino'])} | {fmt(a['judged_ok'], 3)} | "
                   f"{fmt(a['r1'], 3)} |" for a in curve]
@@ -125,6 +146,11 @@ def judge_text(report: dict) -> str:
     return text
 
 
+def _ascii(text: str) -> str:
+    """Labels for the PIL default font (no α or arrows there)."""
+    return text.replace("α", "a").replace("→", "->").encode("ascii", "replace").decode()
+
+
 def plot(results: dict, width: int = 900, height: int = 420) -> Image.Image:
     """Bars: base vs fine-tuned, CLIP-T and DINO for Tables 3-4; right panel: the α curve."""
     img = Image.new("RGB", (width, height), "white")
@@ -148,7 +174,8 @@ def plot(results: dict, width: int = 900, height: int = 420) -> Image.Image:
             d.rectangle((x + j * 22, bottom - h, x + j * 22 + 18, bottom), fill=colour)
             d.text((x + j * 22, bottom - h - 12 - 12 * j), f"{value:.3f}", fill=colour)
         d.text((x, bottom + 6), label, fill="black")
-    d.text((left, 30), "grey = base, blue = fine-tuned", fill="black")
+    a, b = (_ascii(x) for x in side_labels(results))
+    d.text((left, 30), f"grey = A: {a}, blue = B: {b}", fill="black")
     curve = results.get("alpha_curve") or []
     ox = width // 2 + 20
     d.line((ox, bottom, width - 20, bottom), fill="black")

@@ -2,7 +2,8 @@
 
 ``service(studio).run(EvalOptions(out=...), progress=fn)``:
 
-1. check the shot types and their LoRAs, load CLIP and DINO (a bad model id fails before any
+1. resolve the two generators (side A ``options.a``, default the base model; side B ``options.b``,
+   default the shot's LoRA at α; see ``sides.py``) for each shot type, load CLIP and DINO (a bad model id fails before any
    image is made), read the held-out frames and refuse frames used for training (unless
    ``allow_contaminated``; the results then say so);
 2. fix the plan (``OUT/plan.json``; a resumed run must use the same generation settings);
@@ -29,6 +30,7 @@ from dreamshot.errors import InvalidInput
 from dreamshot.evaluate import embedders, judge as judges, pairs, report, scoring
 from dreamshot.evaluate.frames import contaminated, load_frames
 from dreamshot.evaluate.pairs import EvalOptions, Item, Progress
+from dreamshot.evaluate.sides import Sides, resolve_sides
 
 JUDGE_FRAMES_PER_CLASS = 200
 
@@ -62,24 +64,16 @@ class EvaluateService:
 
         return service(self.studio)
 
-    def shot_loras(self, shots: list[str] | None) -> dict:
-        """{shot: LoraInfo} for the requested shots (default: every shot type with a LoRA)."""
+    def sides(self, options: EvalOptions) -> Sides:
+        """Both generators resolved for the requested shots (default: every shot type both can
+        serve); every LoRA they use is checked against the base model (one clear message)."""
         from dreamshot.generate.loras import inspect_lora_file
 
         gen = self.generation()
-        taxonomy = self.studio.project.taxonomy()
-        loras = gen.loras()
-        if not shots:
-            shots = [s for s in taxonomy.names if any(i.shot == s for i in loras)]
-            if not shots:
-                raise InvalidInput("No shot LoRA yet: train one (Train tab) or upload one before evaluating.")
-        out = {}
-        for shot in shots:
-            taxonomy.get(shot)
-            info = gen.resolve_lora(shot, loras)
-            inspect_lora_file(info.path, gen.shapes())    # a LoRA for another base model: one clear message
-            out[shot] = info
-        return out
+        sides = resolve_sides(self.studio, gen.library.list(), options)
+        for info in {i.name: i for i in sides.loras()}.values():
+            inspect_lora_file(info.path, gen.shapes())
+        return sides
 
     def prepare(self, options: EvalOptions):
         from dreamshot.generate.service import GenerationRequest, check_inputs
@@ -88,10 +82,10 @@ class EvaluateService:
                                        cfg=options.cfg, sampler=options.sampler, alpha=options.alpha))
         if not 1 <= int(options.batch) <= 16:
             raise InvalidInput(f"Batch size must be between 1 and 16 (got {options.batch}).")
-        loras = self.shot_loras(options.shots)
+        sides = self.sides(options)
         out = Path(options.out).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        shots = list(loras)
+        shots = sides.shots
         clip, dino = self.clip(options.clip_model), self.dino(options.dino_model)
         frames, skipped = load_frames(self.studio, options.frames, out, shots)
         dirty = contaminated(self.studio, frames)
@@ -99,9 +93,10 @@ class EvaluateService:
             raise InvalidInput(f"{len(dirty)} held-out frame(s) were used for training (e.g. {dirty[0]}): "
                                "evaluating on them measures memorisation. Use the test split or another "
                                "folder, or override (--allow-contaminated), which marks the results.")
-        items, short = pairs.plan_items(self.studio, options, frames, shots)
+        items, short = pairs.plan_items(self.studio, options, frames, shots, alpha=sides.b.alpha,
+                                        alpha_curve=sides.b_has_lora)
         self._fix_plan(out, options, items)
-        return out, loras, clip, dino, items, {"contaminated_frames": dirty, "short": short, "skipped": skipped}
+        return out, sides, clip, dino, items, {"contaminated_frames": dirty, "short": short, "skipped": skipped}
 
     def _fix_plan(self, out: Path, options: EvalOptions, items: list[Item]) -> None:
         path = out / "plan.json"
@@ -109,7 +104,8 @@ class EvaluateService:
         if path.is_file():
             old = json.loads(path.read_text(encoding="utf-8"))
             if old.get("settings") != json.loads(json.dumps(key)):
-                changed = [k for k in key if old.get("settings", {}).get(k) != json.loads(json.dumps(key[k]))]
+                before = old.get("settings", {})
+                changed = [k for k in {**before, **key} if before.get(k) != json.loads(json.dumps(key.get(k)))]
                 raise InvalidInput(f"{out} holds a run with other settings ({', '.join(changed)}): resume it with "
                                    "the same settings, or choose another output folder.")
             return
@@ -117,7 +113,7 @@ class EvaluateService:
 
     def run(self, options: EvalOptions, *, progress=None, job=None, wait_for_shards: float = 3600) -> dict:
         """Generate what is missing, then score; returns the results (also in OUT/results.json)."""
-        out, loras, clip, dino, items, notes = self.prepare(options)
+        out, sides, clip, dino, items, notes = self.prepare(options)
         rank, world = pairs.shard()
         done = {**pairs.finished(out, pairs.PAIRS), **pairs.finished(out, pairs.ALPHA)}
         mine = [it for n, it in enumerate(items) if n % world == rank]
@@ -126,10 +122,10 @@ class EvaluateService:
         stopped = None
         self.running.set()
         try:
-            stopped = self._generate(out, options, loras, todo, bar, job, rank, world)
+            stopped = self._generate(out, options, sides, todo, bar, job, rank, world)
         except KeyboardInterrupt:
             if rank == 0:      # what exists so far, marked complete: false
-                self._finish(out, options, loras, clip, dino, items, notes, "interrupted")
+                self._finish(out, options, sides, clip, dino, items, notes, "interrupted")
             raise
         finally:
             self.running.clear()
@@ -140,13 +136,13 @@ class EvaluateService:
                 return {"shard": rank, "generated": bar.new, "complete": False, "stopped": stopped}
             stopped = stopped or self._wait_for_shards(out, world, wait_for_shards, progress)
             pairs.merge(out)
-        return self._finish(out, options, loras, clip, dino, items, notes, stopped)
+        return self._finish(out, options, sides, clip, dino, items, notes, stopped)
 
     def merge_and_score(self, options: EvalOptions) -> dict:
         """Fold shard files into pairs.jsonl / alpha.jsonl and score (``--merge``)."""
-        out, loras, clip, dino, items, notes = self.prepare(options)
+        out, sides, clip, dino, items, notes = self.prepare(options)
         pairs.merge(out)
-        return self._finish(out, options, loras, clip, dino, items, notes, None)
+        return self._finish(out, options, sides, clip, dino, items, notes, None)
 
     def _wait_for_shards(self, out: Path, world: int, timeout: float, progress) -> str | None:
         t0 = time.monotonic()
@@ -159,13 +155,13 @@ class EvaluateService:
             time.sleep(2)
         return f"shards {missing} did not finish within {timeout:.0f}s"
 
-    def _generate(self, out, options, loras, todo, bar, job, rank, world) -> str | None:
-        from dreamshot.generate.service import GenerationRequest
+    def _generate(self, out, options, sides: Sides, todo, bar, job, rank, world) -> str | None:
+        template = self.studio.project.template()
 
-        def request(it: Item):
-            return GenerationRequest(prompt=it.prompt, shot=loras[it.shot].name, alpha=it.alpha, use_template=False,
-                                     sampler=options.sampler, steps=options.steps, cfg=options.cfg,
-                                     width=options.width, height=options.height, seed=it.seed)
+        def requests(it: Item) -> list:
+            if it.kind == "alpha":      # side B at this α
+                return [sides.request("b", it, options, template, alpha=it.alpha)]
+            return [sides.request("a", it, options, template), sides.request("b", it, options, template)]
 
         suffix = f"-{rank}" if world > 1 else ""
         step = max(1, int(options.batch))
@@ -177,7 +173,7 @@ class EvaluateService:
                 if job is not None and job.cancelled:
                     return "stopped"
                 chunk = group[i:i + step]
-                made = render(self.generation(), [request(it) for it in chunk], kind == "pair", options.batch, job)
+                made = render(self.generation(), [requests(it) for it in chunk], options.batch, job)
                 with open(target, "a", encoding="utf-8") as fh:
                     for it, images in zip(chunk, made):
                         if images is None:
@@ -226,7 +222,7 @@ class EvaluateService:
         return judges.build_judge(options.judge, classes, texts, feats, labels,
                                   min_per_class=options.min_labels, seed=options.seed), texts
 
-    def _finish(self, out, options, loras, clip, dino, items, notes, stopped) -> dict:
+    def _finish(self, out, options, sides: Sides, clip, dino, items, notes, stopped) -> dict:
         done_pairs = pairs.finished(out, pairs.PAIRS)
         done_alpha = pairs.finished(out, pairs.ALPHA)
         planned_pairs = [it for it in items if it.kind == "pair"]
@@ -234,7 +230,7 @@ class EvaluateService:
         got = [done_pairs[it.id] for it in planned_pairs if it.id in done_pairs]
         got_alpha = [done_alpha[it.id] for it in planned_alpha if it.id in done_alpha]
         exclude = {int(k.split("-", 1)[1]) for k in {r["frame"] for r in got} if k.startswith("frame-") and k[6:].isdigit()}
-        judge, texts = self._judge(options, clip, list(loras), exclude)
+        judge, texts = self._judge(options, clip, list(sides.shots), exclude)
         scores = scoring.pair_scores(out, got, clip, dino, judge, texts)
         with open(out / "scores.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(s) + "\n" for s in scores)
@@ -244,9 +240,10 @@ class EvaluateService:
             "complete": complete, "stopped": stopped or (None if complete else "short of the plan"),
             "pairs_planned": len(planned_pairs), "pairs_done": len(got),
             "alpha_planned": len(planned_alpha), "alpha_done": len(got_alpha),
-            "alpha": options.alpha, "settings": asdict(options),
+            "alpha": sides.b.alpha, "settings": asdict(options), "generators": sides.report(),
             "models": {"clip": clip.pin, "dino": dino.pin, "base": self.studio.models.status.source},
-            "loras": {s: {"name": i.name, "sha256": i.sha256} for s, i in loras.items()},
+            "loras": {s: {"name": r.lora.name, "sha256": r.lora.sha256}
+                      for s, r in sides.resolved["b"].items() if r.lora is not None},
             "ablation_prompt": "the project template with {shot} removed: "
                                + pairs.ablation_template(self.studio.project.template()),
             "contamination_override": bool(notes["contaminated_frames"]),
@@ -270,13 +267,19 @@ class EvaluateService:
                 for r in sorted(recs, key=lambda r: r["id"])[:n]]
 
 
-def render(gen, requests: list, compare: bool, batch: int, job) -> list:
-    """The one place evaluation asks for images (the generation service's batch API): per request
-    [base, fine-tuned] (compare) or [image]; None where a stop came first."""
-    if compare:
-        results = gen.compare_many(requests, job, batch_size=batch, save=False)
-        return [[b.images[0], t.images[0]] if b.images and t.images else None for b, t in results]
-    return [[r.images[0]] if r.images else None for r in gen.generate_many(requests, job, batch_size=batch, save=False)]
+def render(gen, requests: list[list], batch: int, job) -> list:
+    """The one place evaluation asks for images (the generation service's batch API): per entry of
+    ``requests`` ([side A, side B] of a pair, or [side B] of an α-curve item) its images in that
+    order; None where a stop came first. Side B's requests go first, then side A's (the order the
+    former base-vs-LoRA comparison used, so its batches and images stay the same)."""
+    flat = [reqs[-1] for reqs in requests] + [reqs[0] for reqs in requests if len(reqs) == 2]
+    results = gen.generate_many(flat, job, batch_size=batch, save=False)
+    firsts = iter(results[len(requests):])
+    out = []
+    for reqs, last in zip(requests, results[:len(requests)]):
+        group = ([next(firsts)] if len(reqs) == 2 else []) + [last]
+        out.append([r.images[0] for r in group] if all(r.images for r in group) else None)
+    return out
 
 
 def service(studio) -> EvaluateService:

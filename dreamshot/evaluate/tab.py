@@ -14,11 +14,12 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from dreamshot.errors import InvalidInput, NotFound
+from dreamshot.errors import AccessDenied, InvalidInput, NotFound
 from dreamshot.evaluate import embedders, report
 from dreamshot.evaluate.judge import JUDGES
 from dreamshot.evaluate.pairs import EvalOptions
 from dreamshot.evaluate.service import service
+from dreamshot.generate import generators
 from dreamshot.ui import admin_name, guarded
 
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
@@ -40,6 +41,8 @@ class EvalForm:
     ablation: bool = True
     alpha_values: str = "0,0.25,0.5,0.75,1"
     allow_contaminated: bool = False
+    a: str = generators.DEFAULT_A
+    b: str = generators.DEFAULT_B
 
 
 class EvaluateHandlers:
@@ -64,7 +67,8 @@ class EvaluateHandlers:
                            clip_model=form.clip_model.strip(), dino_model=form.dino_model.strip(), judge=form.judge,
                            batch=numbers["batch"], width=numbers["size"], height=numbers["size"],
                            steps=numbers["steps"], ablation=bool(form.ablation), alpha_values=values,
-                           allow_contaminated=bool(form.allow_contaminated))
+                           allow_contaminated=bool(form.allow_contaminated),
+                           a=(form.a or generators.DEFAULT_A).strip(), b=(form.b or generators.DEFAULT_B).strip())
 
     def run(self, form: EvalForm, request: gr.Request | None = None, progress=None):
         user = admin_name(self.studio, request)
@@ -89,13 +93,26 @@ class EvaluateHandlers:
 
     def view(self, results: dict, out: Path):
         plot = out / "results.png"
-        gallery = [(side_by_side(b, t), caption) for b, t, caption in service(self.studio).samples(out)]
+        a, b = report.side_labels(results)
+        gallery = [(side_by_side(left, right), f"{caption} · left A: {a}, right B: {b}")
+                   for left, right, caption in service(self.studio).samples(out)]
         return (report.status_line(results), report.markdown(results, status=False),
                 Image.open(plot).convert("RGB") if plot.is_file() else None, gallery)
 
     def shot_choices(self) -> gr.CheckboxGroup:
         taxonomy = self.studio.project.taxonomy()
         return gr.CheckboxGroup(choices=[(c.label, c.name) for c in taxonomy.classes], value=[])
+
+    def generator_choices(self, request: gr.Request | None = None):
+        """Page load: what the library offers for generators A and B (free text also accepted)."""
+        try:
+            admin_name(self.studio, request)
+        except AccessDenied:           # not an admin: the defaults stay, no error on page load
+            return gr.skip(), gr.skip()
+        offered = generators.choices(service(self.studio).generation().library.list())
+        offered = list(dict.fromkeys([generators.DEFAULT_B, *offered]))
+        return (gr.Dropdown(choices=offered, value=generators.DEFAULT_A),
+                gr.Dropdown(choices=offered, value=generators.DEFAULT_B))
 
 
 def side_by_side(base: Path, tuned: Path) -> Image.Image:
@@ -112,7 +129,9 @@ def side_by_side(base: Path, tuned: Path) -> Image.Image:
 
 def build(studio, demo: gr.Blocks) -> None:
     ui = EvaluateHandlers(studio)
-    gr.Markdown("Paper sections 4.2-4.3: base vs fine-tuned images from the same caption and seed, scored with "
+    gr.Markdown("Paper sections 4.2-4.3: two generators (A: the base model, B: the shot's LoRA by default; or an "
+                "embedding, a full-fine-tune LoRA, with or without ControlNet) make images from the same caption "
+                "and seed, scored with "
                 "**CLIP-T** (image vs prompt) and **DINO** (image vs the real frame), with and without the shot "
                 "type in the prompt (Tables 3-4), an α curve, and a shot-type judge trained on your labels. "
                 "Admins only. Stopped runs resume where they left off.")
@@ -122,8 +141,15 @@ def build(studio, demo: gr.Blocks) -> None:
                             "imagefolder path with metadata.jsonl", elem_id="eval-frames")
         shots = gr.CheckboxGroup([], label="Shot types (none ticked: every shot with a LoRA)", elem_id="eval-shots")
     with gr.Row():
+        gen_a = gr.Dropdown([generators.DEFAULT_A], value=generators.DEFAULT_A, allow_custom_value=True,
+                            label="Generator A", elem_id="eval-gen-a",
+                            info="base, lora@0.8, full@1, ti, ti+lora@0.6, name:<library name>@α, +canny/+depth")
+        gen_b = gr.Dropdown([generators.DEFAULT_B], value=generators.DEFAULT_B, allow_custom_value=True,
+                            label="Generator B", elem_id="eval-gen-b",
+                            info="'lora' = the shot's LoRA at the α below; same captions and seeds as A")
+    with gr.Row():
         pairs_n = gr.Number(1500, label="Captions (pairs)", precision=0, elem_id="eval-pairs")
-        alpha = gr.Slider(0, 1.5, 1.0, step=0.05, label="α", elem_id="eval-alpha")
+        alpha = gr.Slider(0, 1.5, 1.0, step=0.05, label="α (LoRA parts without @α)", elem_id="eval-alpha")
         judge = gr.Radio(list(JUDGES), value="auto", label="Shot-type judge", elem_id="eval-judge")
     with gr.Accordion("Models and generation", open=False):
         with gr.Row():
@@ -144,17 +170,20 @@ def build(studio, demo: gr.Blocks) -> None:
     status = gr.Markdown(elem_id="eval-status")
     plot = gr.Image(label="Tables 3-4 and α curve", type="pil", format="png", elem_id="eval-plot", height=320)
     tables = gr.Markdown(elem_id="eval-tables")
-    gallery = gr.Gallery(label="Sample pairs (left: base, right: fine-tuned)", columns=3, elem_id="eval-gallery")
+    gallery = gr.Gallery(label="Sample pairs (left: A, right: B)", columns=3, elem_id="eval-gallery")
 
     def evaluate_run(request: gr.Request, name, frames, shots, pairs, alpha, clip_model, dino_model, judge, batch,
-                     size, steps, ablation, alpha_values, allow_contaminated, progress=gr.Progress()):
+                     size, steps, ablation, alpha_values, allow_contaminated, a="base", b="lora",
+                     progress=gr.Progress()):
         form = EvalForm(name, frames, shots, pairs, alpha, clip_model, dino_model, judge, batch, size, steps,
-                        ablation, alpha_values, allow_contaminated)
+                        ablation, alpha_values, allow_contaminated, a, b)
         return ui.run(form, request, progress=lambda f, text: progress(f, desc=text))
 
     outputs = [status, tables, plot, gallery]
     run_btn.click(guarded(evaluate_run), [name, frames, shots, pairs_n, alpha, clip_model, dino_model, judge, batch,
-                                          size, steps, ablation, alpha_values, dirty], outputs, api_name="evaluate_run")
+                                          size, steps, ablation, alpha_values, dirty, gen_a, gen_b], outputs,
+                 api_name="evaluate_run")
     stop_btn.click(guarded(ui.stop), None, status, api_name="evaluate_stop")
     show_btn.click(guarded(ui.results), name, outputs, api_name="evaluate_results")
     demo.load(guarded(ui.shot_choices), None, shots, api_visibility="private")
+    demo.load(guarded(ui.generator_choices), None, [gen_a, gen_b], api_visibility="private")

@@ -168,7 +168,7 @@ def _newest(entries: list, shot: str, kind: str, method: str | None):
 
 
 def _missing(what: str, shot: str) -> InvalidInput:
-    return InvalidInput(f"No {WHAT[what]} for {shot!r}: {HOW_TO_TRAIN[what]}.")
+    return InvalidInput(f"No {WHAT[what]} for the shot type {shot!r} yet: {HOW_TO_TRAIN[what]}.")
 
 
 def resolve(spec: GeneratorSpec, shot: str, entries: list) -> Resolved:
