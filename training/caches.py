@@ -29,20 +29,23 @@ class Caches:
     validation_emb: object | None = None   # validation prompts + the empty prompt; None: encode live
 
 
-def build(config, parts, examples, *, out: Path, device, dtype, status) -> Caches:
-    status.write("caching", images=len(examples), text_cache=not config.train_text_encoder,
-                 note=None if not config.train_text_encoder else
-                 "text-encoder LoRA is on: text embeddings are recomputed every step")
+def build(config, parts, examples, *, out: Path, device, dtype, status, text_cache: bool = True) -> Caches:
+    """``text_cache`` False: the text encoder trains (a text-encoder LoRA, textual inversion), so only
+    token ids are kept and prompts are encoded every step."""
+    why = "textual inversion" if config.method == "ti" else "text-encoder LoRA"
+    status.write("caching", images=len(examples), text_cache=text_cache,
+                 note=None if text_cache else f"{why} is on: text embeddings are recomputed every step")
     folder = out / "cache" if config.cache == "disk" else None
-    text_emb, text_ids = _texts(config, parts, [ex.text for ex in examples], "instance", folder, device, dtype)
+    text = dict(folder=folder, device=device, dtype=dtype, cached=text_cache)
+    text_emb, text_ids = _texts(config, parts, [ex.text for ex in examples], "instance", **text)
     caches = Caches(_latents(config, parts, examples, "instance", folder, device), text_emb, text_ids)
     if config.prior_preservation:
         paths = samples.class_images(config, parts, device, status)
         caches.class_latents = _latents(config, parts, [tdata.Example(p, config.class_prompt) for p in paths],
                                         "class", folder, device)
         caches.class_emb, caches.class_ids = _texts(config, parts, [config.class_prompt] * len(paths), "class",
-                                                    folder, device, dtype)
-    if not config.train_text_encoder:
+                                                    **text)
+    if text_cache:
         caches.validation_emb = samples.prompt_embeddings(parts, config.prompts(), device=device, dtype=dtype)
     return caches
 
@@ -57,9 +60,9 @@ def _latents(config, parts, examples, kind, folder, device) -> tdata.LatentCache
     return tdata.LatentCache(t["mean"], t["std"], t.get("flipped_mean"), t.get("flipped_std"))
 
 
-def _texts(config, parts, texts, kind, folder, device, dtype):
+def _texts(config, parts, texts, kind, *, folder, device, dtype, cached: bool):
     ids = tdata.tokenize(parts.tokenizer, texts).to(device)
-    if config.train_text_encoder:
+    if not cached:
         return None, ids
     key = kind + "-text-" + hashlib.sha256(json.dumps([config.base_model, texts]).encode()).hexdigest()[:16]
     tensors = tdata.load_or_encode(folder, key, lambda: {"emb": tdata.encode_texts(

@@ -1,6 +1,7 @@
 """Resumable checkpoints: ``<run>/checkpoints/checkpoint-<step>/``, written by accelerate's
 ``save_state`` (optimizer, LR schedule, RNG states, the trainer's counters and generator) plus the
-LoRA weights alone (``lora_state.safetensors``: MBs, never the frozen GBs).
+trained weights alone, never the frozen GBs: a LoRA's weights (``lora_state.safetensors``, MBs), a
+textual-inversion token's vectors, or a full fine-tune's UNet (``Weights`` says which).
 
 A checkpoint is written under a temporary name and renamed when complete; the last K are kept.
 Listing and finding checkpoints needs no torch (the job runner uses them).
@@ -53,36 +54,55 @@ class TrainState:
         self.generator.set_state(state["rng"])
 
 
-def register(accelerator, state: TrainState, models) -> None:
-    """Make accelerate's save/load_state carry ``state`` and only the LoRA weights of ``models``."""
+class Weights:
+    """What a checkpoint keeps of the models: ``file`` in the checkpoint folder, ``state()`` -> tensors,
+    ``load(tensors, folder)``. This one: the LoRA weights of the trained models (UNet, text encoder)."""
+    file = LORA_STATE
+
+    def __init__(self, accelerator, models):
+        self.accelerator, self.models = accelerator, models   # models: a callable (they get prepared)
+
+    def state(self) -> dict:
+        from peft.utils import get_peft_model_state_dict
+
+        out = {}
+        for name, model in zip(PARTS, self.models()):
+            lora = get_peft_model_state_dict(self.accelerator.unwrap_model(model))
+            out.update({f"{name}.{k}": v.detach().float().cpu().contiguous() for k, v in lora.items()})
+        return out
+
+    def load(self, state: dict, folder) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        for name, model in zip(PARTS, self.models()):
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            result = set_peft_model_state_dict(self.accelerator.unwrap_model(model), part)
+            if getattr(result, "unexpected_keys", None):
+                raise InvalidInput(f"Checkpoint {folder} does not match these LoRA settings.")
+
+
+def register(accelerator, state: TrainState, weights: Weights) -> None:
+    """Make accelerate's save/load_state carry ``state`` and only ``weights`` of the models."""
     accelerator.register_for_checkpointing(state)
-    accelerator.register_save_state_pre_hook(lambda _m, weights, out: _save_lora(accelerator, models, weights, out))
-    accelerator.register_load_state_pre_hook(lambda loaded, folder: _load_lora(accelerator, models, loaded, folder))
+    accelerator.register_save_state_pre_hook(lambda _m, w, out: _save(accelerator, weights, w, out))
+    accelerator.register_load_state_pre_hook(lambda loaded, folder: _load(weights, loaded, folder))
 
 
-def _save_lora(accelerator, models, weights, output_dir) -> None:
-    from peft.utils import get_peft_model_state_dict
+def _save(accelerator, weights: Weights, models, output_dir) -> None:
     from safetensors.torch import save_file
 
     if accelerator.is_main_process:
-        state = {}
-        for name, model in zip(PARTS, models()):
-            lora = get_peft_model_state_dict(accelerator.unwrap_model(model))
-            state.update({f"{name}.{k}": v.detach().float().cpu().contiguous() for k, v in lora.items()})
-        save_file(state, str(Path(output_dir) / LORA_STATE))
-    weights.clear()  # accelerate would save the whole models otherwise
+        save_file(weights.state(), str(Path(output_dir) / weights.file))
+    models.clear()  # accelerate would save the whole models otherwise
 
 
-def _load_lora(accelerator, models, loaded, input_dir) -> None:
-    from peft.utils import set_peft_model_state_dict
+def _load(weights: Weights, loaded, input_dir) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(Path(input_dir) / LORA_STATE))
-    for name, model in zip(PARTS, models()):
-        part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-        result = set_peft_model_state_dict(accelerator.unwrap_model(model), part)
-        if getattr(result, "unexpected_keys", None):
-            raise InvalidInput(f"Checkpoint {input_dir} does not match these LoRA settings.")
+    path = Path(input_dir) / weights.file
+    if not path.is_file():
+        raise InvalidInput(f"Checkpoint {input_dir} has no {weights.file}: it belongs to another training method.")
+    weights.load(load_file(str(path)), input_dir)
     loaded.clear()
 
 

@@ -70,8 +70,10 @@ class Components:
     noise_scheduler: object
 
 
-def load(source: str, precision: str, device) -> Components:
-    """The frozen SD 1.x parts, in the training precision (the VAE in fp32 under fp16: fp16 VAEs overflow)."""
+def load(source: str, precision: str, device, fp32: tuple[str, ...] = ()) -> Components:
+    """The frozen SD 1.x parts, in the training precision (the VAE in fp32 under fp16: fp16 VAEs overflow);
+    the parts named in ``fp32`` ("unet", "text_encoder") stay in fp32: they are trained whole (their
+    master weights), mixed precision then comes from autocast."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -82,10 +84,12 @@ def load(source: str, precision: str, device) -> Components:
         kw = dict(local_files_only=local)
         parts = Components(
             tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
-            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **kw),
+            text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw,
+                                                       dtype=torch.float32 if "text_encoder" in fp32 else dtype),
             vae=AutoencoderKL.from_pretrained(source, subfolder="vae", **kw,
                                               dtype=torch.float32 if precision == "fp16" else dtype),
-            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=dtype, **kw),
+            unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw,
+                                                      dtype=torch.float32 if "unet" in fp32 else dtype),
             noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw))
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelLoadError(f"Cannot load the base model {source!r}: {exc}") from None
@@ -132,12 +136,33 @@ def add_adapters(parts: Components, config, precision: str) -> list:
     return trainable
 
 
-def after_caching(parts: Components, config, device) -> None:
-    """Drop what only the caches needed: the VAE encoder, the frozen text encoder; the VAE decoder
-    waits on the CPU until a validation needs it."""
+def check_optimizer(name: str) -> None:
+    import importlib.util
+
+    if name == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise InvalidInput("--optimizer adamw8bit needs the bitsandbytes package (pip install bitsandbytes; "
+                           "it needs a CUDA GPU). Use --optimizer adamw instead.")
+
+
+def make_optimizer(groups: list[dict], config, device):
+    """AdamW: one fused (CUDA) or multi-tensor update for every tensor, or bitsandbytes' 8-bit AdamW."""
+    import torch
+
+    check_optimizer(config.optimizer)
+    if config.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay, **fast)
+
+
+def after_caching(parts: Components, *, keep_text_encoder: bool, device) -> None:
+    """Drop what only the caches needed: the VAE encoder, the frozen text encoder (unless prompts are
+    encoded live); the VAE decoder waits on the CPU until a validation needs it."""
     parts.vae.encoder = None
     parts.vae.quant_conv = None
-    if not config.train_text_encoder:
+    if not keep_text_encoder:
         parts.text_encoder = None
     if getattr(device, "type", "cpu") != "cpu":
         parts.vae.to("cpu")

@@ -27,6 +27,12 @@ TARGETS = {
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 CACHES = ("memory", "disk")
+METHODS = ("lora", "ti", "full", "motion")
+OPTIMIZERS = ("adamw", "adamw8bit")
+# Learning rates that suit each method (a preset's value is the LoRA's): textual inversion as
+# AUTOMATIC1111's default, a full fine-tune as diffusers' DreamBooth script.
+METHOD_DEFAULTS = {"ti": {"learning_rate": 5e-3}, "full": {"learning_rate": 5e-6}}
+_TOKEN = re.compile(r"^[^\s,]{2,48}$")
 DEFAULT_VALIDATION_PROMPTS = (  # captions: the prompt template puts the shot type around them
     "a woman in a red coat standing in the rain",
     "an old man reading a newspaper in a cafe",
@@ -53,13 +59,24 @@ class TrainConfig:
     base_model: str = _f("", "SD 1.x base: a local diffusers folder or a Hub id")
     name: str = _f("", "run/LoRA name (default: dreamshot-<shot>)")
     preset: str = _f("paper", "preset the other values started from (paper, smoke)")
+    method: str = _f("lora", "lora (a LoRA), ti (textual inversion: a learned token), full (full UNet "
+                     "fine-tune, extracted to a LoRA) or motion (clips)", choices=METHODS)
     # ---- LoRA ---------------------------------------------------------------------------------
     rank: int = _f(4, "LoRA rank r", lo=1, hi=256)
     alpha: float = _f(4.0, "LoRA alpha (scale = alpha / rank)", lo=0.01, hi=1024)
     target: str = _f("cross", "UNet attention layers: cross (paper) or all (self + cross)", choices=tuple(TARGETS))
     train_text_encoder: bool = _f(False, "also train a LoRA on the text encoder (disables the text-embedding cache)")
     text_encoder_lr: float = _f(0.0, "text-encoder learning rate (0: same as --learning-rate)", lo=0, hi=1)
+    # ---- textual inversion (--method ti) ------------------------------------------------------
+    token: str = _f("", "the learned token (default <SHOT-shot>, e.g. <close-shot>)")
+    init_word: str = _f("", "word(s) the token's vectors start from (default: the shot words, e.g. close)")
+    num_vectors: int = _f(1, "vectors per token (<close-shot>, <close-shot>_1, ...)", lo=1, hi=32)
+    # ---- full fine-tune (--method full) -------------------------------------------------------
+    extract_rank: int = _f(64, "rank of the LoRA extracted from the fine-tuned UNet", lo=1, hi=4096)
+    freeze_non_lora: bool = _f(False, "freeze what a LoRA cannot carry (biases, norms, conv_in/out, time "
+                               "embedding); off trains every UNet weight, as kohya does")
     # ---- optimisation -------------------------------------------------------------------------
+    optimizer: str = _f("adamw", "adamw (fused on CUDA) or adamw8bit (needs bitsandbytes)", choices=OPTIMIZERS)
     learning_rate: float = _f(1e-4, "AdamW learning rate", lo=1e-8, hi=1.0, gt=0)
     max_steps: int = _f(8000, "optimizer steps (ignored when --epochs > 0)", lo=1, hi=1_000_000)
     epochs: int = _f(0, "train for this many passes over the data instead of --max-steps", lo=0, hi=100_000)
@@ -105,13 +122,30 @@ class TrainConfig:
         return self.shot_phrase or f"{self.shot.replace('_', ' ')} shot"
 
     @property
+    def placeholder(self) -> str:
+        """Textual inversion's token, e.g. ``<close-shot>``."""
+        return self.token or f"<{self.shot}-shot>"
+
+    @property
+    def prompt_phrase(self) -> str:
+        """What stands where the shot words stand in prompts: the token for textual inversion."""
+        return self.placeholder if self.method == "ti" else self.phrase
+
+    @property
+    def initializer(self) -> str:
+        """Textual inversion's init word(s): the shot phrase without its trailing 'shot'."""
+        words = self.phrase.split()
+        return self.init_word.strip() or " ".join(words[:-1] if len(words) > 1 and words[-1] == "shot" else words)
+
+    @property
     def target_modules(self) -> list[str]:
         return list(TARGETS[self.target])
 
     def prompts(self) -> list[str]:
         """The validation prompts: built like the training prompts, so they show what generation gets."""
-        return [p.replace("{shot}", self.phrase) if "{shot}" in p  # a whole prompt (configs before 2026-11)
-                else training_prompt(self.phrase, p, self.prompt_template) for p in self.validation_prompts]
+        phrase = self.prompt_phrase
+        return [p.replace("{shot}", phrase) if "{shot}" in p  # a whole prompt (configs before 2026-11)
+                else training_prompt(phrase, p, self.prompt_template) for p in self.validation_prompts]
 
     def total_steps(self, num_examples: int, num_processes: int = 1) -> int:
         if self.epochs > 0:
@@ -153,8 +187,21 @@ class TrainConfig:
             check_template(self.prompt_template)
         except InvalidInput as exc:
             out.append(f"--prompt-template: {exc}")
+        out += self._method_problems()
         if self.push_to_hub and not re.match(r"^[\w.\-]+/[\w.\-]+$", self.push_to_hub):
             out.append("--push-to-hub must be a Hub repo id like user/name.")
+        return out
+
+    def _method_problems(self) -> list[str]:
+        out = []
+        if self.train_text_encoder and self.method in ("ti", "full"):
+            out.append(f"--train-text-encoder is for LoRA runs (--method {self.method} trains "
+                       + ("the token's embedding)." if self.method == "ti" else "the UNet)."))
+        if self.method == "ti":
+            if not _TOKEN.match(self.placeholder):
+                out.append("--token must be 2-48 characters without spaces or commas, like <close-shot>.")
+            if not self.initializer:
+                out.append("--init-word is needed (a word the token starts from, e.g. close).")
         return out
 
     def validate(self) -> "TrainConfig":
@@ -204,9 +251,11 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(preset_name: str, /, **overrides) -> TrainConfig:
+    """The preset's values, the method's learning rate (``METHOD_DEFAULTS``), then ``overrides``."""
     if preset_name not in PRESETS:
         raise InvalidInput(f"Unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}")
-    return TrainConfig(**{**PRESETS[preset_name], "preset": preset_name, **overrides})
+    method = METHOD_DEFAULTS.get(overrides.get("method", "lora"), {})
+    return TrainConfig(**{**PRESETS[preset_name], **method, "preset": preset_name, **overrides})
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -237,5 +286,5 @@ def from_namespace(ns: argparse.Namespace, base: TrainConfig | None = None) -> T
     overrides = {f.name: getattr(ns, f"cfg_{f.name}") for f in fields(TrainConfig)
                  if getattr(ns, f"cfg_{f.name}", None) is not None}
     if base is None:
-        base = preset(overrides.pop("preset", "paper"))
+        base = preset(overrides.pop("preset", "paper"), method=overrides.get("method", "lora"))
     return replace(base, **overrides)

@@ -30,19 +30,26 @@ class Example:
     text: str        # the full training prompt
 
 
-def _prompt(entry: dict, phrase: str, template: str) -> str:
+def _prompt(entry: dict, phrase: str, template: str, placeholder: str | None = None) -> str:
+    caption = str(entry.get("caption") or "").strip()
+    if placeholder is not None:  # the token stands where the shot words stand
+        if caption:
+            return training_prompt(placeholder, caption, template)
+        text = str(entry.get("text") or "")
+        return text.replace(phrase, placeholder) if phrase in text else ""
     if entry.get("text"):
         return str(entry["text"])
-    caption = str(entry.get("caption") or "").strip()
     if not caption:
         return ""
     return training_prompt(phrase, caption, template)
 
 
 def read_imagefolder(folder: Path, *, shot: str | None = None, phrase: str = "close shot",
-                     template: str = DEFAULT_TEMPLATE) -> list[Example]:
+                     template: str = DEFAULT_TEMPLATE, placeholder: str | None = None) -> list[Example]:
     """The examples of ``folder/metadata.jsonl`` (rows of another shot type are skipped). A row's
     ``text`` is its training prompt; a row with only a ``caption`` gets ``template`` around it.
+    With a ``placeholder`` (textual inversion's token) it stands where the shot words stand: the
+    caption in ``template``, or a ``text`` with ``phrase`` replaced by it.
 
     Raises InvalidInput for a missing folder or metadata file, unreadable lines, images missing on
     disk, rows without a prompt, or no example at all for the shot type."""
@@ -71,7 +78,7 @@ def read_imagefolder(folder: Path, *, shot: str | None = None, phrase: str = "cl
         if not path.is_file():
             missing.append(name)
             continue
-        text = _prompt(entry, phrase, template)
+        text = _prompt(entry, phrase, template, placeholder)
         if not text:
             no_text.append(name)
             continue
@@ -80,7 +87,8 @@ def read_imagefolder(folder: Path, *, shot: str | None = None, phrase: str = "cl
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InvalidInput(f"{len(missing)} training image(s) listed in metadata.jsonl are missing on disk: {shown}.")
     if no_text:
-        raise InvalidInput(f"{len(no_text)} image(s) have no caption or text, e.g. {no_text[0]}: "
+        where = (f" (or a text with the shot words {phrase!r} for the token to replace)" if placeholder else "")
+        raise InvalidInput(f"{len(no_text)} image(s) have no caption{where or ' or text'}, e.g. {no_text[0]}: "
                            "caption them in the Captions tab first.")
     if not examples:
         what = f"shot type {shot!r}" if shot else "this folder"

@@ -1,4 +1,9 @@
-"""The LoRA trainer: DreamBooth-style fine-tuning of SD 1.x, one LoRA per shot type.
+"""The trainer: DreamBooth-style fine-tuning of SD 1.x, one LoRA per shot type.
+
+``Trainer`` trains a LoRA (``--method lora``); the other methods are subclasses that change a few
+hooks (``read_examples``, ``load_parts``, ``make_trainable``, ``text_cache``, ``after_update``,
+``checkpoint_weights``, ``save_result``): textual inversion (``ti.py``), a full UNet fine-tune
+extracted to a LoRA (``full.py``), motion LoRAs on clips (``motion.py``). ``trainer_class`` picks one.
 
 Built on diffusers (models, noise scheduler, LR schedules, min-SNR), peft (LoRA layers via
 ``unet.add_adapter``) and accelerate (devices, mixed precision, gradient accumulation, multi-GPU,
@@ -43,8 +48,25 @@ class RunResult:
 
 
 def train(config: TrainConfig, *, resume: str | None = None, should_stop=None) -> RunResult:
-    """Train one LoRA; see the module docstring. Raises DreamShotError for bad input."""
-    return Trainer(config, should_stop=should_stop).run(resume)
+    """Train one LoRA (or embedding, ...); see the module docstring. Raises DreamShotError for bad input."""
+    return trainer_class(config.method)(config, should_stop=should_stop).run(resume)
+
+
+def trainer_class(method: str) -> type["Trainer"]:
+    """The trainer of ``--method`` (imported only when asked for)."""
+    if method == "ti":
+        from training.ti import TextualInversionTrainer
+
+        return TextualInversionTrainer
+    if method == "full":
+        from training.full import FullTrainer
+
+        return FullTrainer
+    if method == "motion":
+        from training.motion import MotionTrainer
+
+        return MotionTrainer
+    return Trainer
 
 
 class Trainer:
@@ -70,10 +92,14 @@ class Trainer:
     # ---- 1. inputs ------------------------------------------------------------------------------------
     def check_inputs(self) -> None:
         c = self.config
-        self.examples = tdata.read_imagefolder(Path(c.dataset), shot=c.shot, phrase=c.phrase,
-                                               template=c.prompt_template)
+        self.examples = self.read_examples()
         components.check_base_model(c.base_model)
+        components.check_optimizer(c.optimizer)
         self.precision = components.resolve_precision(c.mixed_precision)
+
+    def read_examples(self) -> list[tdata.Example]:
+        c = self.config
+        return tdata.read_imagefolder(Path(c.dataset), shot=c.shot, phrase=c.phrase, template=c.prompt_template)
 
     # ---- 2. accelerator, frozen models, LoRA ----------------------------------------------------------------
     def setup(self) -> None:
@@ -86,8 +112,15 @@ class Trainer:
         set_seed(self.config.seed)
         self.weight_dtype = components.weight_dtype(self.precision)
         self.device = self.accelerator.device
-        self.parts = components.load(self.config.base_model, self.precision, self.device)
-        self.trainable = components.add_adapters(self.parts, self.config, self.precision)
+        self.parts = self.load_parts()
+        self.trainable = self.make_trainable()
+
+    def load_parts(self) -> components.Components:
+        return components.load(self.config.base_model, self.precision, self.device)
+
+    def make_trainable(self) -> list:
+        """The models that train (what ``accelerate.prepare`` wraps): here the LoRA-adapted ones."""
+        return components.add_adapters(self.parts, self.config, self.precision)
 
     @property
     def unet(self):
@@ -97,11 +130,16 @@ class Trainer:
     def text_encoder(self):
         return self.trainable[1] if self.config.train_text_encoder else self.parts.text_encoder
 
+    @property
+    def text_cache(self) -> bool:
+        """Are the prompts' embeddings cached (the text encoder frozen)?"""
+        return not self.config.train_text_encoder
+
     # ---- 3. caches ----------------------------------------------------------------------------------------
     def build_caches(self) -> None:
         self.caches = tcaches.build(self.config, self.parts, self.examples, out=self.out, device=self.device,
-                                    dtype=self.weight_dtype, status=self.status)
-        components.after_caching(self.parts, self.config, self.device)
+                                    dtype=self.weight_dtype, status=self.status, text_cache=self.text_cache)
+        components.after_caching(self.parts, keep_text_encoder=not self.text_cache, device=self.device)
 
     # ---- 4. optimizer, schedule, resume ---------------------------------------------------------------------
     def prepare(self, resume: str | None) -> None:
@@ -110,14 +148,10 @@ class Trainer:
 
         c, acc = self.config, self.accelerator
         self.total_steps = c.total_steps(len(self.examples), acc.num_processes)
-        groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": c.learning_rate}]
-        if c.train_text_encoder:
-            groups.append({"params": [p for p in self.text_encoder.parameters() if p.requires_grad],
-                           "lr": c.text_encoder_lr or c.learning_rate})
+        groups = self.param_groups()
         self.params = [p for group in groups for p in group["params"]]
-        # One fused/multi-tensor update for all LoRA tensors, not one small kernel per tensor.
-        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
-        self.optimizer = torch.optim.AdamW(groups, lr=c.learning_rate, weight_decay=c.weight_decay, **fast)
+        # One fused/multi-tensor update for all trained tensors, not one small kernel per tensor.
+        self.optimizer = components.make_optimizer(groups, c, self.device)
         self.lr_scheduler = get_scheduler(c.lr_scheduler, optimizer=self.optimizer,
                                           num_warmup_steps=c.lr_warmup_steps * acc.num_processes,
                                           num_training_steps=self.total_steps * acc.num_processes)
@@ -125,10 +159,21 @@ class Trainer:
         self.trainable = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
         self.optimizer, self.lr_scheduler = acc.prepare(self.optimizer, self.lr_scheduler)
         self.state = checkpoints.TrainState(torch.Generator(self.device).manual_seed(c.seed * 7919 + acc.process_index))
-        checkpoints.register(acc, self.state, lambda: self.trainable)
+        checkpoints.register(acc, self.state, self.checkpoint_weights())
         self.order = step.DataOrder(c.seed, c.batch_size, acc.num_processes, acc.process_index, self.device)
         if resume:
             self._resume(resume)
+
+    def param_groups(self) -> list[dict]:
+        c = self.config
+        groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": c.learning_rate}]
+        if c.train_text_encoder:
+            groups.append({"params": [p for p in self.text_encoder.parameters() if p.requires_grad],
+                           "lr": c.text_encoder_lr or c.learning_rate})
+        return groups
+
+    def checkpoint_weights(self) -> checkpoints.Weights:
+        return checkpoints.Weights(self.accelerator, lambda: self.trainable)
 
     def _resume(self, resume: str) -> None:
         ckpt = checkpoints.find_checkpoint(self.out, resume)
@@ -178,6 +223,7 @@ class Trainer:
                 if acc.sync_gradients and c.max_grad_norm > 0:
                     acc.clip_grad_norm_(self.params, c.max_grad_norm)
                 self.optimizer.step()
+                self.after_update()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.micro += 1
@@ -208,6 +254,9 @@ class Trainer:
         prior = step.loss(pred_prior, target_prior, timesteps.chunk(2)[1], sched, 0.0)
         return step.loss(pred, target, timesteps.chunk(2)[0], sched, c.snr_gamma) + c.prior_loss_weight * prior
 
+    def after_update(self) -> None:
+        """Called after each optimizer update (textual inversion restores the other tokens' rows)."""
+
     def log_step(self, loss: float, sec: tuple[float, float], result: RunResult) -> None:
         last, mean = sec
         lr = self.lr_scheduler.get_last_lr()[0]
@@ -237,7 +286,7 @@ class Trainer:
             return
         for model in self.trainable:
             model.eval()
-        te = acc.unwrap_model(self.text_encoder) if self.config.train_text_encoder else None
+        te = None if self.text_cache else acc.unwrap_model(self.text_encoder)
         names = samples.validation_images(self.config, self.parts, acc.unwrap_model(self.unet), te,
                                           embeddings=self.caches.validation_emb, out=self.out, step=self.state.step,
                                           device=self.device, precision=self.precision, dtype=self.weight_dtype)
@@ -252,20 +301,27 @@ class Trainer:
         if not acc.is_main_process:
             return result
         self.validate(final=True)
+        dataset_hash = tdata.dataset_hash(self.examples)
+        paths, extra = self.save_result(dataset_hash)
+        result.files = {key: path.name for key, path in paths.items()}
+        if c.push_to_hub:
+            result.files["hub"] = self.push(*paths.values())
+        self.status.write("done", step=result.step, total_steps=self.total_steps, files=result.files,
+                          dataset_hash=dataset_hash, examples=len(self.examples), method=c.method,
+                          final_loss=result.losses[-1] if result.losses else None, **extra)
+        return result
+
+    def save_result(self, dataset_hash: str) -> tuple[dict[str, Path], dict]:
+        """Write the trained result (atomically); returns its files and extra fields of the "done" event."""
+        acc, c = self.accelerator, self.config
         unet = acc.unwrap_model(self.unet)
         te = acc.unwrap_model(self.text_encoder) if c.train_text_encoder else None
         diffusers_file = export.save_diffusers(self.out, unet, te)
-        meta = export.kohya_metadata(config=c, base_model=c.base_model, dataset_hash=tdata.dataset_hash(self.examples),
+        meta = export.kohya_metadata(config=c, base_model=c.base_model, dataset_hash=dataset_hash,
                                      num_images=len(self.examples), steps=self.total_steps,
                                      started_at=self.started_at, finished_at=time.time())
         kohya_file = export.save_kohya(self.out / f"{c.run_name}.safetensors", unet, te, metadata=meta)
-        result.files = {"diffusers": diffusers_file.name, "kohya": kohya_file.name}
-        if c.push_to_hub:
-            result.files["hub"] = self.push(diffusers_file, kohya_file)
-        self.status.write("done", step=result.step, total_steps=self.total_steps, files=result.files,
-                          dataset_hash=meta["ss_dataset_hash"], examples=len(self.examples),
-                          final_loss=result.losses[-1] if result.losses else None)
-        return result
+        return {"diffusers": diffusers_file, "kohya": kohya_file}, {}
 
     def push(self, *files: Path) -> str | None:
         """Upload to the Hub; the token comes from HF_TOKEN (environment) only."""
