@@ -1,4 +1,8 @@
-"""``python -m training``: train one LoRA per shot type.
+"""``python -m training``: train one LoRA (or embedding) per shot type.
+
+``--method lora`` (default) trains a LoRA; ``--method ti`` a textual-inversion token (``--token``,
+``--init-word``, ``--num-vectors``); ``--method full`` the whole UNet, kept as its delta and
+extracted to a LoRA (``--extract-rank``, ``--optimizer adamw|adamw8bit``, ``--freeze-non-lora``).
 
 Two ways to call it:
 
@@ -115,7 +119,7 @@ def run_trainer(args, argv: list[str]) -> int:
         cfg.save(out / "config.json")
     (out / "command.txt").write_text(RedactSecrets().redact(" ".join(["python", "-m", "training", *argv])) + "\n")
 
-    run = trainer.Trainer(cfg, should_stop=lambda: STOP["requested"])
+    run = trainer.trainer_class(cfg.method)(cfg, should_stop=lambda: STOP["requested"])
     try:
         result = run.run(args.resume)
     except BaseException as exc:  # noqa: BLE001 - every ending is reported in status.jsonl

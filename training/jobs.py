@@ -14,7 +14,8 @@ own process. One runner per studio: ``service(studio)`` (``studio.service(Traini
   ``resume`` queues the run again; it continues from its latest checkpoint;
 - a run left "running" by a server that died is adopted if its process still runs, otherwise
   finished from its status file, or marked "interrupted" (resumable);
-- a finished run's LoRA is registered in the LoRA library, so the Generate tab sees it at once.
+- a finished run's LoRA (or textual-inversion embedding) is registered in the library, so the
+  Generate tab sees it at once.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class TrainingRunner:
         if Path(source).exists():
             check_sd1_folder(Path(source))
         overrides = {k: v for k, v in (request.overrides or {}).items() if v is not None and k not in FIXED_FIELDS}
+        if overrides.get("token") and len(request.shots) > 1:
+            raise InvalidInput("A --token names one shot type's token: train one shot type at a time, or leave "
+                               "the token empty (each shot gets its own, <SHOT-shot>).")
         if request.dataset and not Path(request.dataset).is_dir():
             raise InvalidInput(f"The dataset folder {request.dataset} does not exist.")
         configs = []
@@ -295,25 +299,42 @@ class TrainingRunner:
                              error=f"The training process ended unexpectedly (exit code {exit_code}); see the log.")
 
     def _register(self, run: RunInfo, done: dict) -> dict:
-        """Put the finished LoRA in the library (the Generate tab reads it on each request)."""
+        """Put the finished LoRA or embedding in the library (the Generate tab reads it on each request):
+        a LoRA run's diffusers file, a textual inversion's embedding (kind "embedding", its token), a
+        full fine-tune's extracted LoRA (method "full", with its extraction error)."""
         from dreamshot.generate.loras import LoraLibrary
 
         files = done.get("files") or {}
-        diffusers_file = run.output_dir / files.get("diffusers", "pytorch_lora_weights.safetensors")
-        kohya_file = run.output_dir / files["kohya"] if files.get("kohya") else None
         cfg = run.train_config
         result = {"files": {k: str(run.output_dir / v) for k, v in files.items() if k != "hub"},
-                  "hub": files.get("hub"), "final_loss": done.get("final_loss"),
+                  "hub": files.get("hub"), "final_loss": done.get("final_loss"), "method": cfg.method,
                   "dataset_hash": done.get("dataset_hash"), "examples": done.get("examples"), "lora_name": run.name}
-        if not diffusers_file.is_file():
-            result["error"] = "the LoRA file is missing"
+        default = {"ti": "embedding", "full": "kohya"}.get(cfg.method, "diffusers")
+        main_file = run.output_dir / files.get(default, "pytorch_lora_weights.safetensors")
+        if not main_file.is_file():
+            result["error"] = f"the {'embedding' if cfg.method == 'ti' else 'LoRA'} file is missing"
             return result
-        LoraLibrary(self.studio).register(
-            diffusers_file, name=run.name, shot=run.shot, origin="trained", fmt="diffusers", run_id=run.id,
-            base_model=cfg.base_model,
-            meta={"kohya_file": str(kohya_file) if kohya_file else None, "rank": cfg.rank, "alpha": cfg.alpha,
-                  "target": cfg.target, "steps": done.get("total_steps"), "resolution": cfg.resolution,
-                  "dataset_hash": done.get("dataset_hash"), "preset": cfg.preset, "final_loss": done.get("final_loss")})
+        meta = {"steps": done.get("total_steps"), "resolution": cfg.resolution, "preset": cfg.preset,
+                "dataset_hash": done.get("dataset_hash"), "final_loss": done.get("final_loss")}
+        entry = dict(name=run.name, shot=run.shot, origin="trained", run_id=run.id, base_model=cfg.base_model,
+                     method=cfg.method)
+        if cfg.method == "ti":
+            result["token"] = cfg.placeholder
+            meta.update(token=cfg.placeholder, num_vectors=cfg.num_vectors, init_word=cfg.initializer)
+            entry.update(kind="embedding", fmt="a1111", token=cfg.placeholder)
+        elif cfg.method == "full":
+            extraction = done.get("extraction") or {}
+            result["extraction"] = extraction
+            meta.update(rank=extraction.get("alpha"), extract_rank=cfg.extract_rank,
+                        mean_error=extraction.get("mean_error"), max_error=extraction.get("max_error"),
+                        delta_file=result["files"].get("delta"), report_file=result["files"].get("extraction"),
+                        optimizer=cfg.optimizer, freeze_non_lora=cfg.freeze_non_lora)
+            entry.update(kind="lora", fmt="kohya")
+        else:
+            kohya = result["files"].get("kohya")
+            meta.update(kohya_file=kohya, rank=cfg.rank, alpha=cfg.alpha, target=cfg.target)
+            entry.update(kind="lora", fmt="diffusers")
+        LoraLibrary(self.studio).register(main_file, meta=meta, **entry)
         return result
 
     # ---- foreground (CLI) ----------------------------------------------------------------------------------

@@ -27,12 +27,16 @@ ACTIVE = (RUNNING, QUEUED)
 RESUMABLE = (CANCELLED, INTERRUPTED, FAILED)
 CONFIG_FILE = "config.json"
 SUMMARY_FIELDS = ("rank", "alpha", "learning_rate", "resolution", "batch_size")
+# what the history shows of each method besides SUMMARY_FIELDS (TrainConfig attributes)
+METHOD_FIELDS = {"ti": ("placeholder", "num_vectors", "initializer"),
+                 "full": ("optimizer", "extract_rank", "freeze_non_lora")}
 T = schema.training_runs
 
 
 def summary(cfg: TrainConfig, source: str) -> dict:
     """What the history shows of a run's settings (the whole config is in config.json)."""
-    return {"source": source, **{name: getattr(cfg, name) for name in SUMMARY_FIELDS}}
+    return {"source": source, "method": cfg.method, **{name: getattr(cfg, name) for name in SUMMARY_FIELDS},
+            **{name: getattr(cfg, name) for name in METHOD_FIELDS.get(cfg.method, ())}}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class RunInfo:
     def source(self) -> str:
         """``studio`` (the labeled set, exported when the run starts) or ``folder`` (an imagefolder)."""
         return self.summary.get("source", "folder")
+
+    @property
+    def method(self) -> str:
+        return self.summary.get("method") or "lora"  # rows from before the methods were LoRA runs
 
     @property
     def resumable(self) -> bool:
@@ -126,7 +134,8 @@ class RunStore:
                 name=cfg.name or cfg.shot, shot=cfg.shot, status=QUEUED, preset=cfg.preset,
                 config=summary(cfg, source), output_dir="", step=0, total_steps=cfg.max_steps,
                 created_at=now())).inserted_primary_key[0]
-            name = cfg.name or f"{cfg.shot}-run{run_id}"
+            name = cfg.name or (f"{cfg.shot}-run{run_id}" if cfg.method == "lora" else
+                                f"{cfg.shot}-{cfg.method}-run{run_id}")
             out = runs_dir / f"{run_id:04d}-{name}"
             cfg = cfg.updated(name=name, output_dir=str(out),
                               dataset=str(Path(dataset).resolve()) if dataset else str(out / "data"))

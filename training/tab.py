@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import html
 import inspect
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -20,11 +21,14 @@ from dreamshot.errors import InvalidInput
 from dreamshot.ui import admin_name, guarded
 from training import config as tconfig
 from training import jobs, views
-from training.views import FAST_POLL_S, HISTORY_HEADERS, HISTORY_WIDTHS, IDLE_POLL_S, PARAM_NAMES, PARAMS, TrainForm
+from training.views import (FAST_POLL_S, FORM_NAMES, HISTORY_HEADERS, HISTORY_WIDTHS, IDLE_POLL_S, METHOD_PARAMS,
+                            PARAM_NAMES, PARAMS, TrainForm)
 
-INTRO = ("Train one LoRA per shot type on the labeled, captioned set (DreamBooth-style, no identifier token; "
-         "the prompt is the project's template, e.g. `a high-quality {shot} picture of {caption}`). Runs queue up "
-         "and train one at a time in a separate process; finished LoRAs appear in the Generate tab.")
+INTRO = ("Teach each shot type on the labeled, captioned set with the project's prompt template (e.g. "
+         "`a high-quality {shot} picture of {caption}`): a **LoRA** (DreamBooth-style, no identifier token), a "
+         "**textual inversion** token (`<close-shot>` stands where the shot words stand) or a **full fine-tune** "
+         "of the UNet, extracted to a LoRA of chosen rank. Runs queue up and train one at a time in a separate "
+         "process; finished LoRAs and embeddings appear in the Generate tab.")
 # Gradio's own autoscroll does not follow a box inside a tab (gradio-app/gradio#10545): after each
 # update, keep the log at its newest line unless the reader has scrolled up.
 FOLLOW_LOG_JS = """() => { setTimeout(() => {
@@ -62,6 +66,11 @@ class TrainHandlers:
         admin_name(self.studio, request)
         cfg = tconfig.preset(preset)
         return [getattr(cfg, name) for name in PARAM_NAMES]
+
+    def method_fields(self, method: str, preset: str):
+        """Show the chosen method's own fields; the learning rate that suits it (on the preset)."""
+        cfg = tconfig.preset(preset if preset in tconfig.PRESETS else "paper", method=method)
+        return gr.Column(visible=method == "ti"), gr.Column(visible=method == "full"), cfg.learning_rate
 
     def start(self, form: TrainForm, request: gr.Request):
         """Queue one run per shot type; the view follows the queue from the first one."""
@@ -167,17 +176,38 @@ def _component(name, label, kind, extra, value):
 
 def start_endpoint(handlers: TrainHandlers):
     """``/train_start`` with one named parameter per form field (``rank=``, ``learning_rate=``, ...
-    for gradio_client users), in the order shots, preset, dataset, hub_token, *PARAM_NAMES."""
+    for gradio_client users), in the order shots, preset, dataset, hub_token, *PARAM_NAMES, then the
+    method and its fields (``method``, ``token``, ``init_word``, ``num_vectors``, ``optimizer``,
+    ``extract_rank``, ``freeze_non_lora``: added last, so older callers keep working)."""
     @functools.wraps(handlers.start)
     def train_start(request: gr.Request, *inputs):
         return handlers.start(TrainForm.from_inputs(*inputs), request)
 
-    names = ("shots", "preset", "dataset", "hub_token", *PARAM_NAMES)
+    names = ("shots", "preset", "dataset", "hub_token", *FORM_NAMES)
     train_start.__signature__ = inspect.Signature(
         [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
         + [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
     del train_start.__wrapped__
     return guarded(train_start)
+
+
+@dataclass
+class MethodForm:
+    inputs: list           # the method choice and its fields, in METHOD_PARAMS order
+    boxes: dict            # method -> the column holding its fields (shown only for that method)
+
+
+def _method_form(paper) -> MethodForm:
+    by_name, boxes = {}, {}
+    with gr.Row():
+        name, label, kind, extra = METHOD_PARAMS[0]
+        by_name[name] = _component(name, label, kind, extra, getattr(paper, name))
+        for which in ("ti", "full"):
+            with gr.Column(visible=False, scale=3, elem_id=f"train-{which}-fields") as boxes[which], gr.Row():
+                for name, label, kind, extra in METHOD_PARAMS[1:]:
+                    if extra["method"] == which:
+                        by_name[name] = _component(name, label, kind, extra, getattr(paper, name))
+    return MethodForm([by_name[p[0]] for p in METHOD_PARAMS], boxes)
 
 
 def build(studio, demo: gr.Blocks) -> None:
@@ -193,6 +223,7 @@ def build(studio, demo: gr.Blocks) -> None:
                           info="paper: 8,000 steps, lr 1e-4, 512 px, fp16; smoke: a few steps to check everything")
         dataset = gr.Textbox(label="Train on an imagefolder instead (optional)", elem_id="train-dataset",
                              placeholder="empty: the studio's labeled set", scale=2)
+    methods = _method_form(paper)
     with gr.Accordion("Parameters", open=False):
         params = []
         for start in range(0, len(PARAMS), 6):
@@ -226,8 +257,12 @@ def build(studio, demo: gr.Blocks) -> None:
 
     # Quick actions: an error shows as a toast, not as an overlay on the table and the run picker.
     quiet = dict(show_progress="hidden")
-    preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset")
-    start_btn.click(start_endpoint(ui), [shots, preset, dataset, hub_token, *params],
+    method = methods.inputs[0]
+    method_outputs = [methods.boxes["ti"], methods.boxes["full"], params[PARAM_NAMES.index("learning_rate")]]
+    preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset").then(
+        guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")
+    method.change(guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")
+    start_btn.click(start_endpoint(ui), [shots, preset, dataset, hub_token, *params, *methods.inputs],
                     [message, history, run, timer, shown], api_name="train_start", **quiet)
     cancel_btn.click(guarded(ui.cancel), run, [message, history], api_name="train_cancel", **quiet)
     resume_btn.click(guarded(ui.resume), run, [message, history, timer, run, shown], api_name="train_resume", **quiet)

@@ -43,10 +43,25 @@ PARAMS = [
     ("push_to_hub", "Push to Hub repo (optional)", "text", {"placeholder": "user/dreamshot-close"}),
 ]
 PARAM_NAMES = [p[0] for p in PARAMS]
+# The method and its own fields (shown only for that method); at the end of /train_start's inputs.
+METHOD_CHOICES = [("LoRA", "lora"), ("Textual inversion", "ti"), ("Full fine-tune", "full")]
+METHOD_PARAMS = [
+    ("method", "Method", "radio", {"choices": METHOD_CHOICES}),
+    ("token", "Token", "text", {"placeholder": "empty: <SHOT-shot>, e.g. <close-shot>", "method": "ti"}),
+    ("init_word", "Init word", "text", {"placeholder": "empty: the shot words, e.g. close", "method": "ti"}),
+    ("num_vectors", "Vectors per token", "int", {"method": "ti"}),
+    ("optimizer", "Optimizer", "radio", {"choices": list(tconfig.OPTIMIZERS), "method": "full",
+                                         "info": "adamw8bit needs bitsandbytes (CUDA)"}),
+    ("extract_rank", "Extracted LoRA rank", "int", {"method": "full"}),
+    ("freeze_non_lora", "Freeze biases/norms/conv_in/out (the LoRA then holds the whole change)", "bool",
+     {"method": "full"}),
+]
+FORM_NAMES = PARAM_NAMES + [p[0] for p in METHOD_PARAMS]
+METHOD_LABELS = {"lora": "LoRA", "ti": "TI", "full": "Full", "motion": "Motion LoRA"}
 FAST_POLL_S, IDLE_POLL_S = 1.0, 5.0
 # Ten columns of fixed widths: headers stay whole words, and a narrow screen scrolls the table sideways.
 HISTORY_HEADERS = ["run", "name", "shot", "status", "step", "settings", "loss", "started", "finished", "message"]
-HISTORY_WIDTHS = ["56px", "120px", "80px", "96px", "72px", "210px", "72px", "110px", "110px", "280px"]
+HISTORY_WIDTHS = ["56px", "120px", "80px", "96px", "72px", "270px", "72px", "110px", "110px", "280px"]
 
 
 @dataclass
@@ -55,17 +70,17 @@ class TrainForm:
     preset: str
     dataset: str | None
     hub_token: str | None = field(default=None, repr=False)
-    values: dict = field(default_factory=dict)       # PARAMS field -> value as the form sent it
+    values: dict = field(default_factory=dict)       # PARAMS/METHOD_PARAMS field -> value as the form sent it
 
     @classmethod
     def from_inputs(cls, shots, preset, dataset, hub_token, *values) -> "TrainForm":
         return cls(list(shots or []), preset, (dataset or "").strip() or None, (hub_token or "").strip() or None,
-                   dict(zip(PARAM_NAMES, values)))
+                   dict(zip(FORM_NAMES, values)))
 
     def overrides(self) -> dict:
         """TrainConfig changes from the form: numbers checked and typed, empty text left out."""
         out = {}
-        for name, label, kind, _extra in PARAMS:
+        for name, label, kind, _extra in PARAMS + METHOD_PARAMS:
             value = self.values.get(name)
             if value is None or (kind == "text" and str(value).strip() == "" and name != "push_to_hub"):
                 continue
@@ -112,12 +127,22 @@ def history_rows(runs: list[RunInfo]) -> list[list]:
     for r in runs:
         s, result = r.summary, r.result or {}
         loss = result.get("final_loss")
-        settings = (f"{r.preset or ''} · r{s.get('rank')} α{_num(s.get('alpha'))} · lr {_num(s.get('learning_rate'))}"
+        settings = (f"{method_settings(r.method, s)} · {r.preset or ''} · lr {_num(s.get('learning_rate'))}"
                     f" · {s.get('resolution')}px · b{s.get('batch_size')}")
         rows.append([r.id, r.name, r.shot, r.status, f"{r.step}/{r.total_steps}", settings,
                      f"{loss:.4f}" if isinstance(loss, (int, float)) else "", _when(r.started_at),
                      _when(r.finished_at), r.error or ""])
     return rows
+
+
+def method_settings(method: str, s: dict) -> str:
+    """The method and what matters of it, e.g. ``LoRA r4 α4``, ``TI <close-shot> ×1``, ``Full → LoRA r64``."""
+    if method == "ti":
+        return f"TI {s.get('placeholder')} ×{s.get('num_vectors')}"
+    if method == "full":
+        frozen = ", non-LoRA frozen" if s.get("freeze_non_lora") else ""
+        return f"Full ({s.get('optimizer')}{frozen}) → LoRA r{s.get('extract_rank')}"
+    return f"{METHOD_LABELS.get(method, method)} r{s.get('rank')} α{_num(s.get('alpha'))}"
 
 
 def _num(value) -> str:
