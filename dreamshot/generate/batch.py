@@ -7,6 +7,10 @@ what makes it reproducible on its own: its initial latent noise comes from its o
 (``samplers.seed_scheduler``). So a batch image equals the image of the same seed made alone up to
 floating-point noise (batched kernels may round differently), and the same batch run again is
 bit-identical.
+
+With a ControlNet (``req.control``) a group also shares the ControlNet, its scale and start/end; its
+images run on the ControlNet pipeline built from the same shared components (``control.py``), each
+with its own request's control image, made once per request before the service lock is taken.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+from dreamshot.generate import control as controlnet
 from dreamshot.generate.pngmeta import format_number
 from dreamshot.generate.request import GenerationRequest
 from dreamshot.generate.results import GeneratedImage
@@ -38,8 +43,10 @@ class Item:
 
 def group_key(req: GenerationRequest, mix: list) -> tuple:
     """What the images of one batch must share."""
+    c = req.control
     return (req.width, req.height, req.steps, req.sampler, req.cfg,
-            tuple((info.name, info.sha256, float(w)) for info, w in mix))
+            tuple((info.name, info.sha256, float(w)) for info, w in mix),
+            (c.kind, c.model, c.scale, c.start, c.end) if c is not None else None)
 
 
 def groups(requests: list, plans: list) -> list[list[int]]:
@@ -83,10 +90,10 @@ def encode_prompts(pipe, pairs: list[tuple], do_cfg: bool):
     return positive, negative
 
 
-def run_batch(pipe, scheduler, items: list[Item], job, on_step) -> list | None:
+def run_batch(pipe, scheduler, items: list[Item], job, on_step, control: dict | None = None) -> list | None:
     """Denoise and decode one batch; returns PIL images in ``items`` order, None when the job was
     cancelled. ``on_step(step, total)`` gets the pipeline's 0-based step (no tensor is read: no
-    device synchronisation per step)."""
+    device synchronisation per step). ``control``: the ControlNet pipeline's extra arguments."""
     import torch
 
     req = items[0].request
@@ -107,7 +114,7 @@ def run_batch(pipe, scheduler, items: list[Item], job, on_step) -> list | None:
         out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=req.steps,
                    guidance_scale=req.cfg, width=req.width, height=req.height,
                    generator=generators if len(generators) > 1 else generators[0],
-                   callback_on_step_end=on_step_end)
+                   callback_on_step_end=on_step_end, **(control or {}))
     if job.cancelled:
         return None
     return list(out.images)
@@ -124,6 +131,19 @@ class BatchRun:
         self.done = 0
         self.saved_seeds: list = []
         self.groups = len(groups([r.request for r in results], [(r.prompt, r.loras) for r in results]))
+        self.models = controlnet.controls(svc.studio) if any(r.request.control for r in results) else None
+        self.sources: dict = {}
+        made: dict = {}
+        for result in results:   # load the ControlNets and make the control images before the lock
+            control = result.request.control
+            if control is not None:
+                self.sources[id(result)] = source = self.models.source(control.kind, control.model)
+                self.models.controlnet(source)
+                key = (id(control.image), control.kind, control.low, control.high, control.preprocessed,
+                       result.request.width, result.request.height)   # a compare's two sides: made once
+                if key not in made:
+                    made[key] = self.models.prepare(control, result.request.width, result.request.height)
+                result.control_image = made[key]
 
     def group(self, indices: list[int], batch_size: int | None) -> bool:
         """Run one group's batches; False when the job was cancelled."""
@@ -133,10 +153,11 @@ class BatchRun:
                  for i in indices for seed in self.results[i].request.seeds]
         size = int(batch_size or svc.batch_size_for(first.request))
         label = self._group_label(first) if self.groups > 1 else ""
+        pipe = svc.pipe if first.request.control is None else self.models.pipeline(self.sources[id(first)])
         for chunk in chunks(items, size):
             t0 = time.perf_counter()
             scheduler = svc.scheduler(first.request.sampler, [it.seed for it in chunk])
-            images = run_batch(svc.pipe, scheduler, chunk, self.job, self._reporter(chunk, label))
+            images = run_batch(pipe, scheduler, chunk, self.job, self._reporter(chunk, label), self._control(chunk))
             if images is None:
                 for i in indices:
                     self.results[i].cancelled = True
@@ -147,17 +168,30 @@ class BatchRun:
             self.done += len(chunk)
         return True
 
+    def _control(self, chunk: list) -> dict | None:
+        control = chunk[0].request.control
+        if control is None:
+            return None
+        return self.models.pipeline_kwargs(control, [self.results[it.slot].control_image for it in chunk])
+
     def _keep(self, item: Item, image, seconds: float) -> None:
         result = self.results[item.slot]
         text = self.svc.parameters_text(result.request, result.prompt, result.loras, item.seed, self.template)
-        generated = GeneratedImage(image, item.seed, text)
-        result.images.append(generated)
-        result.seconds += seconds
+        path = control_path = None
         if self.save:
             repeat = self.saved_seeds.count(item.seed)        # the same seed twice in one call
             self.saved_seeds.append(item.seed)
             path = self.svc.output_path(item.seed, repeat)
-            generated.saved = self.svc.saver().submit(generated.save, path)
+            control_path = path.with_name(f"{path.stem}-control.png")
+        if result.request.control is not None:
+            stored = control_path.relative_to(self.svc.studio.settings.outputs_dir).as_posix() if control_path else None
+            text = controlnet.with_control(text, result.request.control, self.sources[id(result)], stored)
+        generated = GeneratedImage(image, item.seed, text)
+        result.images.append(generated)
+        result.seconds += seconds
+        if self.save:
+            control = (result.control_image, control_path) if result.request.control is not None else None
+            generated.saved = self.svc.saver().submit(save_outputs, generated, path, control)
 
     def _group_label(self, result) -> str:
         names = ", ".join(f"{info.name} α={format_number(w)}" for info, w in result.loras)
@@ -186,3 +220,15 @@ class BatchRun:
         waits for its file."""
         for result in self.results:
             result.cancelled = result.cancelled or self.job.cancelled
+
+
+def save_outputs(generated: GeneratedImage, path, control: tuple | None):
+    """Write the PNG; with ``control`` = (control image, its path) the control image beside it
+    (``<stem>-control.png``) first. Returns the PNG's path."""
+    if control is not None:
+        image, control_path = control
+        control_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = control_path.with_name(control_path.name + ".part")
+        image.save(tmp, format="PNG")
+        tmp.replace(control_path)
+    return generated.save(path)

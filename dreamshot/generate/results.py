@@ -61,6 +61,7 @@ class GenerationResult:
     images: list = field(default_factory=list)
     cancelled: bool = False
     seconds: float = 0.0             # this request's share of the denoising time
+    control_image: object = None     # the ControlNet's control image (PIL), when the request has one
 
     @property
     def seeds(self) -> list:

@@ -312,10 +312,16 @@ class GenerationService:
             self._saver = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dreamshot-png")
         return self._saver
 
-    def request_from_parameters(self, text: str) -> tuple[GenerationRequest, list[str]]:
+    def request_from_parameters(self, text: str, beside=None) -> tuple[GenerationRequest, list[str]]:
         """A request restoring an image's settings from A1111 text, and notes on what could not be
-        restored (unknown LoRA, sampler ...). Raises InvalidInput when the text holds no settings."""
-        return request_from_parameters(text, self.loras(), self.taxonomy())
+        restored (unknown LoRA, sampler ...). Raises InvalidInput when the text holds no settings.
+        A ControlNet's saved control image is looked up under outputs/ (and in folder ``beside``)."""
+        from dreamshot.generate import control, pngmeta
+
+        req, notes = request_from_parameters(text, self.loras(), self.taxonomy())
+        restored, more = control.restore(pngmeta.parse_parameters(text).settings,
+                                         [beside, self.studio.settings.outputs_dir])
+        return req.replace(control=restored), notes + more
 
 
 def _unet_hash(source: str) -> str | None:

@@ -1,0 +1,154 @@
+"""ControlNet in Generate: control images (canny, depth, scribble), the shared loader, steering,
+scale and start/end, batches, the PNG parameters and the saved control image, read-back, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from dreamshot.errors import InvalidInput, ModelLoadError
+from dreamshot.generate import control as ctl
+from dreamshot.generate import pngmeta
+from dreamshot.generate.request import ControlRequest, check_inputs
+from dreamshot.generate.service import service
+from tests.control_fixtures import control_models, cstudio, reference  # noqa: F401
+from tests.generate_fixtures import fast, pixels
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def with_control(cm, kind="canny", image=None, seed=7, **kw):
+    return fast(seed=seed, control=ControlRequest(kind, reference() if image is None else image,
+                                                  model=cm["controlnet"], **kw))
+
+
+def diff(a, b) -> float:
+    return float(np.abs(pixels(a) - pixels(b)).mean())
+
+
+# ---- control images ------------------------------------------------------------------------------
+
+def test_canny_map_follows_the_edges_and_its_thresholds():
+    image = Image.new("RGB", (64, 64), (0, 0, 0))
+    ImageDraw.Draw(image).rectangle((16, 16, 47, 47), fill=(255, 255, 255))
+    edges = np.asarray(ctl.canny(image))
+    assert edges.shape == (64, 64, 3) and set(np.unique(edges)) == {0, 255}
+    on = edges[..., 0] > 0
+    assert on[14:18, 16:48].any(axis=0).all() and on[16:48, 46:50].any(axis=1).all()   # the square's border
+    assert not on[24:40, 24:40].any() and not on[:10].any()                             # not inside, not outside
+    faint = Image.new("RGB", (64, 64), (100, 100, 100))
+    ImageDraw.Draw(faint).rectangle((16, 16, 47, 47), fill=(125, 125, 125))
+    assert np.asarray(ctl.canny(faint, 10, 30)).any() and not np.asarray(ctl.canny(faint, 150, 250)).any()
+
+
+def test_scribble_is_white_strokes_on_black_whatever_was_drawn():
+    paper = Image.new("RGB", (32, 32), "white")
+    ImageDraw.Draw(paper).line((0, 16, 31, 16), fill="black", width=2)
+    inverted = np.asarray(ctl.scribble(paper))[..., 0]
+    assert inverted[16].min() == 255 and inverted[:10].max() == 0
+    dark = Image.new("RGB", (32, 32), "black")
+    ImageDraw.Draw(dark).line((0, 16, 31, 16), fill="white", width=2)
+    assert np.array_equal(np.asarray(ctl.scribble(dark)), np.asarray(dark))                   # kept as is
+    canvas = Image.new("RGBA", (32, 32), (0, 0, 0, 0))                                         # a sketchpad's
+    ImageDraw.Draw(canvas).line((0, 16, 31, 16), fill=(0, 0, 0, 255), width=2)
+    assert np.array_equal(np.asarray(ctl.scribble(canvas)), np.asarray(ctl.scribble(paper)))
+
+
+def test_depth_map_comes_from_the_depth_model_loaded_once(cstudio, control_models, monkeypatch):
+    monkeypatch.setenv(ctl.DEPTH_ENV, control_models["depth"])
+    models = ctl.controls(cstudio)
+    depth = models.prepare(ctl.check_control(ControlRequest("depth", reference(1, 96))), 64, 48)
+    arr = np.asarray(depth)
+    assert depth.size == (64, 48) and np.array_equal(arr[..., 0], arr[..., 2]) and arr.std() > 0
+    assert models.depth() is models.depth()
+    other = np.asarray(models.prepare(ctl.check_control(ControlRequest("depth", reference(2, 96))), 64, 48))
+    assert np.abs(arr.astype(int) - other).mean() > 1          # a map of the image, not a constant
+    monkeypatch.setenv(ctl.DEPTH_ENV, "/nowhere/depth")
+    with pytest.raises(ModelLoadError, match="depth model '/nowhere/depth' is not available.*DREAMSHOT_DEPTH_MODEL"):
+        models.depth()
+
+
+def test_check_inputs_refuses_bad_controls(tmp_path):
+    cases = [(ControlRequest("pose", reference()), "Unknown ControlNet kind 'pose'"),
+             (ControlRequest("canny", None), "needs a reference image"),
+             (ControlRequest("scribble", ""), "needs a sketch"),
+             (ControlRequest("canny", str(tmp_path / "gone.png")), "does not exist"),
+             (ControlRequest("canny", reference(), scale=2.5), "scale must be between 0 and 2"),
+             (ControlRequest("canny", reference(), start=0.6, end=0.4), "start .0.6. must be below its end"),
+             (ControlRequest("canny", reference(), end=float("nan")), "end must be between 0 and 1"),
+             (ControlRequest("canny", reference(), low=200, high=100), "low threshold .200. must be below")]
+    for control, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            check_inputs(fast(control=control))
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(InvalidInput, match="not an image"):
+        check_inputs(fast(control=ControlRequest("canny", str(tmp_path / "notes.png"))))
+    assert check_inputs(fast(control=ControlRequest("none", None))).control is None
+
+
+# ---- generation ------------------------------------------------------------------------------------
+
+def test_control_image_steers_scale_zero_is_no_control_and_start_end_apply(cstudio, control_models):
+    svc = service(cstudio)
+    plain = svc.generate(fast(), save=False)
+    steered = svc.generate(with_control(control_models), save=False)
+    other = svc.generate(with_control(control_models, image=reference(5)), save=False)
+    assert diff(steered, plain) > 2 and diff(steered, other) > 2
+    assert diff(svc.generate(with_control(control_models, scale=0.0), save=False), plain) < 0.5
+    assert diff(svc.generate(with_control(control_models, end=0.1), save=False), plain) < 0.5   # acts on no step
+    late = svc.generate(with_control(control_models, start=0.5), save=False)
+    assert diff(late, plain) > 0.5 and diff(late, steered) > 0.5
+    assert svc.pipe.unet is ctl.controls(cstudio).pipeline(control_models["controlnet"]).unet   # shared weights
+
+
+def test_demo_controlnet_is_the_default_on_the_demo_model_and_steers(cstudio):
+    svc = service(cstudio)
+    assert ctl.controls(cstudio).source("scribble") == ctl.DEMO
+    sketch = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(sketch).ellipse((8, 8, 56, 56), outline="black", width=4)
+    drawn = svc.generate(fast(control=ControlRequest("scribble", sketch)), save=False)
+    assert diff(drawn, svc.generate(fast(), save=False)) > 1
+    assert np.asarray(drawn.control_image)[32, 32].max() == 0 and np.asarray(drawn.control_image).max() == 255
+
+
+def test_batched_controls_match_one_by_one(cstudio, control_models):
+    svc = service(cstudio)
+    reqs = [with_control(control_models, seed=3), with_control(control_models, image=reference(7), seed=4)]
+    batched = svc.generate_many(reqs, batch_size=2, save=False)
+    for req, result in zip(reqs, batched):
+        alone = svc.generate(req, save=False)
+        assert diff(result, alone) < 1.0
+    assert diff(batched[0], batched[1]) > 2
+
+
+def test_missing_controlnet_gives_one_clear_message(cstudio, tmp_path):
+    svc = service(cstudio)
+    with pytest.raises(ModelLoadError, match=r"ControlNet '/no/such/net' is not available.*--controlnet DIR"):
+        svc.generate(fast(control=ControlRequest("canny", reference(), model="/no/such/net")), save=False)
+    with pytest.raises(ModelLoadError, match=r"lllyasviel/control_v11p_sd15_canny' is not available.*HF_HUB_OFFLINE"):
+        svc.generate(fast(control=ControlRequest("canny", reference(), model=ctl.DEFAULT_CONTROLNETS["canny"])),
+                     save=False)
+    assert svc.generate(fast(), save=False).images   # the service keeps working
+
+
+def test_png_names_the_controlnet_and_the_saved_control_image_restores_it(cstudio, control_models):
+    svc = service(cstudio)
+    result = svc.generate(with_control(control_models, scale=0.8, start=0.25))
+    path = result.images[0].path
+    text = pngmeta.read_parameters(path)
+    assert ('ControlNet 0: "Module: canny, Model: controlnet, Weight: 0.8, Threshold A: 100, Threshold B: 200, '
+            'Guidance Start: 0.25, Guidance End: 1"') in text
+    saved = path.with_name(path.stem + "-control.png")
+    assert f"Control image: {saved.parent.name}/{saved.name}" in text
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), np.asarray(result.control_image))
+    req, notes = svc.request_from_parameters(text)
+    c = req.control
+    assert (c.kind, c.scale, c.start, c.end, c.preprocessed, c.model) == ("canny", 0.8, 0.25, 1.0, True, None)
+    assert any("'controlnet' is a local folder" in n for n in notes)
+    again = svc.generate(req.replace(control=ControlRequest(**{**vars(c), "model": control_models["controlnet"]})),
+                         save=False)
+    assert diff(again, result) == 0
+    a1111 = text.split("Control image")[0].rstrip(", ")          # an A1111 image: no file to restore
+    req, notes = svc.request_from_parameters(a1111)
+    assert req.control.kind == "canny" and req.control.image is None and any("not stored here" in n for n in notes)
