@@ -2,7 +2,8 @@
 
     python -m dreamshot generate --data D --prompt "a woman reading" --shot close --alpha 0.8 --seed 42
     python -m dreamshot sweep --prompt "a man on a bridge" --shots close,medium,long --alphas 0,0.5,1
-    python -m dreamshot storyboard board.txt --out board/      # lines: "shot | description"
+    python -m dreamshot storyboard board.txt --out board/      # lines: "shot | description [| sketch.png]"
+    python -m dreamshot generate --prompt "a man on a bridge" --control canny --control-image frame.jpg
     python -m dreamshot read-png image.png
     python -m dreamshot loras add my_lora.safetensors --name noir --shot close
 """
@@ -38,12 +39,52 @@ def _request_arguments(parser: argparse.ArgumentParser, *, prompt: bool = True) 
     g.add_argument("--seed", type=int, default=-1, help="-1 = random; the seed used is printed [-1]")
 
 
+def _control_arguments(parser: argparse.ArgumentParser, *, sketches: bool = False) -> None:
+    from dreamshot.generate.control import DEFAULT_CONTROLNETS
+
+    g = parser.add_argument_group("ControlNet")
+    if sketches:
+        g.add_argument("--sketch-dir", type=Path, default=None, help="folder of the sketches named in a panel's "
+                       "third column (scribble ControlNet) [the storyboard file's folder]")
+    else:
+        g.add_argument("--control", choices=["canny", "depth", "scribble"], default=None,
+                       help="ControlNet kind: canny edges or a depth map of --control-image, or a scribble sketch")
+        g.add_argument("--control-image", type=Path, default=None, help="reference frame (canny, depth) or sketch "
+                       "(scribble: white strokes on black; black on white is inverted)")
+        g.add_argument("--control-map", action="store_true", help="--control-image is a ready control map "
+                       "(e.g. a saved *-control.png): used as is")
+        g.add_argument("--canny-low", type=int, default=100, help="canny low threshold [100]")
+        g.add_argument("--canny-high", type=int, default=200, help="canny high threshold [200]")
+    g.add_argument("--controlnet", default=None, metavar="ID|DIR", help="ControlNet Hub id or diffusers folder "
+                   f"[DREAMSHOT_CONTROLNET_<KIND>, else e.g. {DEFAULT_CONTROLNETS['canny']}; demo on the demo model]")
+    g.add_argument("--control-scale", type=float, default=1.0, help="conditioning scale, 0-2 [1]")
+    g.add_argument("--control-start", type=float, default=0.0, help="fraction of the steps where it starts [0]")
+    g.add_argument("--control-end", type=float, default=1.0, help="fraction of the steps where it ends [1]")
+
+
+def _control(args, kind: str | None = None):
+    """The ControlRequest of the ControlNet flags (``kind`` for a storyboard's sketches); None without one."""
+    from dreamshot.errors import InvalidInput
+    from dreamshot.generate.request import ControlRequest
+
+    kind = kind or getattr(args, "control", None)
+    if not kind:
+        if getattr(args, "control_image", None):
+            raise InvalidInput("--control-image needs --control canny|depth|scribble.")
+        return None
+    image = getattr(args, "control_image", None)
+    return ControlRequest(kind, str(image) if image else None, args.control_scale, args.control_start,
+                          args.control_end, args.controlnet, low=getattr(args, "canny_low", 100),
+                          high=getattr(args, "canny_high", 200), preprocessed=getattr(args, "control_map", False))
+
+
 def _request(args, **overrides) -> GenerationRequest:
     fields = dict(
         prompt=getattr(args, "prompt", ""), shot=getattr(args, "shot", None), alpha=getattr(args, "alpha", 1.0),
         use_template=not args.no_template, negative_prompt=args.negative, sampler=args.sampler,
         steps=args.steps, cfg=args.cfg, width=args.width, height=args.height, seed=args.seed,
         num_images=getattr(args, "num_images", 1), blend=parse_blend(getattr(args, "blend", "")),
+        control=_control(args),
     )
     fields.update(overrides)
     return GenerationRequest(**fields)
@@ -62,6 +103,7 @@ def register(sub, parents) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per denoising batch [automatic: from free GPU memory; 4 on a CPU]")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet first (worth it for long runs only)")
+    _control_arguments(p)
     p.set_defaults(run=run_generate)
 
     p = sub.add_parser("sweep", parents=parents, help="shot types × α grid for one prompt and seed")
@@ -73,10 +115,11 @@ def register(sub, parents) -> None:
     p.set_defaults(run=run_sweep)
 
     p = sub.add_parser("storyboard", parents=parents, help="'shot | description' lines -> contact sheet PNG + PDF")
-    p.add_argument("file", help="text file with one 'shot | description' per line, or - for stdin")
+    p.add_argument("file", help="text file with one 'shot | description [| sketch.png]' per line, or - for stdin")
     p.add_argument("--columns", type=int, default=3)
     p.add_argument("--title", default="")
     _request_arguments(p, prompt=False)
+    _control_arguments(p, sketches=True)
     p.add_argument("--out", type=Path, required=True, help="folder for storyboard.png and storyboard.pdf")
     p.set_defaults(run=run_storyboard)
 
@@ -110,7 +153,11 @@ def run_generate(studio, args) -> int:
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             path = Path(shutil.copy2(img.path, args.out / img.path.name))
-        rows.append({"path": str(path), "seed": img.seed})
+        row = {"path": str(path), "seed": img.seed}
+        control = img.path.with_name(img.path.stem + "-control.png")
+        if control.is_file():
+            row["control"] = str(shutil.copy2(control, args.out / control.name) if args.out else control)
+        rows.append(row)
         if not args.json:
             print(f"{path}  seed {img.seed}")
     if args.json:
@@ -136,13 +183,15 @@ def run_sweep(studio, args) -> int:
 
 def run_storyboard(studio, args) -> int:
     from dreamshot.generate.service import service
-    from dreamshot.generate.storyboard import save_storyboard, storyboard
+    from dreamshot.generate.storyboard import folder_sketches, save_storyboard, storyboard
 
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    sketch_dir = args.sketch_dir or (Path.cwd() if args.file == "-" else Path(args.file).resolve().parent)
     svc = service(studio)
     with svc.job("cli", progress=_progress) as job:
-        result = storyboard(svc, text, _request(args, prompt="-", num_images=1), job,
-                            columns=args.columns, title=args.title)
+        result = storyboard(svc, text, _request(args, prompt="-", num_images=1), job, columns=args.columns,
+                            title=args.title, sketches=folder_sketches(sketch_dir),
+                            sketch_control=_control(args, "scribble"))
     print(file=sys.stderr)
     save_storyboard(result, args.out)
     print(f"{result.png_path}\n{result.pdf_path}\n{len(result.panels)} panels, seed {result.panels[0].seed}")
@@ -170,8 +219,8 @@ def run_read_png(args) -> int:
             status = max(status, 1)
         elif args.json:
             restore = restore or _restorer(args)
-            req, notes = restore(text)
-            print(json.dumps({"file": str(path), "request": asdict(req), "notes": notes}, indent=2))
+            req, notes = restore(text, path.resolve().parent)
+            print(json.dumps({"file": str(path), "request": asdict(req), "notes": notes}, indent=2, default=str))
         else:
             print(f"# {path}\n{text}\n")
     return status
@@ -186,13 +235,22 @@ def _restorer(args):
 
     settings = config.from_args(args)
     if not settings.db_url and not (settings.data_dir / "studio.db").is_file():
-        return lambda text: request_from_parameters(text, [], get_taxonomy(None))
+        return lambda text, beside: _without_studio(text, beside, get_taxonomy(None))
     from dreamshot.generate.service import service
     from dreamshot.studio import Studio
 
     studio = Studio.open(settings)
     svc = service(studio)
     return svc.request_from_parameters
+
+
+def _without_studio(text: str, beside: Path, taxonomy):
+    from dreamshot.generate import control, pngmeta
+    from dreamshot.generate.params import request_from_parameters
+
+    req, notes = request_from_parameters(text, [], taxonomy)
+    restored, more = control.restore(pngmeta.parse_parameters(text).settings, [beside])
+    return req.replace(control=restored), notes + more
 
 
 def run_loras(studio, args) -> int:

@@ -3,7 +3,10 @@
 - ``alpha_sweep``: shot types (rows) × α values (columns) for one prompt and seed - the paper's
   Figure 3 - as one labelled grid image.
 - ``storyboard``: lines ``shot | description`` -> one panel each, numbered, with the shot and the
-  text under it, as a contact sheet PNG and a PDF (Pillow writes both).
+  text under it, as a contact sheet PNG and a PDF (Pillow writes both). A third column names a
+  sketch (``close | her face at the window | face.png``): that panel is drawn with the scribble
+  ControlNet from it (storyboard artists' rough frames). The CLI finds sketches in a folder
+  (``folder_sketches``), the tab among the uploaded files (``uploaded_sketches``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from dreamshot.errors import InvalidInput
 from dreamshot.generate import pngmeta
-from dreamshot.generate.request import check_inputs, with_seed
+from dreamshot.generate.request import ControlRequest, check_inputs, with_seed
 from dreamshot.generate.results import Cancelled, Job
 
 MAX_PANELS = 24
@@ -91,6 +94,7 @@ class Panel:
     number: int
     shot: str | None          # shot type or LoRA name; None = base model
     description: str
+    sketch: str | None = None    # the name of the panel's sketch (scribble ControlNet)
     image: object = None
     seed: int | None = None
     parameters: str = ""
@@ -106,20 +110,19 @@ class StoryboardResult:
 
 
 def parse_storyboard(text: str) -> list[Panel]:
-    """``shot | description`` per line (``#`` comments and blank lines ignored; a line without
-    ``|`` is a base-model panel)."""
+    """``shot | description [| sketch]`` per line (``#`` comments and blank lines ignored; a line
+    without ``|`` is a base-model panel)."""
     panels = []
     for lineno, raw in enumerate((text or "").splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if "|" in line:
-            shot, description = (part.strip() for part in line.split("|", 1))
-        else:
-            shot, description = "", line
+        parts = [part.strip() for part in line.split("|", 2)] if "|" in line else ["", line]
+        shot, description, sketch = (parts + [""])[:3]
         if not description:
             raise InvalidInput(f"Storyboard line {lineno}: the description after '|' is empty.")
-        panels.append(Panel(len(panels) + 1, None if shot.lower() in BASE_WORDS else shot, description))
+        panels.append(Panel(len(panels) + 1, None if shot.lower() in BASE_WORDS else shot, description,
+                            sketch or None))
     if not panels:
         raise InvalidInput("The storyboard is empty: write one panel per line as 'shot | description', "
                            "e.g. 'long | a lighthouse on a cliff at dusk'.")
@@ -128,11 +131,16 @@ def parse_storyboard(text: str) -> list[Panel]:
     return panels
 
 
-def storyboard(service, text: str, req, job=None, *, columns: int = 3, title: str = "") -> StoryboardResult:
-    """Generate every panel (same seed for all, so the look stays consistent) and lay them out."""
+def storyboard(service, text: str, req, job=None, *, columns: int = 3, title: str = "", sketches=None,
+               sketch_control: ControlRequest | None = None) -> StoryboardResult:
+    """Generate every panel (same seed for all, so the look stays consistent) and lay them out.
+    ``sketches(name)`` gives a panel's sketch (``folder_sketches``, ``uploaded_sketches``);
+    ``sketch_control`` its ControlNet settings (scale, start, end, model; kind and image ignored).
+    The request's own control is not used: only panels with a sketch get a ControlNet."""
     panels = parse_storyboard(text)
-    req = with_seed(check_inputs(req.replace(prompt=panels[0].description, num_images=1, blend=None)))
-    requests = [req.replace(prompt=panel.description, shot=panel.shot) for panel in panels]
+    req = with_seed(check_inputs(req.replace(prompt=panels[0].description, num_images=1, blend=None, control=None)))
+    requests = [req.replace(prompt=panel.description, shot=panel.shot,
+                            control=_sketch_control(panel, sketches, sketch_control)) for panel in panels]
     for panel, one in zip(panels, requests):  # check everything before the first image is made
         if panel.shot:
             service.resolve_lora(panel.shot)
@@ -148,6 +156,41 @@ def storyboard(service, text: str, req, job=None, *, columns: int = 3, title: st
     return StoryboardResult(panels, sheet)
 
 
+def _sketch_control(panel: Panel, sketches, template: ControlRequest | None) -> ControlRequest | None:
+    if not panel.sketch:
+        return None
+    if sketches is None:
+        raise InvalidInput(f"Storyboard panel {panel.number} names the sketch {panel.sketch!r}, but no sketches "
+                           "were given (upload them, or --sketch-dir in the CLI).")
+    image = sketches(panel.sketch)
+    t = template or ControlRequest("scribble", None)
+    return ControlRequest("scribble", image, t.scale, t.start, t.end, t.model)
+
+
+def folder_sketches(folder: Path):
+    """name -> the file ``name`` inside ``folder`` (never outside it)."""
+    root = Path(folder).resolve()
+
+    def find(name: str) -> str:
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise InvalidInput(f"Sketch {name!r} not found in {root}.")
+        return str(path)
+    return find
+
+
+def uploaded_sketches(paths: list):
+    """name -> the uploaded file of that name (uploads keep their file names)."""
+    by_name = {Path(p).name: str(p) for p in paths or []}
+
+    def find(name: str) -> str:
+        if Path(name).name not in by_name:
+            listed = ", ".join(sorted(by_name)) or "none"
+            raise InvalidInput(f"Sketch {name!r} is not among the uploaded sketches ({listed}).")
+        return by_name[Path(name).name]
+    return find
+
+
 def _shot_label(service, shot: str | None) -> str:
     if not shot:
         return "base model"
@@ -158,7 +201,8 @@ def _shot_label(service, shot: str | None) -> str:
 def save_storyboard(result: StoryboardResult, folder: Path, stem: str = "storyboard") -> StoryboardResult:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    summary = "\n".join(f"{p.number}. [{p.shot or 'base'}] {p.description} (seed {p.seed})" for p in result.panels)
+    summary = "\n".join(f"{p.number}. [{p.shot or 'base'}] {p.description} (seed {p.seed})"
+                        + (f" sketch {p.sketch}" if p.sketch else "") for p in result.panels)
     result.png_path = pngmeta.save_png(result.sheet, folder / f"{stem}.png", summary)
     result.pdf_path = folder / f"{stem}.pdf"
     result.sheet.convert("RGB").save(result.pdf_path, format="PDF", resolution=150.0, title=stem)
