@@ -16,7 +16,7 @@ FORM = dict(prompt="a man on a bridge", shot="close", steps=3, width=64, height=
 
 def test_form_fields_are_the_documented_api_order():
     assert GenerateForm.fields() == ["prompt", "shot", "alpha", "use_template", "negative_prompt", "sampler", "steps",
-                                     "cfg", "width", "height", "seed", "num_images", "blend"]
+                                     "cfg", "width", "height", "seed", "num_images", "blend", "embedding"]
 
 
 def test_moving_alpha_on_a_fresh_form_generates_nothing(gen_studio):

@@ -6,6 +6,8 @@
     python -m dreamshot generate --prompt "a man on a bridge" --control canny --control-image frame.jpg
     python -m dreamshot read-png image.png
     python -m dreamshot loras add my_lora.safetensors --name noir --shot close
+    python -m dreamshot loras add learned_embeds.safetensors --name close_ti --shot close --token "<close-shot>"
+    python -m dreamshot generate --prompt "a woman reading" --embedding close_ti [--shot close --alpha 0.8]
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def _request_arguments(parser: argparse.ArgumentParser, *, prompt: bool = True) 
         g.add_argument("--alpha", type=float, default=1.0, help="LoRA strength α, 0-1.5 [1]")
         g.add_argument("--blend", default="", help="several LoRAs at once, e.g. close=0.6,medium=0.4")
         g.add_argument("-n", "--num-images", type=int, default=1, help="images, seeds seed, seed+1, ... [1]")
+    g.add_argument("--embedding", default=None, help="a textual-inversion embedding of the library (its token "
+                   "stands where the shot words stand); with or without --shot")
     g.add_argument("--no-template", action="store_true", help="use the prompt as is (no 'a high-quality {shot} picture of ...')")
     g.add_argument("--negative", default="", help="negative prompt")
     g.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS), metavar="NAME",
@@ -85,6 +89,7 @@ def _request(args, **overrides) -> GenerationRequest:
         steps=args.steps, cfg=args.cfg, width=args.width, height=args.height, seed=args.seed,
         num_images=getattr(args, "num_images", 1), blend=parse_blend(getattr(args, "blend", "")),
         control=_control(args),
+        embedding=getattr(args, "embedding", None),
     )
     fields.update(overrides)
     return GenerationRequest(**fields)
@@ -130,11 +135,13 @@ def register(sub, parents) -> None:
     p.add_argument("--json", action="store_true", help="print the restored request as JSON")
     p.set_defaults(run_without_studio=run_read_png)
 
-    p = sub.add_parser("loras", parents=parents, help="list the LoRA library or add an upload")
+    p = sub.add_parser("loras", parents=parents, help="list the LoRA/embedding library or add an upload")
     p.add_argument("action", choices=["list", "add", "remove"], nargs="?", default="list")
-    p.add_argument("file", nargs="?", type=Path, help="for add: a .safetensors LoRA (diffusers or kohya format)")
-    p.add_argument("--name", help="for add/remove: the LoRA's name")
+    p.add_argument("file", nargs="?", type=Path, help="for add: a .safetensors LoRA (diffusers or kohya format) or "
+                   "textual-inversion embedding (A1111 emb_params or diffusers learned_embeds), told apart by content")
+    p.add_argument("--name", help="for add/remove: the LoRA's or embedding's name")
     p.add_argument("--shot", default=None, help="for add: the shot type it teaches (optional)")
+    p.add_argument("--token", default=None, help="for add, embeddings: the prompt token [the file's, else <NAME>]")
     p.set_defaults(run=run_loras)
 
 
@@ -162,7 +169,8 @@ def run_generate(studio, args) -> int:
             print(f"{path}  seed {img.seed}")
     if args.json:
         print(json.dumps({"prompt": result.prompt, "seconds": round(result.seconds, 3), "images": rows,
-                          "loras": [[i.name, w] for i, w in result.loras]}, indent=2))
+                          "loras": [[i.name, w] for i, w in result.loras],
+                          "embedding": result.request.embedding}, indent=2))
     return 0
 
 
@@ -261,8 +269,10 @@ def run_loras(studio, args) -> int:
     if args.action == "add":
         if not args.file or not args.name:
             raise InvalidInput("loras add needs a FILE and --name")
-        info = svc.upload_lora(args.file, name=args.name, shot=args.shot)
-        print(f"added {info.name} ({info.format}, shot {info.shot or '-'}) {info.short_hash}")
+        info = svc.upload_lora(args.file, name=args.name, shot=args.shot, token=args.token)
+        token = f", token {info.token}" if info.kind == "embedding" else ""
+        print(f"added {info.kind} {info.name} ({info.format}, method {info.method}, shot {info.shot or '-'}{token}) "
+              f"{info.short_hash}")
         return 0
     if args.action == "remove":
         if not args.name:
@@ -271,6 +281,7 @@ def run_loras(studio, args) -> int:
         svc.library.remove(args.name)
         print(f"removed {args.name} from the library (the file stays on disk)")
         return 0
-    for info in svc.loras():
-        print(f"{info.name:<24} shot {info.shot or '-':<10} {info.format:<9} {info.origin:<9} {info.short_hash}  {info.path}")
+    for info in svc.library.list():
+        print(f"{info.name:<24} {info.kind:<9} {info.method:<6} shot {info.shot or '-':<10} token {info.token or '-':<14} "
+              f"{info.format:<9} {info.origin:<9} {info.short_hash}  {info.path}")
     return 0

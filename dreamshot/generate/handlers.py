@@ -45,6 +45,7 @@ class GenerateForm:
     seed: object = -1          # a number or its text; checked with the request
     num_images: float = 1
     blend: str = ""
+    embedding: str | None = NONE   # a library embedding's name (its token stands where the shot words stand)
 
     @classmethod
     def fields(cls) -> list[str]:
@@ -61,13 +62,15 @@ class GenerateForm:
             negative_prompt=self.negative_prompt or "", sampler=self.sampler or DEFAULT_SAMPLER,
             steps=_given(self.steps, 16), cfg=_given(self.cfg, 6.0), width=_given(self.width, 512),
             height=_given(self.height, 512), seed=_given(self.seed, -1), num_images=_given(self.num_images, 1),
-            blend=parse_blend(self.blend or ""))
+            blend=parse_blend(self.blend or ""),
+            embedding=None if self.embedding in (None, "", NONE) else self.embedding)
 
     @classmethod
     def of_request(cls, req: GenerationRequest) -> "GenerateForm":
         blend = ", ".join(f"{k}={pngmeta.format_number(v)}" for k, v in (req.blend or {}).items())
         return cls(req.prompt, req.shot or NONE, req.alpha, req.use_template, req.negative_prompt, req.sampler,
-                   req.steps, req.cfg, req.width, req.height, str(req.seed), req.num_images, blend)
+                   req.steps, req.cfg, req.width, req.height, str(req.seed), req.num_images, blend,
+                   embedding=req.embedding or NONE)
 
 
 @dataclass
@@ -110,7 +113,10 @@ class TempImages:
 
 
 def summary(result: GenerationResult, extra: str = "") -> str:
-    loras = ", ".join(f"{info.name} α={pngmeta.format_number(w)}" for info, w in result.loras) or "base model"
+    loras = ", ".join(f"{info.name} α={pngmeta.format_number(w)}" for info, w in result.loras)
+    if result.request.embedding:
+        loras = f"{loras} + " * bool(loras) + f"embedding {result.request.embedding}"
+    loras = loras or "base model"
     stopped = " **Stopped early.**" if result.cancelled else ""
     return (f"Seeds {', '.join(map(str, result.seeds))} · {loras} · {result.seconds:.1f} s{stopped}{extra}\n\n"
             f"Prompt: `{result.prompt}`")
@@ -139,6 +145,17 @@ class GenerateHandlers:
     def shot_types(self) -> list[str]:
         return [NONE, *self.svc.taxonomy().names]
 
+    def embedding_choices(self) -> list[tuple[str, str]]:
+        """(label, value) of the Embedding menu: 'none' first, then every embedding of the library."""
+        return [("none", NONE), *((f"{i.name} · {i.token}", i.name) for i in self.svc.embeddings_list())]
+
+    LIBRARY_COLUMNS = ("name", "kind", "method", "shot", "token", "origin", "hash")
+
+    def library_rows(self) -> list[list]:
+        """The library table: every LoRA and embedding, oldest first."""
+        return [[i.name, i.kind, i.method, i.shot or "", i.token or "", i.origin, i.short_hash]
+                for i in self.svc.library.list()]
+
     # -- generation -----------------------------------------------------------------------------
     def generate(self, form: GenerateForm, owner: str = "api", progress=None) -> Shown:
         with self.svc.job(owner, progress=progress) as job:
@@ -149,12 +166,13 @@ class GenerateHandlers:
     def compare(self, form: GenerateForm, owner: str = "api", progress=None) -> Shown:
         with self.svc.job(owner, progress=progress) as job:
             base, lora = self.svc.compare_with_base(form.request(), job)
-        label = ", ".join(f"{i.name} α={pngmeta.format_number(w)}" for i, w in lora.loras)
+        label = ", ".join([*(f"{i.name} α={pngmeta.format_number(w)}" for i, w in lora.loras),
+                           *([lora.request.embedding] if lora.request.embedding else [])])
         gallery = []
         for b, l in zip(base.images, lora.images):
             gallery.append((self.temp.write(b, f"base-{b.seed}"), f"base model · seed {b.seed}"))
             gallery.append((self.temp.write(l, f"lora-{l.seed}"), f"{label} · seed {l.seed}"))
-        return Shown(gallery, summary(lora, " · left: base model, right: LoRA"), lora.request.seed,
+        return Shown(gallery, summary(lora, f" · left: base model, right: {label}"), lora.request.seed,
                      lora.images[0].parameters)
 
     def live_alpha(self, form: GenerateForm, live: bool, last_seed, owner: str = "api", progress=None) -> Shown | None:
@@ -202,9 +220,12 @@ class GenerateHandlers:
         return GenerateForm.of_request(req), "Settings restored." + "".join(f"\n- {n}" for n in notes)
 
     # -- LoRA upload (admins: the tab checks the role first) ------------------------------------
-    def upload(self, path, name: str, shot_type: str | None) -> str:
+    def upload(self, path, name: str, shot_type: str | None, token: str | None = None) -> str:
         if not path:
             raise InvalidInput("Choose a .safetensors file first.")
         shot = None if shot_type in (None, "", NONE) else shot_type
-        info = self.svc.upload_lora(Path(path), name=name, shot=shot)
+        info = self.svc.upload_lora(Path(path), name=name, shot=shot, token=(token or "").strip() or None)
+        if info.kind == "embedding":
+            return (f"Added the embedding **{info.name}** (token `{info.token}`, {info.meta.get('vectors')} vectors, "
+                    f"shot {info.shot or '-'}, hash {info.short_hash}).")
         return f"Added **{info.name}** ({info.format} format, shot {info.shot or '-'}, hash {info.short_hash})."

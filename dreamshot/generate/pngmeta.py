@@ -7,7 +7,8 @@ The format, as A1111 writes it::
     Steps: 16, Sampler: DPM++ SDE Karras, CFG scale: 6, Seed: 42, Size: 512x512, Model hash: 6ce0161689,
     Model: v1-5-pruned-emaonly, Lora hashes: "close: 0123456789ab", Version: v1.6.0
 
-(the last line is one line). Values holding ``,`` ``:`` or ``"`` are JSON-quoted. A1111 1.9+
+(the last line is one line). A textual-inversion embedding is its token in the prompt plus
+``TI hashes: "name: 0123456789ab"`` (sha256 of the file, 12 hex digits, as A1111 writes it). Values holding ``,`` ``:`` or ``"`` are JSON-quoted. A1111 1.9+
 writes the scheduler apart (``Sampler: DPM++ 2M, Schedule type: Karras``); both forms are read.
 Nothing here knows about pipelines: it is text in, text out.
 """
@@ -63,13 +64,27 @@ class Parameters:
 
     @property
     def lora_hashes(self) -> dict:
-        text = self.settings.get("Lora hashes", "")
-        out = {}
-        for part in text.split(","):
-            if ":" in part:
-                name, value = part.rsplit(":", 1)
-                out[name.strip()] = value.strip()
-        return out
+        return name_values(self.settings.get("Lora hashes", ""))
+
+    @property
+    def ti_hashes(self) -> dict:
+        """Textual-inversion embeddings: name -> short hash (A1111's ``TI hashes``)."""
+        return name_values(self.settings.get("TI hashes", ""))
+
+    @property
+    def methods(self) -> dict:
+        """LoRA / embedding name -> training method (ours: ``Methods: "close: lora, close_ti: ti"``)."""
+        return name_values(self.settings.get("Methods", ""))
+
+
+def name_values(text: str) -> dict:
+    """``"a: 1, b: 2"`` -> {"a": "1", "b": "2"} (A1111's hash lists)."""
+    out = {}
+    for part in (text or "").split(","):
+        if ":" in part:
+            name, value = part.rsplit(":", 1)
+            out[name.strip()] = value.strip()
+    return out
 
 
 def quote(value) -> str:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from dreamshot.errors import InvalidInput
 from dreamshot.generate import batch as batching
+from dreamshot.generate import embeddings as ti
 from dreamshot.generate.adapters import AdapterSet
 from dreamshot.generate.loras import LoraInfo, LoraLibrary, a1111_lora_hash, file_sha256
 from dreamshot.generate.params import parameters_text, request_from_parameters
@@ -70,6 +71,7 @@ class Context:
     loras: list
     taxonomy: object
     template: str
+    embeddings: list = ()
 
 
 class GenerationService:
@@ -80,6 +82,7 @@ class GenerationService:
         self.jobs = Jobs()
         self.compiled = False
         self._adapters: AdapterSet | None = None
+        self._embeddings: ti.EmbeddingSet | None = None
         self._schedulers: SchedulerCache | None = None
         self._model_hash: str | None = None
         self._lora_hashes: dict = {}         # (path, mtime, size) -> A1111 short hash
@@ -100,6 +103,17 @@ class GenerationService:
         if self._adapters is None:
             self._adapters = AdapterSet(self.pipe, self.library)
         return self._adapters
+
+    @property
+    def embeddings(self) -> ti.EmbeddingSet:
+        """The library's textual-inversion embeddings in the shared pipeline (``embeddings.py``)."""
+        if self._embeddings is None:
+            self._embeddings = ti.EmbeddingSet(self.pipe, self.library)
+        return self._embeddings
+
+    def embeddings_list(self) -> list[LoraInfo]:
+        """The library's textual-inversion embeddings, read now."""
+        return self.library.list(kind="embedding")
 
     def shapes(self):
         return self.adapters.shapes()
@@ -124,7 +138,7 @@ class GenerationService:
 
     def context(self) -> Context:
         project = self.studio.project
-        return Context(self.loras(), project.taxonomy(), project.template())
+        return Context(self.loras(), project.taxonomy(), project.template(), self.embeddings_list())
 
     def resolve_lora(self, key: str, loras: list[LoraInfo] | None = None) -> LoraInfo:
         """A LoRA by name, else the newest LoRA for that shot type; InvalidInput otherwise."""
@@ -160,20 +174,44 @@ class GenerationService:
         else:
             lead, mix = None, []
         phrase = self.shot_phrase(lead, ctx.taxonomy)
+        if req.embedding:  # its token stands where the shot words stand (as in its training prompts)
+            phrase = ti.resolve(req.embedding, ctx.embeddings).token
         if req.use_template and phrase:
             return training_prompt(phrase, req.prompt, ctx.template), mix
         return req.prompt, mix
 
-    def upload_lora(self, path: Path, *, name: str, shot: str | None = None) -> LoraInfo:
-        """Validate, store and register an uploaded LoRA, then prove diffusers can load it; a
-        refused file leaves nothing behind and the service keeps working."""
+    def base_prompt(self, req: GenerationRequest, context: Context | None = None) -> str:
+        """The prompt of a request's base-model image: its final prompt, with the shot words of its
+        LoRA, else of its embedding's shot type, where an embedding's token stands (the base model
+        knows no token); the caption alone when neither names a shot type."""
+        ctx = context or self.context()
+        if not req.embedding:
+            return self.plan(req, ctx)[0]
+        info = ti.resolve(req.embedding, ctx.embeddings)
+        phrase = self.shot_phrase(info, ctx.taxonomy)
+        if not req.use_template:   # the token typed in the prompt: the shot words in its place
+            return ti.untokened(req.prompt, info.token, phrase or "")
+        with_lora = self.plan(req.replace(embedding=None), ctx)[0]
+        if with_lora != req.prompt or not phrase:   # the LoRA's shot words (or no shot words at all)
+            return with_lora
+        return training_prompt(phrase, req.prompt, ctx.template)
+
+    def upload_lora(self, path: Path, *, name: str, shot: str | None = None, token: str | None = None) -> LoraInfo:
+        """Validate, store and register an uploaded LoRA or textual-inversion embedding (told apart
+        by the file's content; ``token``: an embedding's prompt token), then prove diffusers can load
+        it; a refused file leaves nothing behind and the service keeps working."""
         if shot:
             self.taxonomy().get(shot)
-        if any(i.name == (name or "").strip() for i in self.loras()):
-            raise InvalidInput(f"A LoRA called {name.strip()!r} is already in the library; choose another name.")
+        if any(i.name == (name or "").strip() for i in self.library.list()):
+            raise InvalidInput(f"A LoRA or embedding called {name.strip()!r} is already in the library; "
+                               "choose another name.")
+        source = self.studio.models.status.source
         with self.lock:
-            return self.adapters.upload(Path(path), name=name, shot=shot,
-                                        base_model=self.studio.models.status.source)
+            if ti.is_embedding_file(path):
+                return self.embeddings.upload(Path(path), name=name, shot=shot, token=token, base_model=source)
+            if token:
+                raise InvalidInput(f"{Path(path).name} is a LoRA, not an embedding: a token is only for embeddings.")
+            return self.adapters.upload(Path(path), name=name, shot=shot, base_model=source)
 
     def configure(self, mix: list) -> float:
         """Load (once) and merge [(LoraInfo, weight)]; returns the seconds it took (benchmarks).
@@ -220,10 +258,12 @@ class GenerationService:
             return results
         job = job or Job()
         run = batching.BatchRun(self, job, results, ctx.template, progress_span, save)
+        embedded = [ti.resolve(r.embedding, ctx.embeddings) if r.embedding else None for r in checked]
         with self._locked(job, progress_span[0]):
             if job.cancelled:
                 raise Cancelled("Stopped.")
-            for group in batching.groups(checked, plans):
+            for needed, group in ti.schedule(batching.groups(checked, plans), embedded):
+                self.embeddings.activate(needed)
                 if not run.group(group, batch_size):
                     break
         run.finish()
@@ -242,10 +282,10 @@ class GenerationService:
         """[(base result, LoRA result)] per request: the LoRA images and the base model's images of
         the same seeds and the same final prompts, each side batched."""
         checked = [with_seed(check_inputs(r)) for r in requests]
-        if any(not r.shot and not r.blend for r in checked):
-            raise InvalidInput("Choose a shot LoRA to compare with the base model.")
+        if any(not r.shot and not r.blend and not r.embedding for r in checked):
+            raise InvalidInput("Choose a shot LoRA or an embedding to compare with the base model.")
         ctx = self.context()
-        bases = [base_request(r, self.plan(r, ctx)[0]) for r in checked]
+        bases = [base_request(r, self.base_prompt(r, ctx)) for r in checked]
         out = self.generate_many([*checked, *bases], job, batch_size=batch_size, save=save)
         return list(zip(out[len(checked):], out[:len(checked)]))
 
@@ -285,7 +325,8 @@ class GenerationService:
         """The A1111 ``parameters`` text of one image."""
         return parameters_text(req, prompt, mix, seed, model_name=self.model_name, model_hash=self.model_hash(),
                                lora_hashes={info.name: self.lora_hash(info) for info, _ in mix},
-                               template=template if template is not None else self.studio.project.template())
+                               template=template if template is not None else self.studio.project.template(),
+                               embedding=self.embeddings.active.get(req.embedding) if req.embedding else None)
 
     def lora_hash(self, info: LoraInfo) -> str:
         """A1111's short hash of a LoRA file, cached by the file's path, size and mtime."""
@@ -318,7 +359,7 @@ class GenerationService:
         A ControlNet's saved control image is looked up under outputs/ (and in folder ``beside``)."""
         from dreamshot.generate import control, pngmeta
 
-        req, notes = request_from_parameters(text, self.loras(), self.taxonomy())
+        req, notes = request_from_parameters(text, self.loras(), self.taxonomy(), self.embeddings_list())
         restored, more = control.restore(pngmeta.parse_parameters(text).settings,
                                          [beside, self.studio.settings.outputs_dir])
         return req.replace(control=restored), notes + more

@@ -4,9 +4,11 @@
     /generate  /compare  /stop  /alpha_sweep  /storyboard  /read_png  /read_parameters
     /list_loras  /upload_lora
 
-/generate, /compare, /alpha_sweep and /storyboard take the form's 13 values first, in
+/generate, /compare, /alpha_sweep and /storyboard take the form's first 13 values first, in
 ``GenerateForm`` order: prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg,
-width, height, seed, num_images, blend.
+width, height, seed, num_images, blend; then the endpoint's own inputs (/alpha_sweep: shots, alphas;
+/storyboard: text, columns, title); then the form's later fields (embedding, ...), so that callers
+written for the 13-value form keep working (later inputs have defaults).
 """
 
 from __future__ import annotations
@@ -37,22 +39,32 @@ def reporter(progress):
     return (lambda fraction, text: progress(fraction, desc=text)) if progress is not None else None
 
 
+FORM_HEAD = 13   # the form's fields that come before an endpoint's own inputs (the API before #14)
+
+
+def form_inputs(form: list, *extra) -> list:
+    """Input components of a form event: the form's first FORM_HEAD fields, ``extra``, the rest."""
+    return [*form[:FORM_HEAD], *extra, *form[FORM_HEAD:]]
+
+
 def form_event(method, extra: tuple = (), *, check=None):
-    """A gradio function taking the form's 13 values, then ``extra`` inputs, then the request and
-    progress; it calls ``check(request)`` (the caller's role), then
-    ``method(GenerateForm, *extra values, owner=..., progress=...)``. The signature is spelled out
-    (gradio reads it to inject the request and the progress tracker)."""
+    """A gradio function taking the form's first 13 values, then ``extra`` inputs, then the form's
+    later fields (``form_inputs`` order), then the request and progress; it calls
+    ``check(request)`` (the caller's role), then ``method(GenerateForm, *extra values, owner=...,
+    progress=...)``. The signature is spelled out (gradio reads it to inject the request and the
+    progress tracker)."""
     fields = GenerateForm.fields()
+    head, tail, n = fields[:FORM_HEAD], fields[FORM_HEAD:], len(extra)
 
     def event(*args):
         *values, request, progress = args
         if check is not None:
             check(request)
-        form = GenerateForm(*values[:len(fields)])
-        return method(form, *values[len(fields):], owner=owner(request), progress=reporter(progress))
+        form = GenerateForm(*values[:FORM_HEAD], *values[FORM_HEAD + n:])
+        return method(form, *values[FORM_HEAD:FORM_HEAD + n], owner=owner(request), progress=reporter(progress))
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    params = [inspect.Parameter(name, kind) for name in (*fields, *extra)]
+    params = [inspect.Parameter(name, kind) for name in (*head, *extra, *tail)]
     params += [inspect.Parameter("request", kind, annotation=gr.Request),
                inspect.Parameter("progress", kind, default=gr.Progress())]
     event.__signature__ = inspect.Signature(params)
@@ -76,6 +88,8 @@ def _form_section(h: GenerateHandlers):
             # allow_custom_value lets API callers name a LoRA added since (it is checked).
             shot = gr.Dropdown(choices=h.lora_choices(), value=NONE, label="Shot LoRA", elem_id="gen-shot",
                                scale=3, allow_custom_value=True)
+            embedding = gr.Dropdown(choices=h.embedding_choices(), value=NONE, label="Embedding (textual inversion)",
+                                    elem_id="gen-embedding", scale=2, allow_custom_value=True)
             refresh = gr.Button("↻", scale=0, min_width=40, elem_id="gen-refresh")
         alpha = gr.Slider(ALPHA_RANGE[0], ALPHA_RANGE[1], value=1.0, step=0.05, label="α (LoRA strength)",
                           elem_id="gen-alpha")
@@ -99,9 +113,10 @@ def _form_section(h: GenerateHandlers):
             go = gr.Button("Generate", variant="primary", elem_id="gen-go")
             compare = gr.Button("Compare with base", elem_id="gen-compare")
             stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
-    form = [prompt, shot, alpha, use_template, negative, sampler, steps, cfg, width, height, seed, num_images, blend]
+    form = [prompt, shot, alpha, use_template, negative, sampler, steps, cfg, width, height, seed, num_images, blend,
+            embedding]
     return SimpleNamespace(form=form, prompt=prompt, shot=shot, alpha=alpha, live=live, seed=seed, refresh=refresh,
-                           go=go, compare=compare, stop=stop)
+                           go=go, compare=compare, stop=stop, embedding=embedding)
 
 
 def _results_section():
@@ -157,17 +172,22 @@ def _read_section():
 
 
 def _upload_section(h: GenerateHandlers):
-    with gr.Accordion("Add a LoRA (admins)", open=False):
-        gr.Markdown("A `.safetensors` LoRA for this base model, diffusers or kohya/A1111 format. "
-                    "Pickled `.ckpt/.pt/.bin` files are refused (they can run code).")
+    with gr.Accordion("Library: LoRAs and embeddings (adding: admins)", open=False):
+        gr.Markdown("A `.safetensors` LoRA (diffusers or kohya/A1111 format) or textual-inversion embedding "
+                    "(A1111 `emb_params` or diffusers `learned_embeds`) for this base model; the kind is read "
+                    "from the file. Pickled `.ckpt/.pt/.bin` files are refused (they can run code).")
         with gr.Row():
-            file = gr.File(label="LoRA file (.safetensors)", elem_id="lora-file")
+            file = gr.File(label="LoRA or embedding file (.safetensors)", elem_id="lora-file")
             with gr.Column():
                 name = gr.Textbox(label="Name", elem_id="lora-name")
                 shot = gr.Dropdown(choices=h.shot_types(), value=NONE, label="Shot type it teaches")
-        go = gr.Button("Add LoRA", elem_id="lora-go")
+                token = gr.Textbox(label="Embedding token (empty: the file's, else <name>)", elem_id="lora-token",
+                                   max_lines=1)
+        go = gr.Button("Add to the library", elem_id="lora-go")
         note = gr.Markdown(elem_id="lora-note")
-    return SimpleNamespace(file=file, name=name, shot=shot, go=go, note=note)
+        table = gr.Dataframe(headers=list(h.LIBRARY_COLUMNS), value=h.library_rows(), interactive=False,
+                             label="Library", elem_id="lora-library", wrap=True)
+    return SimpleNamespace(file=file, name=name, shot=shot, token=token, go=go, note=note, table=table)
 
 
 def build(studio, demo: gr.Blocks) -> None:
@@ -193,14 +213,15 @@ def _wire_generation(h, f, r, sweep, board) -> None:
               f.prompt.submit(generate, f.form, r.outputs, api_visibility="private"),
               f.compare.click(run(show(h.compare)), f.form, r.outputs, api_name="compare"),
               # α typed, dragged or keyed: regenerate only when an image was generated before.
-              f.alpha.release(run(show(h.live_alpha), ("live", "last_seed")), [*f.form, f.live, last_seed],
+              f.alpha.release(run(show(h.live_alpha), ("live", "last_seed")), form_inputs(f.form, f.live, last_seed),
                               r.outputs, api_visibility="private", trigger_mode="always_last")]
     for event in images:
         event.success(lambda seed: seed, r.used_seed, last_seed, api_visibility="private", queue=False)
-    others = [sweep.go.click(run(grid, ("shots", "alphas"), 300), [*f.form, sweep.shots, sweep.alphas],
+    others = [sweep.go.click(run(grid, ("shots", "alphas"), 300), form_inputs(f.form, sweep.shots, sweep.alphas),
                              [sweep.image, sweep.file, r.info], api_name="alpha_sweep"),
               board.go.click(run(h.storyboard, ("text", "columns", "title"), 300),
-                             [*f.form, board.text, board.columns, board.title], [board.image, board.files, r.info],
+                             form_inputs(f.form, board.text, board.columns, board.title),
+                             [board.image, board.files, r.info],
                              api_name="storyboard")]
     f.stop.click(_stop_fn(h), None, r.info, api_name="stop", concurrency_limit=None, cancels=images + others)
 
@@ -221,7 +242,7 @@ def _wire_settings(studio, h, f, r, sweep, read, upload, demo) -> None:
         return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices[1:])
 
     def restored(form: GenerateForm, note: str):
-        return [*form.values(), note]
+        return form_inputs(form.values(), note)
 
     def read_png(file, request: gr.Request):
         admin_name(studio, request)
@@ -231,16 +252,26 @@ def _wire_settings(studio, h, f, r, sweep, read, upload, demo) -> None:
         admin_name(studio, request)
         return restored(*h.read_text(text))
 
-    def do_upload(file, name, shot_type, request: gr.Request):
+    @guarded
+    def refresh_embeddings(request: gr.Request):
         admin_name(studio, request)
-        note = h.upload(getattr(file, "name", file), name, shot_type)
+        return gr.Dropdown(choices=h.embedding_choices()), h.library_rows()
+
+    def do_upload(file, name, shot_type, token, request: gr.Request):
+        admin_name(studio, request)
+        note = h.upload(getattr(file, "name", file), name, shot_type, token)
         return (note, *refresh_loras(request))
 
     r.reuse.click(lambda s: s or "-1", r.used_seed, f.seed, api_visibility="private",
                   queue=False)
     f.refresh.click(refresh_loras, None, [f.shot, sweep.shots], api_name="list_loras", concurrency_limit=None)
-    read.png.upload(guarded(read_png), read.png, [*f.form, read.note], api_name="read_png")
-    read.restore.click(guarded(read_text), read.pasted, [*f.form, read.note], api_name="read_parameters")
-    upload.go.click(guarded(do_upload), [upload.file, upload.name, upload.shot], [upload.note, f.shot, sweep.shots],
-                    api_name="upload_lora")
+    restored_outputs = form_inputs(f.form, read.note)
+    read.png.upload(guarded(read_png), read.png, restored_outputs, api_name="read_png")
+    read.restore.click(guarded(read_text), read.pasted, restored_outputs, api_name="read_parameters")
+    upload.go.click(guarded(do_upload), [upload.file, upload.name, upload.shot, upload.token],
+                    [upload.note, f.shot, sweep.shots], api_name="upload_lora").success(
+        refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private")
+    f.refresh.click(refresh_embeddings, None, [f.embedding, upload.table], api_name="list_embeddings",
+                    concurrency_limit=None)
     demo.load(refresh_loras, None, [f.shot, sweep.shots], api_visibility="private")  # LoRAs trained meanwhile
+    demo.load(refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private")
