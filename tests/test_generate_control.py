@@ -152,3 +152,61 @@ def test_png_names_the_controlnet_and_the_saved_control_image_restores_it(cstudi
     a1111 = text.split("Control image")[0].rstrip(", ")          # an A1111 image: no file to restore
     req, notes = svc.request_from_parameters(a1111)
     assert req.control.kind == "canny" and req.control.image is None and any("not stored here" in n for n in notes)
+
+
+# ---- CLI and storyboard ------------------------------------------------------------------------------
+
+def test_cli_generate_with_control_writes_the_png_and_its_control_image(cstudio, control_models, tmp_path, capsys):
+    import json
+
+    from dreamshot.__main__ import main
+
+    frame = tmp_path / "frame.png"
+    reference(3).save(frame)
+    out = tmp_path / "out"
+    code = main(["generate", "--data", str(cstudio.settings.data_dir), "--model", "demo", "--prompt", "a pier",
+                 "--width", "64", "--height", "64", "--steps", "3", "--seed", "5", "--control", "canny",
+                 "--control-image", str(frame), "--controlnet", control_models["controlnet"], "--control-scale",
+                 "0.7", "--control-end", "0.8", "--canny-low", "50", "--out", str(out), "--json"])
+    assert code == 0
+    row = json.loads(capsys.readouterr().out)["images"][0]
+    text = pngmeta.read_parameters(row["path"])
+    assert "Weight: 0.7, Threshold A: 50, Threshold B: 200, Guidance Start: 0, Guidance End: 0.8" in text
+    expected = ctl.canny(reference(3), 50, 200)
+    assert np.array_equal(np.asarray(Image.open(row["control"]).convert("RGB")), np.asarray(expected))
+    assert row["control"].startswith(str(out))
+    code = main(["read-png", row["path"], "--json", "--data", str(tmp_path / "no-studio")])
+    restored = json.loads(capsys.readouterr().out)["request"]["control"]
+    assert restored["kind"] == "canny" and restored["scale"] == 0.7 and restored["image"].endswith("-control.png")
+    assert main(["generate", "--data", str(cstudio.settings.data_dir), "--model", "demo", "--prompt", "a pier",
+                 "--control-image", str(frame)]) != 0
+    assert "--control-image needs --control" in capsys.readouterr().err
+
+
+def test_storyboard_panel_with_a_sketch_uses_the_scribble_controlnet(cstudio, control_models, tmp_path, capsys):
+    from dreamshot.__main__ import main
+    from dreamshot.generate.storyboard import storyboard, uploaded_sketches
+
+    sketch = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(sketch).rectangle((10, 20, 54, 44), outline="black", width=3)
+    (tmp_path / "sketches").mkdir()
+    sketch.save(tmp_path / "sketches" / "pier.png")
+    board = "- | a pier at dusk | pier.png\n- | a pier at dusk\n"
+    svc = service(cstudio)
+    template = ControlRequest("scribble", None, model=control_models["controlnet"])
+    result = storyboard(svc, board, fast(prompt="-"), sketches=uploaded_sketches([tmp_path / "sketches" / "pier.png"]),
+                        sketch_control=template)
+    drawn, plain = result.panels
+    assert drawn.sketch == "pier.png" and "ControlNet 0" in drawn.parameters and "ControlNet" not in plain.parameters
+    assert diff(drawn.image, plain.image) > 2
+    with pytest.raises(InvalidInput, match="'gone.png' is not among the uploaded sketches .pier.png."):
+        storyboard(svc, "- | x | gone.png", fast(prompt="-"), sketches=uploaded_sketches([tmp_path / "sketches" / "pier.png"]))
+    (tmp_path / "board.txt").write_text(board)
+    code = main(["storyboard", str(tmp_path / "board.txt"), "--data", str(cstudio.settings.data_dir), "--model", "demo",
+                 "--width", "64", "--height", "64", "--steps", "4", "--seed", "7", "--sketch-dir",
+                 str(tmp_path / "sketches"), "--controlnet", control_models["controlnet"], "--out", str(tmp_path / "b")])
+    assert code == 0 and (tmp_path / "b" / "storyboard.pdf").is_file()
+    assert "sketch pier.png" in pngmeta.read_parameters(tmp_path / "b" / "storyboard.png")
+    assert main(["storyboard", str(tmp_path / "board.txt"), "--data", str(cstudio.settings.data_dir), "--model",
+                 "demo", "--sketch-dir", str(tmp_path), "--out", str(tmp_path / "c")]) != 0
+    assert "Sketch 'pier.png' not found" in capsys.readouterr().err
