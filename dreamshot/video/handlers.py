@@ -110,6 +110,12 @@ class Shown:
     parameters: str
 
 
+def lora_label(info) -> str:
+    """A shot LoRA in the clip/transition choices; LoRAs trained on clips (method "motion") say so."""
+    trained = {"motion": ", motion-trained", "full": ", fine-tune extract"}.get(getattr(info, "method", "lora"), "")
+    return f"{info.name} ({info.shot or 'no shot type'}{trained})"
+
+
 class VideoHandlers:
     def __init__(self, studio):
         self.studio = studio
@@ -120,8 +126,7 @@ class VideoHandlers:
         return service(self.studio)
 
     def lora_choices(self) -> list:
-        return [("none (base model)", NONE)] + [(f"{i.name} ({i.shot or 'no shot type'})", i.name)
-                                                 for i in self.svc.gen.loras()]
+        return [("none (base model)", NONE)] + [(lora_label(i), i.name) for i in self.svc.gen.loras()]
 
     @staticmethod
     def camera_choices() -> list:
