@@ -77,6 +77,7 @@ def parse_sides(options) -> tuple[GeneratorSpec, GeneratorSpec]:
 def resolve_sides(studio, entries: list, options) -> Sides:
     """Both generators for the requested shots (default: every shot type both can serve)."""
     a, b = parse_sides(options)
+    generators.check_pair(a, b)
     taxonomy = studio.project.taxonomy()
     shots = list(options.shots or [])
     for shot in shots:

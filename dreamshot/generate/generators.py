@@ -237,6 +237,13 @@ def choices(entries: list, alpha: float = 1.0) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def check_pair(a: GeneratorSpec, b: GeneratorSpec) -> None:
+    """Two generators worth comparing: not the same one twice."""
+    if a.text == b.text:
+        raise InvalidInput(f"Generators A and B are the same ({a.text}): choose two different ones "
+                           "(e.g. --a base --b lora@0.8, or --a lora@0.8 --b ti).")
+
+
 def is_default_pair(a: GeneratorSpec, b: GeneratorSpec) -> bool:
     """Base vs the shot's LoRA, no ControlNet: what Evaluate and Survey compared before generators."""
     return a.text == "base" and b.method == "lora" and not (b.name or b.ti or b.control)

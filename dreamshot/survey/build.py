@@ -1,7 +1,12 @@
 """Building a survey: choose the prompts, plan the pool of pairs, generate them (resumable).
 
 A pair is one prompt and seed generated twice with the paper's settings (Table 2: DPM++ SDE
-Karras, 16 steps, CFG 6, 512x512): by the base model and by the shot's LoRA at strength alpha.
+Karras, 16 steps, CFG 6, 512x512): by generator A and by generator B (``SurveySpec.a`` / ``.b``,
+see ``dreamshot/generate/generators.py``; by default the base model and the shot's LoRA at α).
+Side A is stored as the pair's ``base_*`` columns and side B as its ``lora_*`` columns (answers
+say ``base`` / ``lora`` for them); what each side is, per pair, lives in ``survey_pairs.meta
+["generators"]`` and the survey's generators and labels in ``surveys.settings["generators"]``.
+Pairs of surveys built before generators existed have no such entry: A = base, B = ``lora_name``.
 Pairs are written as *pending* rows first (prompt, shot, seed fixed), then each is generated and
 marked *ready* in its own transaction, so a crash loses at most the batch being generated and
 building again resumes where it stopped. Pairs are generated in batches (``compare_many``).
@@ -55,11 +60,60 @@ class SurveySpec:
     height: int = 512
     sampler: str = "DPM++ SDE Karras"
     notes: list[str] = field(default_factory=list)
+    a: str = "base"                       # generator A (a LoRA part without @α takes ``alpha``)
+    b: str = "lora"                       # generator B
 
     def settings(self) -> dict:
         return {"shots": self.shots, "alpha": self.alpha, "steps": self.steps, "cfg": self.cfg,
                 "width": self.width, "height": self.height, "sampler": self.sampler,
                 "pool": self.pairs, "source": "prompts" if self.prompts else "held-out frames"}
+
+    def generators(self) -> tuple:
+        from dreamshot.generate import generators
+
+        return generators.parse(self.a or "base", self.alpha), generators.parse(self.b or "lora", self.alpha)
+
+
+BASELINE_LABELS = {"base": "baseline", "lora": "fine-tuned"}
+
+
+def side_labels(settings: dict | None) -> dict:
+    """{"base": name of side A, "lora": name of side B}: the generators' labels, or the paper's
+    "baseline" / "fine-tuned" for base-vs-LoRA surveys (and those built before generators)."""
+    gens = (settings or {}).get("generators") or {}
+    if not gens or gens.get("default"):
+        return dict(BASELINE_LABELS)
+    return {"base": gens["a"]["label"], "lora": gens["b"]["label"]}
+
+
+def resolve_generators(studio, spec: SurveySpec, shots: list[str]) -> dict:
+    """{"a"|"b": {shot: Resolved}} for the survey's shots; a clear error when a shot type lacks
+    what a generator needs, or a ControlNet generator has no held-out frames to start from."""
+    from dreamshot.generate import generators
+    from dreamshot.generate.loras import inspect_lora_file
+    from dreamshot.generate.service import service
+
+    generators.check_pair(*spec.generators())
+    gen = service(studio)
+    entries = gen.library.list()
+    out = {}
+    for side, spec_side in zip(("a", "b"), spec.generators()):
+        if spec_side.control and spec.prompts:
+            raise InvalidInput(f"Generator {spec_side.text!r} takes its {spec_side.control} ControlNet image from "
+                               "a held-out frame: take the prompts from held-out frames, not a pasted list.")
+        out[side] = {shot: generators.resolve(spec_side, shot, entries) for shot in shots}
+    for info in {r.lora.name: r.lora for side in out.values() for r in side.values() if r.lora}.values():
+        inspect_lora_file(info.path, gen.shapes())      # a LoRA for another base model: one clear message
+    return out
+
+
+def generators_settings(spec: SurveySpec, sides: dict) -> dict:
+    from dreamshot.generate import generators
+
+    a, b = spec.generators()
+    return {"a": {"spec": a.text, "label": generators.label(a, list(sides["a"].values()))},
+            "b": {"spec": b.text, "label": generators.label(b, list(sides["b"].values()))},
+            "default": generators.is_default_pair(a, b)}
 
 
 def parse_prompt_lines(text: str) -> list[str]:
@@ -185,20 +239,80 @@ def plan_from_frames(studio, shots: list[str], n: int, frames: list[int] | None,
     return out
 
 
-def insert_pairs(conn, survey_id: int, plan: list, spec: SurveySpec, lora_names: dict, project, rng) -> None:
+def side_record(resolved, shot: str, caption: str, template: str) -> dict:
+    """What one side of a pair is (``Resolved.record``) and its prompt: the pair's prompt, with an
+    embedding's token where the shot words stand."""
+    from dreamshot.shots import training_prompt
+
+    rec = resolved.record()
+    if resolved.token:
+        rec["prompt"] = training_prompt(resolved.token, caption, template)
+    return rec
+
+
+def insert_pairs(conn, survey_id: int, plan: list, spec: SurveySpec, sides: dict, project, rng) -> None:
     template = project.template()
     taxonomy = project.taxonomy()
     for position, (shot, caption, frame_id) in enumerate(plan):
+        b = sides["b"][shot]
         conn.execute(P.insert().values(
             survey_id=survey_id, position=position, shot=shot, caption=caption,
             prompt=project.prompt(shot, caption, template), frame_id=frame_id,
-            seed=rng.randint(0, MAX_SEED), alpha=spec.alpha, lora_name=lora_names[shot],
-            status="pending", meta={"taxonomy": taxonomy.name, "template": template}, created_at=now()))
+            seed=rng.randint(0, MAX_SEED), alpha=b.alpha, lora_name=b.lora.name if b.lora is not None else None,
+            status="pending", created_at=now(),
+            meta={"taxonomy": taxonomy.name, "template": template,
+                  "generators": {side: side_record(sides[side][shot], shot, caption, template) for side in ("a", "b")}}))
+
+
+def pair_requests(studio, survey_id: int, row, settings: dict) -> tuple:
+    """(request of side A, request of side B) of a stored pair, same prompt and seed."""
+    from dreamshot.generate.request import ControlRequest, GenerationRequest
+
+    common = dict(use_template=False, seed=int(row.seed), steps=settings["steps"], cfg=settings["cfg"],
+                  width=settings["width"], height=settings["height"], sampler=settings["sampler"], num_images=1)
+    gens = (row.meta or {}).get("generators")
+    if not gens:    # a pair planned before generators: base vs its LoRA at its α
+        return (GenerationRequest(prompt=row.prompt, **common),
+                GenerationRequest(prompt=row.prompt, shot=row.lora_name, alpha=row.alpha, **common))
+    out = []
+    for side in ("a", "b"):
+        rec = gens[side]
+        control = ControlRequest(rec["control"], image=frame_file(studio, survey_id, row.frame_id)) \
+            if rec.get("control") else None
+        out.append(GenerationRequest(prompt=rec.get("prompt") or row.prompt, shot=rec.get("lora"),
+                                     alpha=rec.get("alpha", 1.0), embedding=rec.get("embedding"), control=control,
+                                     **common))
+    return tuple(out)
+
+
+def render(gen, sides: list[tuple], job) -> list[tuple]:
+    """[(result of side A, result of side B)] for [(request A, request B)]. Side A the plain base
+    model and B without a ControlNet: the generation service's base comparison (``compare_many``);
+    otherwise both sides as they are, B's requests first (``generate_many``)."""
+    if all(not (a.shot or a.embedding or a.control or a.blend) and b.control is None for a, b in sides):
+        return gen.compare_many([b for _, b in sides], job, save=False)
+    made = gen.generate_many([b for _, b in sides] + [a for a, _ in sides], job, save=False)
+    return list(zip(made[len(sides):], made[:len(sides)]))
+
+
+def frame_file(studio, survey_id: int, frame_id: int | None) -> str:
+    """The held-out frame's crop (a ControlNet's reference), saved once beside the survey's images."""
+    from labeling.captions.sources import frame_image
+
+    from dreamshot.survey.images import survey_dir
+
+    if frame_id is None:
+        raise InvalidInput("A ControlNet generator needs the pair's held-out frame; this pair has none.")
+    path = survey_dir(studio, survey_id) / "frames" / f"frame-{int(frame_id)}.png"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame_image(studio, int(frame_id)).save(path)
+    return str(path)
 
 
 def generate_pending(studio, survey_id: int, progress=None, job=None) -> int:
     """Generate every pending pair of a survey; returns how many were generated now."""
-    from dreamshot.generate.service import GenerationRequest, service
+    from dreamshot.generate.service import service
 
     from dreamshot.survey.images import save_pair_images
 
@@ -213,12 +327,11 @@ def generate_pending(studio, survey_id: int, progress=None, job=None) -> int:
         chunk = pending[first:first + PAIRS_PER_BATCH]
         if progress:
             progress(done / len(pending), f"pairs {done + 1}-{done + len(chunk)} of {len(pending)}")
-        # The prompt was fixed when the survey was planned: no template is applied again.
-        reqs = [GenerationRequest(prompt=row.prompt, shot=row.lora_name, alpha=row.alpha, use_template=False,
-                                  seed=int(row.seed), steps=settings["steps"], cfg=settings["cfg"],
-                                  width=settings["width"], height=settings["height"],
-                                  sampler=settings["sampler"], num_images=1) for row in chunk]
-        for row, (base, lora) in zip(chunk, gen.compare_many(reqs, job, save=False)):
+        # The prompts were fixed when the survey was planned: no template is applied again.
+        sides = [pair_requests(studio, survey_id, row, settings) for row in chunk]
+        for row, (base, lora) in zip(chunk, render(gen, sides, job)):
+            if not base.images or not lora.images:     # stopped: the rest stays pending
+                return done
             paths = save_pair_images(studio, survey_id, row.position, base.images[0], lora.images[0])
             with studio.db.write() as conn:   # one pair at a time: a crash loses at most this batch
                 conn.execute(P.update().where(P.c.id == row.id, P.c.status == "pending").values(

@@ -1,7 +1,8 @@
 """``python -m dreamshot survey ...``: build, open, close, list, results, participants, exclude.
 
     python -m dreamshot survey build --name pilot --shots close,medium,long --pairs 72 \\
-        [--prompts prompts.txt] [--frames 12,15] [--per-participant 36] [--alpha 1]
+        [--prompts prompts.txt] [--frames 12,15] [--per-participant 36] [--alpha 1] [--a base --b lora]
+    python -m dreamshot survey build --name methods --shots close,medium --a lora@0.8 --b ti   # two methods
     python -m dreamshot survey open pilot          # participants can join (python app.py --survey-only)
     python -m dreamshot survey close pilot         # no more answers; every vote is kept
     python -m dreamshot survey list
@@ -42,7 +43,10 @@ def register(sub, parents) -> None:
     p.add_argument("--prompts", type=Path, default=None,
                    help="file with one caption per line ('shot | caption' keeps the shot); default: captions of held-out frames")
     p.add_argument("--frames", default="", help="held-out frame ids to take captions from (comma-separated)")
-    p.add_argument("--alpha", type=float, default=1.0, help="LoRA strength [1]")
+    p.add_argument("--alpha", type=float, default=1.0, help="LoRA strength of LoRA parts written without @α [1]")
+    p.add_argument("--a", default="base", metavar="SPEC",
+                   help="generator A: base, lora@α, full@α, ti, ti+lora@α, name:<library name>@α, +canny|+depth [base]")
+    p.add_argument("--b", default="lora", metavar="SPEC", help="generator B [lora: the shot's LoRA at --alpha]")
     p.add_argument("--intro", default=None, help="intro / consent text shown to participants (or @FILE)")
     p.add_argument("--seed", type=int, default=None, help="make the pool's seeds and order reproducible")
     p.add_argument("--steps", type=int, default=16, help="[16, the paper's]")
@@ -94,7 +98,7 @@ def run_build(studio, args) -> int:
     spec = SurveySpec(name=args.name, shots=[s for s in args.shots.split(",") if s.strip()], pairs=args.pairs,
                       per_participant=args.per_participant, prompts=prompts, frames=_ints(args.frames) or None,
                       alpha=args.alpha, intro=intro or SurveySpec.intro, seed=args.seed, steps=args.steps,
-                      cfg=args.cfg, width=args.size, height=args.size)
+                      cfg=args.cfg, width=args.size, height=args.size, a=args.a, b=args.b)
     info = service(studio).build(spec, by="cli", progress=_progress)
     print(file=sys.stderr)
     print(info.line())

@@ -3,6 +3,8 @@
 - Table 5: per question, % and count of baseline / fine-tuned / neither with a 95% Wilson interval
   each, and a two-sided exact sign test of fine-tuned vs baseline (ties left out); the same per
   shot type. Only first showings count (the repeated pair's second showing measures consistency).
+  A survey of two other generators (``--a`` / ``--b``) names them instead: "% <A's label> (A)",
+  "% <B's label> (B)", and the sign test is B vs A ("lora" answers are B, "base" answers A).
 - Excluded participants are left out of Table 5 and agreement; their votes stay in the export.
 - Agreement: Fleiss' kappa per question over the pairs answered by at least two participants
   (each such pair contributes its first m ratings, m the smallest count among them).
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot import stats
+from dreamshot.survey.build import side_labels
 from dreamshot.survey.service import QUESTIONS, service
 
 S, P, PT, A = schema.surveys, schema.survey_pairs, schema.survey_participants, schema.survey_answers
@@ -27,7 +30,7 @@ LABELS = {"base": "baseline", "lora": "fine-tuned", "neither": "neither"}
 TOO_FAST_S = 1.5          # median seconds per answer below this: flagged "too fast"
 MIN_CONSISTENCY = 2 / 3   # repeated pair: fewer matching answers than this: flagged "inconsistent"
 EXPORT_FIELDS = ["survey", "token", "pair_id", "shot", "prompt", "round", "slot", "question", "answer",
-                 "lora_side", "choice", "seconds", "answered_at", "joined_at", "excluded"]
+                 "lora_side", "choice", "preferred", "seconds", "answered_at", "joined_at", "excluded"]
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Results:
     per_shot: dict = field(default_factory=dict)      # shot -> [QuestionResult]
     kappa: dict = field(default_factory=dict)         # question -> {"kappa", "items", "raters"}
     consistency: float | None = None
+    sides: dict = field(default_factory=lambda: dict(LABELS))   # choice -> its name in the table
+    generators: bool = False                          # a survey of two generators (not base vs LoRA)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +76,11 @@ class Results:
     def markdown(self) -> str:
         head = (f"**{self.survey}** ({self.state}): {self.participants} participants "
                 f"({self.excluded} excluded), {self.answers} answers counted")
-        lines = [head, "", "| question | % baseline | % fine-tuned | % neither | n | sign test p |",
+        a, b = self.sides["base"], self.sides["lora"]
+        if self.generators:
+            head += f"\n\nA = **{a}**, B = **{b}** (each shown on a random side; \"B preferred\" = picked {b})"
+            a, b = f"{a} (A)", f"{b} (B)"
+        lines = [head, "", f"| question | % {a} | % {b} | % neither | n | sign test p |",
                  "|---|---|---|---|---|---|"]
         for scope, rows in [("all", self.overall)] + sorted(self.per_shot.items()):
             for r in rows:
@@ -82,7 +91,7 @@ class Results:
         lines += ["", f"Agreement (Fleiss' κ): {kap or 'no pair answered by two participants yet'}"]
         if self.consistency is not None:
             lines += ["", f"Consistency on the repeated pair: {self.consistency:.1%} of answers matched"]
-        lines += ["", "Shares with 95% Wilson intervals; sign test: fine-tuned vs baseline, ties left out."]
+        lines += ["", f"Shares with 95% Wilson intervals; sign test: {b} vs {a}, ties left out."]
         return "\n".join(lines)
 
 
@@ -129,7 +138,9 @@ def results(studio, name: str) -> Results:
     info, rows, people = _rows(studio, name)
     counted = [r for r in rows if r.excluded_at is None and r.round == 0]
     out = Results(info.name, info.state, participants=sum(1 for p in people if p.excluded_at is None),
-                  excluded=sum(1 for p in people if p.excluded_at is not None), answers=len(counted))
+                  excluded=sum(1 for p in people if p.excluded_at is not None), answers=len(counted),
+                  sides={**side_labels(info.settings), "neither": LABELS["neither"]})
+    out.generators = out.sides["base"] != LABELS["base"] or out.sides["lora"] != LABELS["lora"]
     out.overall = [question_result(q, [r.choice for r in counted if r.question == q]) for q in QUESTIONS]
     for shot in sorted({r.shot for r in counted}):
         out.per_shot[shot] = [question_result(q, [r.choice for r in counted if r.question == q and r.shot == shot])
@@ -173,9 +184,11 @@ def participant_quality(studio, name: str, *, rows=None, people=None) -> list[di
 def export_rows(studio, name: str) -> list[dict]:
     """One row per answer, excluded participants included (with excluded=True)."""
     info, rows, _ = _rows(studio, name)
+    names = {**side_labels(info.settings), "neither": LABELS["neither"]}
     return [{"survey": info.name, "token": r.token, "pair_id": r.pair_id, "shot": r.shot, "prompt": r.caption,
              "round": r.round, "slot": r.slot, "question": r.question, "answer": r.answer,
-             "lora_side": r.lora_side, "choice": r.choice, "seconds": r.seconds, "answered_at": r.created_at,
+             "lora_side": r.lora_side, "choice": r.choice, "preferred": names[r.choice], "seconds": r.seconds,
+             "answered_at": r.created_at,
              "joined_at": r.joined_at, "excluded": r.excluded_at is not None} for r in rows]
 
 

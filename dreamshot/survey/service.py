@@ -69,8 +69,10 @@ class SurveyInfo:
     answers: int
 
     def line(self) -> str:
+        gens = (self.settings or {}).get("generators") or {}
+        versus = f", A = {gens['a']['label']} vs B = {gens['b']['label']}" if gens else ""
         return (f"{self.name}: {self.state}, {self.ready}/{self.pool} pairs ready, {self.per_participant} "
-                f"per participant (+1 repeat), {self.participants} participants, {self.answers} answers")
+                f"per participant (+1 repeat), {self.participants} participants, {self.answers} answers{versus}")
 
 
 def make_plan(pairs: list[tuple[int, str]], k: int, rng: random.Random) -> list[dict]:
@@ -138,8 +140,6 @@ class SurveyService:
 
     def create(self, spec: building.SurveySpec, by: str | None = None) -> SurveyInfo:
         """A draft survey with its pool planned (pending pairs); nothing generated yet."""
-        from dreamshot.generate.service import service as generation
-
         name = clean_survey_name(spec.name)
         taxonomy = self.studio.project.taxonomy()
         shots = list(dict.fromkeys(s.strip() for s in spec.shots if s.strip()))
@@ -153,8 +153,7 @@ class SurveyService:
             raise InvalidInput(f"Pairs per participant must be between 1 and the pool size {spec.pairs}.")
         if not 0.0 < float(spec.alpha) <= 1.5:
             raise InvalidInput("α must be above 0 and at most 1.5.")
-        gen = generation(self.studio)
-        lora_names = {shot: gen.resolve_lora(shot).name for shot in shots}  # no LoRA: a clear error now
+        sides = building.resolve_generators(self.studio, spec, shots)     # nothing to generate with: a clear error now
         rng = random.Random(spec.seed) if spec.seed is not None else random.Random(self.rng.random())
         plan = (building.plan_from_prompts(spec.prompts, shots, int(spec.pairs)) if spec.prompts
                 else building.plan_from_frames(self.studio, shots, int(spec.pairs), spec.frames, rng))
@@ -165,9 +164,10 @@ class SurveyService:
                                    "(or build it again to finish generating its pairs).")
             survey_id = conn.execute(S.insert().values(
                 name=name, state="draft", per_participant=int(spec.per_participant),
-                intro=(spec.intro or building.DEFAULT_INTRO).strip(), settings=spec.settings(),
+                intro=(spec.intro or building.DEFAULT_INTRO).strip(),
+                settings={**spec.settings(), "generators": building.generators_settings(spec, sides)},
                 created_by=by, created_at=now())).inserted_primary_key[0]
-            building.insert_pairs(conn, survey_id, plan, spec, lora_names, self.studio.project, rng)
+            building.insert_pairs(conn, survey_id, plan, spec, sides, self.studio.project, rng)
         return self.info(name)
 
     def generate(self, name: str, progress=None, job=None) -> SurveyInfo:
@@ -251,7 +251,7 @@ class SurveyService:
 
     def _participant(self, conn, token: str):
         token = (token or "").strip()
-        row = conn.execute(sa.select(PT, S.c.state, S.c.name.label("survey_name"), S.c.intro)
+        row = conn.execute(sa.select(PT, S.c.state, S.c.name.label("survey_name"), S.c.intro, S.c.settings)
                            .join(S, S.c.id == PT.c.survey_id).where(PT.c.token == token)).first() if _TOKEN.match(token) else None
         if row is None:
             raise NotFound("Unknown participant token: join the survey first.")
@@ -372,7 +372,8 @@ class SurveyService:
         slot_done = len(answered.get((item["pair"], item["round"]), {})) == len(QUESTIONS)
         return {"stored": True, "duplicate": duplicate, "slot": slot, "slot_done": slot_done,
                 "lora_side": item["lora_side"] if slot_done else None, "done": done,
-                "total": len(who.plan), "finished": done == len(who.plan)}
+                "total": len(who.plan), "finished": done == len(who.plan),
+                "sides": building.side_labels(who.settings) if slot_done else None}
 
     @contextlib.contextmanager
     def _writing(self):

@@ -143,8 +143,11 @@ class SurveyHandlers:
         ack = self.answer(token, int(slot), int(pair_id), question, key, request)
         note = ""
         if ack["slot_done"] and not ack["duplicate"]:
-            note = (f"Saved. In that pair, **{ack['lora_side']}** was the fine-tuned model. "
-                    f"{ack['done']} of {ack['total']} pairs answered.")
+            sides = ack.get("sides") or {}
+            other = "B" if ack["lora_side"] == "A" else "A"
+            revealed = (f"**{ack['lora_side']}** was the fine-tuned model" if sides.get("lora") in (None, "fine-tuned")
+                        else f"**{ack['lora_side']}** was {sides['lora']} and **{other}** {sides['base']}")
+            note = f"Saved. In that pair, {revealed}. {ack['done']} of {ack['total']} pairs answered."
         view = self.service.view(token)
         return self.page(view, note, new_images=view.get("slot") != int(slot))
 

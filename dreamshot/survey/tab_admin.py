@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from dreamshot.errors import AccessDenied, InvalidInput
+from dreamshot.generate import generators
 from dreamshot.survey import results as survey_results
 from dreamshot.survey.build import DEFAULT_INTRO, SurveySpec, parse_prompt_lines
 from dreamshot.survey.service import service
@@ -35,6 +36,8 @@ class BuildForm:
     intro: str
     steps: int
     size: int
+    a: str = generators.DEFAULT_A
+    b: str = generators.DEFAULT_B
 
     def spec(self) -> SurveySpec:
         try:
@@ -46,11 +49,12 @@ class BuildForm:
                           per_participant=int(self.per_participant or 0), alpha=float(self.alpha or 1.0),
                           prompts=parse_prompt_lines(self.prompts) if pasted else None,
                           frames=None if pasted else (frames or None), intro=self.intro or DEFAULT_INTRO,
-                          steps=int(self.steps or 16), width=int(self.size or 512), height=int(self.size or 512))
+                          steps=int(self.steps or 16), width=int(self.size or 512), height=int(self.size or 512),
+                          a=(self.a or generators.DEFAULT_A).strip(), b=(self.b or generators.DEFAULT_B).strip())
 
 
 def chart_rows(res) -> list[dict]:
-    return [{"question": r.question, "answer": survey_results.LABELS[c], "share": round(100 * (r.shares[c].share or 0), 1)}
+    return [{"question": r.question, "answer": res.sides[c], "share": round(100 * (r.shares[c].share or 0), 1)}
             for r in res.overall for c in survey_results.CHOICES]
 
 
@@ -74,6 +78,18 @@ class SurveyAdminHandlers:
             return self.names(request)
         except AccessDenied:
             return gr.skip(), ""
+
+    def generator_choices(self, request: gr.Request):
+        """Page load: what the library offers for generators A and B (admins; others keep the defaults)."""
+        try:
+            admin_name(self.studio, request)
+        except AccessDenied:
+            return gr.skip(), gr.skip()
+        from dreamshot.generate.loras import LoraLibrary
+
+        offered = list(dict.fromkeys([generators.DEFAULT_B, *generators.choices(LoraLibrary(self.studio).list())]))
+        return (gr.Dropdown(choices=offered, value=generators.DEFAULT_A),
+                gr.Dropdown(choices=offered, value=generators.DEFAULT_B))
 
     def build(self, form: BuildForm, request: gr.Request, progress=None) -> str:
         who = admin_name(self.studio, request)
@@ -123,7 +139,14 @@ def build_admin(studio, demo: gr.Blocks) -> None:
             with gr.Row():
                 pairs = gr.Number(72, label="Pairs in the pool", precision=0)
                 per = gr.Number(36, label="Pairs per participant", precision=0)
-                alpha = gr.Slider(0.05, 1.5, value=1.0, step=0.05, label="LoRA α")
+                alpha = gr.Slider(0.05, 1.5, value=1.0, step=0.05, label="LoRA α (parts without @α)")
+            with gr.Row():
+                gen_a = gr.Dropdown([generators.DEFAULT_A], value=generators.DEFAULT_A, allow_custom_value=True,
+                                    label="Generator A", elem_id="survey-gen-a",
+                                    info="base, lora@0.8, full@1, ti, ti+lora@0.6, name:<library name>@α, +canny/+depth")
+                gen_b = gr.Dropdown([generators.DEFAULT_B], value=generators.DEFAULT_B, allow_custom_value=True,
+                                    label="Generator B", elem_id="survey-gen-b",
+                                    info="participants see A and B on random sides; results name them")
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Prompts from")
             prompts = gr.Textbox(label="Pasted prompts (one per line; 'shot | caption' keeps the shot)", lines=4)
             frames = gr.Textbox(label="Held-out frame ids (optional, comma-separated; default: all captioned test frames)")
@@ -155,8 +178,9 @@ def build_admin(studio, demo: gr.Blocks) -> None:
             files = gr.File(label="Raw answers", file_count="multiple")
 
     def do_build(name, shots, pairs, per_participant, alpha, source, prompts, frames, intro, steps, size,
-                 request: gr.Request, progress=gr.Progress()):
-        form = BuildForm(name, shots, pairs, per_participant, alpha, source, prompts, frames, intro, steps, size)
+                 a="base", b="lora", request: gr.Request = None, progress=gr.Progress()):
+        form = BuildForm(name, shots, pairs, per_participant, alpha, source, prompts, frames, intro, steps, size,
+                         a, b)
         return h.build(form, request, progress=lambda f, t: progress(f, desc=t))
 
     def do_results(name, request: gr.Request):
@@ -165,10 +189,11 @@ def build_admin(studio, demo: gr.Blocks) -> None:
 
         return md, pd.DataFrame(chart_data["data"]), rows
 
-    form = [name, shots, pairs, per, alpha, source, prompts, frames, intro, steps, size]
+    form = [name, shots, pairs, per, alpha, source, prompts, frames, intro, steps, size, gen_a, gen_b]
     build_btn.click(guarded(do_build), inputs=form, outputs=build_out, api_name="survey_build")
     refresh.click(guarded(h.names), outputs=[chosen, listing], api_visibility="private")
     demo.load(guarded(h.names_if_admin), outputs=[chosen, listing], api_visibility="private")
+    demo.load(guarded(h.generator_choices), outputs=[gen_a, gen_b], api_visibility="private")
     for btn, state in ((open_btn, "open"), (close_btn, "closed")):
         def set_state(n, request: gr.Request, state=state):
             return h.set_state(n, state, request)
