@@ -28,6 +28,7 @@ from training.trainer import Trainer
 
 DEFAULT_CLIP_FRAMES = 8
 MAX_CLIP_FRAMES = 32
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 
 
 def spatial_targets(targets: list[str]) -> str:
@@ -103,37 +104,32 @@ class MotionTrainer(Trainer):
         self.frames = clip_frames(c)
         self.adapter_source = motion_adapter_source(c)
         super().check_inputs()
-        not_clips = [e.path.name for e in self.examples if e.path.suffix.lower() not in (".mp4", ".webm", ".mov", ".mkv", ".avi")]
+
+    def read_examples(self) -> list[tdata.Example]:
+        examples = super().read_examples()
+        not_clips = [e.path.name for e in examples if e.path.suffix.lower() not in VIDEO_SUFFIXES]
         if not_clips:
             raise InvalidInput(f"--method motion trains on clips; {len(not_clips)} file(s) are not videos, e.g. "
                                f"{not_clips[0]} (export clips with `python -m labeling export-clips`).")
+        return examples
 
-    def setup(self) -> None:
-        from accelerate.utils import set_seed
+    def make_trainable(self) -> list:
+        """The base UNet + the motion adapter as a UNetMotionModel (all frozen), LoRA on its spatial layers."""
         from diffusers import UNetMotionModel
 
         from dreamshot.models import hub_offline
         from dreamshot.video.clip import load_motion_adapter, quiet
 
-        self.accelerator = components.make_accelerator(self.config, self.precision, self.out)
-        if self.accelerator.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            from training.status import StatusLog
-
-            self.status = StatusLog(self.out / "status.jsonl", echo=True)
-        set_seed(self.config.seed)
-        self.weight_dtype = components.weight_dtype(self.precision)
-        self.device = self.accelerator.device
-        self.parts = components.load(self.config.base_model, self.precision, self.device)
         adapter = load_motion_adapter(self.adapter_source, self.parts.unet, offline=hub_offline())
         with quiet():
             motion = UNetMotionModel.from_unet2d(self.parts.unet, adapter)
             motion.requires_grad_(False)
             motion.to(self.device, dtype=self.parts.unet.dtype)
         self.parts.unet = motion
-        self.trainable = components.add_adapters(self.parts, _SpatialOnly(self.config), self.precision)
+        trainable = components.add_adapters(self.parts, _SpatialOnly(self.config), self.precision)
         self.status.write("motion", adapter=self.adapter_source, clip_frames=self.frames,
                           lora_layers=sum(1 for n, _ in motion.named_modules() if n.endswith("lora_A")))
+        return trainable
 
     def build_caches(self) -> None:
         """Frame latents of every clip (the base trainer's cache over the extracted frames), one row per clip."""
