@@ -202,6 +202,11 @@ class TrainingRunner:
         data_dir = run.output_dir / "data"
         if run.source != "studio" or (data_dir / "metadata.jsonl").is_file():  # a resumed run: same export
             return
+        if run.train_config.method == "motion":  # the labeled shots' clips (labeling.clips, training/motion.py)
+            from training.motion import export_run_clips
+
+            self._append_log(run, export_run_clips(self.studio, run.shot, data_dir, run.id))
+            return
         from labeling.export import export_imagefolder
 
         # The exporter refuses studio folders (runs/ included) as targets: export next to the data

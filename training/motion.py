@@ -211,3 +211,23 @@ def validation_clips(config, parts, unet, embeddings, *, out: Path, step: int, f
             names.append(f"samples/{name}")
         del pipe
     return names
+
+
+def export_run_clips(studio, shot: str, data_dir: Path, run_id: int) -> str:
+    """The job runner's data step for a motion run: the labeled ``shot`` clips into ``data_dir``
+    (staged next to the studio's exports, then moved in); returns the line for the run's log."""
+    import shutil
+
+    from labeling.clips import export_clips, refuse_empty
+
+    staging = Path(studio.settings.data_dir) / "exports" / f".run-{run_id}-clips"
+    try:
+        report = export_clips(studio, staging, shots=[shot])
+        refuse_empty(report, shot)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.move(str(staging), str(data_dir))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return (f"Exported {report.count} labeled {shot} clip(s) for motion training"
+            + (f" ({report.uncaptioned} without a caption)" if report.uncaptioned else "")
+            + (f"; {report.without_clip} labeled still(s) have no clip" if report.without_clip else "") + ".")
