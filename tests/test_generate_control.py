@@ -210,3 +210,25 @@ def test_storyboard_panel_with_a_sketch_uses_the_scribble_controlnet(cstudio, co
     assert main(["storyboard", str(tmp_path / "board.txt"), "--data", str(cstudio.settings.data_dir), "--model",
                  "demo", "--sketch-dir", str(tmp_path), "--out", str(tmp_path / "c")]) != 0
     assert "Sketch 'pier.png' not found" in capsys.readouterr().err
+
+
+def test_video_restyle_depth_uses_the_same_loader_and_depth_model(cstudio, control_models, monkeypatch, tmp_path):
+    import json
+
+    from dreamshot.video import media
+    from dreamshot.video.restyle import RestyleRequest
+    from dreamshot.video.service import service as video
+    from tests.video_fixtures import arrays, gradio_videos
+
+    monkeypatch.setenv(ctl.DEPTH_ENV, control_models["depth"])
+    monkeypatch.setenv(ctl.env_name("depth"), control_models["controlnet"])
+    run = lambda out, **kw: video(cstudio).restyle(RestyleRequest(  # noqa: E731
+        video=gradio_videos() / "b.mp4", out_dir=tmp_path / out, max_frames=2, chunk=2, width=64, height=64,
+        steps=2, seed=4, strength=0.75, **kw))
+    depth, canny = run("depth", control="depth"), run("canny", control="canny", controlnet=control_models["controlnet"])
+    saved = json.loads((depth.folder / "restyle.json").read_text())["settings"]
+    assert saved["controlnet"] == control_models["controlnet"] and saved["depth_model"] == control_models["depth"]
+    models = ctl.controls(cstudio)
+    assert models.depth() is models.depth(control_models["depth"])        # Generate's depth model, loaded once
+    frames = lambda r: arrays([im for _, im in media.read_frames(r.video)])  # noqa: E731
+    assert np.abs(frames(depth) - frames(canny)).mean() > 1.0

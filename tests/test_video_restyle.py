@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamshot.errors import InvalidInput
+from dreamshot.errors import InvalidInput, ModelLoadError
 from dreamshot.video import media, metrics
 from dreamshot.video.base import Cancelled
 from dreamshot.video.restyle import RestyleRequest
@@ -88,7 +88,7 @@ def test_controlnet_canny_steers_the_frames(vstudio, video_models, tmp_path):
     assert np.abs(frames_of(canny.video) - frames_of(plain.video)).mean() > 1.0
 
 
-def test_refusals(vstudio, tmp_path):
+def test_refusals(vstudio, video_models, tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
     with pytest.raises(InvalidInput, match="not a video file"):
@@ -97,9 +97,9 @@ def test_refusals(vstudio, tmp_path):
         restyle(vstudio, tmp_path / "b", video="world.mp4", max_seconds=10, max_frames=None)
     with pytest.raises(InvalidInput, match="limited to 0 MB"):
         restyle(vstudio, tmp_path / "c", max_bytes=1000)
-    with pytest.raises(InvalidInput, match="depth estimator"):
-        restyle(vstudio, tmp_path / "d", control="depth")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ModelLoadError, match="depth model 'depth-anything/Depth-Anything-V2-Small-hf' is not available"):
+        restyle(vstudio, tmp_path / "d", control="depth", controlnet=video_models["controlnet"])
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_ssim_psnr_and_warp_error():

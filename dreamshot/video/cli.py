@@ -79,8 +79,10 @@ def register(sub, parents) -> None:
     p.add_argument("--shot", default=None, help="shot LoRA (shot type or LoRA name)")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--control", default="none", choices=["none", "img2img", "canny", "depth"],
-                   help="none/img2img: plain img2img; canny: ControlNet on the frame's edges [none]")
-    p.add_argument("--controlnet", default=None, metavar="ID|DIR", help="ControlNet for --control canny")
+                   help="none/img2img: plain img2img; canny/depth: ControlNet on the frame's edges/depth map "
+                        "(depth model: DREAMSHOT_DEPTH_MODEL) [none]")
+    p.add_argument("--controlnet", default=None, metavar="ID|DIR",
+                   help="ControlNet for --control canny|depth [DREAMSHOT_CONTROLNET_<KIND>, else Generate's default]")
     p.add_argument("--strength", type=float, default=0.6, help="img2img denoising strength (0-1] [0.6]")
     p.add_argument("--seed-policy", default="fixed", choices=["fixed", "per-frame", "both"],
                    help="both: run each into OUT/fixed and OUT/per-frame and write OUT/comparison.json [fixed]")

@@ -1,7 +1,8 @@
 """Restyle a video frame by frame (the Stanford study's per-frame transfer) and measure its flicker.
 
 Input video (PyAV) -> frames fitted into width×height -> each frame through img2img, or ControlNet
-(canny edges of the frame, OpenCV) + img2img, with the shot LoRA merged into the shared pipeline and a
+(canny edges of the frame, OpenCV, or its depth map from the depth model) + img2img, with the shot
+LoRA merged into the shared pipeline and a
 fixed seed (the same noise for every frame) or a per-frame seed (seed + frame index) -> MP4 with the
 original frame rate and audio -> ``metrics.json`` (PSNR, T-SSIM, warping error; ``metrics.temporal_metrics``)
 and a per-frame plot.
@@ -10,6 +11,11 @@ Long videos run in chunks of ``chunk`` frames; each finished frame is a PNG unde
 and ``<out>/restyle.json`` records the settings' key. Running the same restyle into the same folder
 again resumes where it stopped (cancel, crash); other settings in a used folder are refused unless
 ``restart``. The generation lock is held per chunk, so Generate requests interleave.
+
+The ControlNets and the depth model are Generate's (``dreamshot.generate.control.controls``): one
+loader, loaded once per studio, the same defaults and overrides (``--controlnet``, then
+``DREAMSHOT_CONTROLNET_CANNY`` / ``_DEPTH``, the older ``DREAMSHOT_CONTROLNET`` for canny, the
+studio setting, the v1.1 default; ``demo`` on the demo model; ``DREAMSHOT_DEPTH_MODEL``).
 """
 
 from __future__ import annotations
@@ -21,13 +27,12 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dreamshot.errors import InvalidInput, ModelLoadError
-from dreamshot.models import hub_offline
+from dreamshot.errors import InvalidInput
+from dreamshot.generate import control as controlnet
 from dreamshot.video import base, media, metrics
 
 CONTROLS = ("none", "canny", "depth")
 SEED_POLICIES = ("fixed", "per-frame")
-DEFAULT_CONTROLNET = "lllyasviel/sd-controlnet-canny"
 MAX_CHUNK = 64
 
 
@@ -39,7 +44,7 @@ class RestyleRequest:
     alpha: float = 1.0
     use_template: bool = True
     negative_prompt: str = ""
-    control: str = "none"            # none = img2img; canny = ControlNet on the frame's edges
+    control: str = "none"            # none = img2img; canny/depth = ControlNet on the frame's edges/depth
     strength: float = 0.6            # img2img denoising strength
     seed_policy: str = "fixed"
     seed: int = -1
@@ -52,7 +57,7 @@ class RestyleRequest:
     max_seconds: float = media.MAX_SECONDS
     max_bytes: int = media.MAX_BYTES
     chunk: int = 8
-    controlnet: str | None = None    # ControlNet id or folder; 'demo' on the demo model
+    controlnet: str | None = None    # ControlNet id or folder (None: the kind's default, see above)
     out_dir: Path | None = None
     restart: bool = False
 
@@ -74,9 +79,6 @@ def check(req: RestyleRequest):
         control = "none"
     if control not in CONTROLS:
         raise InvalidInput(f"Unknown control {req.control!r}; choose one of: {', '.join(CONTROLS)}.")
-    if control == "depth":
-        raise InvalidInput("--control depth needs a depth estimator, which this studio does not ship yet; "
-                           "use canny, or none (plain img2img).")
     if req.seed_policy not in SEED_POLICIES:
         raise InvalidInput(f"Seed policy must be one of: {', '.join(SEED_POLICIES)}.")
     if not 0.0 < float(req.strength) <= 1.0:
@@ -105,11 +107,20 @@ def run(vsvc, req: RestyleRequest, job=None) -> RestyleResult:
     total = min(info.frames, int(req.max_frames)) if req.max_frames else info.frames
     size = fit_inside(info.width, info.height, greq.width, greq.height)
     prompt, mix = vsvc.shot_prompt(greq.shot, greq.prompt, greq.use_template, greq.alpha)
+    models = controlnet.controls(vsvc.studio)
+    source = models.source(control, req.controlnet) if control != "none" else None
+    depth = models.depth_source() if control == "depth" else None
+    if source:   # a missing ControlNet or depth model is refused before any folder is written
+        models.controlnet(source)
+    if depth:
+        models.depth(depth)
     settings = {"video": _identity(info.path), "prompt": prompt, "loras": [[i.name, i.sha256, w] for i, w in mix],
-                "control": control, "controlnet": _controlnet_source(vsvc, req) if control == "canny" else None,
+                "control": control, "controlnet": source,
                 "strength": float(req.strength), "seed_policy": req.seed_policy, "seed": greq.seed,
                 "sampler": greq.sampler, "steps": greq.steps, "cfg": greq.cfg, "size": size, "frames": total,
                 "negative": greq.negative_prompt}
+    if depth:
+        settings["depth_model"] = depth
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     folder = Path(req.out_dir) if req.out_dir else vsvc.output_folder(0).parent.parent / "restyle" / key[:16]
     frames_dir = _prepare(folder, key, settings, restart=req.restart)
@@ -188,7 +199,11 @@ def _chunk(vsvc, pending, prompt, mix, control, settings, req, greq, frames_dir,
                       generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                       callback_on_step_end=_step_callback(job, decoded, total))
         if control == "canny":
-            kwargs["control_image"] = [canny(im) for _, im in pending]
+            kwargs["control_image"] = [controlnet.canny(im) for _, im in pending]
+        elif control == "depth":
+            models = controlnet.controls(vsvc.studio)
+            kwargs["control_image"] = controlnet.depth_maps(models.depth(settings["depth_model"]),
+                                                            [im for _, im in pending])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(ta>=t0|Should have).*")
             out = pipe(**kwargs)
@@ -219,22 +234,6 @@ def _step_callback(job, decoded: int, total: int):
     return on_step_end
 
 
-def canny(image, low: int = 100, high: int = 200):
-    import cv2
-    import numpy as np
-    from PIL import Image
-
-    edges = cv2.Canny(np.asarray(image.convert("L")), low, high)
-    return Image.fromarray(np.stack([edges] * 3, axis=-1))
-
-
-def _controlnet_source(vsvc, req: RestyleRequest) -> str:
-    import os
-
-    source = (req.controlnet or "").strip() or os.environ.get("DREAMSHOT_CONTROLNET", "").strip()
-    return source or ("demo" if vsvc.studio.models.status.is_demo else DEFAULT_CONTROLNET)
-
-
 def _pipeline(vsvc, control: str, controlnet_source: str | None):
     """img2img / ControlNet-img2img on the base pipeline's components (built once per kind).
     Callers hold the generation lock."""
@@ -250,30 +249,11 @@ def _pipeline(vsvc, control: str, controlnet_source: str | None):
     if control == "none":
         pipe = StableDiffusionImg2ImgPipeline(**parts)
     else:
-        pipe = StableDiffusionControlNetImg2ImgPipeline(controlnet=_load_controlnet(vsvc, controlnet_source), **parts)
+        net = controlnet.controls(vsvc.studio).controlnet(controlnet_source)
+        pipe = StableDiffusionControlNetImg2ImgPipeline(controlnet=net, **parts)
     pipe.set_progress_bar_config(disable=True)
     vsvc.restyle_pipes[key] = pipe
     return pipe
-
-
-def _load_controlnet(vsvc, source: str):
-    from diffusers import ControlNetModel
-
-    basep = base.base_pipeline(vsvc.studio)
-    if source == "demo":  # the demo model's: shaped for its UNet, zero convolutions (no steering)
-        base.clean_base(vsvc.gen)
-        net = ControlNetModel.from_unet(basep.unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
-    else:
-        local = Path(source).expanduser()
-        offline = hub_offline()
-        try:
-            net = ControlNetModel.from_pretrained(str(local) if local.exists() else source,
-                                                  local_files_only=local.exists() or offline)
-        except Exception as exc:
-            raise ModelLoadError(f"Cannot load the ControlNet {source!r} ({exc.__class__.__name__}); give a local "
-                                 f"diffusers folder with --controlnet DIR or a reachable Hub id "
-                                 f"(default {DEFAULT_CONTROLNET}).") from None
-    return net.to(basep.unet.device, dtype=basep.unet.dtype)
 
 
 def _finish(folder, frames_dir, info, decoded, size, settings, done_before) -> RestyleResult:
