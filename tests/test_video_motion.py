@@ -146,3 +146,28 @@ def test_stills_and_text_encoder_lora_are_refused(demo_model_dir, tmp_path):
         MotionTrainer(motion_config(stills, demo_model_dir, tmp_path / "a")).check_inputs()
     with pytest.raises(InvalidInput, match="--train-text-encoder"):
         MotionTrainer(motion_config(stills, demo_model_dir, tmp_path / "b", train_text_encoder=True)).check_inputs()
+
+
+def test_job_runner_trains_a_motion_run_on_the_labeled_clips_and_registers_it(studio, tmp_path):
+    from dreamshot.generate.loras import LoraLibrary
+    from labeling import labels, pool
+    from tests.test_label_clips import _ok_frames, write_video
+    from tests.test_train_jobs import wait_for
+    from training import jobs
+
+    video = write_video(tmp_path / "shots.mp4")
+    pool.run_import(studio, pool.ImportOptions(str(video), min_side=100, near_duplicate_distance=-1))
+    red, green, _ = _ok_frames(studio)
+    labels.record(studio, "ann", red.id, "close")
+    labels.record(studio, "ann", green.id, "close")
+    runner = jobs.TrainingRunner(studio, poll_s=0.2)
+    (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", {**FAST, "method": "motion"}))
+    wait_for(runner, lambda: runner.get(run.id).status not in ("queued", "running"))
+    done = runner.get(run.id)
+    assert done.status == "done", done.error
+    rows = [json.loads(line) for line in (done.output_dir / "data" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["frame_id"] for r in rows) == [red.id, green.id]
+    assert all(r["file_name"].endswith(".mp4") for r in rows)
+    assert "labeled close clip(s) for motion training" in (done.output_dir / "train.log").read_text()
+    (lora,) = LoraLibrary(studio).list()
+    assert (lora.kind, lora.method, lora.shot) == ("lora", "motion", "close")
