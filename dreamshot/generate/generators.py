@@ -116,6 +116,8 @@ def parse(text: str, default_alpha: float = 1.0) -> GeneratorSpec:
             fields[key] = match.group("name") if key == "name" else word
             if match.group("alpha") is not None or key == "method":
                 fields["alpha"] = _alpha(match.group("alpha"), default_alpha, part)
+    if "method" not in fields and "name" not in fields:
+        fields["alpha"] = 1.0       # no LoRA part: no α
     spec = GeneratorSpec(**fields)
     if base and not spec.is_base:
         raise InvalidInput(f"Generator {raw!r}: 'base' is the model without a LoRA or embedding; "

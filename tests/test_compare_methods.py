@@ -1,0 +1,204 @@
+"""Comparing two generators (issue 14, "Compare the methods"): the generator text form, its
+resolution against the library, an evaluation of two LoRA generators on the same captions and seeds,
+and a survey built from two generators whose Table 5 names them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from dreamshot import schema
+from dreamshot.errors import InvalidInput
+from dreamshot.evaluate import pairs, report
+from dreamshot.evaluate.pairs import EvalOptions
+from dreamshot.evaluate.service import service as evaluation
+from dreamshot.generate import generators, pngmeta
+from dreamshot.generate.loras import LoraLibrary
+from dreamshot.generate.request import ControlRequest
+from dreamshot.survey import results as survey_results
+from dreamshot.survey.service import QUESTIONS, service as surveys
+from tests.evaluate_fixtures import eval_studio, tiny_eval_models  # noqa: F401 (fixtures)
+from tests.generate_fixtures import gen_studio, lora_files  # noqa: F401 (fixtures)
+from tests.survey_helpers import ready_survey, small_spec
+
+FAST = dict(width=64, height=64, steps=2, batch=4, bootstrap=100, ablation=False, alpha_values=[0.0, 1.0],
+            alpha_subset=1)
+
+
+def add_full_loras(studio, lora_files) -> None:
+    """LoRAs registered as extracted from full fine-tunes (method "full"), rank 4, for close and medium."""
+    lib = LoraLibrary(studio)
+    lib.register(lora_files["medium"], name="close-full", shot="close", origin="trained", kind="lora",
+                 method="full", meta={"rank": 4})
+    lib.register(lora_files["close"], name="medium-full", shot="medium", origin="trained", kind="lora",
+                 method="full", meta={"rank": 4})
+
+
+# ---- the text form ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, canonical, label", [
+    ("base", "base", "Base"),
+    ("LoRA", "lora@0.7", "LoRA α=0.7"),                 # no @α: the default α
+    ("lora@0.8", "lora@0.8", "LoRA α=0.8"),
+    ("full@1", "full@1", "Full→LoRA α=1"),
+    ("ti", "ti", "TI"),
+    ("ti + lora@0.6", "ti+lora@0.6", "TI + LoRA α=0.6"),
+    ("lora@0.6+ti", "ti+lora@0.6", "TI + LoRA α=0.6"),
+    ("name:my-lora@0.9", "name:my-lora@0.9", "my-lora α=0.9"),
+    ("lora@0.8+canny", "lora@0.8+canny", "LoRA α=0.8 +canny"),
+    ("depth", "base+depth", "Base +depth"),
+])
+def test_parse_gives_a_canonical_text_and_a_label(text, canonical, label):
+    spec = generators.parse(text, default_alpha=0.7)
+    assert spec.text == canonical and generators.label(spec) == label
+    assert generators.parse(spec.text, 0.3) == spec                 # the canonical text reads back the same
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"),
+    ("base+lora", "'base' is the model without"),
+    ("lora+full", "more than one LoRA"),
+    ("ti@0.5", "only a LoRA part takes @α"),
+    ("lora@2", "α must be between 0 and 1.5"),
+    ("scribble", "Unknown generator part 'scribble'"),
+    ("canny+depth", "more than one control"),
+])
+def test_parse_refuses_bad_text_naming_the_part(text, message):
+    with pytest.raises(InvalidInput, match=message):
+        generators.parse(text)
+
+
+def test_resolve_per_shot_against_the_library(gen_studio, lora_files):
+    add_full_loras(gen_studio, lora_files)
+    lib = LoraLibrary(gen_studio)
+    lib.register(lora_files["close"], name="close-ti", shot="close", origin="trained", kind="embedding",
+                 token="<close-shot>")
+    entries = lib.list()
+    full = generators.resolve(generators.parse("full@1"), "close", entries)
+    assert full.lora.name == "close-full" and full.request_fields()["shot"] == "close-full"
+    lora = generators.resolve(generators.parse("lora@0.5"), "close", entries)
+    assert lora.request_fields() == {"shot": "close", "alpha": 0.5, "embedding": None, "control": None}
+    both = generators.resolve(generators.parse("ti+lora@0.6+canny"), "close", entries)
+    fields = both.request_fields("frame.png")
+    assert fields["shot"] == "close" and fields["embedding"] == "close-ti" and both.token == "<close-shot>"
+    assert fields["control"] == ControlRequest("canny", image="frame.png")
+    assert generators.label(generators.parse("full@1"), [full]) == "Full→LoRA r4 α=1"
+    base = generators.resolve(generators.parse("base"), "close", entries)
+    assert base.request_fields() == {"shot": None, "alpha": 1.0, "embedding": None, "control": None}
+    named = generators.resolve(generators.parse("name:close-ti"), "medium", entries)
+    assert named.embedding.name == "close-ti" and named.lora is None
+    with pytest.raises(InvalidInput, match="No textual-inversion embedding for the shot type 'medium' yet: "
+                                           "train one with --method ti"):
+        generators.resolve(generators.parse("ti"), "medium", entries)
+    with pytest.raises(InvalidInput, match="No full-fine-tune LoRA for the shot type 'long'"):
+        generators.resolve(generators.parse("full@1"), "long", entries)
+    with pytest.raises(InvalidInput, match="No library entry called 'nope'. Available: close, close-full"):
+        generators.resolve(generators.parse("name:nope"), "close", entries)
+    with pytest.raises(InvalidInput, match="two LoRAs"):
+        generators.resolve(generators.parse("name:close+full@1"), "close", entries)
+    with pytest.raises(InvalidInput, match="needs a reference frame"):
+        both.request_fields()
+    offered = generators.choices(entries, 0.8)
+    assert {"base", "lora@0.8", "full@0.8", "ti", "ti+lora@0.8", "base+canny", "name:close-ti"} <= set(offered)
+    with pytest.raises(InvalidInput, match="the same"):
+        generators.check_pair(generators.parse("lora@1"), generators.parse("lora"))
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def test_evaluation_compares_two_lora_generators_on_the_same_captions_and_seeds(
+        eval_studio, lora_files, tiny_eval_models, tmp_path, one_torch_thread):
+    from dreamshot.generate.service import GenerationRequest, service as generation
+
+    add_full_loras(eval_studio, lora_files)
+    options = EvalOptions(out=str(tmp_path / "eval"), clip_model=tiny_eval_models["clip"],
+                          dino_model=tiny_eval_models["dino"], pairs=2, a="lora@0.5", b="full@1", **FAST)
+    res = evaluation(eval_studio).run(options)
+    out = tmp_path / "eval"
+    lines = pairs.read_jsonl(out / "pairs.jsonl")
+    assert res["complete"] and len(lines) == 2 and {r["shot"] for r in lines} == {"close", "medium"}
+    for rec in lines:
+        a_text = pngmeta.read_parameters(out / rec["base_image"])
+        b_text = pngmeta.read_parameters(out / rec["tuned_image"])
+        for text in (a_text, b_text):                                                 # the same caption
+            assert text.split("\n")[0].split(" <lora:")[0] == rec["prompt"]
+        assert f"Seed: {rec['seed']}," in a_text and f"Seed: {rec['seed']}," in b_text  # and the same seed
+        assert f"<lora:{rec['shot']}:0.5>" in a_text and f"<lora:{rec['shot']}-full:1>" in b_text
+    first = next(r for r in lines if r["shot"] == "close")   # side A is exactly a lora@0.5 image of that seed
+    alone = generation(eval_studio).generate(GenerationRequest(
+        prompt=first["prompt"], shot="close", alpha=0.5, use_template=False, seed=first["seed"], width=64,
+        height=64, steps=2), save=False).images[0].image
+    assert np.abs(_pixels(out / first["base_image"]) - np.asarray(alone, dtype=np.int16)).max() <= 1
+    gens = res["generators"]
+    assert (gens["a"]["label"], gens["b"]["label"]) == ("LoRA α=0.5", "Full→LoRA r4 α=1")
+    assert gens["b"]["per_shot"]["medium"]["lora"] == "medium-full"
+    assert res["tables"]["table3"]["dino"]["overall"]["n"] == 2
+    assert set(res["tables"]["table3"]["judged_as_requested"]["overall"]) >= {"base", "tuned"}
+    assert [a["alpha"] for a in res["alpha_curve"]] == [0.0, 1.0]          # B's α curve
+    text = report.markdown(res)
+    assert "**A**: LoRA α=0.5 · **B**: Full→LoRA r4 α=1" in text and "| A: LoRA α=0.5 | B: Full→LoRA r4 α=1 |" in text
+    assert "B = Full→LoRA r4 α=1 at each α" in text
+    with pytest.raises(InvalidInput, match=r"other settings \(generators\)"):     # resume never mixes specs
+        evaluation(eval_studio).run(EvalOptions(**{**options.__dict__, "a": "base"}))
+    assert "generators" not in EvalOptions(out="x").generation_key()       # default runs resume as before
+
+
+def test_evaluation_refuses_a_generator_a_shot_cannot_serve(eval_studio, tiny_eval_models, tmp_path):
+    options = EvalOptions(out=str(tmp_path / "e"), clip_model=tiny_eval_models["clip"],
+                          dino_model=tiny_eval_models["dino"], pairs=2, b="full@1", **FAST)
+    with pytest.raises(InvalidInput, match="No shot type can be evaluated with A = base and B = full@1: "
+                                           "No full-fine-tune LoRA"):
+        evaluation(eval_studio).run(options)
+    with pytest.raises(InvalidInput, match="No full-fine-tune LoRA for the shot type 'close'"):
+        evaluation(eval_studio).run(EvalOptions(**{**options.__dict__, "shots": ["close"]}))
+    assert not (tmp_path / "e").exists()
+
+
+# ---- survey -------------------------------------------------------------------------------------------
+
+def test_survey_of_two_generators_labels_table5_by_generator(gen_studio, lora_files, one_torch_thread):
+    add_full_loras(gen_studio, lora_files)
+    svc = surveys(gen_studio)
+    info = svc.build(small_spec(name="methods", pairs=2, per_participant=2, a="lora@0.5", b="full@1"))
+    assert info.ready == 2 and "A = LoRA α=0.5 vs B = Full→LoRA r4 α=1" in info.line()
+    P = schema.survey_pairs
+    with gen_studio.db.read() as conn:
+        rows = conn.execute(sa.select(P).where(P.c.survey_id == info.id)).all()
+    for row in rows:
+        assert row.meta["generators"]["a"]["lora"] == row.shot and row.lora_name == f"{row.shot}-full"
+        assert f"<lora:{row.shot}:0.5>" in row.base_parameters and f"<lora:{row.shot}-full:1>" in row.lora_parameters
+        assert f"Seed: {row.seed}," in row.base_parameters and f"Seed: {row.seed}," in row.lora_parameters
+    svc.set_state("methods", "open")
+    token = svc.join("methods", "", "198.51.100.7")
+    while not (view := svc.view(token))["finished"]:
+        for q in QUESTIONS:                  # always the picture on the left, wherever B was shown
+            ack = svc.answer(token, view["slot"], view["pair_id"], q, "A", "198.51.100.7")
+    assert ack["sides"] == {"base": "LoRA α=0.5", "lora": "Full→LoRA r4 α=1"}    # revealed after the pair
+    res = survey_results.results(gen_studio, "methods")
+    table = res.markdown()
+    assert "| question | % LoRA α=0.5 (A) | % Full→LoRA r4 α=1 (B) | % neither |" in table
+    assert "sign test: Full→LoRA r4 α=1 (B) vs LoRA α=0.5 (A)" in table
+    like = res.overall[0]
+    exported = survey_results.export_rows(gen_studio, "methods")
+    for row in exported:
+        assert row["preferred"] == {"lora": "Full→LoRA r4 α=1", "base": "LoRA α=0.5"}[row["choice"]]
+    assert like.shares["lora"].count == sum(r["choice"] == "lora" and r["question"] == "like" and r["round"] == 0
+                                            for r in exported)
+
+
+def test_old_surveys_read_as_before_and_controlnet_needs_frames(gen_studio):
+    ready_survey(gen_studio, name="old")           # settings without generators: built before them
+    table = survey_results.results(gen_studio, "old").markdown()
+    assert "| question | % baseline | % fine-tuned | % neither |" in table and "(A)" not in table
+    with pytest.raises(InvalidInput, match="ControlNet image from a held-out frame"):
+        surveys(gen_studio).create(small_spec(name="cn", b="lora@1+canny"))
+    with pytest.raises(InvalidInput, match="No full-fine-tune LoRA for the shot type 'close'"):
+        surveys(gen_studio).create(small_spec(name="full", b="full@1"))
+    assert surveys(gen_studio).list() == [surveys(gen_studio).info("old")]
