@@ -75,6 +75,10 @@ class TrainConfig:
     extract_rank: int = _f(64, "rank of the LoRA extracted from the fine-tuned UNet", lo=1, hi=4096)
     freeze_non_lora: bool = _f(False, "freeze what a LoRA cannot carry (biases, norms, conv_in/out, time "
                                "embedding); off trains every UNet weight, as kohya does")
+    # ---- motion (--method motion: shot LoRAs on clips, training/motion.py) ---------------------
+    motion_adapter: str = _f("", "AnimateDiff motion adapter, a Hub id or folder (default as the Video tab: "
+                             "$DREAMSHOT_MOTION_ADAPTER, 'demo' on the demo model, else guoyww v1-5-3)")
+    clip_frames: int = _f(8, "frames sampled evenly from each training clip", lo=2, hi=32)
     # ---- optimisation -------------------------------------------------------------------------
     optimizer: str = _f("adamw", "adamw (fused on CUDA) or adamw8bit (needs bitsandbytes)", choices=OPTIMIZERS)
     learning_rate: float = _f(1e-4, "AdamW learning rate", lo=1e-8, hi=1.0, gt=0)
