@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from dreamshot.errors import InvalidInput, ModelLoadError
 from dreamshot.generate import control as ctl
+from dreamshot.generate.control_models import controls
 from dreamshot.generate import pngmeta
 from dreamshot.generate.request import ControlRequest, check_inputs
 from dreamshot.generate.service import service
@@ -57,7 +58,7 @@ def test_scribble_is_white_strokes_on_black_whatever_was_drawn():
 
 def test_depth_map_comes_from_the_depth_model_loaded_once(cstudio, control_models, monkeypatch):
     monkeypatch.setenv(ctl.DEPTH_ENV, control_models["depth"])
-    models = ctl.controls(cstudio)
+    models = controls(cstudio)
     depth = models.prepare(ctl.check_control(ControlRequest("depth", reference(1, 96))), 64, 48)
     arr = np.asarray(depth)
     assert depth.size == (64, 48) and np.array_equal(arr[..., 0], arr[..., 2]) and arr.std() > 0
@@ -99,12 +100,12 @@ def test_control_image_steers_scale_zero_is_no_control_and_start_end_apply(cstud
     assert diff(svc.generate(with_control(control_models, end=0.1), save=False), plain) < 0.5   # acts on no step
     late = svc.generate(with_control(control_models, start=0.5), save=False)
     assert diff(late, plain) > 0.5 and diff(late, steered) > 0.5
-    assert svc.pipe.unet is ctl.controls(cstudio).pipeline(control_models["controlnet"]).unet   # shared weights
+    assert svc.pipe.unet is controls(cstudio).pipeline(control_models["controlnet"]).unet   # shared weights
 
 
 def test_demo_controlnet_is_the_default_on_the_demo_model_and_steers(cstudio):
     svc = service(cstudio)
-    assert ctl.controls(cstudio).source("scribble") == ctl.DEMO
+    assert controls(cstudio).source("scribble") == ctl.DEMO
     sketch = Image.new("RGB", (64, 64), "white")
     ImageDraw.Draw(sketch).ellipse((8, 8, 56, 56), outline="black", width=4)
     drawn = svc.generate(fast(control=ControlRequest("scribble", sketch)), save=False)
@@ -228,7 +229,7 @@ def test_video_restyle_depth_uses_the_same_loader_and_depth_model(cstudio, contr
     depth, canny = run("depth", control="depth"), run("canny", control="canny", controlnet=control_models["controlnet"])
     saved = json.loads((depth.folder / "restyle.json").read_text())["settings"]
     assert saved["controlnet"] == control_models["controlnet"] and saved["depth_model"] == control_models["depth"]
-    models = ctl.controls(cstudio)
+    models = controls(cstudio)
     assert models.depth() is models.depth(control_models["depth"])        # Generate's depth model, loaded once
     frames = lambda r: arrays([im for _, im in media.read_frames(r.video)])  # noqa: E731
     assert np.abs(frames(depth) - frames(canny)).mean() > 1.0

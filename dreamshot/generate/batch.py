@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 
 from dreamshot.generate import control as controlnet
+from dreamshot.generate.control_models import controls
 from dreamshot.generate.pngmeta import format_number
 from dreamshot.generate.request import GenerationRequest
 from dreamshot.generate.results import GeneratedImage
@@ -131,7 +132,7 @@ class BatchRun:
         self.done = 0
         self.saved_seeds: list = []
         self.groups = len(groups([r.request for r in results], [(r.prompt, r.loras) for r in results]))
-        self.models = controlnet.controls(svc.studio) if any(r.request.control for r in results) else None
+        self.models = controls(svc.studio) if any(r.request.control for r in results) else None
         self.sources: dict = {}
         made: dict = {}
         for result in results:   # load the ControlNets and make the control images before the lock

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from dreamshot.errors import InvalidInput
 from dreamshot.generate import control as controlnet
+from dreamshot.generate.control_models import controls
 from dreamshot.video import base, media, metrics
 
 CONTROLS = ("none", "canny", "depth")
@@ -107,7 +108,7 @@ def run(vsvc, req: RestyleRequest, job=None) -> RestyleResult:
     total = min(info.frames, int(req.max_frames)) if req.max_frames else info.frames
     size = fit_inside(info.width, info.height, greq.width, greq.height)
     prompt, mix = vsvc.shot_prompt(greq.shot, greq.prompt, greq.use_template, greq.alpha)
-    models = controlnet.controls(vsvc.studio)
+    models = controls(vsvc.studio)
     source = models.source(control, req.controlnet) if control != "none" else None
     depth = models.depth_source() if control == "depth" else None
     if source:   # a missing ControlNet or depth model is refused before any folder is written
@@ -201,7 +202,7 @@ def _chunk(vsvc, pending, prompt, mix, control, settings, req, greq, frames_dir,
         if control == "canny":
             kwargs["control_image"] = [controlnet.canny(im) for _, im in pending]
         elif control == "depth":
-            models = controlnet.controls(vsvc.studio)
+            models = controls(vsvc.studio)
             kwargs["control_image"] = controlnet.depth_maps(models.depth(settings["depth_model"]),
                                                             [im for _, im in pending])
         with warnings.catch_warnings():
@@ -249,7 +250,7 @@ def _pipeline(vsvc, control: str, controlnet_source: str | None):
     if control == "none":
         pipe = StableDiffusionImg2ImgPipeline(**parts)
     else:
-        net = controlnet.controls(vsvc.studio).controlnet(controlnet_source)
+        net = controls(vsvc.studio).controlnet(controlnet_source)
         pipe = StableDiffusionControlNetImg2ImgPipeline(controlnet=net, **parts)
     pipe.set_progress_bar_config(disable=True)
     vsvc.restyle_pipes[key] = pipe
