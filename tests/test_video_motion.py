@@ -69,7 +69,8 @@ def trained(clip_folder, demo_model_dir, tmp_path_factory):
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("motion-run") / "run"
-    trainer = MotionTrainer(motion_config(clip_folder, demo_model_dir, out, learning_rate=5e-2, max_steps=3))
+    trainer = MotionTrainer(motion_config(clip_folder, demo_model_dir, out, learning_rate=5e-2, max_steps=3,
+                                              clip_frames=4))
     trainer.check_inputs()
     trainer.setup()
     before = motion_params(trainer.unet)
@@ -91,12 +92,13 @@ def test_motion_run_logs_loss_saves_both_formats_and_keeps_motion_modules(traine
     events = [json.loads(line) for line in (out / "status.jsonl").read_text().splitlines()]
     steps = [e for e in events if e["event"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3] and all("loss" in e for e in steps)
-    assert any(e["event"] == "motion" and e["clip_frames"] == 8 and e["adapter"] == "demo" for e in events)
+    assert any(e["event"] == "motion" and e["clip_frames"] == 4 and e["adapter"] == "demo" for e in events)
     # validation clips (GIFs of the clip length) at the end
     done = next(e for e in events if e["event"] == "validation" and e["final"])
     from PIL import Image
 
-    assert Image.open(out / done["images"][0]).n_frames == 8
+    assert Image.open(out / done["images"][0]).n_frames == 4
+    assert len(list((out / "clip-frames" / "00000").glob("*.png"))) == 4
     state = load_file(str(out / "pytorch_lora_weights.safetensors"))
     assert state and not any("motion_modules" in k for k in state)
     assert all("attn2" in k for k in state)

@@ -56,7 +56,7 @@ def motion_adapter_source(config) -> str:
     from dreamshot.demo_model import is_demo_model
     from dreamshot.video.clip import DEFAULT_MOTION_ADAPTER, DEMO
 
-    chosen = (getattr(config, "motion_adapter", "") or os.environ.get("DREAMSHOT_MOTION_ADAPTER", "")).strip()
+    chosen = (config.motion_adapter or os.environ.get("DREAMSHOT_MOTION_ADAPTER", "")).strip()
     if chosen:
         return chosen
     base = Path(config.base_model)
@@ -64,7 +64,7 @@ def motion_adapter_source(config) -> str:
 
 
 def clip_frames(config) -> int:
-    n = int(getattr(config, "clip_frames", 0) or DEFAULT_CLIP_FRAMES)
+    n = int(config.clip_frames or DEFAULT_CLIP_FRAMES)
     if not 2 <= n <= MAX_CLIP_FRAMES:
         raise InvalidInput(f"--clip-frames must be between 2 and {MAX_CLIP_FRAMES} (got {n}).")
     return n
