@@ -198,13 +198,21 @@ class EvaluateService:
 
     # -- scoring --------------------------------------------------------------------------------------
     def _judge(self, options: EvalOptions, clip, classes: list[str], exclude: set[int]):
+        return self.shot_judge(clip, classes, kind=options.judge, min_per_class=options.min_labels,
+                               seed=options.seed, exclude=exclude)
+
+    def shot_judge(self, clip, classes: list[str], *, kind: str = "auto", min_per_class: int = judges.MIN_PER_CLASS,
+                   seed: int = 0, exclude: set[int] = frozenset()):
+        """(judge, class text features): the studio's shot-type judge over ``classes`` with ``clip`` - the
+        linear probe on its labeled frames when every class has ``min_per_class`` (else zero-shot; see
+        ``judge.build_judge``). Public: the Video feature's automatic transitions use it too."""
         from labeling.captions.sources import frame_image
         from labeling.labels import final_labels
 
         project = self.studio.project
         texts = clip.text_features(list(judges.shot_texts({c: project.shot_phrase(c) for c in classes}).values()))
         labeled = [(fid, s) for fid, s in sorted(final_labels(self.studio).items()) if s in classes and fid not in exclude]
-        rng = np.random.default_rng(options.seed)
+        rng = np.random.default_rng(seed)
         picked = []
         for c in classes:
             ids = [fid for fid, s in labeled if s == c]
@@ -219,8 +227,7 @@ class EvaluateService:
                 except (OSError, ValueError):
                     continue
             feats = clip.image_features(images) if images else None
-        return judges.build_judge(options.judge, classes, texts, feats, labels,
-                                  min_per_class=options.min_labels, seed=options.seed), texts
+        return judges.build_judge(kind, classes, texts, feats, labels, min_per_class=min_per_class, seed=seed), texts
 
     def _finish(self, out, options, sides: Sides, clip, dino, items, notes, stopped) -> dict:
         done_pairs = pairs.finished(out, pairs.PAIRS)
