@@ -104,6 +104,8 @@ def test_studio_set_is_exported_trained_and_registered_one_run_at_a_time(runner,
     assert list(library) == [done["close"].name]
     close = library[done["close"].name]
     assert close.run_id == done["close"].id and close.origin == "trained" and close.path.is_file()
+    assert (close.kind, close.method, close.format) == ("lora", "lora", "diffusers")
+    assert done["close"].result["method"] == "lora" and done["close"].method == "lora"
     assert close.base_model == studio.models.status.source
     assert close.meta["kohya_file"].endswith(".safetensors")
     assert done["close"].result["files"]["kohya"] == close.meta["kohya_file"]
@@ -209,7 +211,7 @@ def test_settings_come_from_the_project_and_live_in_config_json_only(runner, stu
     assert cfg.prompts()[0] == studio.project.prompt("close_up", "a woman in a red coat standing in the rain")
     with studio.db.read() as conn:
         stored = conn.execute(sa.select(schema.training_runs.c.config)).scalar_one()
-    assert stored == {"source": "folder", "rank": 8, "alpha": 4.0, "learning_rate": 1e-4, "resolution": 32,
+    assert stored == {"source": "folder", "method": "lora", "rank": 8, "alpha": 4.0, "learning_rate": 1e-4, "resolution": 32,
                       "batch_size": 1}  # a summary for the history; the settings are in config.json
 
 

@@ -190,4 +190,4 @@ def test_the_history_refreshes_when_a_run_changes(handlers):
     handlers.runner.cancel(handlers.runs[2].id)
     out = handlers.refresh(out[6].value, again[7], None)
     assert [row[3] for row in out[5]] == ["cancelled", "queued", "queued"]
-    assert out[5][0][5] == "smoke · r4 α4 · lr 0.0001 · 64px · b1"
+    assert out[5][0][5] == "LoRA r4 α4 · smoke · lr 0.0001 · 64px · b1"
