@@ -202,3 +202,65 @@ def test_old_surveys_read_as_before_and_controlnet_needs_frames(gen_studio):
     with pytest.raises(InvalidInput, match="No full-fine-tune LoRA for the shot type 'close'"):
         surveys(gen_studio).create(small_spec(name="full", b="full@1"))
     assert surveys(gen_studio).list() == [surveys(gen_studio).info("old")]
+
+
+# ---- an embedding and a ControlNet generator (textual inversion and ControlNet in generation) --------------
+
+def add_embedding(studio, folder, shot: str = "close", seed: int = 0) -> str:
+    """A random textual-inversion embedding for ``shot`` (A1111 ``emb_params``, the demo text width)."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = folder / f"{shot}-ti.safetensors"
+    token = f"<{shot}-shot>"
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(seed)) * 2.0
+    save_file({"emb_params": vectors}, str(path), metadata={"token": token, "shot": shot, "method": "ti"})
+    LoraLibrary(studio).register(path, name=f"{shot}-ti", shot=shot, origin="trained", kind="embedding",
+                                 token=token)
+    return token
+
+
+def test_evaluation_of_an_embedding_against_a_lora_with_controlnet(eval_studio, tiny_eval_models, tmp_path,
+                                                                   one_torch_thread):
+    token = add_embedding(eval_studio, tmp_path)
+    options = EvalOptions(out=str(tmp_path / "eval"), clip_model=tiny_eval_models["clip"],
+                          dino_model=tiny_eval_models["dino"], pairs=1, shots=["close"], a="ti",
+                          b="lora@0.8+canny", **{**FAST, "ablation": True})
+    res = evaluation(eval_studio).run(options)
+    out = tmp_path / "eval"
+    assert res["complete"] and res["pairs_done"] == 2
+    assert (res["generators"]["a"]["label"], res["generators"]["b"]["label"]) == ("TI", "LoRA α=0.8 +canny")
+    for rec in pairs.read_jsonl(out / "pairs.jsonl"):
+        a_text = pngmeta.read_parameters(out / rec["base_image"])
+        b_text = pngmeta.read_parameters(out / rec["tuned_image"])
+        assert f"Seed: {rec['seed']}," in a_text and f"Seed: {rec['seed']}," in b_text
+        assert 'TI hashes: "close-ti:' in a_text and "<lora:" not in a_text and "ControlNet" not in a_text
+        assert "<lora:close:0.8>" in b_text and 'ControlNet 0: "Module: canny' in b_text
+        if rec["ablation"]:       # no shot words in the prompt: no token either
+            assert a_text.startswith(rec["prompt"] + "\n")
+        else:                     # the token where the shot words stand; CLIP-T scores the words
+            assert a_text.startswith(rec["prompt"].replace("close shot", token) + "\n")
+    assert res["generators"]["a"]["per_shot"]["close"]["token"] == token
+    assert res["alpha_curve"] and "B = LoRA α=0.8 +canny at each α" in report.markdown(res)
+
+
+def test_survey_of_an_embedding_against_base_with_controlnet(gen_studio, tmp_path, one_torch_thread):
+    from tests.evaluate_fixtures import add_held_out
+
+    token = add_embedding(gen_studio, tmp_path)
+    add_held_out(gen_studio, 2, shots=("close",))
+    svc = surveys(gen_studio)
+    spec = small_spec(name="ti-cn", pairs=2, per_participant=1, prompts=None, a="base+canny", b="ti")
+    spec.shots = ["close"]
+    info = svc.build(spec)
+    assert info.ready == 2 and "A = Base +canny vs B = TI" in info.line()
+    P = schema.survey_pairs
+    with gen_studio.db.read() as conn:
+        rows = conn.execute(sa.select(P).where(P.c.survey_id == info.id)).all()
+    for row in rows:
+        assert row.frame_id is not None and row.meta["generators"]["b"]["prompt"] == row.prompt.replace(
+            "close shot", token)
+        assert 'ControlNet 0: "Module: canny' in row.base_parameters and "TI hashes" not in row.base_parameters
+        assert row.lora_parameters.startswith(row.meta["generators"]["b"]["prompt"] + "\n")
+        assert 'TI hashes: "close-ti:' in row.lora_parameters and "ControlNet" not in row.lora_parameters
+    assert "| question | % Base +canny (A) | % TI (B) |" in survey_results.results(gen_studio, "ti-cn").markdown()
