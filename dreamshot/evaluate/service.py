@@ -3,9 +3,9 @@
 ``service(studio).run(EvalOptions(out=...), progress=fn)``:
 
 1. resolve the two generators (side A ``options.a``, default the base model; side B ``options.b``,
-   default the shot's LoRA at α; see ``sides.py``) for each shot type, load CLIP and DINO (a bad model id fails before any
-   image is made), read the held-out frames and refuse frames used for training (unless
-   ``allow_contaminated``; the results then say so);
+   default the shot's LoRA at α; see ``sides.py``) for each shot type, load CLIP and DINO (a bad
+   model id fails before any image is made), read the held-out frames and refuse frames used for
+   training (unless ``allow_contaminated``; the results then say so);
 2. fix the plan (``OUT/plan.json``; a resumed run must use the same generation settings);
 3. generate what is missing through the generation service, a chunk at a time, each image saved
    with its A1111 parameters and a line appended to ``pairs.jsonl`` / ``alpha.jsonl`` (this

@@ -261,7 +261,8 @@ def insert_pairs(conn, survey_id: int, plan: list, spec: SurveySpec, sides: dict
             seed=rng.randint(0, MAX_SEED), alpha=b.alpha, lora_name=b.lora.name if b.lora is not None else None,
             status="pending", created_at=now(),
             meta={"taxonomy": taxonomy.name, "template": template,
-                  "generators": {side: side_record(sides[side][shot], shot, caption, template) for side in ("a", "b")}}))
+                  "generators": {side: side_record(sides[side][shot], shot, caption, template)
+                                 for side in ("a", "b")}}))
 
 
 def pair_requests(studio, survey_id: int, row, settings: dict) -> tuple:

@@ -128,6 +128,18 @@ class SurveyAdminHandlers:
         return f"{'Excluded' if exclude else 'Included'} {token.strip()} (votes kept)."
 
 
+def generator_fields() -> tuple:
+    """The build form's generator A and B (the library's offer filled in on page load; free text too)."""
+    with gr.Row():
+        gen_a = gr.Dropdown([generators.DEFAULT_A], value=generators.DEFAULT_A, allow_custom_value=True,
+                            label="Generator A", elem_id="survey-gen-a",
+                            info="base, lora@0.8, full@1, ti, ti+lora@0.6, name:<library name>@α, +canny/+depth")
+        gen_b = gr.Dropdown([generators.DEFAULT_B], value=generators.DEFAULT_B, allow_custom_value=True,
+                            label="Generator B", elem_id="survey-gen-b",
+                            info="participants see A and B on random sides; results name them")
+    return gen_a, gen_b
+
+
 def build_admin(studio, demo: gr.Blocks) -> None:
     h = SurveyAdminHandlers(studio)
     taxonomy = studio.project.taxonomy()
@@ -140,13 +152,7 @@ def build_admin(studio, demo: gr.Blocks) -> None:
                 pairs = gr.Number(72, label="Pairs in the pool", precision=0)
                 per = gr.Number(36, label="Pairs per participant", precision=0)
                 alpha = gr.Slider(0.05, 1.5, value=1.0, step=0.05, label="LoRA α (parts without @α)")
-            with gr.Row():
-                gen_a = gr.Dropdown([generators.DEFAULT_A], value=generators.DEFAULT_A, allow_custom_value=True,
-                                    label="Generator A", elem_id="survey-gen-a",
-                                    info="base, lora@0.8, full@1, ti, ti+lora@0.6, name:<library name>@α, +canny/+depth")
-                gen_b = gr.Dropdown([generators.DEFAULT_B], value=generators.DEFAULT_B, allow_custom_value=True,
-                                    label="Generator B", elem_id="survey-gen-b",
-                                    info="participants see A and B on random sides; results name them")
+            gen_a, gen_b = generator_fields()
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Prompts from")
             prompts = gr.Textbox(label="Pasted prompts (one per line; 'shot | caption' keeps the shot)", lines=4)
             frames = gr.Textbox(label="Held-out frame ids (optional, comma-separated; default: all captioned test frames)")
