@@ -118,7 +118,7 @@ def _save_and_print(svc, result, out: Path | None) -> int:
     print(f"{result.folder / 'clip.mp4'}\n{result.folder / 'clip.gif'}\n"
           f"{result.request.frames} frames at {result.request.fps:g} fps, seed {result.request.seed}")
     if result.judged_shots:
-        print("judged shot per frame: " + " ".join(result.judged_shots))
+        print(f"judge: {result.judge}\njudged shot per frame: " + " ".join(result.judged_shots))
     return 0
 
 

@@ -152,7 +152,7 @@ class VideoHandlers:
         info = (f"**{req.shot} → {req.to_shot}**, {result.request.frames} frames, seed {result.request.seed}; "
                 "share of the 'to' LoRA per frame: " + " ".join(f"{x:.2f}" for x in result.t))
         if result.judged_shots:
-            info += (f"\n\nJudged shot per frame ({getattr(judge, 'description', 'judge')}, after "
+            info += (f"\n\nJudged shot per frame ({result.judge}, after "
                      f"{len(result.history)} rounds): " + " ".join(result.judged_shots))
         return self._shown(result, info)
 

@@ -83,6 +83,7 @@ class ClipResult:
     t: list | None = None                 # transition: share of the target shot per frame
     judged: list | None = None            # automatic mode: judge's probabilities per frame
     history: list = field(default_factory=list)   # automatic mode: (t, judged share) per round
+    judge: str | None = None              # automatic mode: which judge (probe or zero-shot, its CLIP)
     seconds: float = 0.0
     folder: Path | None = None
 
@@ -222,7 +223,8 @@ class VideoService:
             if round_index < total - 1:
                 t = schedule.steer(t, target, share)
         result = ClipResult(req, prompt, frames, self.parameters(req, prompt, mix, t), t=t, judged=judged,
-                            history=history, seconds=time.perf_counter() - t0)
+                            history=history, seconds=time.perf_counter() - t0,
+                            judge=getattr(judge, "description", "custom judge") if judge is not None else None)
         if save:
             save_clip(result, self.output_folder(req.seed))
         return result
@@ -309,7 +311,7 @@ def save_clip(result: ClipResult, folder: Path) -> ClipResult:
     media.write_gif(result.frames, result.request.fps, folder / "clip.gif", comment=result.parameters)
     (folder / "clip.txt").write_text(result.parameters + "\n", encoding="utf-8")
     info = {"parameters": result.parameters, "request": dataclasses.asdict(result.request),
-            "prompt": result.prompt, "t": result.t, "judged_shots": result.judged_shots,
+            "prompt": result.prompt, "t": result.t, "judge": result.judge, "judged_shots": result.judged_shots,
             "judged": result.judged, "rounds": result.history, "seconds": round(result.seconds, 3)}
     (folder / "clip.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     result.folder = folder
