@@ -311,6 +311,7 @@ def test_runner_puts_each_method_in_the_library_and_the_history(studio, tmp_path
     assert full.meta["rank"] == 8 and 0 < full.meta["mean_error"] <= full.meta["max_error"]
     assert full.meta["delta_file"].endswith("unet_delta.safetensors")
     assert runs["full"].result["extraction"]["layers"] == 79
+    assert "<b>#2 close</b> · TI · done" in views.bar_html(runner.progress(made["ti"].id))
     rows = {row[0]: row[5] for row in views.history_rows(runner.list_runs())}
     assert rows[made["ti"].id].startswith("TI <close-shot> ×2 · smoke · lr 0.005")
     assert rows[made["full"].id].startswith("Full (adamw) → LoRA r8 · smoke")
@@ -323,11 +324,13 @@ def test_train_tab_method_fields_and_form(studio, monkeypatch):
 
     monkeypatch.setattr(jobs.TrainingRunner, "start", lambda self: self)
     ui = tab.TrainHandlers(studio)
-    ti_box, full_box, lr = ui.method_fields("ti", "smoke")
+    ti_box, full_box, lr, *lora_only = ui.method_fields("ti", "smoke")
     assert (ti_box.visible, full_box.visible, lr) == (True, False, 5e-3)
-    ti_box, full_box, lr = ui.method_fields("full", "paper")
+    assert len(lora_only) == len(tab.LORA_ONLY) and not any(u["visible"] for u in lora_only)
+    ti_box, full_box, lr, *_ = ui.method_fields("full", "paper")
     assert (ti_box.visible, full_box.visible, lr) == (False, True, 5e-6)
-    assert ui.method_fields("lora", "paper")[2] == 1e-4
+    ti_box, full_box, lr, *lora_only = ui.method_fields("lora", "paper")
+    assert (ti_box.visible, full_box.visible, lr) == (False, False, 1e-4) and all(u["visible"] for u in lora_only)
 
     endpoint = tab.start_endpoint(ui)
     names = list(inspect.signature(endpoint).parameters)

@@ -44,6 +44,9 @@ FOLLOW_LOG_JS = """() => { setTimeout(() => {
 }, 60); }"""
 
 
+LORA_ONLY = ("rank", "alpha", "target", "train_text_encoder")  # hidden for the other methods
+
+
 class TrainHandlers:
     """The tab's handlers: named inputs in, outputs out; each checks the caller is an admin."""
 
@@ -68,9 +71,11 @@ class TrainHandlers:
         return [getattr(cfg, name) for name in PARAM_NAMES]
 
     def method_fields(self, method: str, preset: str):
-        """Show the chosen method's own fields; the learning rate that suits it (on the preset)."""
+        """Show the chosen method's own fields (and the LoRA-only parameters only for a LoRA); the
+        learning rate that suits the method (on the preset)."""
         cfg = tconfig.preset(preset if preset in tconfig.PRESETS else "paper", method=method)
-        return gr.Column(visible=method == "ti"), gr.Column(visible=method == "full"), cfg.learning_rate
+        lora_only = [gr.update(visible=method == "lora") for _ in LORA_ONLY]
+        return gr.Column(visible=method == "ti"), gr.Column(visible=method == "full"), cfg.learning_rate, *lora_only
 
     def start(self, form: TrainForm, request: gr.Request):
         """Queue one run per shot type; the view follows the queue from the first one."""
@@ -258,7 +263,8 @@ def build(studio, demo: gr.Blocks) -> None:
     # Quick actions: an error shows as a toast, not as an overlay on the table and the run picker.
     quiet = dict(show_progress="hidden")
     method = methods.inputs[0]
-    method_outputs = [methods.boxes["ti"], methods.boxes["full"], params[PARAM_NAMES.index("learning_rate")]]
+    method_outputs = [methods.boxes["ti"], methods.boxes["full"], params[PARAM_NAMES.index("learning_rate")],
+                      *[params[PARAM_NAMES.index(name)] for name in LORA_ONLY]]
     preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset").then(
         guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")
     method.change(guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")

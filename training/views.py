@@ -170,7 +170,8 @@ def bar_html(p: Progress) -> str:
     loss = f" · loss {p.losses[-1][1]:.4f}" if p.losses else ""
     phase = f" ({html.escape(p.phase)})" if p.run.status == RUNNING and p.phase else ""
     return (f"<div class='train-progress' data-status='{p.run.status}' data-step='{p.step}' data-total='{total}'>"
-            f"<b>#{p.run.id} {html.escape(p.run.shot)}</b> · {p.run.status}{phase} · step {p.step} / {total} · "
+            f"<b>#{p.run.id} {html.escape(p.run.shot)}</b> · {METHOD_LABELS.get(p.run.method, p.run.method)} · "
+            f"{p.run.status}{phase} · step {p.step} / {total} · "
             f"{speed} · ETA {eta}{loss}"
             f"<div style='background:#ddd;border-radius:4px;height:14px;margin-top:4px'>"
             f"<div style='background:#e8a33d;width:{pct:.1f}%;height:14px;border-radius:4px'></div></div></div>")
