@@ -119,7 +119,7 @@ class LoraLibrary:
         with self.db.read() as conn:
             row = conn.execute(sa.select(schema.loras).where(schema.loras.c.name == name)).first()
         if row is None:
-            raise NotFound(f"No LoRA called {name!r}.")
+            raise NotFound(f"No LoRA or embedding called {name!r}.")
         return self._row_to_info(row)
 
     def remove(self, name: str) -> None:
