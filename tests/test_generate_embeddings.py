@@ -199,3 +199,22 @@ def test_tab_handlers_list_choose_and_restore_embeddings(studio, ti_file):
     form, note = h.read_png(shown.gallery[0][0])
     assert (form.embedding, form.shot, form.prompt, note) == ("close_ti", "none", "a man on a bridge",
                                                               "Settings restored.")
+
+
+def test_a1111_ti_hashes_are_read_by_name_or_hash():
+    from dataclasses import replace
+
+    from dreamshot.generate.loras import LoraInfo
+    from dreamshot.generate.params import request_from_parameters
+    from dreamshot.shots import get_taxonomy
+
+    text = ("masterpiece, easynegative, a lighthouse\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, "
+            'Size: 512x512, TI hashes: "EasyNegative: c74b4e810b03, other: 0123456789ab", Version: v1.6.0')
+    info = LoraInfo(1, "easy", None, None, "a1111", "uploaded", None, "c74b4e810b03" + "0" * 52, None, {},
+                    kind="embedding", method="ti", token="easynegative")
+    req, notes = request_from_parameters(text, [], get_taxonomy(None), [info])
+    assert req.embedding == "easy" and req.prompt.startswith("masterpiece, easynegative")   # found by its hash
+    assert notes == ["Embedding 'other' is not in this studio's library; it was left out."]
+    renamed = replace(info, name="EasyNegative", sha256="f" * 64)
+    req, notes = request_from_parameters(text, [], get_taxonomy(None), [renamed])
+    assert req.embedding == "EasyNegative" and "the library's file differs" in notes[0]
