@@ -280,6 +280,22 @@ def test_full_finetune_resumes_and_reports_what_the_lora_cannot_carry(tmp_path, 
     assert summary["rank"] == 4 and 0 < summary["mean_error"] <= summary["max_error"] < 1
 
 
+@pytest.mark.parametrize("method", ["ti", "full"])
+def test_methods_train_in_mixed_precision_with_prior_preservation(tmp_path, imagefolder, demo_model_dir, method):
+    """bf16 (the CPU's mixed precision; a GPU's fp16 takes the same path): the trained part stays fp32,
+    the frozen ones do not, and the class images are generated under autocast."""
+    import numpy as np
+
+    from training.trainer import train
+
+    out, classes = tmp_path / "run", tmp_path / "class"
+    result = train(smoke(imagefolder, demo_model_dir, out, method=method, max_steps=2, mixed_precision="bf16",
+                         gradient_checkpointing=True, prior_preservation=True, class_dir=str(classes),
+                         num_class_images=1, extract_rank=2))
+    assert result.status == "done" and all(np.isfinite(result.losses))
+    assert [p.name for p in classes.iterdir()] == ["class-00000.png"]
+
+
 # ---- job runner, history, tab --------------------------------------------------------------------------
 def test_runner_puts_each_method_in_the_library_and_the_history(studio, tmp_path):
     from dreamshot.generate.loras import LoraLibrary
@@ -311,7 +327,7 @@ def test_runner_puts_each_method_in_the_library_and_the_history(studio, tmp_path
     assert full.meta["rank"] == 8 and 0 < full.meta["mean_error"] <= full.meta["max_error"]
     assert full.meta["delta_file"].endswith("unet_delta.safetensors")
     assert runs["full"].result["extraction"]["layers"] == 79
-    assert "<b>#2 close</b> · TI · done" in views.bar_html(runner.progress(made["ti"].id))
+    assert f"<b>#{made['ti'].id} close</b> · TI · done" in views.bar_html(runner.progress(made["ti"].id))
     rows = {row[0]: row[5] for row in views.history_rows(runner.list_runs())}
     assert rows[made["ti"].id].startswith("TI <close-shot> ×2 · smoke · lr 0.005")
     assert rows[made["full"].id].startswith("Full (adamw) → LoRA r8 · smoke")

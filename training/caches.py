@@ -40,7 +40,7 @@ def build(config, parts, examples, *, out: Path, device, dtype, status, text_cac
     text_emb, text_ids = _texts(config, parts, [ex.text for ex in examples], "instance", **text)
     caches = Caches(_latents(config, parts, examples, "instance", folder, device), text_emb, text_ids)
     if config.prior_preservation:
-        paths = samples.class_images(config, parts, device, status)
+        paths = samples.class_images(config, parts, device, status, dtype=dtype)
         caches.class_latents = _latents(config, parts, [tdata.Example(p, config.class_prompt) for p in paths],
                                         "class", folder, device)
         caches.class_emb, caches.class_ids = _texts(config, parts, [config.class_prompt] * len(paths), "class",

@@ -32,8 +32,9 @@ def prompt_embeddings(parts, prompts: list[str], *, device, dtype):
     return tdata.encode_texts(parts.text_encoder, parts.tokenizer, [*prompts, ""], device=device, dtype=dtype)
 
 
-def class_images(config, parts, device, status) -> list[Path]:
-    """Class images for prior preservation; the missing ones are generated with the base model."""
+def class_images(config, parts, device, status, dtype=None) -> list[Path]:
+    """Class images for prior preservation; the missing ones are generated with the base model
+    (under autocast to ``dtype`` when mixed precision is on: a part that trains is fp32, the rest not)."""
     import torch
 
     folder = Path(config.class_dir)
@@ -44,10 +45,13 @@ def class_images(config, parts, device, status) -> list[Path]:
     pipe = pipeline(parts, parts.unet, parts.text_encoder)
     need = config.num_class_images - len(have)
     status.write("class_images", have=len(have), generating=need)
+    mixed = dtype is not None and dtype != torch.float32
+    autocast = torch.autocast(device.type, dtype=dtype) if mixed else contextlib.nullcontext()
     for i in range(need):
         g = torch.Generator(device).manual_seed(config.seed + 10_000 + i)
-        image = pipe(config.class_prompt, num_inference_steps=config.validation_inference_steps, generator=g,
-                     height=config.resolution, width=config.resolution, guidance_scale=GUIDANCE).images[0]
+        with autocast:
+            image = pipe(config.class_prompt, num_inference_steps=config.validation_inference_steps, generator=g,
+                         height=config.resolution, width=config.resolution, guidance_scale=GUIDANCE).images[0]
         tmp = folder / f".class-{len(have) + i:05d}.png"
         image.save(tmp)
         tmp.replace(folder / f"class-{len(have) + i:05d}.png")
