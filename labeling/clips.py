@@ -62,11 +62,24 @@ def encode(images: list, fps: float) -> bytes:
 
     buf = io.BytesIO()
     rate = Fraction(fps or 24).limit_denominator(100000)
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)   # libx264 prints its banner per clip otherwise
+    try:
+        _encode(av, buf, images, rate)
+    finally:
+        av.logging.set_level(level)
+    data = buf.getvalue()
+    if len(data) > MAX_CLIP_BYTES:
+        raise ValueError(f"clip of {len(data) / 2**20:.0f} MB is over {MAX_CLIP_BYTES // 2**20} MB")
+    return data
+
+
+def _encode(av, buf, images: list, rate: Fraction) -> None:
     with av.open(buf, mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height = images[0].size
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast", "x264-params": "log=-1"}
+        stream.options = {"crf": "20", "preset": "veryfast"}
         for i, image in enumerate(images):
             frame = av.VideoFrame.from_image(image)
             frame.pts = i
@@ -74,10 +87,6 @@ def encode(images: list, fps: float) -> bytes:
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
-    data = buf.getvalue()
-    if len(data) > MAX_CLIP_BYTES:
-        raise ValueError(f"clip of {len(data) / 2**20:.0f} MB is over {MAX_CLIP_BYTES // 2**20} MB")
-    return data
 
 
 def store(data_dir: Path, data: bytes) -> str:

@@ -120,7 +120,8 @@ def write_mp4(frames, fps, path: Path, *, audio_from: Path | None = None,
         if width % 2 or height % 2:
             raise ValueError(f"H.264 (yuv420p) needs even frame sizes, got {width}x{height}")
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = 1 / fps
+        # No time_base of our own: with one set here libx264's delayed frames (past its lookahead,
+        # e.g. frames 12-15 of 16) come back with broken timestamps and the muxer refuses them.
         stream.options = {"crf": "18", "preset": "veryfast"}
         audio_in = _open_audio(audio_from)
         audio_out = out.add_stream_from_template(audio_in[1]) if audio_in else None
@@ -129,7 +130,6 @@ def write_mp4(frames, fps, path: Path, *, audio_from: Path | None = None,
             count += 1
             frame = av.VideoFrame.from_image(image.convert("RGB"))
             frame.pts = i
-            frame.time_base = stream.time_base
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
