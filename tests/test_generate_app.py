@@ -54,8 +54,10 @@ def test_generate_alpha_compare_and_read_back(client, gen_studio):
 
     from gradio_client import handle_file
 
-    *values, note = client.predict(handle_file(str(path)), api_name="/read_png")
+    values = list(client.predict(handle_file(str(path)), api_name="/read_png"))   # the form's first 13, note, the rest
+    note = values[13]
     assert values[:3] == ["a man on a bridge", "close", 1.0] and values[10] == "11" and "restored" in note
+    assert values[14:16] == ["none", "none"]                               # embedding, ControlNet
 
 
 def test_bad_input_is_a_clear_error_and_the_service_keeps_working(client):
@@ -85,7 +87,10 @@ def test_a_lone_surrogate_prompt_gets_a_message(gen_studio, serve):
     import httpx
 
     url = serve(gen_studio)
-    body = json.dumps({"data": form(prompt="a man \ud800 on a bridge")})   # ASCII, with the escape
+    from dreamshot.generate.handlers import GenerateForm
+
+    later = GenerateForm().values()[13:]                   # plain HTTP sends every input: the defaults
+    body = json.dumps({"data": form(prompt="a man \ud800 on a bridge") + later})   # ASCII, with the escape
     event = httpx.post(f"{url}gradio_api/call/generate", content=body,
                        headers={"content-type": "application/json"}, timeout=30).json()["event_id"]
     stream = httpx.get(f"{url}gradio_api/call/generate/{event}", timeout=60).text

@@ -233,3 +233,34 @@ def test_video_restyle_depth_uses_the_same_loader_and_depth_model(cstudio, contr
     assert models.depth() is models.depth(control_models["depth"])        # Generate's depth model, loaded once
     frames = lambda r: arrays([im for _, im in media.read_frames(r.video)])  # noqa: E731
     assert np.abs(frames(depth) - frames(canny)).mean() > 1.0
+
+
+# ---- Generate tab (handlers) ---------------------------------------------------------------------------
+
+def test_tab_handlers_preview_generate_with_a_drawn_sketch_and_restore(cstudio, control_models, monkeypatch, tmp_path):
+    from dreamshot.generate.handlers import GenerateForm, GenerateHandlers
+
+    monkeypatch.setenv(ctl.env_name("scribble"), control_models["controlnet"])
+    h = GenerateHandlers(cstudio)
+    canvas = Image.new("RGBA", (96, 96), (0, 0, 0, 0))                 # what gr.Sketchpad(type="pil") gives
+    ImageDraw.Draw(canvas).line((10, 80, 86, 16), fill=(0, 0, 0, 255), width=5)
+    sketch = {"background": None, "layers": [canvas], "composite": canvas}
+    uploaded = tmp_path / "upload.png"
+    Image.new("RGB", (64, 64), "white").save(uploaded)
+    form = GenerateForm(prompt="a road", steps=3, width=64, height=64, seed="9", control="scribble",
+                        control_image=str(uploaded), control_sketch=sketch, control_scale=0.9)
+    preview = np.asarray(Image.open(h.control_preview(form)))
+    assert preview.shape == (64, 64, 3) and preview[..., 0].max() == 255 and (preview[..., 0] > 0).mean() < 0.3
+    shown = h.generate(form)
+    assert len(shown.gallery) == 2 and shown.gallery[1][1] == "scribble control image"
+    assert np.array_equal(np.asarray(Image.open(shown.gallery[1][0])), preview)   # the drawn sketch, not the upload
+    blank = {"background": None, "layers": [], "composite": Image.new("RGBA", (96, 96), (0, 0, 0, 0))}
+    with pytest.raises(InvalidInput, match="needs a sketch"):
+        h.generate(GenerateForm(prompt="a road", control="scribble", control_sketch=blank))
+    restored, note = h.read_text(shown.parameters)
+    assert (restored.control, restored.control_scale, restored.control_map) == ("scribble", 0.9, True)
+    assert np.array_equal(np.asarray(Image.open(restored.control_image).convert("RGB")), preview)
+    assert str(cstudio.settings.data_dir) not in restored.control_image            # a served copy, not outputs/
+    again = h.generate(restored)
+    assert np.array_equal(np.asarray(Image.open(again.gallery[0][0])), np.asarray(Image.open(shown.gallery[0][0])))
+    assert h.control_preview(GenerateForm(prompt="x")) is None

@@ -16,7 +16,9 @@ FORM = dict(prompt="a man on a bridge", shot="close", steps=3, width=64, height=
 
 def test_form_fields_are_the_documented_api_order():
     assert GenerateForm.fields() == ["prompt", "shot", "alpha", "use_template", "negative_prompt", "sampler", "steps",
-                                     "cfg", "width", "height", "seed", "num_images", "blend", "embedding"]
+                                     "cfg", "width", "height", "seed", "num_images", "blend", "embedding",
+                                     "control", "control_image", "control_sketch", "control_scale", "control_start",
+                                     "control_end", "canny_low", "canny_high", "control_map"]
 
 
 def test_moving_alpha_on_a_fresh_form_generates_nothing(gen_studio):

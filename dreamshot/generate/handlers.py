@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput
+from dreamshot.generate import control as controlnet
 from dreamshot.generate import pngmeta
-from dreamshot.generate.request import GenerationRequest, parse_blend
+from dreamshot.generate.control_models import controls
+from dreamshot.generate.request import ControlRequest, GenerationRequest, parse_blend
 from dreamshot.generate.samplers import DEFAULT_SAMPLER
 from dreamshot.generate.service import GenerationResult, service
-from dreamshot.generate.storyboard import alpha_sweep, save_storyboard, storyboard
+from dreamshot.generate.storyboard import alpha_sweep, save_storyboard, storyboard, uploaded_sketches
 
 NONE = "none"
 KEEP_TEMP_S = 3600
@@ -46,6 +48,15 @@ class GenerateForm:
     num_images: float = 1
     blend: str = ""
     embedding: str | None = NONE   # a library embedding's name (its token stands where the shot words stand)
+    control: str = NONE            # ControlNet: none | canny | depth | scribble
+    control_image: object = None   # reference frame (canny, depth) or sketch file (scribble): a file path
+    control_sketch: object = None  # a sketch drawn in the page (image editor value); scribble prefers it
+    control_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+    canny_low: float = 100
+    canny_high: float = 200
+    control_map: bool = False      # control_image is a ready control map (e.g. a saved *-control.png)
 
     @classmethod
     def fields(cls) -> list[str]:
@@ -63,14 +74,25 @@ class GenerateForm:
             steps=_given(self.steps, 16), cfg=_given(self.cfg, 6.0), width=_given(self.width, 512),
             height=_given(self.height, 512), seed=_given(self.seed, -1), num_images=_given(self.num_images, 1),
             blend=parse_blend(self.blend or ""),
-            embedding=None if self.embedding in (None, "", NONE) else self.embedding)
+            embedding=None if self.embedding in (None, "", NONE) else self.embedding,
+            control=controlnet.form_control(self.control, self.control_image, self.control_sketch, self.control_scale,
+                                            self.control_start, self.control_end, self.canny_low, self.canny_high,
+                                            self.control_map))
 
     @classmethod
     def of_request(cls, req: GenerationRequest) -> "GenerateForm":
         blend = ", ".join(f"{k}={pngmeta.format_number(v)}" for k, v in (req.blend or {}).items())
         return cls(req.prompt, req.shot or NONE, req.alpha, req.use_template, req.negative_prompt, req.sampler,
                    req.steps, req.cfg, req.width, req.height, str(req.seed), req.num_images, blend,
-                   embedding=req.embedding or NONE)
+                   embedding=req.embedding or NONE, **_control_fields(req.control))
+
+
+def _control_fields(c: ControlRequest | None) -> dict:
+    if c is None:
+        return {}
+    return dict(control=c.kind, control_image=c.image if isinstance(c.image, str) else None, control_scale=c.scale,
+                control_start=c.start, control_end=c.end, canny_low=c.low, canny_high=c.high,
+                control_map=c.preprocessed)
 
 
 @dataclass
@@ -161,7 +183,23 @@ class GenerateHandlers:
         with self.svc.job(owner, progress=progress) as job:
             result = self.svc.generate(form.request(), job)
         gallery = [(self.temp.write(img, str(img.seed)), f"seed {img.seed}") for img in result.images]
+        if result.control_image is not None:
+            gallery.append((self._control_file(result.control_image), f"{result.request.control.kind} control image"))
         return Shown(gallery, summary(result), result.request.seed, result.images[0].parameters)
+
+    def _control_file(self, image) -> str:
+        path = self.temp.folder() / "control.png"
+        image.save(path, format="PNG")
+        return str(path)
+
+    def control_preview(self, form: GenerateForm, owner: str = "api", progress=None) -> str | None:
+        """The control image the form's ControlNet would get (PNG path); None without a ControlNet."""
+        from dreamshot.generate.request import check_inputs
+
+        req = check_inputs(form.request().replace(prompt=form.prompt or "-"))
+        if req.control is None:
+            return None
+        return self._control_file(controls(self.studio).prepare(req.control, req.width, req.height))
 
     def compare(self, form: GenerateForm, owner: str = "api", progress=None) -> Shown:
         with self.svc.job(owner, progress=progress) as job:
@@ -192,11 +230,17 @@ class GenerateHandlers:
         path = self.temp.write((result.grid, result.parameters), "alpha-sweep")
         return path, f"α sweep: seed {result.cells[0][0].seed}, {len(result.shots)} × {len(result.alphas)} images."
 
-    def storyboard(self, form: GenerateForm, text: str, columns, title: str, owner: str = "api", progress=None):
-        """(sheet PNG path, [PNG, PDF], info) of 'shot | description' lines."""
-        req = form.request().replace(prompt="-")
+    def storyboard(self, form: GenerateForm, text: str, columns, title: str, sketches=None, owner: str = "api",
+                   progress=None):
+        """(sheet PNG path, [PNG, PDF], info) of 'shot | description [| sketch file name]' lines;
+        ``sketches``: the uploaded sketch files (scribble ControlNet at the form's scale, start, end)."""
+        req = form.request().replace(prompt="-", control=None)
+        template = ControlRequest("scribble", None, _given(form.control_scale, 1.0), _given(form.control_start, 0.0),
+                                  _given(form.control_end, 1.0))
+        paths = [getattr(s, "name", s) for s in (sketches or [])]
         with self.svc.job(owner, progress=progress) as job:
-            result = storyboard(self.svc, text, req, job, columns=int(columns or 3), title=title or "")
+            result = storyboard(self.svc, text, req, job, columns=int(columns or 3), title=title or "",
+                                sketches=uploaded_sketches(paths), sketch_control=template)
         save_storyboard(result, self.temp.folder())
         return (str(result.png_path), [str(result.png_path), str(result.pdf_path)],
                 f"Storyboard: {len(result.panels)} panels, seed {result.panels[0].seed}.")
@@ -217,6 +261,10 @@ class GenerateHandlers:
         if not (text or "").strip():
             raise InvalidInput("Paste the settings text first.")
         req, notes = self.svc.request_from_parameters(text)
+        if req.control is not None and isinstance(req.control.image, str):   # outputs/ is never served: a copy
+            copy = self.temp.folder() / Path(req.control.image).name
+            copy.write_bytes(Path(req.control.image).read_bytes())
+            req = req.replace(control=dataclasses.replace(req.control, image=str(copy)))
         return GenerateForm.of_request(req), "Settings restored." + "".join(f"\n- {n}" for n in notes)
 
     # -- LoRA upload (admins: the tab checks the role first) ------------------------------------

@@ -2,13 +2,15 @@
 (``handlers.py``, no gradio); every action is an API endpoint:
 
     /generate  /compare  /stop  /alpha_sweep  /storyboard  /read_png  /read_parameters
-    /list_loras  /upload_lora
+    /list_loras  /upload_lora  /control_preview
 
 /generate, /compare, /alpha_sweep and /storyboard take the form's first 13 values first, in
 ``GenerateForm`` order: prompt, shot, alpha, use_template, negative_prompt, sampler, steps, cfg,
 width, height, seed, num_images, blend; then the endpoint's own inputs (/alpha_sweep: shots, alphas;
-/storyboard: text, columns, title); then the form's later fields (embedding, ...), so that callers
-written for the 13-value form keep working (later inputs have defaults).
+/storyboard: text, columns, title, sketches); then the form's later fields (embedding, control,
+control_image, control_sketch, control_scale, control_start, control_end, canny_low, canny_high,
+control_map), so that callers written for the 13-value form keep working (later inputs have
+defaults). /control_preview takes the whole form and returns the control image.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dreamshot.generate.handlers import NONE, GenerateForm, GenerateHandlers, Sh
 from dreamshot.generate.request import ALPHA_RANGE, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from dreamshot.generate.samplers import DEFAULT_SAMPLER, SAMPLERS
 from dreamshot.generate.storyboard import DEFAULT_ALPHAS
+from dreamshot.generate.tab_control import control_section
 from dreamshot.ui import admin_name, gpu, guarded
 
 
@@ -64,8 +67,11 @@ def form_event(method, extra: tuple = (), *, check=None):
         return method(form, *values[FORM_HEAD:FORM_HEAD + n], owner=owner(request), progress=reporter(progress))
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    params = [inspect.Parameter(name, kind) for name in (*head, *extra, *tail)]
-    params += [inspect.Parameter("request", kind, annotation=gr.Request),
+    # An endpoint's own inputs and the later fields default to None, so API callers may leave them out
+    # (an input without a value, e.g. an image, is otherwise required by gradio_client).
+    params = [inspect.Parameter(name, kind) for name in head]
+    params += [inspect.Parameter(name, kind, default=None) for name in (*extra, *tail)]
+    params += [inspect.Parameter("request", kind, default=None, annotation=gr.Request),
                inspect.Parameter("progress", kind, default=gr.Progress())]
     event.__signature__ = inspect.Signature(params)
     event.__annotations__ = {"request": gr.Request}
@@ -109,14 +115,15 @@ def _form_section(h: GenerateHandlers):
                 seed = gr.Textbox(value="-1", label="Seed (-1 = random)", elem_id="gen-seed", max_lines=1)
                 num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Number of images")
             blend = gr.Textbox(label="Blend several LoRAs (overrides shot + α)", placeholder="close=0.6, medium=0.4")
+        control = control_section()
         with gr.Row():
             go = gr.Button("Generate", variant="primary", elem_id="gen-go")
             compare = gr.Button("Compare with base", elem_id="gen-compare")
             stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
     form = [prompt, shot, alpha, use_template, negative, sampler, steps, cfg, width, height, seed, num_images, blend,
-            embedding]
+            embedding, *control.fields]
     return SimpleNamespace(form=form, prompt=prompt, shot=shot, alpha=alpha, live=live, seed=seed, refresh=refresh,
-                           go=go, compare=compare, stop=stop, embedding=embedding)
+                           go=go, compare=compare, stop=stop, embedding=embedding, control=control)
 
 
 def _results_section():
@@ -149,15 +156,17 @@ def _sweep_section(h: GenerateHandlers):
 
 def _board_section():
     with gr.Accordion("Storyboard", open=False):
-        text = gr.Textbox(label="One panel per line: shot | description", lines=5, value=EXAMPLE_BOARD,
-                          elem_id="board-text")
+        text = gr.Textbox(label="One panel per line: shot | description [| sketch file]", lines=5,
+                          value=EXAMPLE_BOARD, elem_id="board-text")
         with gr.Row():
             columns = gr.Slider(1, 6, value=3, step=1, label="Columns")
             title = gr.Textbox(label="Title", value="")
+            sketches = gr.File(label="Panel sketches (scribble ControlNet; name one in a panel's third column)",
+                               file_count="multiple", file_types=["image"], elem_id="board-sketches")
         go = gr.Button("Make storyboard", elem_id="board-go")
         image = gr.Image(label="Contact sheet", format="png", type="filepath", interactive=False, elem_id="board-image")
         files = gr.File(label="Download (PNG and PDF)", file_count="multiple", elem_id="board-files")
-    return SimpleNamespace(text=text, columns=columns, title=title, go=go, image=image, files=files)
+    return SimpleNamespace(text=text, columns=columns, title=title, sketches=sketches, go=go, image=image, files=files)
 
 
 def _read_section():
@@ -219,11 +228,13 @@ def _wire_generation(h, f, r, sweep, board) -> None:
         event.success(lambda seed: seed, r.used_seed, last_seed, api_visibility="private", queue=False)
     others = [sweep.go.click(run(grid, ("shots", "alphas"), 300), form_inputs(f.form, sweep.shots, sweep.alphas),
                              [sweep.image, sweep.file, r.info], api_name="alpha_sweep"),
-              board.go.click(run(h.storyboard, ("text", "columns", "title"), 300),
-                             form_inputs(f.form, board.text, board.columns, board.title),
+              board.go.click(run(h.storyboard, ("text", "columns", "title", "sketches"), 300),
+                             form_inputs(f.form, board.text, board.columns, board.title, board.sketches),
                              [board.image, board.files, r.info],
                              api_name="storyboard")]
     f.stop.click(_stop_fn(h), None, r.info, api_name="stop", concurrency_limit=None, cancels=images + others)
+    f.control.show.click(run(h.control_preview), f.form, f.control.preview, api_name="control_preview")
+    f.control.image.upload(run(h.control_preview), f.form, f.control.preview, api_visibility="private")
 
 
 def _stop_fn(h: GenerateHandlers):
