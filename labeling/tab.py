@@ -18,7 +18,7 @@ from dreamshot.errors import InvalidInput
 from dreamshot.shots import PRESETS
 from dreamshot.ui import admin_name, guarded
 
-from labeling import annotate, labels
+from labeling import annotate, clips, labels
 from labeling.annotate import FrameView
 from labeling.tab_admin import AdminHandlers, build_export, build_import, build_settings, build_stats
 from labeling.tab_html import HEAD, frame_html, progress_html, prompt_html
@@ -122,6 +122,16 @@ class LabelHandlers:
             return self.nudge(name, frame_id, direction, request)
         return guarded(nudge)
 
+    def shot_clip(self, name: str, frame_id, request: gr.Request | None) -> str:
+        """The short clip of the shown frame's shot (frames imported from a video); labeling the
+        frame labels its clip."""
+        self.annotator(name, request)
+        fid = _frame_id(frame_id)
+        path = clips.frame_clip(self.studio, fid) if fid is not None else None
+        if path is None:
+            raise InvalidInput("This frame is a still (not imported from a video): it has no shot clip.")
+        return str(path)
+
     # ---- API twins (JSON in, JSON out) --------------------------------------------------------------
     def label_view(self, annotator: str, request: gr.Request) -> dict:
         return view_dict(self.service.view(self.annotator(annotator, request)))
@@ -161,6 +171,9 @@ def _build_label(h: LabelHandlers) -> dict:
     with gr.Row():
         gr.Markdown("Crop window:")
         nudges = {d: gr.Button(text, size="sm", min_width=60, elem_id=f"label-nudge-{d}") for text, d in NUDGES}
+    with gr.Accordion("Shot clip (frames imported from a video keep a short clip of their shot)", open=False):
+        show_clip = gr.Button("Play this shot's clip", size="sm", elem_id="label-show-clip")
+        clip_video = gr.Video(label="Shot clip", autoplay=True, loop=True, interactive=False, height=240)
     store = gr.BrowserState("", storage_key="dreamshot-label-annotator")
 
     outs = [frame, quota_box, frame_id]
@@ -174,6 +187,7 @@ def _build_label(h: LabelHandlers) -> dict:
     undo.click(guarded(h.undo), [name], outs, **fast)
     for direction, b in nudges.items():
         b.click(h.nudge_event(direction), [name, frame_id], outs, **fast)
+    show_clip.click(guarded(h.shot_clip), [name, frame_id], [clip_video], api_visibility="private")
     for fn in (h.label_view, h.label_action, h.label_undo, h.label_nudge):
         gr.api(guarded(fn), api_name=fn.__name__, concurrency_limit=None)
     return {"slots": slots, "quota_box": quota_box, "store": store, "load_outputs": [*outs, name, *slots]}

@@ -134,3 +134,12 @@ def test_cli_export_clips(studio, imported, tmp_path, capsys):
     assert args.run(studio, args) == 0
     assert "Exported 1 shot clips" in capsys.readouterr().out
     assert len(list((tmp_path / "c" / "clips").glob("*_medium.mp4"))) == 1
+
+
+def test_label_tab_plays_the_shown_frames_clip(studio, imported):
+    from labeling.tab import LabelHandlers
+
+    h = LabelHandlers(studio)
+    assert h.shot_clip("ann", str(imported[0].id), None) == str(clips.frame_clip(studio, imported[0].id))
+    with pytest.raises(InvalidInput, match="no shot clip"):
+        h.shot_clip("ann", "", None)
