@@ -111,7 +111,8 @@ def _transition_section(h: VideoHandlers):
         keyframes = gr.Textbox(label="Keyframes (optional, frame:share), override start/end",
                                placeholder="0:0, 6:0.2, 15:1", elem_id="vid-keyframes")
         with gr.Row():
-            auto = gr.Checkbox(label="Automatic: steer each frame with the shot-type judge", elem_id="vid-auto")
+            auto = gr.Checkbox(label="Automatic: steer each frame with the shot-type judge (Evaluate's: "
+                               "the probe trained on your labeled frames, else zero-shot CLIP)", elem_id="vid-auto")
             rounds = gr.Slider(1, 5, value=3, step=1, label="Judge rounds")
             judge_clip = gr.Textbox(label="Judge CLIP (Hub id or folder; empty = Evaluate's default)")
         go = gr.Button("Make transition", elem_id="vid-transition-go")
