@@ -139,9 +139,9 @@ def test_textual_inversion_learns_only_its_token_and_loads_in_diffusers(tmp_path
 
     # diffusers reads the file: the token's prompt embedding is the trainer's, and it changes the image.
     pipe = pipeline(demo_model_dir)
-    without = image(pipe, PROMPT.format("close shot"))
-    pipe.load_textual_inversion(str(path), token="<close-shot>")
     prompt = PROMPT.format("<close-shot>")
+    pipe.load_textual_inversion(str(path), token="<close-shot>")
+    without = image(pipe, prompt.replace("<close-shot> ", ""))
     ids = pipe.tokenizer(pipe.maybe_convert_prompt(prompt, pipe.tokenizer), padding="max_length", max_length=77,
                          return_tensors="pt").input_ids
     assert (ids == pipe.tokenizer.convert_tokens_to_ids("<close-shot>_1")).any()
