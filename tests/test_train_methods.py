@@ -209,7 +209,8 @@ def test_adamw8bit_without_bitsandbytes_is_refused_with_a_clear_message(tmp_path
     from training.trainer import train
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     monkeypatch.setattr(components, "load", lambda *a, **k: pytest.fail("loaded before the optimizer check"))
     with pytest.raises(InvalidInput, match="adamw8bit needs the bitsandbytes package"):
         train(smoke(imagefolder, demo_model_dir, tmp_path / "run", method="full", optimizer="adamw8bit"))

@@ -122,8 +122,6 @@ def _one_alpha(result: Extraction) -> None:
 
 def delta_state(base_state: dict, tuned_state: dict) -> dict:
     """``tuned - base`` of the tensors that changed (float32, on the CPU)."""
-    import torch
-
     out = {}
     for name, tuned in tuned_state.items():
         delta = tuned.detach().float().cpu() - base_state[name].float().cpu()
