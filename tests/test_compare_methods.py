@@ -144,7 +144,7 @@ def test_evaluation_compares_two_lora_generators_on_the_same_captions_and_seeds(
     assert [a["alpha"] for a in res["alpha_curve"]] == [0.0, 1.0]          # B's α curve
     text = report.markdown(res)
     assert "**A**: LoRA α=0.5 · **B**: Full→LoRA r4 α=1" in text and "| A: LoRA α=0.5 | B: Full→LoRA r4 α=1 |" in text
-    assert "B = Full→LoRA r4 α=1 at each α" in text
+    assert "side B's LoRA at each α; B = Full→LoRA r4 α=1" in text
     with pytest.raises(InvalidInput, match=r"other settings \(generators\)"):     # resume never mixes specs
         evaluation(eval_studio).run(EvalOptions(**{**options.__dict__, "a": "base"}))
     assert "generators" not in EvalOptions(out="x").generation_key()       # default runs resume as before
@@ -241,7 +241,7 @@ def test_evaluation_of_an_embedding_against_a_lora_with_controlnet(eval_studio, 
         else:                     # the token where the shot words stand; CLIP-T scores the words
             assert a_text.startswith(rec["prompt"].replace("close shot", token) + "\n")
     assert res["generators"]["a"]["per_shot"]["close"]["token"] == token
-    assert res["alpha_curve"] and "B = LoRA α=0.8 +canny at each α" in report.markdown(res)
+    assert res["alpha_curve"] and "B = LoRA α=0.8 +canny)" in report.markdown(res)
 
 
 def test_survey_of_an_embedding_against_base_with_controlnet(gen_studio, tmp_path, one_torch_thread):

@@ -92,7 +92,8 @@ def markdown(results: dict, *, status: bool = True) -> str:
     a, b = side_labels(results)
     lines.append(generators_line(results))
     lines.append("")
-    lines.append(f"CLIP: `{models.get('clip', '-')}` · DINO: `{models.get('dino', '-')}` · α = {results.get('alpha')}")
+    alpha = "" if results.get("generators") else f" · α = {results.get('alpha')}"     # else in the labels
+    lines.append(f"CLIP: `{models.get('clip', '-')}` · DINO: `{models.get('dino', '-')}`{alpha}")
     for name, title in TITLES.items():
         t = results.get("tables", {}).get(name)
         if not t or not t.get("n_pairs"):
@@ -111,7 +112,7 @@ def markdown(results: dict, *, status: bool = True) -> str:
                          f"{_share(other, 'base')} | {_share(other, 'tuned')} |")
     curve = results.get("alpha_curve") or []
     if curve:
-        lines += ["", f"### α curve (subset, B = {b} at each α)", "",
+        lines += ["", f"### α curve (subset: side B's LoRA at each α; B = {b})", "",
                   "| α | n | CLIP-T | DINO | judged as requested | R@1 |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {a['alpha']:g} | {a['n']} | {fmt(a['clip_t'])} | {fmt(a['dino'])} | {fmt(a['judged_ok'], 3)} | "

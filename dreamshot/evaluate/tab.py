@@ -93,9 +93,8 @@ class EvaluateHandlers:
 
     def view(self, results: dict, out: Path):
         plot = out / "results.png"
-        a, b = report.side_labels(results)
-        gallery = [(side_by_side(left, right), f"{caption} · left A: {a}, right B: {b}")
-                   for left, right, caption in service(self.studio).samples(out)]
+        # left: side A, right: side B (the tables above name them; the API returns a plain list)
+        gallery = [(side_by_side(left, right), caption) for left, right, caption in service(self.studio).samples(out)]
         return (report.status_line(results), report.markdown(results, status=False),
                 Image.open(plot).convert("RGB") if plot.is_file() else None, gallery)
 
@@ -110,7 +109,6 @@ class EvaluateHandlers:
         except AccessDenied:           # not an admin: the defaults stay, no error on page load
             return gr.skip(), gr.skip()
         offered = generators.choices(service(self.studio).generation().library.list())
-        offered = list(dict.fromkeys([generators.DEFAULT_B, *offered]))
         return (gr.Dropdown(choices=offered, value=generators.DEFAULT_A),
                 gr.Dropdown(choices=offered, value=generators.DEFAULT_B))
 

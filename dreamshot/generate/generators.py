@@ -223,19 +223,18 @@ def label(spec: GeneratorSpec, resolved: list | None = None) -> str:
     return f"{text} +{spec.control}" if spec.control else text
 
 
-def choices(entries: list, alpha: float = 1.0) -> list[str]:
+def choices(entries: list, alpha: float | None = None) -> list[str]:
     """Generator texts the library can serve (for a dropdown): base, each LoRA method with a shot
-    entry, ti, ti+lora, named entries, and ControlNet variants of base and the LoRA."""
-    shot_loras = {e.method for e in entries if e.kind == "lora" and e.shot}
+    entry, ti, ti+lora, named entries, and ControlNet variants of base and the LoRA. Without
+    ``alpha`` the LoRA parts carry no @α (they take the form's α)."""
+    at = "" if alpha is None else f"@{alpha:g}"
+    shot_loras = [m for m in LORA_METHODS if any(e.kind == "lora" and e.shot and e.method == m for e in entries)]
     has_ti = any(e.kind == "embedding" and e.shot for e in entries)
-    out = ["base"]
-    out += [f"{m}@{alpha:g}" for m in LORA_METHODS if m in shot_loras]
+    out = ["base", *(f"{m}{at}" for m in shot_loras)]
     if has_ti:
-        out.append("ti")
-        out += [f"ti+{m}@{alpha:g}" for m in LORA_METHODS if m in shot_loras]
-    out += [f"{c_base}+{c}" for c_base in ["base"] + [f"{m}@{alpha:g}" for m in ("lora",) if m in shot_loras]
-            for c in CONTROLS]
-    out += [f"name:{e.name}" + (f"@{alpha:g}" if e.kind == "lora" else "") for e in entries]
+        out += ["ti", *(f"ti+{m}{at}" for m in shot_loras)]
+    out += [f"{first}+{c}" for first in ["base", *(f"lora{at}" for m in shot_loras if m == "lora")] for c in CONTROLS]
+    out += [f"name:{e.name}" + (at if e.kind == "lora" else "") for e in entries]
     return list(dict.fromkeys(out))
 
 
