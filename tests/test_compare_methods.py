@@ -264,3 +264,27 @@ def test_survey_of_an_embedding_against_base_with_controlnet(gen_studio, tmp_pat
         assert row.lora_parameters.startswith(row.meta["generators"]["b"]["prompt"] + "\n")
         assert 'TI hashes: "close-ti:' in row.lora_parameters and "ControlNet" not in row.lora_parameters
     assert "| question | % Base +canny (A) | % TI (B) |" in survey_results.results(gen_studio, "ti-cn").markdown()
+
+
+def test_cli_takes_two_generators_and_refuses_a_bad_one(eval_studio, lora_files, tiny_eval_models, tmp_path,
+                                                       capsys, one_torch_thread):
+    import json
+
+    from dreamshot.__main__ import main
+
+    add_full_loras(eval_studio, lora_files)
+    data = str(eval_studio.settings.data_dir)
+    common = ["--data", data, "--model", "demo"]
+    args = ["evaluate", *common, "--out", str(tmp_path / "cli"), "--pairs", "2", "--a", "lora@0.5", "--b", "full",
+            "--clip-model", tiny_eval_models["clip"], "--dino-model", tiny_eval_models["dino"], "--width", "64",
+            "--height", "64", "--steps", "2", "--alpha-subset", "0", "--no-ablation", "--bootstrap", "50"]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert [res["generators"][s]["spec"] for s in "ab"] == ["lora@0.5", "full@1"]
+    assert "**A**: LoRA α=0.5 · **B**: Full→LoRA r4 α=1" in capsys.readouterr().out
+    assert main(["survey", "build", *common, "--name", "cli", "--shots", "close", "--pairs", "1",
+                 "--per-participant", "1", "--frames", "", "--steps", "2", "--size", "64", "--a", "full",
+                 "--b", "lora@0.5"]) == 0
+    assert "A = Full→LoRA r4 α=1 vs B = LoRA α=0.5" in capsys.readouterr().out
+    assert main(["evaluate", *common, "--out", str(tmp_path / "bad"), "--b", "lora@0.5+ti@1"]) == 2
+    assert "only a LoRA part takes @α" in capsys.readouterr().err
