@@ -181,6 +181,19 @@ def test_survey_of_two_generators_labels_table5_by_generator(gen_studio, lora_fi
         for q in QUESTIONS:                  # always the picture on the left, wherever B was shown
             ack = svc.answer(token, view["slot"], view["pair_id"], q, "A", "198.51.100.7")
     assert ack["sides"] == {"base": "LoRA α=0.5", "lora": "Full→LoRA r4 α=1"}    # revealed after the pair
+    from dreamshot.survey.tab import SurveyHandlers
+
+    class Req:
+        client = type("C", (), {"host": "192.0.2.9"})()
+        headers, query_params, username = {}, {}, None
+
+    h = SurveyHandlers(gen_studio)
+    page = h.ui_start("methods", "", Req())
+    token, slot, pair = page[0], page[-3], page[-2]
+    notes = [str(x) for q in QUESTIONS for x in h.ui_answer(q, "B", token, slot, pair, Req())]
+    revealed = next(n for n in notes if "In that pair" in n)
+    assert ("**B** was Full→LoRA r4 α=1 and **A** LoRA α=0.5" in revealed
+            or "**A** was Full→LoRA r4 α=1 and **B** LoRA α=0.5" in revealed)
     res = survey_results.results(gen_studio, "methods")
     table = res.markdown()
     assert "| question | % LoRA α=0.5 (A) | % Full→LoRA r4 α=1 (B) | % neither |" in table
