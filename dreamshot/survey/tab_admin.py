@@ -87,7 +87,7 @@ class SurveyAdminHandlers:
             return gr.skip(), gr.skip()
         from dreamshot.generate.loras import LoraLibrary
 
-        offered = list(dict.fromkeys([generators.DEFAULT_B, *generators.choices(LoraLibrary(self.studio).list())]))
+        offered = generators.choices(LoraLibrary(self.studio).list())
         return (gr.Dropdown(choices=offered, value=generators.DEFAULT_A),
                 gr.Dropdown(choices=offered, value=generators.DEFAULT_B))
 
