@@ -127,7 +127,9 @@ class LabelHandlers:
         frame labels its clip."""
         self.annotator(name, request)
         fid = _frame_id(frame_id)
-        path = clips.frame_clip(self.studio, fid) if fid is not None else None
+        if fid is None:
+            raise InvalidInput("No frame is shown: type your name and start labeling first.")
+        path = clips.frame_clip(self.studio, fid)
         if path is None:
             raise InvalidInput("This frame is a still (not imported from a video): it has no shot clip.")
         return str(path)

@@ -141,5 +141,18 @@ def test_label_tab_plays_the_shown_frames_clip(studio, imported):
 
     h = LabelHandlers(studio)
     assert h.shot_clip("ann", str(imported[0].id), None) == str(clips.frame_clip(studio, imported[0].id))
-    with pytest.raises(InvalidInput, match="no shot clip"):
+    with pytest.raises(InvalidInput, match="No frame is shown"):
         h.shot_clip("ann", "", None)
+
+
+def test_label_tab_says_a_still_has_no_clip(studio, tmp_path):
+    from PIL import Image
+
+    from labeling.tab import LabelHandlers
+
+    (tmp_path / "pool").mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(tmp_path / "pool" / "a.png")
+    pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool")))
+    (row,) = _ok_frames(studio)
+    with pytest.raises(InvalidInput, match="still .* no shot clip"):
+        LabelHandlers(studio).shot_clip("ann", str(row.id), None)
