@@ -253,6 +253,7 @@ def test_tab_handlers_preview_generate_with_a_drawn_sketch_and_restore(cstudio, 
     assert preview.shape == (64, 64, 3) and preview[..., 0].max() == 255 and (preview[..., 0] > 0).mean() < 0.3
     shown = h.generate(form)
     assert len(shown.gallery) == 2 and shown.gallery[1][1] == "scribble control image"
+    assert "scribble ControlNet ×0.9" in shown.info
     assert np.array_equal(np.asarray(Image.open(shown.gallery[1][0])), preview)   # the drawn sketch, not the upload
     blank = {"background": None, "layers": [], "composite": Image.new("RGBA", (96, 96), (0, 0, 0, 0))}
     with pytest.raises(InvalidInput, match="needs a sketch"):

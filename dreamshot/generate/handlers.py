@@ -139,6 +139,9 @@ def summary(result: GenerationResult, extra: str = "") -> str:
     if result.request.embedding:
         loras = f"{loras} + " * bool(loras) + f"embedding {result.request.embedding}"
     loras = loras or "base model"
+    if result.request.control is not None:
+        c = result.request.control
+        loras += f" · {c.kind} ControlNet ×{pngmeta.format_number(c.scale)}"
     stopped = " **Stopped early.**" if result.cancelled else ""
     return (f"Seeds {', '.join(map(str, result.seeds))} · {loras} · {result.seconds:.1f} s{stopped}{extra}\n\n"
             f"Prompt: `{result.prompt}`")

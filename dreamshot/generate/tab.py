@@ -115,15 +115,14 @@ def _form_section(h: GenerateHandlers):
                 seed = gr.Textbox(value="-1", label="Seed (-1 = random)", elem_id="gen-seed", max_lines=1)
                 num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Number of images")
             blend = gr.Textbox(label="Blend several LoRAs (overrides shot + α)", placeholder="close=0.6, medium=0.4")
-        control = control_section()
         with gr.Row():
             go = gr.Button("Generate", variant="primary", elem_id="gen-go")
             compare = gr.Button("Compare with base", elem_id="gen-compare")
             stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
     form = [prompt, shot, alpha, use_template, negative, sampler, steps, cfg, width, height, seed, num_images, blend,
-            embedding, *control.fields]
+            embedding]
     return SimpleNamespace(form=form, prompt=prompt, shot=shot, alpha=alpha, live=live, seed=seed, refresh=refresh,
-                           go=go, compare=compare, stop=stop, embedding=embedding, control=control)
+                           go=go, compare=compare, stop=stop, embedding=embedding)
 
 
 def _results_section():
@@ -206,6 +205,8 @@ def build(studio, demo: gr.Blocks) -> None:
     with gr.Row():
         f = _form_section(h)
         r = _results_section()
+    f.control = control_section()            # full width under the form; its fields end the form
+    f.form += f.control.fields
     sweep, board, read, upload = _sweep_section(h), _board_section(), _read_section(), _upload_section(h)
     _wire_generation(h, f, r, sweep, board)
     _wire_settings(studio, h, f, r, sweep, read, upload, demo)

@@ -22,7 +22,7 @@ def control_section() -> SimpleNamespace:
         with gr.Row():
             image = gr.Image(label="Reference frame (canny, depth) or sketch file (scribble)", type="filepath",
                              format="png", sources=["upload", "clipboard"], height=240, elem_id="gen-control-image")
-            sketch = gr.Sketchpad(label="…or draw a scribble (used when scribble is chosen)", type="pil",
+            sketch = gr.Sketchpad(label="…or draw a scribble (pick the brush)", type="pil",
                                   canvas_size=(512, 512), layers=False, transforms=(), height=240,
                                   brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
                                   elem_id="gen-control-sketch")
