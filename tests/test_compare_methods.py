@@ -301,3 +301,22 @@ def test_cli_takes_two_generators_and_refuses_a_bad_one(eval_studio, lora_files,
     assert "A = Full→LoRA r4 α=1 vs B = LoRA α=0.5" in capsys.readouterr().out
     assert main(["evaluate", *common, "--out", str(tmp_path / "bad"), "--b", "lora@0.5+ti@1"]) == 2
     assert "only a LoRA part takes @α" in capsys.readouterr().err
+
+
+def test_tab_generator_menus_list_what_the_library_offers_to_admins_only(gen_studio, lora_files, make_studio):
+    from dreamshot.evaluate.tab import EvalForm, EvaluateHandlers
+    from dreamshot.survey.tab_admin import BuildForm, SurveyAdminHandlers
+
+    add_full_loras(gen_studio, lora_files)
+    for handlers in (EvaluateHandlers(gen_studio), SurveyAdminHandlers(gen_studio)):
+        menu_a, menu_b = handlers.generator_choices(None)
+        offered = [c[0] if isinstance(c, tuple) else c for c in menu_b.choices]
+        assert {"base", "lora", "full", "lora+canny", "name:close-full"} <= set(offered) and "ti" not in offered
+        assert (menu_a.value, menu_b.value) == ("base", "lora")
+    guarded = make_studio(admin_password="pw")
+    for handlers in (EvaluateHandlers(guarded), SurveyAdminHandlers(guarded)):    # no error on page load
+        assert handlers.generator_choices(None) == ({"__type__": "update"}, {"__type__": "update"})  # gr.skip()
+    options = EvaluateHandlers(gen_studio).options(EvalForm(name="x", a=" ti ", b="full@0.5+canny"))
+    assert (options.a, options.b) == ("ti", "full@0.5+canny")
+    spec = BuildForm("s", ["close"], 2, 1, 0.8, "pasted prompts", "a cat", "", "", 2, 64, "lora", "full").spec()
+    assert (spec.a, spec.b, spec.alpha) == ("lora", "full", 0.8)
