@@ -93,9 +93,9 @@ def _form_section(h: GenerateHandlers):
             # Choices change as LoRAs are trained: refreshed on page load, by ↻ and after an upload;
             # allow_custom_value lets API callers name a LoRA added since (it is checked).
             shot = gr.Dropdown(choices=h.lora_choices(), value=NONE, label="Shot LoRA", elem_id="gen-shot",
-                               scale=3, allow_custom_value=True)
-            embedding = gr.Dropdown(choices=h.embedding_choices(), value=NONE, label="Embedding (textual inversion)",
-                                    elem_id="gen-embedding", scale=2, allow_custom_value=True)
+                               scale=3, allow_custom_value=True, min_width=200)
+            embedding = gr.Dropdown(choices=h.embedding_choices(), value=NONE, label="Embedding (TI)",
+                                    elem_id="gen-embedding", scale=3, allow_custom_value=True, min_width=200)
             refresh = gr.Button("↻", scale=0, min_width=40, elem_id="gen-refresh")
         alpha = gr.Slider(ALPHA_RANGE[0], ALPHA_RANGE[1], value=1.0, step=0.05, label="α (LoRA strength)",
                           elem_id="gen-alpha")
@@ -200,7 +200,8 @@ def _upload_section(h: GenerateHandlers):
 
 def build(studio, demo: gr.Blocks) -> None:
     h = GenerateHandlers(studio)
-    gr.Markdown("Generate with a shot LoRA at strength **α** (0 = base model). Settings are stored in "
+    gr.Markdown("Generate with a shot LoRA at strength **α** (0 = base model) and/or a textual-inversion "
+                "embedding (its token stands where the shot words stand). Settings are stored in "
                 "every PNG (AUTOMATIC1111 format): drop one into *Read settings from PNG* to restore them.")
     with gr.Row():
         f = _form_section(h)
@@ -269,7 +270,7 @@ def _wire_settings(studio, h, f, r, sweep, read, upload, demo) -> None:
         admin_name(studio, request)
         return gr.Dropdown(choices=h.embedding_choices()), h.library_rows()
 
-    def do_upload(file, name, shot_type, token, request: gr.Request):
+    def do_upload(file, name, shot_type, token=None, request: gr.Request = None):   # token: optional (API)
         admin_name(studio, request)
         note = h.upload(getattr(file, "name", file), name, shot_type, token)
         return (note, *refresh_loras(request))
