@@ -320,3 +320,17 @@ def test_tab_generator_menus_list_what_the_library_offers_to_admins_only(gen_stu
     assert (options.a, options.b) == ("ti", "full@0.5+canny")
     spec = BuildForm("s", ["close"], 2, 1, 0.8, "pasted prompts", "a cat", "", "", 2, 64, "lora", "full").spec()
     assert (spec.a, spec.b, spec.alpha) == ("lora", "full", 0.8)
+
+
+def test_default_shots_are_those_both_generators_serve_and_the_alpha_curve_needs_a_lora_on_b(gen_studio, tmp_path):
+    from dreamshot.evaluate.sides import resolve_sides
+
+    add_embedding(gen_studio, tmp_path)                      # an embedding for 'close' only
+    entries = LoraLibrary(gen_studio).list()
+    sides = resolve_sides(gen_studio, entries, EvalOptions(out="x", a="lora", b="ti"))
+    assert sides.shots == ["close"] and not sides.b_has_lora
+    assert [s.shot for s in sides.loras()] == ["close"]
+    sides = resolve_sides(gen_studio, entries, EvalOptions(out="x", alpha=0.3))
+    assert sides.shots == ["close", "medium"] and sides.b_has_lora and sides.b.text == "lora@0.3"
+    with pytest.raises(InvalidInput, match="the same"):
+        resolve_sides(gen_studio, entries, EvalOptions(out="x", a="ti", b="ti"))
