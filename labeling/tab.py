@@ -11,6 +11,10 @@ label_nudge, label_stats, label_show_frame, label_resolve, label_export.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import gradio as gr
 
 from dreamshot.access import clean_name
@@ -55,6 +59,7 @@ class LabelHandlers:
 
     def __init__(self, studio):
         self.studio = studio
+        self._clip_dir: Path | None = None
 
     @property
     def service(self) -> annotate.Annotation:
@@ -132,7 +137,13 @@ class LabelHandlers:
         path = clips.frame_clip(self.studio, fid)
         if path is None:
             raise InvalidInput("This frame is a still (not imported from a video): it has no shot clip.")
-        return str(path)
+        # The data folder is never served: the browser gets a copy (named by content, so one per clip).
+        if self._clip_dir is None:
+            self._clip_dir = Path(tempfile.mkdtemp(prefix="dreamshot-label-clips-"))
+        shown = self._clip_dir / path.name
+        if not shown.exists():
+            shutil.copyfile(path, shown)
+        return str(shown)
 
     # ---- API twins (JSON in, JSON out) --------------------------------------------------------------
     def label_view(self, annotator: str, request: gr.Request) -> dict:
