@@ -64,6 +64,7 @@ def test_parse_gives_a_canonical_text_and_a_label(text, canonical, label):
     ("lora@2", "α must be between 0 and 1.5"),
     ("scribble", "Unknown generator part 'scribble'"),
     ("canny+depth", "more than one control"),
+    ("name:x@0.5+lora@0.8", "two @α"),
 ])
 def test_parse_refuses_bad_text_naming_the_part(text, message):
     with pytest.raises(InvalidInput, match=message):

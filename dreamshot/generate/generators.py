@@ -102,6 +102,8 @@ def parse(text: str, default_alpha: float = 1.0) -> GeneratorSpec:
                                "ti, name:<library name>@α, canny or depth, joined with '+'.")
         if match.group("alpha") is not None and word not in (*LORA_METHODS, "name"):
             raise InvalidInput(f"Generator part {part!r}: only a LoRA part takes @α.")
+        if match.group("alpha") is not None and "@" in fields:
+            raise InvalidInput(f"Generator {raw!r} has two @α: a generator has one LoRA, with one α.")
         key = {"base": "base", "ti": "ti", "name": "name", **{c: "control" for c in CONTROLS},
                **{m: "method" for m in LORA_METHODS}}[word]
         if key in fields or (key == "base" and base):
@@ -114,8 +116,10 @@ def parse(text: str, default_alpha: float = 1.0) -> GeneratorSpec:
             fields["control"] = word
         else:
             fields[key] = match.group("name") if key == "name" else word
-            if match.group("alpha") is not None or key == "method":
+            if match.group("alpha") is not None:
                 fields["alpha"] = _alpha(match.group("alpha"), default_alpha, part)
+                fields["@"] = True
+    fields.pop("@", None)
     if "method" not in fields and "name" not in fields:
         fields["alpha"] = 1.0       # no LoRA part: no α
     spec = GeneratorSpec(**fields)
