@@ -204,11 +204,13 @@ class EmbeddingSet:
 
     def _load(self, info: LoraInfo, vectors) -> None:
         from diffusers.utils import logging as dlogging
+        from transformers.utils import logging as tlogging
 
         tokenizer = self.pipe.tokenizer
         clean_token(info.token, tokenizer)
-        level = dlogging.get_verbosity()
+        level, t_level = dlogging.get_verbosity(), tlogging.get_verbosity()
         dlogging.set_verbosity_error()
+        tlogging.set_verbosity_error()   # the new rows' initialisation notice: they are overwritten at once
         try:
             vectors = vectors.to(dtype=self.pipe.text_encoder.dtype)
             self.pipe.load_textual_inversion(vectors, token=info.token)
@@ -217,6 +219,7 @@ class EmbeddingSet:
             raise ModelLoadError(f"The embedding {info.name!r} cannot be loaded into this base model.") from None
         finally:
             dlogging.set_verbosity(level)
+            tlogging.set_verbosity(t_level)
         tokens = [info.token, *(f"{info.token}_{i}" for i in range(1, len(vectors)))]
         self.loaded[info.token] = (info.sha256, tokens)
         self.active = {n: i for n, i in self.active.items() if i.token != info.token}
