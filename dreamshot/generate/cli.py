@@ -282,6 +282,6 @@ def run_loras(studio, args) -> int:
         print(f"removed {args.name} from the library (the file stays on disk)")
         return 0
     for info in svc.library.list():
-        print(f"{info.name:<24} {info.kind:<9} {info.method:<6} shot {info.shot or '-':<10} token {info.token or '-':<14} "
-              f"{info.format:<9} {info.origin:<9} {info.short_hash}  {info.path}")
+        print(f"{info.name:<24} {info.kind:<9} {info.method:<6} shot {info.shot or '-':<10} "
+              f"token {info.token or '-':<14} {info.format:<9} {info.origin:<9} {info.short_hash}  {info.path}")
     return 0

@@ -8,8 +8,8 @@ The format, as A1111 writes it::
     Model: v1-5-pruned-emaonly, Lora hashes: "close: 0123456789ab", Version: v1.6.0
 
 (the last line is one line). A textual-inversion embedding is its token in the prompt plus
-``TI hashes: "name: 0123456789ab"`` (sha256 of the file, 12 hex digits, as A1111 writes it). Values holding ``,`` ``:`` or ``"`` are JSON-quoted. A1111 1.9+
-writes the scheduler apart (``Sampler: DPM++ 2M, Schedule type: Karras``); both forms are read.
+``TI hashes: "name: 0123456789ab"`` (sha256 of the file, 12 hex digits, as A1111 writes it).
+Values holding ``,`` ``:`` or ``"`` are JSON-quoted. A1111 1.9+ writes the scheduler apart (``Sampler: DPM++ 2M, Schedule type: Karras``); both forms are read.
 Nothing here knows about pipelines: it is text in, text out.
 """
 
