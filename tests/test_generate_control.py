@@ -77,6 +77,7 @@ def test_check_inputs_refuses_bad_controls(tmp_path):
              (ControlRequest("canny", str(tmp_path / "gone.png")), "does not exist"),
              (ControlRequest("canny", reference(), scale=2.5), "scale must be between 0 and 2"),
              (ControlRequest("canny", reference(), start=0.6, end=0.4), "start .0.6. must be below its end"),
+             (ControlRequest("canny", reference(), start=0.5, end=0.5), "start .0.5. must be below its end"),
              (ControlRequest("canny", reference(), end=float("nan")), "end must be between 0 and 1"),
              (ControlRequest("canny", reference(), low=200, high=100), "low threshold .200. must be below")]
     for control, message in cases:
@@ -130,6 +131,9 @@ def test_missing_controlnet_gives_one_clear_message(cstudio, tmp_path):
     with pytest.raises(ModelLoadError, match=r"lllyasviel/control_v11p_sd15_canny' is not available.*HF_HUB_OFFLINE"):
         svc.generate(fast(control=ControlRequest("canny", reference(), model=ctl.DEFAULT_CONTROLNETS["canny"])),
                      save=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=r"ControlNet '.*empty' is not available: this folder does not hold one"):
+        svc.generate(fast(control=ControlRequest("depth", reference(), model=str(tmp_path / "empty"))), save=False)
     assert svc.generate(fast(), save=False).images   # the service keeps working
 
 
