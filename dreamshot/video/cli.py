@@ -4,6 +4,7 @@
     python -m dreamshot video clip --prompt "a dancer" --camera zoom-in --camera-strength 0.8 --out zoom/
     python -m dreamshot video transition --prompt "a woman on a bridge" --from long --to close --frames 16 --out trans/
     python -m dreamshot video transition ... --auto --judge-clip openai/clip-vit-base-patch32   # judge-steered
+        (the Evaluate judge: the probe trained on the studio's labeled frames, else zero-shot CLIP)
     python -m dreamshot video restyle in.mp4 --shot close --control canny --seed-policy fixed --max-frames 48 --out re/
 
 Each takes the generation flags (--width --height --steps --cfg --sampler --seed --negative
@@ -67,7 +68,8 @@ def register(sub, parents) -> None:
     p.add_argument("--start", type=float, default=0.0, help="share of --to at the first frame [0]")
     p.add_argument("--end", type=float, default=1.0, help="share of --to at the last frame [1]")
     p.add_argument("--keyframes", default="", help="frame:share pairs, e.g. '0:0, 10:0.3, 15:1' (overrides --start/--end)")
-    p.add_argument("--auto", action="store_true", help="steer the weights frame by frame with the shot-type judge")
+    p.add_argument("--auto", action="store_true", help="steer the weights frame by frame with the shot-type judge "
+                   "(Evaluate's: a probe on the labeled frames when it can be trained, else zero-shot CLIP)")
     p.add_argument("--rounds", type=int, default=3, help="automatic mode: generate-judge-correct rounds [3]")
     p.add_argument("--judge-clip", default=None, metavar="ID|DIR", help="automatic mode: CLIP model of the judge")
     _generation_flags(p, sampler=DEFAULT_SAMPLER, steps=20, cfg=7.5, side=512)
