@@ -138,7 +138,9 @@ class GenerationService:
 
     def context(self) -> Context:
         project = self.studio.project
-        return Context(self.loras(), project.taxonomy(), project.template(), self.embeddings_list())
+        entries = self.library.list()            # read once: LoRAs and embeddings
+        return Context([e for e in entries if e.kind == "lora"], project.taxonomy(), project.template(),
+                       [e for e in entries if e.kind == "embedding"])
 
     def resolve_lora(self, key: str, loras: list[LoraInfo] | None = None) -> LoraInfo:
         """A LoRA by name, else the newest LoRA for that shot type; InvalidInput otherwise."""
