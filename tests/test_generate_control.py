@@ -114,6 +114,26 @@ def test_demo_controlnet_is_the_default_on_the_demo_model_and_steers(cstudio):
     assert np.asarray(drawn.control_image)[32, 32].max() == 0 and np.asarray(drawn.control_image).max() == 255
 
 
+def test_which_controlnet_request_then_environment_then_studio_setting_then_default(cstudio, monkeypatch):
+    models = controls(cstudio)
+    for name in (ctl.env_name("canny"), ctl.LEGACY_ENV, ctl.env_name("depth"), ctl.DEPTH_ENV):
+        monkeypatch.delenv(name, raising=False)
+    cstudio.db.set_setting(ctl.setting_key("canny"), "/studio/canny")
+    cstudio.db.set_setting(ctl.setting_key("depth_model"), "/studio/depth")
+    try:
+        assert models.source("canny") == "/studio/canny" and models.depth_source() == "/studio/depth"
+        monkeypatch.setenv(ctl.LEGACY_ENV, "/env/legacy")            # the restyle's variable before #14
+        assert models.source("canny") == "/env/legacy" and models.source("depth") == ctl.DEMO
+        monkeypatch.setenv(ctl.env_name("canny"), "/env/canny")
+        monkeypatch.setenv(ctl.DEPTH_ENV, "/env/depth")
+        assert models.source("canny") == "/env/canny" and models.depth_source() == "/env/depth"
+        assert models.source("canny", "/request/canny") == "/request/canny"
+    finally:
+        cstudio.db.set_setting(ctl.setting_key("canny"), "")
+        cstudio.db.set_setting(ctl.setting_key("depth_model"), "")
+    assert models.source("scribble") == ctl.DEMO                       # the demo model's own
+
+
 def test_batched_controls_match_one_by_one(cstudio, control_models):
     svc = service(cstudio)
     reqs = [with_control(control_models, seed=3), with_control(control_models, image=reference(7), seed=4)]
@@ -269,3 +289,9 @@ def test_tab_handlers_preview_generate_with_a_drawn_sketch_and_restore(cstudio, 
     again = h.generate(restored)
     assert np.array_equal(np.asarray(Image.open(again.gallery[0][0])), np.asarray(Image.open(shown.gallery[0][0])))
     assert h.control_preview(GenerateForm(prompt="x")) is None
+    Image.open(restored.control_image).save(tmp_path / "road.png")
+    _, _, info = h.storyboard(GenerateForm(steps=2, width=64, height=64, seed="3", control_scale=0.5),
+                              "- | a road | road.png\n- | a field", 2, "", [str(tmp_path / "road.png")])
+    assert "2 panels" in info
+    with pytest.raises(InvalidInput, match="'road.png' is not among the uploaded sketches .none."):
+        h.storyboard(GenerateForm(steps=2, width=64, height=64), "- | a road | road.png", 2, "", None)
