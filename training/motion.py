@@ -179,12 +179,18 @@ class MotionTrainer(Trainer):
             return
         self.unet.eval()
         names = validation_clips(self.config, self.parts, acc.unwrap_model(self.unet), self.caches.validation_emb,
-                                 out=self.out, step=self.state.step, frames=self.frames, device=self.device)
+                                 out=self.out, step=self.state.step, frames=self.frames, device=self.device,
+                                 precision=self.precision, dtype=self.weight_dtype)
         self.unet.train()
         self.status.write("validation", step=self.state.step, images=names, prompts=self.config.prompts(), final=final)
 
 
-def validation_clips(config, parts, unet, embeddings, *, out: Path, step: int, frames: int, device) -> list[str]:
+def validation_clips(config, parts, unet, embeddings, *, out: Path, step: int, frames: int, device,
+                     precision: str = "no", dtype=None) -> list[str]:
+    """One GIF clip per validation prompt and seed (AnimateDiff on the trained UNet, from the cached
+    prompt embeddings), saved as ``samples/step-<step>-<i>.gif``; autocast under mixed precision."""
+    import contextlib
+
     import torch
     from diffusers import AnimateDiffPipeline, DDIMScheduler
 
@@ -196,7 +202,8 @@ def validation_clips(config, parts, unet, embeddings, *, out: Path, step: int, f
     names = []
     scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config, beta_schedule="linear", clip_sample=False,
                                           timestep_spacing="linspace", steps_offset=1)
-    with torch.no_grad(), on_device(parts.vae, device), quiet():
+    autocast = torch.autocast(device.type, dtype=dtype) if precision != "no" else contextlib.nullcontext()
+    with torch.no_grad(), autocast, on_device(parts.vae, device), quiet():
         pipe = AnimateDiffPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                                    unet=unet, motion_adapter=None, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
