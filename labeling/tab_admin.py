@@ -19,6 +19,7 @@ from dreamshot.shots import PRESETS
 from dreamshot.ui import admin_name, guarded
 
 from labeling import annotate, crop, export, labels, pool, stats, uploads
+from labeling.clips import export_clips
 from labeling.tab_html import progress_html
 
 
@@ -159,6 +160,14 @@ class AdminHandlers:
         archive = shutil.make_archive(str(folder / Path(result.path).name), "zip", root_dir=result.path)
         return result.text(), archive
 
+    def do_export_clips(self, out, extra, request: gr.Request):
+        """The labeled video shots' clips (``clips/*.mp4`` + metadata.jsonl), for motion LoRAs."""
+        admin_name(self.studio, request)
+        result = export_clips(self.studio, out, include_extra=bool(extra))
+        folder = Path(tempfile.mkdtemp(prefix="dreamshot-export-"))
+        archive = shutil.make_archive(str(folder / Path(result.path).name), "zip", root_dir=result.path)
+        return result.text(), archive
+
 
 def _frame_number(value) -> int:
     try:
@@ -236,8 +245,13 @@ def build_export(h: AdminHandlers) -> None:
             out = gr.Textbox(label="Output folder", value=str(h.studio.settings.data_dir / "exports" / "shots"))
             extra = gr.Checkbox(label="Include labels beyond the quotas (extras)")
             repo = gr.Textbox(label="Push to Hub dataset repo (optional, needs HF_TOKEN)", placeholder="user/name")
-        go = gr.Button("Export", variant="primary")
+        with gr.Row():
+            go = gr.Button("Export", variant="primary")
+            clips_out = gr.Textbox(label="Shot clips folder (video shots; for motion LoRAs)", scale=2,
+                                   value=str(h.studio.settings.data_dir / "exports" / "shot-clips"))
+            go_clips = gr.Button("Export shot clips")
         with gr.Row():
             report = gr.Textbox(label="Export report", lines=5, interactive=False)
             download = gr.File(label="Download the export (.zip)", interactive=False)
     go.click(guarded(h.do_export), [out, extra, repo], [report, download], api_name="label_export")
+    go_clips.click(guarded(h.do_export_clips), [clips_out, extra], [report, download], api_name="label_export_clips")

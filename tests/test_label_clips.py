@@ -161,3 +161,15 @@ def test_label_tab_says_a_still_has_no_clip(studio, tmp_path):
     (row,) = _ok_frames(studio)
     with pytest.raises(InvalidInput, match="still .* no shot clip"):
         LabelHandlers(studio).shot_clip("ann", str(row.id), None)
+
+
+def test_label_tab_exports_shot_clips_as_a_zip(studio, imported, tmp_path):
+    import zipfile
+
+    from labeling.tab_admin import AdminHandlers
+
+    labels.record(studio, "ann", imported[2].id, "long")
+    text, archive = AdminHandlers(studio).do_export_clips(str(tmp_path / "shot-clips"), False, None)
+    assert "Exported 1 shot clips" in text
+    names = zipfile.ZipFile(archive).namelist()
+    assert "metadata.jsonl" in names and any(n.startswith("clips/") and n.endswith("_long.mp4") for n in names)
