@@ -79,9 +79,9 @@ def test_batch_size_is_automatic_or_checked(gen_studio):
     sizes = []
     real = batching.run_batch
 
-    def counting(pipe, scheduler, items, job, on_step):
+    def counting(pipe, scheduler, items, job, on_step, control=None):
         sizes.append(len(items))
-        return real(pipe, scheduler, items, job, on_step)
+        return real(pipe, scheduler, items, job, on_step, control)
 
     batching.run_batch = counting
     try:
