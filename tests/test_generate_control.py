@@ -295,3 +295,21 @@ def test_tab_handlers_preview_generate_with_a_drawn_sketch_and_restore(cstudio, 
     assert "2 panels" in info
     with pytest.raises(InvalidInput, match="'road.png' is not among the uploaded sketches .none."):
         h.storyboard(GenerateForm(steps=2, width=64, height=64), "- | a road | road.png", 2, "", None)
+
+
+def test_api_generate_with_a_control_image_and_preview(cstudio, control_models, monkeypatch, serve, tmp_path):
+    """The ControlNet inputs come after the 13 documented ones (and the embedding) in /generate."""
+    from gradio_client import Client, handle_file
+
+    monkeypatch.setenv(ctl.env_name("canny"), control_models["controlnet"])
+    frame = tmp_path / "frame.png"
+    reference(4).save(frame)
+    client = Client(serve(cstudio), verbose=False)
+    head = ["a pier", "none", 1.0, True, "", "DDIM", 3, 6, 64, 64, "5", 1, ""]
+    control = dict(embedding="none", control="canny", control_image=handle_file(str(frame)), control_scale=0.6)
+    gallery, info, seed, params = client.predict(*head, **control, api_name="/generate")
+    assert len(gallery) == 2 and "canny ControlNet ×0.6" in info and 'Model: controlnet, Weight: 0.6' in params
+    preview = client.predict(*head, **control, api_name="/control_preview")
+    assert np.array_equal(np.asarray(Image.open(preview).convert("RGB")), np.asarray(ctl.canny(reference(4))))
+    plain, *_ = client.predict(*head, api_name="/generate")                  # the 13-value call still works
+    assert len(plain) == 1
