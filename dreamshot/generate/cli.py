@@ -235,10 +235,9 @@ def run_read_png(args) -> int:
 
 
 def _restorer(args):
-    """text -> (request, notes), matching LoRAs against the studio's library when the studio exists
-    (an existing data folder or --db); never creates a data folder."""
+    """(text, folder of the PNG) -> (request, notes), matching LoRAs against the studio's library
+    when the studio exists (an existing data folder or --db); never creates a data folder."""
     from dreamshot import settings as config
-    from dreamshot.generate.params import request_from_parameters
     from dreamshot.shots import get_taxonomy
 
     settings = config.from_args(args)
