@@ -341,22 +341,27 @@ def test_train_tab_method_fields_and_form(studio, monkeypatch):
 
     monkeypatch.setattr(jobs.TrainingRunner, "start", lambda self: self)
     ui = tab.TrainHandlers(studio)
-    ti_box, full_box, lr, *lora_only = ui.method_fields("ti", "smoke")
-    assert (ti_box.visible, full_box.visible, lr) == (True, False, 5e-3)
+    ti_box, full_box, motion_box, lr, *lora_only = ui.method_fields("ti", "smoke")
+    assert (ti_box.visible, full_box.visible, motion_box.visible, lr) == (True, False, False, 5e-3)
     assert len(lora_only) == len(tab.LORA_ONLY) and not any(u["visible"] for u in lora_only)
-    ti_box, full_box, lr, *_ = ui.method_fields("full", "paper")
-    assert (ti_box.visible, full_box.visible, lr) == (False, True, 5e-6)
-    ti_box, full_box, lr, *lora_only = ui.method_fields("lora", "paper")
-    assert (ti_box.visible, full_box.visible, lr) == (False, False, 1e-4) and all(u["visible"] for u in lora_only)
+    ti_box, full_box, motion_box, lr, *_ = ui.method_fields("full", "paper")
+    assert (ti_box.visible, full_box.visible, motion_box.visible, lr) == (False, True, False, 5e-6)
+    ti_box, full_box, motion_box, lr, *lora_only = ui.method_fields("lora", "paper")
+    assert (ti_box.visible, full_box.visible, motion_box.visible, lr) == (False, False, False, 1e-4)
+    assert all(u["visible"] for u in lora_only)
+    ti_box, full_box, motion_box, lr, *lora_only = ui.method_fields("motion", "paper")
+    assert (ti_box.visible, full_box.visible, motion_box.visible) == (False, False, True)
+    shown = {name for name, u in zip(tab.LORA_ONLY, lora_only) if u["visible"]}
+    assert shown == {"rank", "alpha", "target"}       # a motion run is a LoRA, never a text-encoder one
 
     endpoint = tab.start_endpoint(ui)
     names = list(inspect.signature(endpoint).parameters)
     assert names[1:5] == ["shots", "preset", "dataset", "hub_token"]
-    assert names[-7:] == ["method", "token", "init_word", "num_vectors", "optimizer", "extract_rank",
-                          "freeze_non_lora"]  # the new inputs come last: older callers keep working
+    assert names[-9:] == ["method", "token", "init_word", "num_vectors", "optimizer", "extract_rank",
+                          "freeze_non_lora", "motion_adapter", "clip_frames"]  # new inputs last: older callers work
     values = {**{n: getattr(tconfig.preset("smoke"), n) for n in views.PARAM_NAMES},
               "method": "ti", "token": " ", "init_word": "close-up", "num_vectors": 3.0, "optimizer": "adamw",
-              "extract_rank": 64, "freeze_non_lora": False}
+              "extract_rank": 64, "freeze_non_lora": False, "motion_adapter": "", "clip_frames": 8}
     form = views.TrainForm.from_inputs(["close"], "smoke", "", "", *[values[n] for n in views.FORM_NAMES])
     overrides = form.overrides()
     assert overrides["method"] == "ti" and overrides["num_vectors"] == 3 and "token" not in overrides

@@ -45,6 +45,7 @@ FOLLOW_LOG_JS = """() => { setTimeout(() => {
 
 
 LORA_ONLY = ("rank", "alpha", "target", "train_text_encoder")  # hidden for the other methods
+METHOD_BOXES = ("ti", "full", "motion")  # methods with fields of their own (a column each)
 
 
 class TrainHandlers:
@@ -74,8 +75,11 @@ class TrainHandlers:
         """Show the chosen method's own fields (and the LoRA-only parameters only for a LoRA); the
         learning rate that suits the method (on the preset)."""
         cfg = tconfig.preset(preset if preset in tconfig.PRESETS else "paper", method=method)
-        lora_only = [gr.update(visible=method == "lora") for _ in LORA_ONLY]
-        return gr.Column(visible=method == "ti"), gr.Column(visible=method == "full"), cfg.learning_rate, *lora_only
+        # A motion run trains a LoRA too (rank, alpha, layers) but never a text-encoder LoRA.
+        lora_only = [gr.update(visible=method == "lora" or (method == "motion" and name != "train_text_encoder"))
+                     for name in LORA_ONLY]
+        boxes = [gr.Column(visible=method == which) for which in METHOD_BOXES]
+        return *boxes, cfg.learning_rate, *lora_only
 
     def start(self, form: TrainForm, request: gr.Request):
         """Queue one run per shot type; the view follows the queue from the first one."""
@@ -207,7 +211,7 @@ def _method_form(paper) -> MethodForm:
     with gr.Row():
         name, label, kind, extra = METHOD_PARAMS[0]
         by_name[name] = _component(name, label, kind, extra, getattr(paper, name))
-        for which in ("ti", "full"):
+        for which in METHOD_BOXES:
             with gr.Column(visible=False, scale=3, elem_id=f"train-{which}-fields") as boxes[which], gr.Row():
                 for name, label, kind, extra in METHOD_PARAMS[1:]:
                     if extra["method"] == which:
@@ -263,7 +267,7 @@ def build(studio, demo: gr.Blocks) -> None:
     # Quick actions: an error shows as a toast, not as an overlay on the table and the run picker.
     quiet = dict(show_progress="hidden")
     method = methods.inputs[0]
-    method_outputs = [methods.boxes["ti"], methods.boxes["full"], params[PARAM_NAMES.index("learning_rate")],
+    method_outputs = [*[methods.boxes[which] for which in METHOD_BOXES], params[PARAM_NAMES.index("learning_rate")],
                       *[params[PARAM_NAMES.index(name)] for name in LORA_ONLY]]
     preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset").then(
         guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")

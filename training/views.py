@@ -44,7 +44,8 @@ PARAMS = [
 ]
 PARAM_NAMES = [p[0] for p in PARAMS]
 # The method and its own fields (shown only for that method); at the end of /train_start's inputs.
-METHOD_CHOICES = [("LoRA", "lora"), ("Textual inversion", "ti"), ("Full fine-tune", "full")]
+METHOD_CHOICES = [("LoRA", "lora"), ("Textual inversion", "ti"), ("Full fine-tune", "full"),
+                  ("Motion LoRA (clips)", "motion")]
 METHOD_PARAMS = [
     ("method", "Method", "radio", {"choices": METHOD_CHOICES}),
     ("token", "Token", "text", {"placeholder": "empty: <SHOT-shot>, e.g. <close-shot>", "method": "ti"}),
@@ -55,6 +56,9 @@ METHOD_PARAMS = [
     ("extract_rank", "Extracted LoRA rank", "int", {"method": "full"}),
     ("freeze_non_lora", "Freeze biases/norms/conv_in/out (the LoRA then holds the whole change)", "bool",
      {"method": "full"}),
+    ("motion_adapter", "Motion adapter", "text", {"placeholder": "empty: the Video tab's (Hub id or folder)",
+                                                  "method": "motion"}),
+    ("clip_frames", "Frames per clip", "int", {"method": "motion"}),
 ]
 FORM_NAMES = PARAM_NAMES + [p[0] for p in METHOD_PARAMS]
 METHOD_LABELS = {"lora": "LoRA", "ti": "TI", "full": "Full", "motion": "Motion LoRA"}

@@ -130,7 +130,7 @@ def _restyle_section(h: VideoHandlers):
                     shot = gr.Dropdown(h.lora_choices(), value=NONE, label="Shot LoRA", allow_custom_value=True)
                     alpha = gr.Slider(0, 1.5, value=1.0, step=0.05, label="α")
                 with gr.Row():
-                    control = gr.Radio(["none", "canny"], value="none", label="Control (none = img2img)")
+                    control = gr.Radio(["none", "canny", "depth"], value="none", label="Control (none = img2img)")
                     strength = gr.Slider(0.05, 1, value=0.6, step=0.05, label="Strength")
                 with gr.Row():
                     policy = gr.Radio(["fixed", "per-frame"], value="fixed", label="Seed policy")
