@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The README's video tour, end to end on the offline demo model (random weights: the GIFs show the
 # pipeline working, not what a trained SD 1.5 makes). Run from the repository root:
-#     bash docs/tour/make_tour.sh            # about 3 minutes on 2 CPU cores
-# Writes docs/tour/{shot-clip,camera-zoom-in,transition-long-close,restyle}.gif (128 px).
+#     bash dreamshot/video/tour/make_tour.sh            # about 3 minutes on 2 CPU cores
+# Writes dreamshot/video/tour/{shot-clip,camera-zoom-in,transition-long-close,restyle}.gif (128 px).
 set -euo pipefail
 export DREAMSHOT_DATA="${DREAMSHOT_DATA:-$(mktemp -d)}" DREAMSHOT_MODEL=demo
-TOUR=docs/tour WORK="$DREAMSHOT_DATA/tour"
+TOUR=dreamshot/video/tour WORK="$DREAMSHOT_DATA/tour"
 mkdir -p "$WORK"
 VIDEOS=$(python -c "import gradio, os; print(os.path.dirname(gradio.__file__))")/media_assets/videos
 G="--width 128 --height 128 --steps 12 --frames 16 --fps 8 --seed 7"
