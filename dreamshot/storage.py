@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -245,3 +246,17 @@ def open_database(url: str) -> Database:
         safe_url = sa.engine.make_url(normalize_url(url)).render_as_string(hide_password=True)
         raise SettingsError(f"Cannot open the database {safe_url}: {exc.__class__.__name__}") from None
     return db
+
+
+def store_blob(data_dir: Path, folder: str, digest: str, suffix: str, data: bytes) -> str:
+    """Write ``data`` once under ``<data>/<folder>/<digest[:2]>/<digest><suffix>`` (content-addressed:
+    a file already there is kept; a new one appears whole, via a ``.part`` file and a rename) and
+    return its path relative to the data folder, as the database stores it."""
+    rel = Path(folder) / digest[:2] / f"{digest}{suffix}"
+    target = Path(data_dir) / rel
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return rel.as_posix()

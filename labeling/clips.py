@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +26,7 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
+from dreamshot.storage import store_blob
 
 CLIP_FRAMES = 16
 CLIP_SECONDS = 2.0
@@ -90,15 +89,7 @@ def _encode(av, buf, images: list, rate: Fraction) -> None:
 
 
 def store(data_dir: Path, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    rel = Path("clips") / digest[:2] / f"{digest}.mp4"
-    target = Path(data_dir) / rel
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    return rel.as_posix()
+    return store_blob(data_dir, "clips", hashlib.sha256(data).hexdigest(), ".mp4", data)
 
 
 def keep_clip(studio, item, meta: dict) -> None:
@@ -147,7 +138,7 @@ def export_clips(studio, out_dir, *, shots=None, include_extra: bool = False, sp
                  ) -> ClipExport:
     """The clips of the labeled shots (final labels, as the still export) as an imagefolder of clips."""
     from labeling import labels
-    from labeling.export import _check_out_dir
+    from labeling.export import _check_out_dir, replaced_folder
 
     out = Path(out_dir).expanduser()
     _check_out_dir(out, studio.settings.data_dir)
@@ -162,9 +153,7 @@ def export_clips(studio, out_dir, *, shots=None, include_extra: bool = False, sp
         caps = dict(conn.execute(sa.select(C.c.frame_id, C.c.caption).where(C.c.frame_id.in_(ids))).all()) if ids else {}
     project, template = studio.project, studio.project.template()
     report = ClipExport(path=out, count=0, per_class={})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with replaced_folder(out) as tmp:
         (tmp / "clips").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as fh:
             for fid in ids:
@@ -188,12 +177,6 @@ def export_clips(studio, out_dir, *, shots=None, include_extra: bool = False, sp
                 }, ensure_ascii=False) + "\n")
                 report.count += 1
                 report.per_class[shot] = report.per_class.get(shot, 0) + 1
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 

@@ -10,10 +10,12 @@ with ``datasets.load_dataset("imagefolder", data_dir=OUT)``; optionally pushed t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,22 @@ from dreamshot.errors import InvalidInput
 from labeling import crop, labels
 
 F, L, C = schema.frames, schema.labels, schema.captions
+
+
+@contextlib.contextmanager
+def replaced_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write an export into; when the block ends without an
+    error it replaces ``out`` whole (readers never see half an export), otherwise it is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -92,10 +110,8 @@ def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = Fal
         caps = {r.frame_id: r for r in conn.execute(sa.select(C.c.frame_id, C.c.caption, C.c.caption_original)
                                                     .where(C.c.frame_id.in_(ids)))} if ids else {}
         who = _annotators(conn, ids)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     report = ExportReport(path=out, count=0, per_class={}, size=size)
-    try:
+    with replaced_folder(out) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
             for done, fid in enumerate(ids):
@@ -123,12 +139,6 @@ def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = Fal
                 }, ensure_ascii=False) + "\n")
                 report.count += 1
                 report.per_class[shot] = report.per_class.get(shot, 0) + 1
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     if push_to_hub:
         push(out, push_to_hub)
         report.pushed_to = push_to_hub

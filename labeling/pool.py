@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
-from dreamshot.storage import now
+from dreamshot.storage import now, store_blob
 
 from labeling import clips, filters, sources
 from labeling.filters import REASONS, Rejected
@@ -273,14 +273,7 @@ class _Importer:
         return sources_ or "a frame already in the pool"
 
     def _store(self, digest: str, fmt: str | None, data: bytes) -> str:
-        rel = Path("frames") / digest[:2] / (digest + _EXT.get(fmt or "", ".img"))
-        target = self.studio.settings.data_dir / rel
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".part")
-            tmp.write_bytes(data)
-            tmp.replace(target)
-        return rel.as_posix()
+        return store_blob(self.studio.settings.data_dir, "frames", digest, _EXT.get(fmt or "", ".img"), data)
 
 
 def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
