@@ -128,3 +128,26 @@ def run_cli(*args: str, data: Path, env: dict | None = None, check: bool = True)
     if check and proc.returncode != 0:
         raise AssertionError(f"CLI failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+VIDEO_COLORS = [(220, 30, 30), (30, 200, 40), (40, 40, 210)]
+
+
+def write_video(path, colors=VIDEO_COLORS, frames_per_shot=20, size=(160, 120), fps=12):
+    """An MP4 of shots of solid colours (a little noise) with hard cuts between them: each shot's
+    frames can be told from the others' by colour alone."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for color in colors:
+            for _ in range(frames_per_shot):
+                noise = rng.integers(-8, 8, size=(size[1], size[0], 3))
+                arr = np.clip(np.array(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

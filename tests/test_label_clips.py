@@ -13,28 +13,8 @@ import sqlalchemy as sa
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
 from labeling import clips, labels, pool
-
-COLORS = [(220, 30, 30), (30, 200, 40), (40, 40, 210)]
-
-
-def write_video(path, colors=COLORS, frames_per_shot=20, size=(160, 120), fps=12):
-    """Shots of solid colours (a little noise), hard cuts between them; each frame's blue channel
-    carries its frame number, so a clip's frames can be located in the source."""
-    import av
-
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        for color in colors:
-            for _ in range(frames_per_shot):
-                noise = rng.integers(-8, 8, size=(size[1], size[0], 3))
-                arr = np.clip(np.array(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                    out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+from tests.label_helpers import VIDEO_COLORS as COLORS
+from tests.label_helpers import write_video
 
 
 def decode(path):

@@ -16,7 +16,7 @@ from dreamshot import schema
 from dreamshot.errors import InvalidInput
 from labeling import filters, labels, pool, sources
 from tests.label_helpers import (MIXED_FILTERED, MIXED_NOT_IMAGES, PHOTOS, corrupt_zip, make_mixed_pool,
-                                 synthetic_frames, tree_digest)
+                                 synthetic_frames, tree_digest, write_video)
 
 
 def _frames(studio):
@@ -130,26 +130,9 @@ def test_existing_labels_imported_and_unknown_class_rejected(studio, tmp_path):
     assert list(labels.final_labels(studio).values()) == ["close"]
 
 
-def _write_video(path, colors, frames_per_shot=20, size=(160, 120)):
-    import av
-
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=12)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        for color in colors:
-            for _ in range(frames_per_shot):
-                noise = rng.integers(-8, 8, size=(size[1], size[0], 3))
-                arr = np.clip(np.array(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                    out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
 def test_video_gives_one_frame_per_shot(studio, tmp_path):
     video = tmp_path / "clip.mp4"
-    _write_video(video, [(220, 30, 30), (30, 200, 40), (40, 40, 210)])
+    write_video(video)
     assert len(sources.shot_middles(video)) == 3
     report = pool.run_import(studio, pool.ImportOptions(str(video), min_side=100, near_duplicate_distance=-1,
                                                         split="test"))

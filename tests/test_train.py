@@ -14,7 +14,7 @@ from dreamshot.errors import InvalidInput, ModelLoadError
 from training import config as tconfig
 from training import data as tdata
 from training import export
-from tests.training_helpers import make_imagefolder
+from tests.training_helpers import make_imagefolder, smoke_config, status_events
 
 FAST = dict(resolution=32, validation_steps=0, validation_inference_steps=2, checkpoint_steps=0)
 
@@ -27,12 +27,10 @@ def imagefolder(tmp_path):
 
 
 def smoke(imagefolder, demo_model_dir, out, **changes):
-    return tconfig.preset("smoke", shot="close", dataset=str(imagefolder), base_model=str(demo_model_dir),
-                          output_dir=str(out), **{**FAST, **changes})
+    return smoke_config(imagefolder, demo_model_dir, out, **{**FAST, **changes})
 
 
-def events(out):
-    return [json.loads(line) for line in (out / "status.jsonl").read_text().splitlines()]
+events = status_events
 
 
 # ---- settings -------------------------------------------------------------------------------------

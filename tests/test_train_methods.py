@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dreamshot.errors import InvalidInput
-from tests.training_helpers import make_imagefolder
+from tests.training_helpers import make_imagefolder, smoke_config, status_events
 from training import config as tconfig
 
 FAST = dict(resolution=32, validation_steps=0, validation_inference_steps=1, checkpoint_steps=0)
@@ -31,12 +31,10 @@ def imagefolder(tmp_path):
 
 
 def smoke(imagefolder, demo_model_dir, out, **changes):
-    return tconfig.preset("smoke", shot="close", dataset=str(imagefolder), base_model=str(demo_model_dir),
-                          output_dir=str(out), **{**FAST, **changes})
+    return smoke_config(imagefolder, demo_model_dir, out, **{**FAST, **changes})
 
 
-def events(out):
-    return [json.loads(line) for line in (out / "status.jsonl").read_text().splitlines()]
+events = status_events
 
 
 def pipeline(demo_model_dir):

@@ -28,3 +28,16 @@ def make_imagefolder(folder: Path, shots=("close",), per_shot: int = 3, size=(48
                          "text": f"a high-quality {shot.replace('_', ' ')} shot picture of {caption}"})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
+
+
+def smoke_config(dataset, base_model, out, **changes):
+    """The smoke preset for the shot type 'close' on ``dataset`` and ``base_model``, writing ``out``."""
+    from training import config as tconfig
+
+    return tconfig.preset("smoke", shot="close", dataset=str(dataset), base_model=str(base_model),
+                          output_dir=str(out), **changes)
+
+
+def status_events(out: Path) -> list[dict]:
+    """The run's status.jsonl, one dict per event."""
+    return [json.loads(line) for line in (Path(out) / "status.jsonl").read_text().splitlines()]
