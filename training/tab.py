@@ -26,9 +26,10 @@ from training.views import (FAST_POLL_S, FORM_NAMES, HISTORY_HEADERS, HISTORY_WI
 
 INTRO = ("Teach each shot type on the labeled, captioned set with the project's prompt template (e.g. "
          "`a high-quality {shot} picture of {caption}`): a **LoRA** (DreamBooth-style, no identifier token), a "
-         "**textual inversion** token (`<close-shot>` stands where the shot words stand) or a **full fine-tune** "
-         "of the UNet, extracted to a LoRA of chosen rank. Runs queue up and train one at a time in a separate "
-         "process; finished LoRAs and embeddings appear in the Generate tab.")
+         "**textual inversion** token (`<close-shot>` stands where the shot words stand), a **full fine-tune** "
+         "of the UNet, extracted to a LoRA of chosen rank, or a **motion LoRA** trained on the shots' clips "
+         "through AnimateDiff (videos imported in the Label tab). Runs queue up and train one at a time in a "
+         "separate process; finished LoRAs and embeddings appear in the Generate and Video tabs.")
 # Gradio's own autoscroll does not follow a box inside a tab (gradio-app/gradio#10545): after each
 # update, keep the log at its newest line unless the reader has scrolled up.
 FOLLOW_LOG_JS = """() => { setTimeout(() => {
