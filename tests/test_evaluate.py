@@ -47,6 +47,8 @@ def test_run_writes_pairs_tables_alpha_curve_and_judge(eval_studio, tiny_eval_mo
     assert res["tables"]["table4"]["n_pairs"] == 4
     assert [a["alpha"] for a in res["alpha_curve"]] == [0.0, 1.0]
     assert res["judge"]["kind"] == "zeroshot"                  # too few labeled frames for a probe
+    # The judge chooses among every shot type of the project, not only the two evaluated here.
+    assert list(res["judge"]["labeled"]) == ["close", "medium", "long"]
     assert tiny_eval_models["clip"] in res["models"]["clip"] and "sha256" in res["models"]["dino"]
     assert (out / "results.csv").read_text().startswith("table,metric,shot")
     assert (out / "results.png").stat().st_size > 1000

@@ -237,7 +237,9 @@ class EvaluateService:
         got = [done_pairs[it.id] for it in planned_pairs if it.id in done_pairs]
         got_alpha = [done_alpha[it.id] for it in planned_alpha if it.id in done_alpha]
         exclude = {int(k.split("-", 1)[1]) for k in {r["frame"] for r in got} if k.startswith("frame-") and k[6:].isdigit()}
-        judge, texts = self._judge(options, clip, list(sides.shots), exclude)
+        # Over every shot type of the project, not only the evaluated ones: judging a close-only run
+        # among {close} alone would call every image a close shot.
+        judge, texts = self._judge(options, clip, self.studio.project.taxonomy().names, exclude)
         scores = scoring.pair_scores(out, got, clip, dino, judge, texts)
         with open(out / "scores.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(s) + "\n" for s in scores)
