@@ -95,14 +95,17 @@ class ControlModels:
             if folder is None and hub_offline():
                 raise _missing("ControlNet", source, fix)
             try:
-                net = ControlNetModel.from_pretrained(folder or source, local_files_only=folder is not None)
+                net = ControlNetModel.from_pretrained(folder or source, local_files_only=folder is not None,
+                                                      dtype=unet.dtype)  # fp16 on a GPU straight from disk
             except Exception:
                 raise _missing("ControlNet", source, fix) from None
         dims = (net.config.cross_attention_dim, unet.config.cross_attention_dim)
         if dims[0] != dims[1]:
             raise ModelLoadError(f"The ControlNet {source!r} is for a model with cross_attention_dim {dims[0]}; "
                                  f"the base model has {dims[1]} (SD 1.5 ControlNets need an SD 1.5 model).")
-        return net.to(unet.device, dtype=unet.dtype)
+        if net.dtype != unet.dtype:   # (a cast of the same dtype would only make diffusers warn)
+            net = net.to(dtype=unet.dtype)
+        return net.to(unet.device)
 
     def pipeline(self, source: str):
         """A StableDiffusionControlNetPipeline on the shared base pipeline's components."""
