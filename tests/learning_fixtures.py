@@ -48,7 +48,7 @@ def toy_pictures(folder: Path, n: int = 48, seed: int = 1) -> Path:
     return folder
 
 
-def _pixels(paths) -> "torch.Tensor":
+def _pixels(paths):
     import torch
 
     return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 127.5 - 1)
