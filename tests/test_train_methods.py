@@ -37,6 +37,19 @@ def smoke(imagefolder, demo_model_dir, out, **changes):
 events = status_events
 
 
+def whole_and_cancelled_at_2(trainer_class, imagefolder, demo_model_dir, tmp_path, options):
+    """(the uninterrupted run's result, the split run's folder and config): the same run twice, the
+    second cancelled after step 2 (and checked to have stopped), ready for a resume."""
+    from training.trainer import train
+
+    whole = train(smoke(imagefolder, demo_model_dir, tmp_path / "whole", **options))
+    out = tmp_path / "split"
+    cfg = smoke(imagefolder, demo_model_dir, out, **options)
+    first = trainer_class(cfg, should_stop=lambda: first.state.step >= 2)
+    assert first.run().status == "cancelled"
+    return whole, out, cfg
+
+
 def pipeline(demo_model_dir):
     from diffusers import StableDiffusionPipeline
 
@@ -157,11 +170,7 @@ def test_textual_inversion_resume_continues_the_same_embedding(tmp_path, imagefo
     from training.trainer import train
 
     options = dict(method="ti", max_steps=4, checkpoint_steps=2, learning_rate=0.05, weight_decay=0.1)
-    whole = train(smoke(imagefolder, demo_model_dir, tmp_path / "whole", **options))
-    out = tmp_path / "split"
-    cfg = smoke(imagefolder, demo_model_dir, out, **options)
-    first = TextualInversionTrainer(cfg, should_stop=lambda: first.state.step >= 2)
-    assert first.run().status == "cancelled"
+    whole, out, cfg = whole_and_cancelled_at_2(TextualInversionTrainer, imagefolder, demo_model_dir, tmp_path, options)
     assert (out / "checkpoints" / "checkpoint-2" / "embedding_state.safetensors").is_file()
     second = train(cfg, resume="latest")
     assert second.status == "done" and second.losses == whole.losses[2:]
@@ -263,11 +272,7 @@ def test_full_finetune_resumes_and_reports_what_the_lora_cannot_carry(tmp_path, 
     from training.trainer import train
 
     options = dict(method="full", max_steps=4, checkpoint_steps=2, learning_rate=1e-3, extract_rank=4)
-    whole = train(smoke(imagefolder, demo_model_dir, tmp_path / "whole", **options))
-    out = tmp_path / "split"
-    cfg = smoke(imagefolder, demo_model_dir, out, **options)
-    first = FullTrainer(cfg, should_stop=lambda: first.state.step >= 2)
-    assert first.run().status == "cancelled"
+    whole, out, cfg = whole_and_cancelled_at_2(FullTrainer, imagefolder, demo_model_dir, tmp_path, options)
     assert (out / "checkpoints" / "checkpoint-2" / "unet_state.safetensors").is_file()
     assert train(cfg, resume="latest").losses == whole.losses[2:]
     a, b = load_file(str(out / "unet_delta.safetensors")), load_file(str(tmp_path / "whole" / "unet_delta.safetensors"))

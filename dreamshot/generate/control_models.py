@@ -72,12 +72,16 @@ class ControlModels:
         return os.environ.get(DEPTH_ENV, "").strip() or self._setting(setting_key("depth_model")) or DEFAULT_DEPTH_MODEL
 
     # -- loading ------------------------------------------------------------------------------------
+    def _once(self, store: dict, key: str, load):
+        """``store[key]``, made by ``load(key)`` the first time (under the lock: loaded once)."""
+        with self._lock:
+            if key not in store:
+                store[key] = load(key)
+            return store[key]
+
     def controlnet(self, source: str):
         """The ControlNetModel of ``source`` on the base UNet's device and dtype (loaded once)."""
-        with self._lock:
-            if source not in self._nets:
-                self._nets[source] = self._load_controlnet(source)
-            return self._nets[source]
+        return self._once(self._nets, source, self._load_controlnet)
 
     def _load_controlnet(self, source: str):
         from dreamshot.models import import_libraries
@@ -123,11 +127,7 @@ class ControlModels:
 
     def depth(self, source: str | None = None):
         """The transformers depth-estimation pipeline (loaded once)."""
-        source = source or self.depth_source()
-        with self._lock:
-            if source not in self._depth:
-                self._depth[source] = self._load_depth(source)
-            return self._depth[source]
+        return self._once(self._depth, source or self.depth_source(), self._load_depth)
 
     def _load_depth(self, source: str):
         from dreamshot.models import import_libraries
