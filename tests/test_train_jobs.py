@@ -63,6 +63,18 @@ def test_bad_settings_are_refused_before_anything_is_queued(runner, dataset):
     assert runner.list_runs() == []
 
 
+def test_a_second_start_of_the_same_run_is_refused_and_queues_nothing(runner, dataset):
+    (first,) = runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
+    with pytest.raises(InvalidInput, match=f"Run #{first.id} .*already queued for the close shot"):
+        runner.submit(jobs.TrainRequest(["close", "long"], "smoke", FAST, dataset=str(dataset)))
+    assert [r.id for r in runner.list_runs()] == [first.id]      # not even the long run of that request
+    (variant,) = runner.submit(jobs.TrainRequest(["close"], "smoke", {**FAST, "rank": 8}, dataset=str(dataset)))
+    runner.cancel(first.id)
+    (again,) = runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
+    assert [r.status for r in runner.list_runs()] == ["queued", "queued", "cancelled"]
+    assert again.id > variant.id > first.id
+
+
 def labeled_studio(studio, tmp_path, shots):
     """Frames imported into the studio's pool and labeled with ``shots`` (one frame each)."""
     from labeling import labels, pool
@@ -197,6 +209,26 @@ def test_studio_cli_needs_shot_types(studio, capsys):
 
     assert main(["--data", str(studio.settings.data_dir), "--model", "demo"]) == 2
     assert "--shots close medium long" in capsys.readouterr().err
+
+
+def test_studio_cli_refuses_while_a_run_trains_and_queues_nothing(runner, studio, dataset, capsys):
+    """The app's runner trains whatever is queued: a refused command must leave nothing queued."""
+    from training.__main__ import main
+
+    training, stopped = (runner.submit(jobs.TrainRequest([shot], "smoke", FAST, dataset=str(dataset)))[0]
+                         for shot in ("close", "long"))
+    runner.cancel(stopped.id)
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(training.config_path)])
+    try:
+        runner.runs.update(training.id, status=jobs.RUNNING, pid=stand_in.pid)
+        flags = ["--data", str(studio.settings.data_dir), "--model", "demo"]
+        assert main([*flags, "--shots", "medium", "--preset", "smoke"]) == 2
+        assert main([*flags, "--resume-run", str(stopped.id)]) == 2
+        assert f"Run {training.id} (close) is training" in capsys.readouterr().err
+        assert [(r.id, r.status) for r in runner.list_runs()] == [(stopped.id, "cancelled"), (training.id, "running")]
+    finally:
+        stand_in.kill()
+        stand_in.wait()
 
 
 def test_settings_come_from_the_project_and_live_in_config_json_only(runner, studio, dataset):

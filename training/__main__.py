@@ -155,6 +155,11 @@ def _train_in_studio(studio, args) -> int:
     from training import jobs
 
     runner = jobs.service(studio)  # in the foreground: no background polling
+    runner.recover()  # a run a dead server left "running" is interrupted, not a busy GPU
+    busy = runner.list_runs((jobs.RUNNING,))
+    if busy:  # refuse before queuing anything: the app's runner would train what we leave queued
+        raise DreamShotError(f"Run {busy[0].id} ({busy[0].shot}) is training: one GPU job at a time. Nothing was "
+                             "queued; run this again when it has finished, or queue runs in the Train tab.")
     shots = args.shots or ([args.cfg_shot] if args.cfg_shot else None)
     if args.resume and not args.resume_run:  # --resume latest: the newest resumable run (of --shot(s))
         candidates = [r for r in runner.list_runs(jobs.RESUMABLE) if not shots or r.shot in shots]

@@ -56,6 +56,11 @@ class TrainRequest:
     hub_token: str | None = field(default=None, repr=False)  # kept in memory, passed via HF_TOKEN only
 
 
+def _comparable(cfg: TrainConfig) -> dict:
+    """The settings that decide what a run trains (not where it writes or what it is called)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("name", "output_dir", "dataset")}
+
+
 def service(studio) -> "TrainingRunner":
     """The studio's one runner (not started: call ``start()``)."""
     return studio.service(TrainingRunner)
@@ -115,7 +120,24 @@ class TrainingRunner:
             except TypeError as exc:
                 raise InvalidInput(f"Unknown training setting: {exc}") from None
             configs.append(cfg.validate())
+        for cfg in configs:
+            self._refuse_duplicate(cfg, request.dataset)
         return configs
+
+    def _refuse_duplicate(self, cfg: TrainConfig, dataset: str | None) -> None:
+        """A run identical to one already queued or running (a second press of Start) is refused:
+        it would train the same thing twice. A run that differs in any setting is queued."""
+        source = str(Path(dataset).resolve()) if dataset else None
+        mine = _comparable(cfg)
+        for run in self.list_runs(runs.ACTIVE):
+            try:
+                other = run.train_config
+            except InvalidInput:  # a run folder someone removed: nothing to compare with
+                continue
+            same_source = (run.source == "folder" and source == other.dataset) or (run.source == "studio" and not source)
+            if run.shot == cfg.shot and same_source and _comparable(other) == mine:
+                raise InvalidInput(f"Run #{run.id} ({run.name}) is already {run.status} for the {cfg.shot} shot with "
+                                   "the same settings. Wait for it, cancel it, or change a setting to queue a variant.")
 
     def submit(self, request: TrainRequest) -> list[RunInfo]:
         created = []
