@@ -5,6 +5,7 @@
   id and the browser sees only that id. Gradio itself prints no traceback for either. A handler
   arriving while the warm-up thread imports the ML libraries waits for them to be whole.
 - ``admin_name``: the role check each admin handler runs itself.
+- ``generator_dropdowns``: the Generator A / B pair of Evaluate and the Survey build form.
 - ``gpu``: ZeroGPU's ``@spaces.GPU(duration=...)`` for handlers that run the model (a no-op
   elsewhere).
 """
@@ -75,6 +76,19 @@ def admin_name(studio, request: gr.Request | None) -> str:
     """The caller's name if they may use admin features; raises AccessDenied otherwise."""
     username = getattr(request, "username", None) if request is not None else None
     return studio.access.require_admin(username)
+
+
+GENERATOR_FORMS = "base, lora@0.8, full@1, ti, ti+lora@0.6, name:<library name>@α, +canny/+depth"
+
+
+def generator_dropdowns(elem_prefix: str, defaults: tuple[str, str], info_b: str) -> tuple:
+    """Generator A and B side by side (ids ``<prefix>-gen-a`` / ``-gen-b``): the defaults until page load
+    fills in what the library offers; free text is accepted too."""
+    with gr.Row():
+        pair = tuple(gr.Dropdown([value], value=value, allow_custom_value=True, label=f"Generator {side}",
+                                 elem_id=f"{elem_prefix}-gen-{side.lower()}", info=info)
+                     for side, value, info in (("A", defaults[0], GENERATOR_FORMS), ("B", defaults[1], info_b)))
+    return pair
 
 
 def gpu(duration: int = 60):

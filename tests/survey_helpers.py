@@ -25,9 +25,8 @@ PROMPTS = ["a woman reading a letter", "a man crossing a bridge", "two children 
 
 
 def small_spec(name="pilot", pairs=4, per_participant=2, **kw) -> SurveySpec:
-    kw.setdefault("prompts", list(PROMPTS))
-    return SurveySpec(name=name, shots=["close", "medium"], pairs=pairs, per_participant=per_participant,
-                      seed=3, steps=2, width=64, height=64, **kw)
+    kw = {"prompts": list(PROMPTS), "seed": 3, "steps": 2, "width": 64, "height": 64, **kw}
+    return SurveySpec(name=name, shots=["close", "medium"], pairs=pairs, per_participant=per_participant, **kw)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from dreamshot.evaluate.judge import JUDGES
 from dreamshot.evaluate.pairs import EvalOptions
 from dreamshot.evaluate.service import service
 from dreamshot.generate import generators
-from dreamshot.ui import admin_name, guarded
+from dreamshot.ui import admin_name, generator_dropdowns, guarded
 
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
 
@@ -138,13 +138,8 @@ def build(studio, demo: gr.Blocks) -> None:
         frames = gr.Textbox("test", label="Held-out frames", info="'test' = the studio's test split, or an "
                             "imagefolder path with metadata.jsonl", elem_id="eval-frames")
         shots = gr.CheckboxGroup([], label="Shot types (none ticked: every shot with a LoRA)", elem_id="eval-shots")
-    with gr.Row():
-        gen_a = gr.Dropdown([generators.DEFAULT_A], value=generators.DEFAULT_A, allow_custom_value=True,
-                            label="Generator A", elem_id="eval-gen-a",
-                            info="base, lora@0.8, full@1, ti, ti+lora@0.6, name:<library name>@α, +canny/+depth")
-        gen_b = gr.Dropdown([generators.DEFAULT_B], value=generators.DEFAULT_B, allow_custom_value=True,
-                            label="Generator B", elem_id="eval-gen-b",
-                            info="'lora' = the shot's LoRA at the α below; same captions and seeds as A")
+    gen_a, gen_b = generator_dropdowns("eval", (generators.DEFAULT_A, generators.DEFAULT_B),
+                                       "'lora' = the shot's LoRA at the α below; same captions and seeds as A")
     with gr.Row():
         pairs_n = gr.Number(1500, label="Captions (pairs)", precision=0, elem_id="eval-pairs")
         alpha = gr.Slider(0, 1.5, 1.0, step=0.05, label="α (LoRA parts without @α)", elem_id="eval-alpha")

@@ -66,12 +66,41 @@ class SurveySpec:
     def settings(self) -> dict:
         return {"shots": self.shots, "alpha": self.alpha, "steps": self.steps, "cfg": self.cfg,
                 "width": self.width, "height": self.height, "sampler": self.sampler,
-                "pool": self.pairs, "source": "prompts" if self.prompts else "held-out frames"}
+                "pool": self.pairs, "source": "prompts" if self.prompts is not None else "held-out frames"}
 
     def generators(self) -> tuple:
         from dreamshot.generate import generators
 
         return generators.parse(self.a or "base", self.alpha), generators.parse(self.b or "lora", self.alpha)
+
+
+def check_generation(spec: SurveySpec) -> None:
+    """The pairs' generation settings (steps, CFG, size, sampler, α), checked before anything is
+    written: a survey planned with settings no pair can be made with could never be finished."""
+    from dreamshot.generate.request import GenerationRequest, check_inputs
+
+    check_inputs(GenerationRequest(prompt="survey", steps=spec.steps, cfg=spec.cfg, width=spec.width,
+                                   height=spec.height, sampler=spec.sampler, alpha=spec.alpha))
+
+
+def differences(spec: SurveySpec, info) -> list[str]:
+    """What ``spec`` asks for that the existing survey ``info`` was not built with ("steps 16 (it has 2)")."""
+    stored = dict(info.settings or {}, per_participant=info.per_participant)
+    gens = stored.get("generators") or {}
+    wanted = dict(spec.settings(), per_participant=spec.per_participant,
+                  shots=list(dict.fromkeys(s.strip() for s in spec.shots if s.strip())))
+    if gens:
+        a, b = spec.generators()
+        wanted.update(a=a.text, b=b.text)
+        stored.update(a=gens["a"]["spec"], b=gens["b"]["spec"])
+    out = []
+    for key, value in wanted.items():
+        have = stored.get(key)
+        if key in stored and have != value and not (isinstance(value, (int, float)) and isinstance(have, (int, float))
+                                                    and float(have) == float(value)):
+            show = (lambda v: ",".join(v) if isinstance(v, list) else v)
+            out.append(f"{key.replace('_', ' ')} {show(value)} (it has {show(have)})")
+    return out
 
 
 BASELINE_LABELS = {"base": "baseline", "lora": "fine-tuned"}

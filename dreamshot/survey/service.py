@@ -153,9 +153,10 @@ class SurveyService:
             raise InvalidInput(f"Pairs per participant must be between 1 and the pool size {spec.pairs}.")
         if not 0.0 < float(spec.alpha) <= 1.5:
             raise InvalidInput("α must be above 0 and at most 1.5.")
+        building.check_generation(spec)
         sides = building.resolve_generators(self.studio, spec, shots)     # nothing to generate with: a clear error now
         rng = random.Random(spec.seed) if spec.seed is not None else random.Random(self.rng.random())
-        plan = (building.plan_from_prompts(spec.prompts, shots, int(spec.pairs)) if spec.prompts
+        plan = (building.plan_from_prompts(spec.prompts, shots, int(spec.pairs)) if spec.prompts is not None
                 else building.plan_from_frames(self.studio, shots, int(spec.pairs), spec.frames, rng))
         spec.shots = shots
         with self.studio.db.write() as conn:
@@ -179,11 +180,18 @@ class SurveyService:
         return self.info(name)
 
     def build(self, spec: building.SurveySpec, by: str | None = None, progress=None, job=None) -> SurveyInfo:
-        """Create the survey if it is new, then generate every pair still pending."""
+        """Create the survey if it is new, then generate every pair still pending. An unfinished
+        survey is finished with the settings it was created with; a finished one asked for with other
+        settings is refused (it would otherwise look built with them)."""
         try:
-            self.info(spec.name)
+            info = self.info(spec.name)
         except NotFound:
             self.create(spec, by)
+        else:
+            changed = building.differences(spec, info)
+            if changed and info.ready == info.pool:
+                raise InvalidInput(f"A survey called {info.name!r} exists already, built with other settings: "
+                                   + "; ".join(changed) + ". Choose another name for a new survey.")
         return self.generate(spec.name, progress, job)
 
     def set_state(self, name: str, state: str) -> SurveyInfo:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from dreamshot.errors import AccessDenied, InvalidInput
+from dreamshot.errors import AccessDenied, InvalidInput, NotFound
 from dreamshot.generate import generators
+from dreamshot.survey import build as building
 from dreamshot.survey import results as survey_results
 from dreamshot.survey.build import DEFAULT_INTRO, SurveySpec, parse_prompt_lines
 from dreamshot.survey.service import service
-from dreamshot.ui import admin_name, guarded
+from dreamshot.ui import admin_name, generator_dropdowns, guarded
 
 SOURCES = ("held-out frames", "pasted prompts")
 
@@ -40,17 +41,31 @@ class BuildForm:
     b: str = generators.DEFAULT_B
 
     def spec(self) -> SurveySpec:
-        try:
-            frames = [int(x) for x in (self.frames or "").replace(" ", "").split(",") if x]
-        except ValueError:
-            raise InvalidInput("Frame ids are whole numbers separated by commas.") from None
         pasted = self.source == SOURCES[1]
-        return SurveySpec(name=self.name or "", shots=list(self.shots or []), pairs=int(self.pairs or 0),
-                          per_participant=int(self.per_participant or 0), alpha=float(self.alpha or 1.0),
+        frames = []
+        if not pasted:      # a leftover in the frame field does not matter when prompts are pasted
+            try:
+                frames = [int(x) for x in (self.frames or "").replace(" ", "").split(",") if x]
+            except ValueError:
+                raise InvalidInput("Frame ids are whole numbers separated by commas.") from None
+        size = _given(self.size, 512)
+        return SurveySpec(name=self.name or "", shots=list(self.shots or []), pairs=_given(self.pairs, 0),
+                          per_participant=_given(self.per_participant, 0), alpha=_given(self.alpha, 1.0),
                           prompts=parse_prompt_lines(self.prompts) if pasted else None,
                           frames=None if pasted else (frames or None), intro=self.intro or DEFAULT_INTRO,
-                          steps=int(self.steps or 16), width=int(self.size or 512), height=int(self.size or 512),
+                          steps=_given(self.steps, 16), width=size, height=size,
                           a=(self.a or generators.DEFAULT_A).strip(), b=(self.b or generators.DEFAULT_B).strip())
+
+
+def _given(value, default):
+    """A form number, or ``default`` when the field was left empty (0 stays 0: it is checked, not replaced)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{value!r} is not a number.") from None
+    return int(number) if isinstance(default, int) and number.is_integer() else number
 
 
 def chart_rows(res) -> list[dict]:
@@ -93,8 +108,17 @@ class SurveyAdminHandlers:
 
     def build(self, form: BuildForm, request: gr.Request, progress=None) -> str:
         who = admin_name(self.studio, request)
-        info = self.service.build(form.spec(), by=who, progress=progress)
-        return f"Built: {info.line()}. Open it when you are ready."
+        spec = form.spec()
+        try:
+            before = self.service.info(spec.name)
+        except NotFound:
+            before = None
+        info = self.service.build(spec, by=who, progress=progress)
+        kept = building.differences(spec, before) if before is not None else []
+        note = (" It was finished with the settings it was created with, not the form's: " + "; ".join(kept) + "."
+                if kept else "")
+        then = "Open it when you are ready." if info.state == "draft" else f"It is {info.state}."
+        return f"Built: {info.line()}.{note} {then}"
 
     def set_state(self, name: str, state: str, request: gr.Request) -> str:
         admin_name(self.studio, request)
@@ -128,18 +152,6 @@ class SurveyAdminHandlers:
         return f"{'Excluded' if exclude else 'Included'} {token.strip()} (votes kept)."
 
 
-def generator_fields() -> tuple:
-    """The build form's generator A and B (the library's offer filled in on page load; free text too)."""
-    with gr.Row():
-        gen_a = gr.Dropdown([generators.DEFAULT_A], value=generators.DEFAULT_A, allow_custom_value=True,
-                            label="Generator A", elem_id="survey-gen-a",
-                            info="base, lora@0.8, full@1, ti, ti+lora@0.6, name:<library name>@α, +canny/+depth")
-        gen_b = gr.Dropdown([generators.DEFAULT_B], value=generators.DEFAULT_B, allow_custom_value=True,
-                            label="Generator B", elem_id="survey-gen-b",
-                            info="participants see A and B on random sides; results name them")
-    return gen_a, gen_b
-
-
 def build_admin(studio, demo: gr.Blocks) -> None:
     h = SurveyAdminHandlers(studio)
     taxonomy = studio.project.taxonomy()
@@ -152,7 +164,8 @@ def build_admin(studio, demo: gr.Blocks) -> None:
                 pairs = gr.Number(72, label="Pairs in the pool", precision=0)
                 per = gr.Number(36, label="Pairs per participant", precision=0)
                 alpha = gr.Slider(0.05, 1.5, value=1.0, step=0.05, label="LoRA α (parts without @α)")
-            gen_a, gen_b = generator_fields()
+            gen_a, gen_b = generator_dropdowns("survey", (generators.DEFAULT_A, generators.DEFAULT_B),
+                                               "participants see A and B on random sides; results name them")
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Prompts from")
             prompts = gr.Textbox(label="Pasted prompts (one per line; 'shot | caption' keeps the shot)", lines=4)
             frames = gr.Textbox(label="Held-out frame ids (optional, comma-separated; default: all captioned test frames)")
