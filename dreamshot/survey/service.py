@@ -310,8 +310,10 @@ class SurveyService:
         with self.studio.db.read() as conn:
             who = self._participant(conn, token)
             try:
+                if not 0 <= int(slot) < len(who.plan):    # a negative slot would count from the end
+                    raise IndexError(slot)
                 item = who.plan[int(slot)]
-            except (IndexError, TypeError, ValueError):
+            except (IndexError, TypeError, ValueError, OverflowError):
                 raise InvalidInput(f"Slot {slot} is not one of this participant's pairs.") from None
             pair = conn.execute(sa.select(P.c.base_image, P.c.lora_image).where(P.c.id == item["pair"])).one()
         first, second = (pair.lora_image, pair.base_image) if item["lora_side"] == "A" else (pair.base_image, pair.lora_image)

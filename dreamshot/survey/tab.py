@@ -16,8 +16,12 @@ with one ``POST /gradio_api/run/<name>`` and body ``{"data": [...]}``.
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 
+from dreamshot.errors import DreamShotError
+from dreamshot.safety import redact
 from dreamshot.survey.limits import client_ip
 from dreamshot.survey.service import QUESTIONS, service
 from dreamshot.ui import guarded
@@ -26,8 +30,10 @@ KEYS = ("A", "B", "N")
 LABELS = {"A": "A", "B": "B", "N": "Neither / same"}
 # What a participant (nobody logged in) may call; every other endpoint checks for a studio member.
 PUBLIC_API = ("survey_join", "survey_view", "survey_answer", "survey_images")
+log = logging.getLogger(__name__)
 
 HEAD = """
+<style>@media (hover: none) { .survey-keys { display: none; } }</style>
 <script>
 (() => {
   if (window.__dreamshotSurveyKeys) return;
@@ -103,6 +109,13 @@ class SurveyHandlers:
                     gr.Column(visible=False), "", gr.skip(), gr.skip(), *[gr.skip()] * 9, note, gr.Markdown(visible=False),
                     None, None, chooser]
         finished = view["finished"]
+        closed = view.get("state") != "open" and not finished
+        if closed:
+            end = (f"## This survey is closed\nIt no longer takes answers. The {view['done']} pair(s) you answered "
+                   "are saved. Thank you!")
+            return [view["token"], view["token"], gr.Markdown(visible=False), gr.Button(visible=False),
+                    gr.Column(visible=False), "", gr.skip(), gr.skip(), *[gr.skip()] * 9, note,
+                    gr.Markdown(end, visible=True), None, None, gr.Dropdown(visible=False)]
         buttons = []
         for q in QUESTIONS:
             chosen = (view.get("answered") or {}).get(q)
@@ -135,12 +148,32 @@ class SurveyHandlers:
 
     def ui_start(self, survey: str, stored: str, request: gr.Request) -> list:
         survey = survey or (getattr(request, "query_params", None) or {}).get("survey", "")
-        return self.page(self.join(survey, stored, request))
+        try:
+            return self.page(self.join(survey, stored, request))
+        except DreamShotError as exc:       # closed, rate-limited ...: said on the page, which stays whole
+            return self.page(None, self.refusal(exc))
+
+    @staticmethod
+    def refusal(exc: DreamShotError) -> str:
+        message = redact(str(exc))
+        log.info("survey page refused: %s: %s", type(exc).__name__, message)
+        gr.Warning(message)
+        return f"**Not saved:** {message}"
 
     def ui_answer(self, question: str, key: str, token: str, slot, pair_id, request: gr.Request) -> list:
         if slot is None or pair_id is None:
             return self.page(None)
-        ack = self.answer(token, int(slot), int(pair_id), question, key, request)
+        try:
+            ack = self.answer(token, int(slot), int(pair_id), question, key, request)
+        except DreamShotError as exc:
+            # The message beside the page as the server sees it now: a page left behind by another
+            # window moves on to the pair that is really next, a closed survey says so.
+            note = self.refusal(exc)
+            try:
+                view = self.service.view(token)
+            except DreamShotError:
+                return self.page(None, note)
+            return self.page(view, note, new_images=view.get("slot") != int(slot))
         note = ""
         if ack["slot_done"] and not ack["duplicate"]:
             sides = ack.get("sides") or {}
