@@ -18,7 +18,7 @@ from dreamshot.generate import generators
 from dreamshot.survey import build as building
 from dreamshot.survey import results as survey_results
 from dreamshot.survey.build import DEFAULT_INTRO, SurveySpec, parse_prompt_lines
-from dreamshot.survey.service import service
+from dreamshot.survey.service import QUESTIONS, service
 from dreamshot.ui import admin_name, generator_dropdowns, guarded
 
 SOURCES = ("held-out frames", "pasted prompts")
@@ -87,6 +87,10 @@ class SurveyAdminHandlers:
         return gr.Dropdown(choices=[s.name for s in surveys], value=surveys[-1].name if surveys else None), \
             "\n".join(f"- {s.line()}" for s in surveys) or "*No survey yet.*"
 
+    def listing(self, request: gr.Request) -> str:
+        """The survey list alone (after open / close: the chosen survey stays chosen)."""
+        return self.names(request)[1]
+
     def names_if_admin(self, request: gr.Request):
         """Page load: the survey list for admins, nothing (and no error) for anyone else."""
         try:
@@ -132,7 +136,8 @@ class SurveyAdminHandlers:
             raise InvalidInput("Choose a survey.")
         res = survey_results.results(self.studio, name)
         people = survey_results.participant_quality(self.studio, name)
-        table = [[p["token"][:10], f"{p['answers']}/{p['of']}", p["median_seconds"],
+        table = [[p["token"][:10], f"{p['answers']}/{p['of']}",
+                  None if p["median_seconds"] is None else round(p["median_seconds"], 1),
                   None if p["consistency"] is None else round(p["consistency"], 2),
                   ", ".join(p["flags"]), f"excluded: {p['exclusion_reason']}" if p["excluded"] else ""] for p in people]
         return res.markdown(), {"data": chart_rows(res)}, table
@@ -185,7 +190,8 @@ def build_admin(studio, demo: gr.Blocks) -> None:
             state_out = gr.Markdown()
             results_btn = gr.Button("Show results", variant="primary")
             table = gr.Markdown()
-            chart = gr.BarPlot(x="question", y="share", color="answer", title="% of answers", y_lim=[0, 100])
+            chart = gr.BarPlot(x="question", y="share", color="answer", title="% of answers", y_lim=[0, 100],
+                               sort=list(QUESTIONS))
             people = gr.Dataframe(headers=["token", "answers", "median s", "consistency", "flags", "excluded"],
                                   label="Participants", interactive=False)
             with gr.Row():
@@ -217,12 +223,16 @@ def build_admin(studio, demo: gr.Blocks) -> None:
         def set_state(n, request: gr.Request, state=state):
             return h.set_state(n, state, request)
 
-        btn.click(guarded(set_state), inputs=chosen, outputs=state_out, api_visibility="private")
-    results_btn.click(guarded(do_results), inputs=chosen, outputs=[table, chart, people], api_name="survey_results")
+        btn.click(guarded(set_state), inputs=chosen, outputs=state_out, api_visibility="private") \
+            .success(guarded(h.listing), outputs=listing, api_visibility="private")
+    results = [table, chart, people]
+    results_btn.click(guarded(do_results), inputs=chosen, outputs=results, api_name="survey_results")
     for btn, flag in ((exclude_btn, True), (include_btn, False)):
         def exclude(n, t, r, request: gr.Request, flag=flag):
             return h.exclude(n, t, r, flag, request)
 
+        # the tables are shown again at once: an exclusion changes them
         btn.click(guarded(exclude), inputs=[chosen, token, reason], outputs=state_out,
-                  api_name="survey_exclude" if flag else "survey_include")
+                  api_name="survey_exclude" if flag else "survey_include") \
+            .success(guarded(do_results), inputs=chosen, outputs=results, api_visibility="private")
     export_btn.click(guarded(h.export), inputs=chosen, outputs=files, api_name="survey_export")
