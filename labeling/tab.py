@@ -5,12 +5,17 @@ parts (keyboard script, frame and quota HTML) are in ``labeling.tab_html``.
 
 Once a pool exists the tab opens on labeling: the Import panel is folded away on page load.
 
+The labeling keys run without the queue (``queue=False``, for speed), and Gradio shows no toast for
+an error of such an event: a refusal ("type your name first", "no frame to label") is written into
+the frame area instead, over the annotator's current frame (``LabelHandlers.inline``).
+
 Endpoints (gradio_client): label_import, label_settings, label_view, label_action, label_undo,
 label_nudge, label_stats, label_show_frame, label_resolve, label_export.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,14 +23,14 @@ from pathlib import Path
 import gradio as gr
 
 from dreamshot.access import clean_name
-from dreamshot.errors import InvalidInput
+from dreamshot.errors import DreamShotError, InvalidInput
 from dreamshot.shots import PRESETS
 from dreamshot.ui import admin_name, guarded
 
 from labeling import annotate, clips, labels
 from labeling.annotate import FrameView
 from labeling.tab_admin import AdminHandlers, build_export, build_import, build_settings, build_stats
-from labeling.tab_html import HEAD, frame_html, progress_html, prompt_html
+from labeling.tab_html import HEAD, frame_html, notice_html, progress_html, prompt_html
 
 __all__ = ["HEAD", "LabelHandlers", "build"]
 
@@ -89,7 +94,8 @@ class LabelHandlers:
         buttons = self.slot_buttons()
         who = getattr(request, "username", None) or stored or ""
         if not who:
-            return (prompt_html(), progress_html(labels.progress(self.studio)), None, gr.update(), *buttons)
+            return (prompt_html(labels.current_taxonomy(self.studio)), progress_html(labels.progress(self.studio)), None,
+                    gr.update(), *buttons)
         who = self.annotator(who, request)
         return (*self.outputs(self.service.view(who)), who, *buttons)
 
@@ -112,20 +118,60 @@ class LabelHandlers:
     def nudge(self, name: str, frame_id, direction: str, request: gr.Request | None):
         return self.outputs(self.service.nudge(self.annotator(name, request), _frame_id(frame_id), direction))
 
+    def refusal(self, name: str | None, message: str, request: gr.Request | None) -> tuple:
+        """A refused key or button: the message over the annotator's current frame (or alone when
+        there is no annotator yet), so the page says why nothing happened."""
+        try:
+            view = self.service.view(self.annotator(name, request), message)
+        except DreamShotError:
+            return notice_html(message, labels.current_taxonomy(self.studio)), \
+                progress_html(labels.progress(self.studio)), None
+        return self.outputs(view)
+
+    def inline(self, fn):
+        """``guarded(fn)`` whose refusals are shown in the frame area (see the module docstring)."""
+        safe = guarded(fn)
+
+        @functools.wraps(fn)
+        def run(*args):  # (name, [frame id,] request): every event's request comes last
+            try:
+                return safe(*args)
+            except gr.Error as exc:
+                return self.refusal(args[0], exc.message, args[-1])
+        return run
+
     def slot_event(self, slot: int):
         def act(name, frame_id, request: gr.Request):
             return self.act_slot(slot, name, frame_id, request)
-        return guarded(act)
+        return self.inline(act)
 
     def action_event(self, action: str):
         def act(name, frame_id, request: gr.Request):
             return self.act(name, frame_id, action, request)
-        return guarded(act)
+        return self.inline(act)
 
     def nudge_event(self, direction: str):
         def nudge(name, frame_id, request: gr.Request):
             return self.nudge(name, frame_id, direction, request)
-        return guarded(nudge)
+        return self.inline(nudge)
+
+    def refresh(self, name: str, request: gr.Request):
+        """After an import or new settings: the frame, the class keys and the quota bars again (the
+        queues were rebuilt, the quotas or the taxonomy may have changed)."""
+        if not (name or "").strip() and not getattr(request, "username", None):
+            admin_name(self.studio, request)
+            return prompt_html(labels.current_taxonomy(self.studio)), progress_html(labels.progress(self.studio)), None
+        return self.outputs(self.service.view(self.annotator(name, request)))
+
+    def refresh_event(self):
+        def refresh(name, request: gr.Request):
+            return self.refresh(name, request)
+        return self.inline(refresh)
+
+    def undo_event(self):
+        def undo(name, request: gr.Request):
+            return self.undo(name, request)
+        return self.inline(undo)
 
     def shot_clip(self, name: str, frame_id, request: gr.Request | None) -> str:
         """The short clip of the shown frame's shot (frames imported from a video); labeling the
@@ -197,20 +243,27 @@ def _build_label(h: LabelHandlers) -> dict:
         b.click(h.slot_event(i), [name, frame_id], outs, **fast)
     reject.click(h.action_event("reject"), [name, frame_id], outs, **fast)
     skip.click(h.action_event("skip"), [name, frame_id], outs, **fast)
-    undo.click(guarded(h.undo), [name], outs, **fast)
+    undo.click(h.undo_event(), [name], outs, **fast)
     for direction, b in nudges.items():
         b.click(h.nudge_event(direction), [name, frame_id], outs, **fast)
-    show_clip.click(guarded(h.shot_clip), [name, frame_id], [clip_video], api_visibility="private")
+    show_clip.click(guarded(h.shot_clip), [name, frame_id], [clip_video], api_visibility="private",
+                    show_progress="hidden")  # a refusal is a toast; the player is not marked "Error"
+    # a clip belongs to one frame: the next frame never plays the previous shot's clip
+    frame_id.change(None, None, clip_video, js="() => null", queue=False, api_visibility="private")
     for fn in (h.label_view, h.label_action, h.label_undo, h.label_nudge):
         gr.api(guarded(fn), api_name=fn.__name__, concurrency_limit=None)
-    return {"slots": slots, "quota_box": quota_box, "store": store, "load_outputs": [*outs, name, *slots]}
+    return {"slots": slots, "quota_box": quota_box, "store": store, "load_outputs": [*outs, name, *slots],
+            "name": name, "outs": outs, "clip": clip_video, "frame_id": frame_id}
 
 
 def build(studio, demo: gr.Blocks) -> None:
     admin, label = AdminHandlers(studio), LabelHandlers(studio)
-    import_panel = build_import(admin)
+    import_panel, imported = build_import(admin)
     settings_fields, save, saved_note = build_settings(admin)
     ui = _build_label(label)
+    refresh = dict(fn=label.refresh_event(), inputs=[ui["name"]], outputs=ui["outs"], api_visibility="private",
+                   show_progress="hidden")
+    imported.success(**refresh)
     build_stats(admin, ui["quota_box"])
     build_export(admin)
 
@@ -218,7 +271,7 @@ def build(studio, demo: gr.Blocks) -> None:
         return (*admin.do_save(taxonomy, quota_text, size, overlap, seed, request), *label.slot_buttons())
 
     save.click(guarded(save_settings), settings_fields, [*settings_fields, saved_note, *ui["slots"]],
-               api_name="label_settings")
+               api_name="label_settings").success(**refresh)
     demo.load(guarded(label.on_load), [ui["store"]], ui["load_outputs"], api_visibility="private")
     demo.load(admin.current_settings, None, settings_fields, api_visibility="private")
     demo.load(admin.import_open, None, import_panel, api_visibility="private")

@@ -86,8 +86,10 @@ class AdminHandlers:
         return self.import_pool(form, progress)
 
     def import_open(self) -> dict:
-        """The Import panel is open only while the pool is empty: then the tab opens on labeling."""
-        return gr.update(open=not pool.pool_summary(self.studio))
+        """The Import panel is open only while the pool has no frame to label (an import that kept
+        nothing leaves it open): then the tab opens on labeling."""
+        kept = any(split.get("ok") for split in pool.pool_summary(self.studio).values())
+        return gr.update(open=not kept)
 
     # ---- settings ----------------------------------------------------------------------------
     def current_settings(self) -> tuple:
@@ -177,7 +179,8 @@ def _frame_number(value) -> int:
 
 
 # ---- layout and wiring ---------------------------------------------------------------------------
-def build_import(h: AdminHandlers) -> gr.Accordion:
+def build_import(h: AdminHandlers) -> tuple[gr.Accordion, object]:
+    """The Import panel; returns it and the import event (the Label section refreshes after it)."""
     with gr.Accordion("1 · Import a pool of frames", open=True) as panel:
         gr.Markdown("A folder on the server (recursive), a `.zip`, video files (one frame per detected shot), "
                     "`imagefolder:DIR` or `hf:DATASET_ID_OR_PATH` — or upload files below. Originals are never "
@@ -195,9 +198,9 @@ def build_import(h: AdminHandlers) -> gr.Accordion:
             split = gr.Radio(list(pool.SPLITS), value="train", label="Split")
         go = gr.Button("Import", variant="primary")
         report = gr.Textbox(label="Import report", lines=10, max_lines=30, interactive=False)
-    go.click(guarded(h.do_import), [source, files, metadata, labels_file, rules, min_side, near, split], report,
-             api_name="label_import")
-    return panel
+    event = go.click(guarded(h.do_import), [source, files, metadata, labels_file, rules, min_side, near, split],
+                     report, api_name="label_import")
+    return panel, event
 
 
 def build_settings(h: AdminHandlers) -> tuple[list, gr.Button, gr.Markdown]:

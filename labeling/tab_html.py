@@ -129,11 +129,16 @@ def _frame_block(frame_id: int, p: dict, meta: str) -> str:
             f'<div class="lf-meta">frame {frame_id} &middot; {w}&times;{h} &middot; {meta}</div></div></div>')
 
 
+def keymap_html(taxonomy) -> str:
+    """The class keys for the HEAD script (which ignores keys while no keymap is on the page)."""
+    keys = ",".join(c.key for c in taxonomy.classes)
+    return f'<div id="label-keymap" data-keys="{html.escape(keys)}" style="display:none"></div>'
+
+
 def frame_html(view: FrameView) -> str:
     """The current frame, plus the next one hidden: the HEAD script shows it the moment a key is
     pressed and the server's answer (normally the same frame) replaces it."""
-    keys = ",".join(c.key for c in view.progress.taxonomy.classes)
-    keymap = f'<div id="label-keymap" data-keys="{html.escape(keys)}" style="display:none"></div>'
+    keymap = keymap_html(view.progress.taxonomy)
     message = f'<p class="lf-msg"><b>{html.escape(view.message)}</b></p>' if view.message else ""
     if view.frame_id is None:
         return f'<div class="lf-empty" data-frame="">{keymap}{message}</div>'
@@ -171,5 +176,14 @@ def progress_html(p: labels.Progress) -> str:
     return '<div class="lp">' + "".join(rows) + "</div>"
 
 
-def prompt_html() -> str:
-    return '<div class="lf-empty" data-frame=""><p>Type your name and press <b>Start / resume</b>.</p></div>'
+def prompt_html(taxonomy) -> str:
+    """Before an annotator starts: the keys still answer, with "type your name first"."""
+    return (f'<div class="lf-empty" data-frame="">{keymap_html(taxonomy)}'
+            '<p>Type your name and press <b>Start / resume</b>.</p></div>')
+
+
+def notice_html(message: str, taxonomy) -> str:
+    """A refusal with no annotator's frame to show it over (e.g. a key pressed before a name is typed)."""
+    return (f'<div class="lf-empty" data-frame="">{keymap_html(taxonomy)}'
+            f'<p class="lf-msg"><b>{html.escape(message)}</b></p>'
+            '<p>Type your name and press <b>Start / resume</b>.</p></div>')
