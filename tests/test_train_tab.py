@@ -43,6 +43,23 @@ def wait(client, predicate, timeout=400, seen=None):
     raise AssertionError(f"timed out: {history(client)}")
 
 
+def test_train_start_over_the_api_needs_only_what_differs_from_the_form(studio, serve, monkeypatch):
+    """README: one named parameter per form field; the dataset and the Hub token may be left out."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    monkeypatch.setattr(jobs.TrainingRunner, "start", lambda self: self)  # nothing trains here
+    client = Client(serve(studio), verbose=False)
+    params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/train_start"]["parameters"]
+    assert [p["parameter_name"] for p in params if not p["parameter_has_default"]] == []
+    with pytest.raises(AppError, match="--rank must be between 1 and 256"):
+        client.predict(shots=["close"], preset="smoke", rank=0, api_name="/train_start")
+    message = client.predict(shots=["close"], preset="smoke", api_name="/train_start")[0]
+    assert "#1 close" in message
+    run = history(client)[1]                  # the studio's labeled set (empty here), not a folder
+    assert run[3] == "failed" and run[-1].startswith("The class is empty: no labeled close image")
+
+
 def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tmp_path):
     from gradio_client import Client
     from gradio_client.exceptions import AppError

@@ -231,7 +231,7 @@ def build(studio, demo: gr.Blocks) -> None:
                                  label="Shot types (one run each)", elem_id="train-shots", scale=2)
         preset = gr.Radio(list(tconfig.PRESETS), value="paper", label="Preset", elem_id="train-preset",
                           info="paper: 8,000 steps, lr 1e-4, 512 px, fp16; smoke: a few steps to check everything")
-        dataset = gr.Textbox(label="Train on an imagefolder instead (optional)", elem_id="train-dataset",
+        dataset = gr.Textbox("", label="Train on an imagefolder instead (optional)", elem_id="train-dataset",
                              placeholder="empty: the studio's labeled set", scale=2)
     methods = _method_form(paper)
     with gr.Accordion("Parameters", open=False):
@@ -240,7 +240,7 @@ def build(studio, demo: gr.Blocks) -> None:
             with gr.Row():
                 for name, label, kind, extra in PARAMS[start:start + 6]:
                     params.append(_component(name, label, kind, extra, getattr(paper, name)))
-        hub_token = gr.Textbox(label="Hub token for the push (sent to the trainer only through its environment)",
+        hub_token = gr.Textbox("", label="Hub token for the push (sent to the trainer only through its environment)",
                                type="password", elem_id="train-hub-token")
     with gr.Row():
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
