@@ -59,6 +59,14 @@ def test_train_start_over_the_api_needs_only_what_differs_from_the_form(studio, 
     run = history(client)[1]                  # the studio's labeled set (empty here), not a folder
     assert run[3] == "failed" and run[-1].startswith("The class is empty: no labeled close image")
 
+    # A script that connects later acts on runs by number (the Run menu's choices are the page's).
+    (queued,) = jobs.service(studio).submit(jobs.TrainRequest(["long"], "smoke"))
+    later = Client(client.src, verbose=False)
+    assert later.predict(queued.id, api_name="/train_status")["status"] == "queued"
+    assert later.predict(queued.id, api_name="/train_cancel")[0] == f"Run #{queued.id}: Cancelled."
+    with pytest.raises(AppError, match="No training run 99"):
+        later.predict(99, api_name="/train_status")
+
 
 def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tmp_path):
     from gradio_client import Client

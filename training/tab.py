@@ -248,8 +248,9 @@ def build(studio, demo: gr.Blocks) -> None:
         resume_btn = gr.Button("Resume run", elem_id="train-resume")
     message = gr.Markdown(elem_id="train-message")
     with gr.Row():
+        # Custom values: API callers name any run by number (the menu's choices are only the page's).
         run = gr.Dropdown([], value=None, label="Run", info="follows the queue until you pick one",
-                          elem_id="train-run", scale=1)
+                          elem_id="train-run", scale=1, allow_custom_value=True)
         bar = gr.HTML(elem_id="train-bar")
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="train-loss", height=260)
