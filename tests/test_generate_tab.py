@@ -47,3 +47,13 @@ def test_progress_shows_the_steps_asked_for(gen_studio):
     texts = []
     h.generate(GenerateForm(**{**FORM, "steps": 16}), progress=lambda f, text: texts.append(text))
     assert texts[-1] == "step 16/16" and not any("/31" in t for t in texts)
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_says_what_was_cut_off(gen_studio):
+    h = GenerateHandlers(gen_studio)
+    fits = h.generate(GenerateForm(**FORM))
+    assert "Too long" not in fits.info
+    words = " ".join(f"room{i}" for i in range(60))   # with the template: well over 75 tokens
+    long = h.generate(GenerateForm(**{**FORM, "prompt": f"a man on a bridge {words} final words here"}))
+    assert "**Too long:** the text encoder reads 75 tokens" in long.info
+    assert "final words here`" in long.info and "a man on a bridge" not in long.info.split("never saw")[1]

@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from dreamshot.generate.request import cut_off
 from dreamshot.generate.service import DEFAULT_SAMPLER, SAMPLERS, GenerationRequest, parse_blend
 
 
@@ -154,6 +155,10 @@ def run_generate(studio, args) -> int:
     with svc.job("cli", progress=_progress) as job:
         result = svc.generate(_request(args), job, batch_size=args.batch_size)
     print(file=sys.stderr)
+    cut = cut_off(svc.pipe.tokenizer, result.prompt)
+    if cut:
+        print(f"warning: the prompt is too long; the text encoder reads 75 tokens and never saw: {cut}",
+              file=sys.stderr)
     rows = []
     for img in result.images:
         path = img.path

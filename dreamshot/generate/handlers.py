@@ -18,7 +18,7 @@ from dreamshot.errors import InvalidInput
 from dreamshot.generate import control as controlnet
 from dreamshot.generate import pngmeta
 from dreamshot.generate.control_models import controls
-from dreamshot.generate.request import ControlRequest, GenerationRequest, parse_blend
+from dreamshot.generate.request import ControlRequest, GenerationRequest, cut_off, parse_blend
 from dreamshot.generate.samplers import DEFAULT_SAMPLER
 from dreamshot.generate.service import GenerationResult, service
 from dreamshot.generate.storyboard import alpha_sweep, save_storyboard, storyboard, uploaded_sketches
@@ -134,7 +134,7 @@ class TempImages:
                 pass
 
 
-def summary(result: GenerationResult, extra: str = "") -> str:
+def summary(result: GenerationResult, extra: str = "", cut: str = "") -> str:
     loras = ", ".join(f"{info.name} α={pngmeta.format_number(w)}" for info, w in result.loras)
     if result.request.embedding:
         loras = f"{loras} + " * bool(loras) + f"embedding {result.request.embedding}"
@@ -143,8 +143,10 @@ def summary(result: GenerationResult, extra: str = "") -> str:
         c = result.request.control
         loras += f" · {c.kind} ControlNet ×{pngmeta.format_number(c.scale)}"
     stopped = " **Stopped early.**" if result.cancelled else ""
+    warning = (f"\n\n**Too long:** the text encoder reads 75 tokens of a prompt; it never saw `{cut}`. "
+               "Shorten the prompt." if cut else "")
     return (f"Seeds {', '.join(map(str, result.seeds))} · {loras} · {result.seconds:.1f} s{stopped}{extra}\n\n"
-            f"Prompt: `{result.prompt}`")
+            f"Prompt: `{result.prompt}`{warning}")
 
 
 class GenerateHandlers:
@@ -188,7 +190,10 @@ class GenerateHandlers:
         gallery = [(self.temp.write(img, str(img.seed)), f"seed {img.seed}") for img in result.images]
         if result.control_image is not None:
             gallery.append((self._control_file(result.control_image), f"{result.request.control.kind} control image"))
-        return Shown(gallery, summary(result), result.request.seed, result.images[0].parameters)
+        return Shown(gallery, summary(result, cut=self._cut(result)), result.request.seed, result.images[0].parameters)
+
+    def _cut(self, result: GenerationResult) -> str:
+        return cut_off(self.svc.pipe.tokenizer, result.prompt)
 
     def _control_file(self, image) -> str:
         path = self.temp.folder() / "control.png"
@@ -213,7 +218,7 @@ class GenerateHandlers:
         for b, l in zip(base.images, lora.images):
             gallery.append((self.temp.write(b, f"base-{b.seed}"), f"base model · seed {b.seed}"))
             gallery.append((self.temp.write(l, f"lora-{l.seed}"), f"{label} · seed {l.seed}"))
-        return Shown(gallery, summary(lora, f" · left: base model, right: {label}"), lora.request.seed,
+        return Shown(gallery, summary(lora, f" · left: base model, right: {label}", self._cut(lora)), lora.request.seed,
                      lora.images[0].parameters)
 
     def live_alpha(self, form: GenerateForm, live: bool, last_seed, owner: str = "api", progress=None) -> Shown | None:

@@ -194,3 +194,12 @@ def parse_blend(text: str) -> dict | None:
             raise InvalidInput(f"Blend entry {part.strip()!r} is not 'name=weight' (e.g. close=0.6, medium=0.4).")
         out[match.group(1)] = float(match.group(2))
     return out or None
+
+
+def cut_off(tokenizer, prompt: str) -> str:
+    """The end of ``prompt`` the text encoder never reads (CLIP reads 75 tokens between its start and
+    end tokens; diffusers drops the rest with only a log line), or "" when the whole prompt fits."""
+    limit = int(getattr(tokenizer, "model_max_length", 77)) - 2
+    ids = tokenizer(prompt, truncation=False, add_special_tokens=False).input_ids
+    return tokenizer.decode(ids[limit:]).strip() if len(ids) > limit else ""
+
