@@ -198,8 +198,18 @@ def parse_blend(text: str) -> dict | None:
 
 def cut_off(tokenizer, prompt: str) -> str:
     """The end of ``prompt`` the text encoder never reads (CLIP reads 75 tokens between its start and
-    end tokens; diffusers drops the rest with only a log line), or "" when the whole prompt fits."""
+    end tokens; diffusers drops the rest with only a log line), from the first word that does not fit
+    whole, as typed; "" when the whole prompt fits."""
     limit = int(getattr(tokenizer, "model_max_length", 77)) - 2
-    ids = tokenizer(prompt, truncation=False, add_special_tokens=False).input_ids
-    return tokenizer.decode(ids[limit:]).strip() if len(ids) > limit else ""
+    words = prompt.split()
 
+    def fits(n: int) -> bool:
+        return len(tokenizer(" ".join(words[:n]), truncation=False, add_special_tokens=False).input_ids) <= limit
+
+    if fits(len(words)):
+        return ""
+    low, high = 0, len(words)  # fits(low), not fits(high): find the longest run of whole words that fits
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return " ".join(words[low:])
