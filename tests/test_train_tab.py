@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from dreamshot.errors import InvalidInput
 from dreamshot.generate.loras import LoraLibrary
 from tests.training_helpers import make_imagefolder
 from training import jobs
@@ -216,3 +217,11 @@ def test_the_history_refreshes_when_a_run_changes(handlers):
     out = handlers.refresh(out[6].value, again[7], None)
     assert [row[3] for row in out[5]] == ["cancelled", "queued", "queued"]
     assert out[5][0][5] == "LoRA r4 α4 · smoke · lr 0.0001 · 64px · b1"
+
+
+def test_the_run_menu_takes_a_number_or_text_typed_into_it(handlers):
+    first = handlers.runs[0]
+    for value in (first.id, str(first.id), f"#{first.id} close (close-run{first.id})"):
+        assert handlers.status(value, None)["status"] == "queued"
+    with pytest.raises(InvalidInput, match="'abc' is not a run number: pick a run from the list"):
+        handlers.status("abc", None)

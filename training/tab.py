@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import html
 import inspect
+import re
 from dataclasses import dataclass
 
 import gradio as gr
@@ -147,12 +148,16 @@ class TrainHandlers:
 
 
 def _run_id(run_id) -> int:
+    """The run number of the Run menu's value: a number (API callers), or text typed into the menu
+    that starts with one ("7", "#7 close (close-run7)")."""
     if run_id in (None, ""):
         raise InvalidInput("Pick a run first.")
-    try:
+    if isinstance(run_id, (int, float)) and int(run_id) == run_id:
         return int(run_id)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{run_id!r} is not a run number.") from None
+    found = re.match(r"\s*#?\s*(\d+)(?!\S*\.)", str(run_id))
+    if not found:
+        raise InvalidInput(f"{run_id!r} is not a run number: pick a run from the list.")
+    return int(found.group(1))
 
 
 def _changed(shown: dict, key: str, state, make):
