@@ -154,6 +154,10 @@ def test_auto_caption_from_the_browser_with_progress(studio, serve, page, tiny_b
     page.wait_for_function("!document.querySelector('#captions-table').innerText.includes('(no caption)')")
     page.wait_for_function("document.querySelector('#captions-stats').innerText.includes('3/3 frames captioned')")
     assert captions.frames_with_machine_caption(studio, ids) == set(ids)
+    # the open (untouched) editor shows the caption the run wrote, not the empty box of before
+    first = captions.get_caption(studio, ids[0])
+    page.wait_for_function("t => document.querySelector('#caption-box textarea').value === t", arg=first.caption)
+    assert "(none yet)" not in page.locator("#caption-info").inner_text()
 
 
 @pytest.mark.browser

@@ -111,10 +111,10 @@ def _autocaption_panel(ui: CaptionsHandlers, stats_md, split, refresh_if_done):
         timer = gr.Timer(1.0, active=False)
     start_btn.click(guarded(ui.start), inputs=[model, batch, prefix, max_length, run_split, redo],
                     outputs=[progress_md, timer], api_name="caption_start", **QUIET)
-    timer.tick(guarded(ui.poll), inputs=[split], outputs=[progress_md, timer, stats_md],
-               api_name="caption_progress", **QUIET).then(**refresh_if_done)
+    ticked = timer.tick(guarded(ui.poll), inputs=[split], outputs=[progress_md, timer, stats_md],
+                        api_name="caption_progress", **QUIET).then(**refresh_if_done)
     cancel_btn.click(guarded(ui.cancel), outputs=progress_md, api_name="caption_cancel", **QUIET)
-    return progress_md, timer
+    return progress_md, timer, ticked
 
 
 def _template_panel(ui: CaptionsHandlers, stats_md, split, refresh, demo: gr.Blocks) -> None:
@@ -159,8 +159,10 @@ def _wire_editor(ui: CaptionsHandlers, editor, buttons, filters, stats_md, refre
     _, _, frame_id, version, caption, prompt_md = editor
     split, with_stats = filters[0], [*editor, stats_md]
     frame_id.submit(guarded(ui.open_frame), inputs=[frame_id], outputs=editor, api_name="caption_open", **QUIET)
-    caption.input(guarded(ui.prompt_preview), inputs=[frame_id, caption], outputs=prompt_md,
-                  api_name="caption_prompt", trigger_mode="always_last", **QUIET)
+    # .change, not .input: Gradio 6 sends no input event for a deletion (Backspace, cut, select-all +
+    # Delete), so the prompt and token count stayed those of the longer text
+    caption.change(guarded(ui.prompt_preview), inputs=[frame_id, caption], outputs=prompt_md,
+                   api_name="caption_prompt", trigger_mode="always_last", **QUIET)
     buttons["save"].click(guarded(ui.save), inputs=[frame_id, caption, version, split], outputs=with_stats,
                           api_name="caption_save", **QUIET).then(**refresh)
     buttons["save_next"].click(guarded(ui.save_next), inputs=[frame_id, caption, version, *filters],
@@ -188,9 +190,12 @@ def build(studio, demo: gr.Blocks) -> None:
     refresh_if_done = dict(fn=guarded(ui.list_if_finished), inputs=[*filters, page], outputs=list_outputs,
                            api_visibility="private", **QUIET)
     with accordions:
-        progress_md, timer = _autocaption_panel(ui, stats_md, filters[0], refresh_if_done)
+        progress_md, timer, ticked = _autocaption_panel(ui, stats_md, filters[0], refresh_if_done)
         _template_panel(ui, stats_md, filters[0], refresh, demo)
         _bulk_panel(ui, stats_md, filters, refresh)
+    # the caption the run just wrote for the open frame appears in the editor (unless someone typed there)
+    ticked.then(guarded(ui.editor_if_finished), inputs=[editor[2], editor[4]], outputs=editor,
+                api_visibility="private", **QUIET)
 
     refresh_btn.click(**show_list, api_name="captions_list")
     first = dict(fn=guarded(ui.first), inputs=filters, outputs=editor, api_visibility="private", **QUIET)

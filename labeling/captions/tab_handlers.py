@@ -26,6 +26,9 @@ from labeling.captions.captioner import DEFAULT_CAPTIONER
 from labeling.captions.tokens import CLIP_MAX_TOKENS
 
 PAGE_SIZE = 40
+# The poll that first sees a run ended refreshes the list and the editor. It is the last tick (the
+# timer stops then), so the window only has to outlast a busy server's queue, not a second.
+FINISHED_WINDOW_S = 120.0
 EDITOR_IMAGE = 384
 LIST_HEADERS = ["frame", "shot", "reviewed", "changed", "caption", "tokens"]
 BULK_HEADERS = ["frame", "before", "after"]
@@ -109,9 +112,18 @@ class CaptionsHandlers:
     def list_if_finished(self, split: str, shot: str, unreviewed: bool, search: str, too_long: bool,
                          page: float | None, request: gr.Request = None) -> tuple:
         """After a poll: refresh the list once, when a captioning run has just ended."""
-        if not caption_jobs.service(self.studio).just_finished(within_s=5):  # the timer ticks every second
+        if not caption_jobs.service(self.studio).just_finished(within_s=FINISHED_WINDOW_S):
             return tuple(gr.skip() for _ in range(6))
         return self.list_page(split, shot, unreviewed, search, too_long, page, request)
+
+    def editor_if_finished(self, frame_id: float | None, text: str, request: gr.Request = None) -> tuple:
+        """After a poll: when a captioning run has just ended, the open frame again, with the caption
+        the run wrote; left alone when someone has typed in the editor."""
+        admin_name(self.studio, request)
+        if (frame_id is None or (text or "").strip()
+                or not caption_jobs.service(self.studio).just_finished(within_s=FINISHED_WINDOW_S)):
+            return tuple(gr.skip() for _ in range(6))
+        return self.editor(captions.get_caption(self.studio, frame_id))
 
     # ---- editor ------------------------------------------------------------------------------------
     def open_frame(self, frame_id: float | None, request: gr.Request = None) -> tuple:
