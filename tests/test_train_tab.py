@@ -225,3 +225,15 @@ def test_the_run_menu_takes_a_number_or_text_typed_into_it(handlers):
         assert handlers.status(value, None)["status"] == "queued"
     with pytest.raises(InvalidInput, match="'abc' is not a run number: pick a run from the list"):
         handlers.status("abc", None)
+
+
+def test_the_method_choices_stay_on_one_line_beside_a_methods_fields(studio, serve, page):
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.goto(serve(studio))
+    page.locator("#demo-banner").first.wait_for()  # the banner lands after the first paint and moves the tabs
+    page.get_by_role("tab", name="Train").click()
+    for method in ("Textual inversion", "Full fine-tune", "Motion LoRA (clips)"):
+        page.locator("#train-method").get_by_text(method, exact=True).click()
+        page.locator(f"#train-{ {'Textual inversion': 'ti', 'Full fine-tune': 'full'}.get(method, 'motion')}-fields").wait_for()
+        tops = page.locator("#train-method label").evaluate_all("ls => ls.map(l => Math.round(l.getBoundingClientRect().top))")
+        assert len(tops) == 4 and len(set(tops)) == 1, (method, tops)

@@ -216,7 +216,8 @@ def _method_form(paper) -> MethodForm:
     by_name, boxes = {}, {}
     with gr.Row():
         name, label, kind, extra = METHOD_PARAMS[0]
-        by_name[name] = _component(name, label, kind, extra, getattr(paper, name))
+        with gr.Column(scale=2, min_width=600):  # the four choices stay on one line beside a method's fields
+            by_name[name] = _component(name, label, kind, extra, getattr(paper, name))
         for which in METHOD_BOXES:
             with gr.Column(visible=False, scale=3, elem_id=f"train-{which}-fields") as boxes[which], gr.Row():
                 for name, label, kind, extra in METHOD_PARAMS[1:]:
