@@ -4,6 +4,8 @@ folder (originals never modified) and record every item in ``frames``.
     1. open or resume an ``import_runs`` row (same source and options, not finished -> resume)
     2. stream the source's items from the stored cursor on
     3. per item: size limits, full decode, channels, resolution, metadata rules, exact and near duplicates
+       (an exact duplicate is a file already *in the pool*; a file an earlier import filtered out is
+       judged again with this import's filters and its row updated)
     4. commit a batch of frames together with the new cursor (a killed import loses at most one batch
        of work and never records a frame twice)
     5. report counts per filter, every filtered file (with its twin for a duplicate), every file
@@ -221,11 +223,14 @@ class _Importer:
             log.warning("cannot read %s: %s", item.key, exc.__class__.__name__, exc_info=exc)
             return {**row, "status": "corrupt", "filter_reason": f"cannot read: {exc.__class__.__name__}"}
         digest = hashlib.sha256(data).hexdigest()
-        twin = self.known.get(digest) or self._exists(digest)
+        earlier = None if digest in self.known else self._earlier(digest)
+        twin = self.known.get(digest) or (earlier.source if earlier is not None and earlier.status == "ok" else None)
         if twin:
             return {"duplicate": True, "filter_reason": f"same content as {twin}"}
         self.known[digest] = item.key
         row["content_hash"] = digest
+        if earlier is not None:  # filtered out by an earlier import: judged again with this one's filters
+            row["_replaces"] = earlier.id
         try:
             decoded = filters.decode(data)
             row.update(width=decoded.width, height=decoded.height, mode=decoded.mode)
@@ -257,11 +262,12 @@ class _Importer:
             if not rule.check(meta):
                 raise Rejected("metadata_rule", f"fails {rule}")
 
-    def _exists(self, digest: str) -> str | None:
-        """The source of the frame already stored with this content, if any."""
+    def _earlier(self, digest: str):
+        """The row an earlier import recorded for this content (id, source, status), if any."""
         with self.studio.db.read() as conn:
             f = schema.frames
-            return conn.execute(sa.select(f.c.source).where(f.c.content_hash == digest).limit(1)).scalar()
+            return conn.execute(sa.select(f.c.id, f.c.source, f.c.status).where(f.c.content_hash == digest)
+                                .limit(1)).first()
 
     def _phash_twin(self, at: int) -> str:
         if at >= self.db_phashes:
@@ -300,7 +306,7 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
                 if row.get("duplicate"):
                     continue
                 label, annotator = row.pop("_label", None), row.pop("_annotator", None)
-                frame_id = conn.execute(schema.frames.insert().values(import_run_id=run_id, **row)).inserted_primary_key[0]
+                frame_id = _write_frame(conn, run_id, row)
                 if label:
                     _import_label(importer, conn, counts, frame_id, label, annotator or opts.annotator, key)
             conn.execute(schema.import_runs.update().where(schema.import_runs.c.id == run_id)
@@ -335,6 +341,17 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
     if progress:
         progress(counts["seen"], total, "done")
     return _report(run_id, opts, status, counts, resumed_from, time.monotonic() - started)
+
+
+def _write_frame(conn, run_id: int, row: dict) -> int:
+    """Insert the item's row, or update the row of a file an earlier import filtered out (one row per
+    content: a re-import with other filters - a lower minimum side, say - may keep it now)."""
+    replaces = row.pop("_replaces", None)
+    f = schema.frames
+    if replaces is None:
+        return conn.execute(f.insert().values(import_run_id=run_id, **row)).inserted_primary_key[0]
+    conn.execute(f.update().where(f.c.id == replaces, f.c.status != "ok").values(import_run_id=run_id, **row))
+    return replaces
 
 
 def _count(counts: dict, row: dict, key: str) -> None:
