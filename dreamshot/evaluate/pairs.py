@@ -89,6 +89,28 @@ class Item:
     alpha: float = 1.0
 
 
+MAX_BOOTSTRAP = 100_000
+MAX_ALPHA_VALUES = 21
+
+
+def check_numbers(options: EvalOptions) -> None:
+    """The run's numbers that are not generation settings, checked before anything is generated:
+    a bad one would otherwise fail the run at its end, after every image was made."""
+    from dreamshot.generate.request import ALPHA_RANGE
+
+    if int(options.pairs) < 1:
+        raise InvalidInput("The number of pairs must be at least 1.")
+    if len(options.alpha_values) > MAX_ALPHA_VALUES:
+        raise InvalidInput(f"The α curve takes at most {MAX_ALPHA_VALUES} values (got {len(options.alpha_values)}).")
+    bad = [a for a in options.alpha_values if not ALPHA_RANGE[0] <= float(a) <= ALPHA_RANGE[1]]
+    if bad:
+        raise InvalidInput(f"α curve values must be between {ALPHA_RANGE[0]:g} and {ALPHA_RANGE[1]:g} (got {bad[0]:g}).")
+    if not 100 <= int(options.bootstrap) <= MAX_BOOTSTRAP:
+        raise InvalidInput(f"Bootstrap resamples must be between 100 and {MAX_BOOTSTRAP} (got {options.bootstrap}).")
+    if int(options.min_labels) < 1 or int(options.alpha_subset) < 0:
+        raise InvalidInput("--min-labels must be at least 1 and --alpha-subset at least 0.")
+
+
 def ablation_template(template: str) -> str:
     """The project template without its shot placeholder (whitespace tidied)."""
     return re.sub(r"\s+", " ", template.replace("{shot}", "")).strip()
@@ -106,7 +128,7 @@ def choose(frames: list, shots: list[str], n: int, seed: int) -> tuple[list, dic
     want = {s: n // len(shots) + (1 if i < n % len(shots) else 0) for i, s in enumerate(shots)}
     short = {s: want[s] - len(pools[s]) for s in shots if len(pools[s]) < want[s]}
     chosen = []
-    for rnd in range(max(want.values())):
+    for rnd in range(max(min(want[s], len(pools[s])) for s in shots)):   # never longer than the pools
         chosen += [pools[s][rnd] for s in shots if rnd < min(want[s], len(pools[s]))]
     return chosen, short
 

@@ -82,6 +82,7 @@ class EvaluateService:
                                        cfg=options.cfg, sampler=options.sampler, alpha=options.alpha))
         if not 1 <= int(options.batch) <= 16:
             raise InvalidInput(f"Batch size must be between 1 and 16 (got {options.batch}).")
+        pairs.check_numbers(options)
         sides = self.sides(options)
         out = Path(options.out).expanduser()
         out.mkdir(parents=True, exist_ok=True)
