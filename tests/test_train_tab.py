@@ -128,6 +128,7 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
 def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
     dataset = make_imagefolder(tmp_path / "set", shots=SHOTS, per_shot=2)
     page.goto(serve(studio))
+    page.locator("#demo-banner").first.wait_for()  # the banner lands after the first paint and moves the tabs
     page.get_by_role("tab", name="Train").click()
     page.locator("#train-preset").get_by_text("smoke", exact=True).click()
     page.locator("#train-shots").get_by_text("Long shot", exact=True).click()  # close and medium: two runs
@@ -167,7 +168,7 @@ def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
     # The studio's own labeled set has no image yet: a clear message, no process started.
     page.locator("#train-dataset textarea, #train-dataset input").first.fill("")
     page.locator("#train-start").click()
-    page.locator("#train-run-message").get_by_text("The class is empty", exact=False).wait_for()
+    page.locator("#train-run-message").get_by_text("The class is empty", exact=False).wait_for(timeout=60_000)
     assert "failed" in page.locator("#train-bar").inner_text()
     page.locator("#train-rank input").fill("0")
     page.locator("#train-start").click()
