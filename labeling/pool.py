@@ -69,6 +69,8 @@ class ImportOptions:
             raise InvalidInput(f"split must be one of {', '.join(SPLITS)}")
         if not 0 <= int(self.min_side) <= 10_000:
             raise InvalidInput("The minimum resolution must be between 0 and 10000 pixels.")
+        if not -1 <= int(self.near_duplicate_distance) <= 32:  # a 64-bit pHash: past 32 everything matches
+            raise InvalidInput("The near-duplicate distance must be between 0 and 32 pHash bits (-1 = off).")
         for rule in self.rules:
             filters.parse_rule(rule)
         for path in (self.metadata_file, self.labels_file):

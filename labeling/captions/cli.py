@@ -40,13 +40,14 @@ def register(subparsers, parents) -> None:
     p.add_argument("--redo", action="store_true", help="caption again frames that already have a machine caption")
     p.set_defaults(run=run)
 
+    # these two load no model: they take the studio flags as every command does (--model is ignored)
     s = subparsers.add_parser("caption-stats", help="captioned, reviewed, edit rate (hand vs bulk edits)",
-                              parents=[cli.settings_parent(model=False)])
+                              parents=parents)
     s.add_argument("--split", choices=["train", "test"], default="train")
     s.set_defaults(run=run_stats)
 
     r = subparsers.add_parser("caption-replace", help="find/replace in captions: preview, or --apply (bulk edit)",
-                              parents=[cli.settings_parent(model=False)])
+                              parents=parents)
     r.add_argument("find")
     r.add_argument("replace")
     r.add_argument("--regex", action="store_true", help="FIND is a regular expression (time-limited)")
