@@ -44,3 +44,15 @@ def test_numbers_used_at_the_end_are_refused_before_generating(eval_studio, tiny
     with pytest.raises(InvalidInput, match=message):
         service(eval_studio).run(options)
     assert not (tmp_path / "eval" / "pairs.jsonl").exists()
+
+
+def test_a_run_short_of_frames_does_not_ask_to_be_resumed():
+    from dreamshot.evaluate import report
+
+    short = dict(complete=False, stopped="short of the plan", pairs_planned=6, pairs_done=6,
+                 short={"close": 1494, "medium": 1494})
+    line = report.status_line(short)
+    assert line.startswith("**INCOMPLETE") and "Run again" not in line
+    assert "missing: close 1494, medium 1494" in line and "at most 6 pairs" in line
+    stopped = dict(short, stopped="stopped", pairs_done=2)        # a stopped run still resumes
+    assert "Run again with the same settings to resume" in report.status_line(stopped)
