@@ -77,7 +77,7 @@ class Annotation:
     def act(self, annotator: str, frame_id: int | None, action: str) -> FrameView:
         annotator = clean_name(annotator)
         if frame_id is None:
-            raise InvalidInput("There is no frame to label.")
+            raise InvalidInput("Nothing was labeled: no frame was shown yet.")
         shown = self.previews.peek(int(frame_id))
         box = shown["box"] if shown and not shown["stored"] else None
         with labels.settings_snapshot(self.studio):
@@ -101,7 +101,7 @@ class Annotation:
     def nudge(self, annotator: str, frame_id: int | None, direction: str) -> FrameView:
         annotator = clean_name(annotator)
         if frame_id is None:
-            raise InvalidInput("There is no frame to crop.")
+            raise InvalidInput("Nothing to crop: no frame was shown yet.")
         crop.nudge(self.studio, int(frame_id), direction)
         self.previews.invalidate(int(frame_id))
         return self.view(annotator)

@@ -122,7 +122,10 @@ class LabelHandlers:
         """A refused key or button: the message over the annotator's current frame (or alone when
         there is no annotator yet), so the page says why nothing happened."""
         try:
-            view = self.service.view(self.annotator(name, request), message)
+            who = self.annotator(name, request)
+            view = self.service.view(who, message)
+            if view.frame_id is None:  # nothing left for them: say that rather than what was refused
+                view = self.service.view(who)
         except DreamShotError:
             return notice_html(message, labels.current_taxonomy(self.studio)), \
                 progress_html(labels.progress(self.studio)), None

@@ -23,12 +23,14 @@ def test_a_refused_key_answers_with_its_message_in_the_frame_area(studio, tmp_pa
     frame, _, _ = h.undo_event()("  ", None)
     assert "Type your name first" in frame
     frame, _, fid = h.action_event("reject")("alice", None, None)  # a name, but an empty pool
-    assert "There is no frame to label" in frame and fid is None
+    assert "No frame left to label for you" in frame and fid is None
 
     synthetic_frames(tmp_path / "pool", 2)
     pool.run_import(studio, pool.ImportOptions(str(tmp_path / "pool"), min_side=100))
     h.service.reset()
-    shown = h.service.view("alice").frame_id
+    frame, _, shown = h.slot_event(1)("alice", None, None)          # a name typed, Start not pressed yet
+    assert "Nothing was labeled: no frame was shown yet" in frame and shown is not None
+    assert f'data-frame="{shown}"' in frame and labels.progress(studio).counts.get("medium", 0) == 0
     frame, _, fid = h.nudge_event("sideways")("alice", shown, None)  # refused, the frame stays on screen
     assert "Nudge direction must be one of" in frame and fid == shown and f'data-frame="{shown}"' in frame
     with pytest.raises(InvalidInput, match="Nudge direction"):  # the JSON endpoint still answers with an error
@@ -98,6 +100,5 @@ def test_browser_keys_settings_and_clips_as_a_new_user_meets_them(studio, tmp_pa
     for _ in range(3):                                               # past the last frame
         page.keyboard.press("x")
         page.wait_for_timeout(400)
-    page.wait_for_function("document.querySelector('#label-frame').innerText.includes('no frame')"
-                           " || document.querySelector('#label-frame').innerText.includes('No frame')")
+    page.wait_for_function("document.querySelector('#label-frame').innerText.includes('No frame left to label')")
     page.screenshot(path=str(artifacts_dir / "label-messages.png"), full_page=True)
