@@ -53,6 +53,9 @@ def test_a_run_short_of_frames_does_not_ask_to_be_resumed():
                  short={"close": 1494, "medium": 1494})
     line = report.status_line(short)
     assert line.startswith("**INCOMPLETE") and "Run again" not in line
-    assert "missing: close 1494, medium 1494" in line and "at most 6 pairs" in line
+    assert "missing: close 1494, medium 1494" in line and "at most 6 captions" in line
+    twins = dict(short, settings={"ablation": True})              # 6 pairs = 3 captions, each twice
+    line = report.status_line(twins)
+    assert "(3 captions, each with and without the shot type)" in line and "at most 3 captions" in line
     stopped = dict(short, stopped="stopped", pairs_done=2)        # a stopped run still resumes
     assert "Run again with the same settings to resume" in report.status_line(stopped)

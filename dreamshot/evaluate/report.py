@@ -76,13 +76,16 @@ def write_csv(path: Path, results: dict) -> None:
 def status_line(results: dict) -> str:
     done, planned = results.get("pairs_done", 0), results.get("pairs_planned", 0)
     short = results.get("short") or {}
+    twice = bool((results.get("settings") or {}).get("ablation"))    # each caption with and without the shot
+    captions = done // 2 if twice else done
+    counted = f" ({captions} captions, each with and without the shot type)" if twice else ""
     if results.get("complete"):
-        line = f"**Complete**: {done} pairs."
+        line = f"**Complete**: {done} pairs{counted}."
     elif short and done >= planned and results.get("stopped") in (None, "short of the plan"):
         missing = ", ".join(f"{shot} {n}" for shot, n in short.items())
-        line = (f"**INCOMPLETE - not a final table**: all {done} pairs the held-out frames allow are generated, "
-                f"fewer than asked for (missing: {missing}). Running again adds none: add held-out frames, "
-                f"or ask for at most {done} pairs in a new run.")
+        line = (f"**INCOMPLETE - not a final table**: all {done} pairs{counted} the held-out frames allow are "
+                f"generated, fewer than asked for (captions missing: {missing}). Running again adds none: add "
+                f"held-out frames, or ask for at most {captions} captions in a new run.")
     else:
         line = (f"**INCOMPLETE - not a final table**: {done} of {planned} pairs generated "
                 f"({results.get('stopped') or 'interrupted'}). Run again with the same settings to resume.")
