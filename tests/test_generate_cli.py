@@ -41,3 +41,14 @@ def test_read_png_prints_settings_without_a_studio(tmp_path):
     assert as_json.returncode == 0 and data["request"]["seed"] == 42
     assert data["notes"] == ["LoRA 'close' is not in this studio's library; it was left out."]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_controlnet_without_an_image_names_the_flag_that_gives_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DREAMSHOT_")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-m", "dreamshot", "generate", "--data", str(tmp_path / "data"), "--model",
+                           "demo", "--prompt", "a man on a bridge", "--control", "canny"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ControlNet needs a reference image:")
+    assert "(on the command line: --control-image FILE)" in done.stderr

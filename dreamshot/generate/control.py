@@ -69,8 +69,8 @@ def load_image(image, what: str = "control image"):
     from PIL import Image, UnidentifiedImageError
 
     if image is None or (isinstance(image, str) and not image.strip()):
-        raise InvalidInput(f"ControlNet needs a {what}: upload a reference frame or draw a sketch "
-                           "(or set the ControlNet to none).")
+        raise InvalidInput(f"ControlNet needs a {what}: upload a reference frame or draw a sketch (on the "
+                           "command line: --control-image FILE), or set the ControlNet to none.")
     if isinstance(image, Image.Image):
         return image
     if hasattr(image, "shape"):
