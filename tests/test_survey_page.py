@@ -54,6 +54,7 @@ def test_a_survey_closed_under_a_participant_says_so(studio):
     page = h.ui_answer("shot", "A", token, slot, pair, Req())
     assert "closed" in page[STATUS] and page[PAIR_COLUMN].visible is False
     assert page[END].visible is True and "This survey is closed" in page[END].value
+    assert "0 pair" not in page[END].value                           # no pair was complete yet
     reloaded = h.ui_load(token, Req())                               # a reload: no live buttons on a closed survey
     assert reloaded[PAIR_COLUMN].visible is False and "This survey is closed" in reloaded[END].value
 

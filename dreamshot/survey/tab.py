@@ -111,8 +111,8 @@ class SurveyHandlers:
         finished = view["finished"]
         closed = view.get("state") != "open" and not finished
         if closed:
-            end = (f"## This survey is closed\nIt no longer takes answers. The {view['done']} pair(s) you answered "
-                   "are saved. Thank you!")
+            saved = f" The {view['done']} pair(s) you answered are saved." if view["done"] else ""
+            end = f"## This survey is closed\nIt no longer takes answers.{saved} Thank you!"
             return [view["token"], view["token"], gr.Markdown(visible=False), gr.Button(visible=False),
                     gr.Column(visible=False), "", gr.skip(), gr.skip(), *[gr.skip()] * 9, note,
                     gr.Markdown(end, visible=True), None, None, gr.Dropdown(visible=False)]
