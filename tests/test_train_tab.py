@@ -12,6 +12,7 @@ import pytest
 from dreamshot.errors import InvalidInput
 from dreamshot.generate.loras import LoraLibrary
 from tests.training_helpers import make_imagefolder
+from training import config as tconfig
 from training import jobs
 from training.tab import HISTORY_HEADERS, PARAM_NAMES, TrainHandlers
 
@@ -67,6 +68,17 @@ def test_train_start_over_the_api_needs_only_what_differs_from_the_form(studio, 
     assert later.predict(queued.id, api_name="/train_cancel")[0] == f"Run #{queued.id}: Cancelled."
     with pytest.raises(AppError, match="No training run 99"):
         later.predict(99, api_name="/train_status")
+
+    # A parameter left out takes the chosen preset's (and method's) value, not the form's paper values.
+    message, rows = client.predict(shots=["long"], preset="smoke", method="ti", rank=8, api_name="/train_start")
+    (created,) = [r for r in jobs.service(studio).list_runs() if f"#{r.id} long" in message]
+    cfg, expected = created.train_config, tconfig.preset("smoke", method="ti")
+    assert (cfg.method, cfg.rank) == ("ti", 8) and rows[0][0] == created.id
+    assert (cfg.max_steps, cfg.learning_rate, cfg.resolution) == (expected.max_steps, expected.learning_rate,
+                                                                   expected.resolution)
+    assert (cfg.max_steps, cfg.learning_rate) != (tconfig.preset("paper").max_steps, tconfig.preset("paper").learning_rate)
+    default_shots = client.predict(preset="smoke", api_name="/train_start")[0]
+    assert all(f" {shot}" in default_shots for shot in ("close", "medium", "long"))   # no shots: every one
 
 
 def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tmp_path):

@@ -10,7 +10,6 @@ run by hand. Every action is a named endpoint (``api_name``); each handler check
 
 from __future__ import annotations
 
-import functools
 import html
 import inspect
 import re
@@ -22,7 +21,7 @@ from dreamshot.errors import InvalidInput
 from dreamshot.ui import admin_name, guarded
 from training import config as tconfig
 from training import jobs, views
-from training.views import (FAST_POLL_S, FORM_NAMES, HISTORY_HEADERS, HISTORY_WIDTHS, IDLE_POLL_S, METHOD_PARAMS,
+from training.views import (FAST_POLL_S, HISTORY_HEADERS, HISTORY_WIDTHS, IDLE_POLL_S, METHOD_PARAMS,
                             PARAM_NAMES, PARAMS, TrainForm)
 
 INTRO = ("Teach each shot type on the labeled, captioned set with the project's prompt template (e.g. "
@@ -189,20 +188,38 @@ def _component(name, label, kind, extra, value):
     return gr.Textbox(value, label=label, placeholder=extra.get("placeholder"), elem_id=elem_id)
 
 
-def start_endpoint(handlers: TrainHandlers):
-    """``/train_start`` with one named parameter per form field (``rank=``, ``learning_rate=``, ...
-    for gradio_client users), in the order shots, preset, dataset, hub_token, *PARAM_NAMES, then the
-    method and its fields (``method``, ``token``, ``init_word``, ``num_vectors``, ``optimizer``,
-    ``extract_rank``, ``freeze_non_lora``: added last, so older callers keep working)."""
-    @functools.wraps(handlers.start)
-    def train_start(request: gr.Request, *inputs):
+def start_form(handlers: TrainHandlers):
+    """The Start button: every field of the page's form, in the order shots, preset, dataset,
+    hub_token, *FORM_NAMES (the page fills the form from the preset, so each value is meant)."""
+    def train_start_form(request: gr.Request, *inputs):
         return handlers.start(TrainForm.from_inputs(*inputs), request)
+    return guarded(train_start_form)
 
-    names = ("shots", "preset", "dataset", "hub_token", *FORM_NAMES)
+
+_API_TYPES = {"int": int, "float": float, "bool": bool}
+
+
+def start_api(handlers: TrainHandlers):
+    """``/train_start`` for scripts: shots, preset, dataset, hub_token, then one named parameter per
+    form field (``rank=``, ``learning_rate=``, ..., ``method=``, ``token=``, ...). A parameter left out
+    takes the value of the chosen preset (and method), as on the command line; no shots means every
+    shot type of the project, as the form starts. Returns the message and the run history."""
+    def train_start(request: gr.Request, shots, preset, dataset, hub_token, *values):
+        shots = shots or handlers.studio.project.taxonomy().names
+        message, rows, *_ = handlers.start(TrainForm.from_inputs(shots, preset, dataset, hub_token, *values), request)
+        return message, rows
+
+    P = inspect.Parameter
+    fields = [P(name, P.POSITIONAL_OR_KEYWORD, default=None, annotation=_API_TYPES.get(kind, str) | None)
+              for name, _label, kind, _extra in PARAMS + METHOD_PARAMS]
     train_start.__signature__ = inspect.Signature(
-        [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
-        + [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
-    del train_start.__wrapped__
+        [P("request", P.POSITIONAL_OR_KEYWORD, annotation=gr.Request),
+         P("shots", P.POSITIONAL_OR_KEYWORD, default=None, annotation=list[str] | None),
+         P("preset", P.POSITIONAL_OR_KEYWORD, default="paper", annotation=str),
+         P("dataset", P.POSITIONAL_OR_KEYWORD, default="", annotation=str),
+         P("hub_token", P.POSITIONAL_OR_KEYWORD, default="", annotation=str), *fields],
+        return_annotation=tuple[str, list[list]])
+    train_start.__annotations__ = {p.name: p.annotation for p in train_start.__signature__.parameters.values()}
     return guarded(train_start)
 
 
@@ -280,8 +297,9 @@ def build(studio, demo: gr.Blocks) -> None:
     preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset").then(
         guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")
     method.change(guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")
-    start_btn.click(start_endpoint(ui), [shots, preset, dataset, hub_token, *params, *methods.inputs],
-                    [message, history, run, timer, shown], api_name="train_start", **quiet)
+    start_btn.click(start_form(ui), [shots, preset, dataset, hub_token, *params, *methods.inputs],
+                    [message, history, run, timer, shown], api_visibility="private", **quiet)
+    gr.api(start_api(ui), api_name="train_start")
     cancel_btn.click(guarded(ui.cancel), run, [message, history], api_name="train_cancel", **quiet)
     resume_btn.click(guarded(ui.resume), run, [message, history, timer, run, shown], api_name="train_resume", **quiet)
     live = [bar, loss_plot, gallery, log_tail, run_message, history, run, shown, timer]
