@@ -32,6 +32,12 @@ def test_tab_runs_an_evaluation_and_shows_tables_plot_and_pairs(eval_studio, tin
         client.predict("../up", api_name="/evaluate_results")
     assert client.predict(api_name="/evaluate_stop") == "No evaluation is running."
 
+    # The Show results button: a run without results clears the previous run's view and says so.
+    ui = EvaluateHandlers(eval_studio)
+    assert ui.show("tabrun")[1] == tables
+    status, tables_shown, plot_shown, pairs_shown = ui.show("nothing")
+    assert "No results in evaluations/nothing" in status and (tables_shown, plot_shown, pairs_shown) == ("", None, [])
+
 
 def test_only_admins_may_evaluate(make_studio):
     studio = make_studio(admin_password="pw-admins")

@@ -91,6 +91,14 @@ class EvaluateHandlers:
             raise NotFound(f"No results in evaluations/{name.strip()} yet: run the evaluation first.")
         return self.view(found, out)
 
+    def show(self, name: str, request: gr.Request | None = None):
+        """The *Show results* button: a run without results says so and clears the view (the tables
+        of the run shown before must not stand under the new name)."""
+        try:
+            return self.results(name, request)
+        except NotFound as exc:
+            return f"**{exc}**", "", None, []
+
     def view(self, results: dict, out: Path):
         plot = out / "results.png"
         # left: side A, right: side B (the tables above name them; the API returns a plain list)
@@ -177,6 +185,8 @@ def build(studio, demo: gr.Blocks) -> None:
                                           size, steps, ablation, alpha_values, dirty, gen_a, gen_b], outputs,
                  api_name="evaluate_run")
     stop_btn.click(guarded(ui.stop), None, status, api_name="evaluate_stop")
-    show_btn.click(guarded(ui.results), name, outputs, api_name="evaluate_results")
+    show_btn.click(guarded(ui.show), name, outputs, api_visibility="private")
+    results_api = gr.Button(visible=False)   # /evaluate_results: a missing run is an error for scripts
+    results_api.click(guarded(ui.results), name, outputs, api_name="evaluate_results")
     demo.load(guarded(ui.shot_choices), None, shots, api_visibility="private")
     demo.load(guarded(ui.generator_choices), None, [gen_a, gen_b], api_visibility="private")
