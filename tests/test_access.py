@@ -20,17 +20,25 @@ def _argument(param: dict, upload):
     return param.get("example_input")
 
 
-@pytest.fixture
-def participant_client(make_studio, tmp_path):
+@pytest.fixture(scope="module")
+def participant_client(demo_model_dir, tmp_path_factory):
     """The full studio with an admin password, served WITHOUT gradio's login: every caller is a
-    participant, as if the login were bypassed. Only the handlers' own checks stand."""
+    participant, as if the login were bypassed. Only the handlers' own checks stand. Served once
+    for this module: its tests only read the endpoint list and are refused, so nothing changes."""
+    import shutil
+
     import app as app_module
     from gradio_client import Client
     from PIL import Image
 
+    from dreamshot.settings import Settings
+    from dreamshot.studio import Studio
     from tests.conftest import free_port
 
-    studio = make_studio(admin_password="pw-for-admins")
+    tmp_path = tmp_path_factory.mktemp("access")
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    shutil.copytree(demo_model_dir, tmp_path / "data" / "models" / "demo-sd")
+    studio = Studio.open(Settings(data_dir=tmp_path / "data", model="demo", admin_password="pw-for-admins"))
     demo = app_module.build_app(studio)
     kwargs = app_module.launch_kwargs(studio)
     kwargs.update(auth=None, server_name="127.0.0.1", server_port=free_port(), share=False,
@@ -42,6 +50,7 @@ def participant_client(make_studio, tmp_path):
         yield Client(f"http://127.0.0.1:{kwargs['server_port']}/", verbose=False), png, app_module
     finally:
         demo.close()
+        studio.close()
 
 
 def test_every_admin_endpoint_refuses_a_participant(participant_client):

@@ -243,12 +243,24 @@ def test_bad_captioner_ids_give_clear_messages(studio, tmp_path, demo_model_dir)
 
 
 def _cli(*args):
+    """``python -m labeling ARGS`` as a real process (the README's command line)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "labeling", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_captions_then_resumes(studio, tiny_blip2):
+def _cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """The same command through ``labeling.__main__.main(argv)`` in this process: each CLI test runs
+    one real process above; a second process would only pay the torch/transformers start-up again."""
+    from labeling.__main__ import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "labeling", *args], code, out, err)
+
+
+def test_cli_captions_then_resumes(studio, tiny_blip2, capsys):
     ids = add_frames(studio, 3)
     test_ids = add_frames(studio, 2, split="test", labeled=False)
     data = str(studio.settings.data_dir)
@@ -263,7 +275,8 @@ def test_cli_captions_then_resumes(studio, tiny_blip2):
 
     # resumable, flags before the subcommand too, held-out test frames
     captions.save_machine_caption(studio, test_ids[0], "a cat", model="earlier")
-    test = _cli("--data", data, "caption", "--model", tiny_blip2, "--split", "test", "--min-length", "2")
+    test = _cli_in_process(capsys, "--data", data, "caption", "--model", tiny_blip2, "--split", "test",
+                           "--min-length", "2")
     assert test.returncode == 0, test.stderr[-3000:]
     assert "Done: 1/1 test frames" in test.stdout and "1 already captioned, skipped" in test.stdout
     assert captions.frames_with_machine_caption(studio, test_ids) == set(test_ids)
@@ -280,7 +293,7 @@ def test_cli_unloadable_captioner(studio):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_bulk_replace_and_edit_rate(studio):
+def test_cli_bulk_replace_and_edit_rate(studio, capsys):
     ids = add_frames(studio, 4)
     for fid, text in zip(ids, ["a man standing", "a man sitting", "a man walking", "a dog"]):
         captions.save_machine_caption(studio, fid, text, model="x")
@@ -290,7 +303,8 @@ def test_cli_bulk_replace_and_edit_rate(studio):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{ids[1]}\ta man sitting\t->\ta person sitting" in proc.stdout
     assert "applied to 3 captions (recorded as bulk edits)" in proc.stderr
-    stats = _cli("caption-stats", "--data", data)
+    stats = _cli_in_process(capsys, "caption-stats", "--data", data)
+    assert stats.returncode == 0, stats.stderr[-2000:]
     assert "edit rate (hand edits): 25% (1 of 4)" in stats.stdout
     assert "bulk edits only:        50% (2 of 4)" in stats.stdout
     bad = _cli("caption-replace", "(", "x", "--regex", "--data", data)
