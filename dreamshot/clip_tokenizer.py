@@ -61,9 +61,9 @@ def write_clip_tokenizer(out_dir: Path, bpe_file: Path = BPE_FILE) -> Path:
 
 
 def load_clip_tokenizer(directory: Path):
-    from dreamshot.models import import_libraries
+    from dreamshot.models import import_tokenizer_library
 
-    import_libraries()
+    import_tokenizer_library()
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)

@@ -51,6 +51,17 @@ def import_libraries() -> None:
         _IMPORTED.set()
 
 
+def import_tokenizer_library() -> None:
+    """Import transformers' CLIPTokenizer only (no torch, no diffusers: counting tokens loads no
+    model), under the same lock as ``import_libraries`` so threads never import transformers at once."""
+    if _IMPORTED.is_set():
+        return
+    with _IMPORT_LOCK:
+        import transformers
+
+        getattr(transformers, "CLIPTokenizer")
+
+
 def wait_for_imports() -> None:
     """Block while another thread is importing the libraries (cheap otherwise)."""
     if not _IMPORTED.is_set() and _IMPORT_LOCK.locked():

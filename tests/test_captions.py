@@ -374,3 +374,16 @@ def test_same_rules_on_postgresql(make_studio, pg_url):
     assert bulk.apply_changes(studio, changes, "carol").applied == 11
     s = captions.stats(studio)
     assert (s.captioned, s.reviewed) == (12, 12)
+
+
+def test_counting_tokens_loads_neither_torch_nor_diffusers():
+    """caption-stats and caption-replace count tokens only: a fresh process must not pay for torch
+    and diffusers (≈7 s on a small machine) to do it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from labeling.captions.tokens import token_counts; "
+            "print(token_counts(['a high-quality close-up picture of a man'])[0], "
+            "sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split(maxsplit=1) == ["13", "[]\n"]   # start + 11 tokens + end
