@@ -291,7 +291,7 @@ def test_cli_takes_two_generators_and_refuses_a_bad_one(eval_studio, lora_files,
     common = ["--data", data, "--model", "demo"]
     args = ["evaluate", *common, "--out", str(tmp_path / "cli"), "--pairs", "2", "--a", "lora@0.5", "--b", "full",
             "--clip-model", tiny_eval_models["clip"], "--dino-model", tiny_eval_models["dino"], "--width", "64",
-            "--height", "64", "--steps", "2", "--alpha-subset", "0", "--no-ablation", "--bootstrap", "50"]
+            "--height", "64", "--steps", "2", "--alpha-subset", "0", "--no-ablation", "--bootstrap", "100"]
     assert main(args) == 0
     res = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert [res["generators"][s]["spec"] for s in "ab"] == ["lora@0.5", "full@1"]

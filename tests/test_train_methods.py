@@ -357,7 +357,7 @@ def test_train_tab_method_fields_and_form(studio, monkeypatch):
     shown = {name for name, u in zip(tab.LORA_ONLY, lora_only) if u["visible"]}
     assert shown == {"rank", "alpha", "target"}       # a motion run is a LoRA, never a text-encoder one
 
-    endpoint = tab.start_endpoint(ui)
+    endpoint = tab.start_api(ui)
     names = list(inspect.signature(endpoint).parameters)
     assert names[1:5] == ["shots", "preset", "dataset", "hub_token"]
     assert names[-9:] == ["method", "token", "init_word", "num_vectors", "optimizer", "extract_rank",
