@@ -166,16 +166,6 @@ class LabelHandlers:
             return prompt_html(labels.current_taxonomy(self.studio)), progress_html(labels.progress(self.studio)), None
         return self.outputs(self.service.view(self.annotator(name, request)))
 
-    def refresh_event(self):
-        def refresh(name, request: gr.Request):
-            return self.refresh(name, request)
-        return self.inline(refresh)
-
-    def undo_event(self):
-        def undo(name, request: gr.Request):
-            return self.undo(name, request)
-        return self.inline(undo)
-
     def shot_clip(self, name: str, frame_id, request: gr.Request | None) -> str:
         """The short clip of the shown frame's shot (frames imported from a video); labeling the
         frame labels its clip."""
@@ -246,7 +236,7 @@ def _build_label(h: LabelHandlers) -> dict:
         b.click(h.slot_event(i), [name, frame_id], outs, **fast)
     reject.click(h.action_event("reject"), [name, frame_id], outs, **fast)
     skip.click(h.action_event("skip"), [name, frame_id], outs, **fast)
-    undo.click(h.undo_event(), [name], outs, **fast)
+    undo.click(h.inline(h.undo), [name], outs, **fast)
     for direction, b in nudges.items():
         b.click(h.nudge_event(direction), [name, frame_id], outs, **fast)
     show_clip.click(guarded(h.shot_clip), [name, frame_id], [clip_video], api_visibility="private",
@@ -264,7 +254,7 @@ def build(studio, demo: gr.Blocks) -> None:
     import_panel, imported = build_import(admin)
     settings_fields, save, saved_note = build_settings(admin)
     ui = _build_label(label)
-    refresh = dict(fn=label.refresh_event(), inputs=[ui["name"]], outputs=ui["outs"], api_visibility="private",
+    refresh = dict(fn=label.inline(label.refresh), inputs=[ui["name"]], outputs=ui["outs"], api_visibility="private",
                    show_progress="hidden")
     imported.success(**refresh)
     build_stats(admin, ui["quota_box"])

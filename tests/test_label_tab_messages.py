@@ -20,7 +20,7 @@ def test_a_refused_key_answers_with_its_message_in_the_frame_area(studio, tmp_pa
     frame, bars, fid = h.slot_event(0)("", None, None)            # no name yet
     assert "Type your name first" in frame and 'id="label-keymap"' in frame and fid is None
     assert "0/200" in bars
-    frame, _, _ = h.undo_event()("  ", None)
+    frame, _, _ = h.inline(h.undo)("  ", None)
     assert "Type your name first" in frame
     frame, _, fid = h.action_event("reject")("alice", None, None)  # a name, but an empty pool
     assert "No frame left to label for you" in frame and fid is None
