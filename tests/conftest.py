@@ -26,6 +26,11 @@ os.environ.pop("DREAMSHOT_SURVEY_ONLY", None)
 os.environ.pop("DREAMSHOT_DB", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Two test workers share two cores (pytest.ini: -n 2), each with its app server and Chromium: a torch
+# that spins a thread per core in each worker starves the other's browser. One thread per worker
+# (read by torch at import, inherited by the trainer processes the tests start).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
@@ -158,7 +163,9 @@ def browser():
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = context.new_page()
-    pg.set_default_timeout(20_000)
+    # A limit against hangs, not a speed target: the full page (~640 components) takes ~4 s to show its
+    # first frame on a quiet 2-core box, and several times that while the other worker trains.
+    pg.set_default_timeout(60_000)
     yield pg
     context.close()
 
