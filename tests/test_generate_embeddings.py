@@ -65,6 +65,19 @@ def test_files_are_told_apart_by_content_and_checked(tmp_path, lora_files):
         inspect_embedding_file(tmp_path / "xl.safetensors", WIDTH)
 
 
+def test_a_single_short_vector_is_refused_as_not_an_embedding(tmp_path):
+    """A 1-D tensor of a width no text encoder has is a single vector of numbers, not an embedding
+    of vectors of "width 3"; a 1-D vector of the encoder's own width is a one-token embedding."""
+    for key in ("emb_params", "<x>"):
+        save_file({key: torch.zeros(3)}, str(tmp_path / "flat.safetensors"))
+        with pytest.raises(InvalidInput, match=r"holds a single vector of 3 numbers, not an embedding.*"
+                                               r"vectors of 32 numbers \(shape \[tokens, 32\]") as err:
+            inspect_embedding_file(tmp_path / "flat.safetensors", WIDTH)
+        assert "width 3" not in str(err.value)
+    save_file({"<x>": torch.zeros(WIDTH)}, str(tmp_path / "one.safetensors"))
+    assert inspect_embedding_file(tmp_path / "one.safetensors", WIDTH).vectors == 1
+
+
 def test_width_mismatch_is_refused_and_nothing_is_stored(studio, tmp_path):
     svc = service(studio)
     wrong = random_embedding(tmp_path / "sd15.safetensors", width=768)

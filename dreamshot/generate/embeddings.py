@@ -109,6 +109,10 @@ def inspect_embedding_file(path, width: int) -> EmbeddingCheck:
         raise InvalidInput(f"{path.name}: {key} must be floating-point vectors [N, width] "
                            f"(got {dtypes[key]} {list(shape)}).")
     vectors, got = (1, shape[0]) if len(shape) == 1 else shape
+    if len(shape) == 1 and got != width and got not in _FAMILIES:
+        raise InvalidInput(f"{path.name}: {key} holds a single vector of {got} numbers, not an embedding: this base "
+                           f"model's text encoder needs vectors of {width} numbers (shape [tokens, {width}], or "
+                           f"[{width}] for one token).")
     if got != width:
         made_for = _FAMILIES.get(got, f"a text encoder of width {got}")
         raise InvalidInput(f"{path.name} holds vectors of width {got} ({made_for}); this base model's text encoder "
