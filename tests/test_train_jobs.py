@@ -187,6 +187,23 @@ def test_queued_run_can_be_cancelled_before_it_starts(runner, dataset):
     assert runner.list_runs((jobs.RUNNING,)) == []
 
 
+def test_ctrl_c_after_the_run_ended_stops_the_cli_quietly(runner, dataset, monkeypatch):
+    """``python -m training`` follows a run in the foreground; a Ctrl-C that lands after the run
+    finished (or was cancelled elsewhere) has nothing to cancel: the run is returned, no error."""
+    (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
+    runner.runs.update(run.id, status=jobs.RUNNING)
+
+    def ctrl_c_after_the_end(seconds):
+        runner.runs.update(run.id, status=jobs.DONE)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs.time, "sleep", ctrl_c_after_the_end)
+    said = []
+    assert runner.run_foreground(run.id, echo=said.append).status == jobs.DONE
+    assert said == ["stopping after this step (a checkpoint is kept)..."]
+    assert runner.cancel(run.id).status == jobs.DONE      # cancelling again changes nothing
+
+
 def test_command_is_an_argument_list_and_multi_gpu_goes_through_accelerate(runner, dataset, monkeypatch):
     (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", FAST, dataset=str(dataset)))
     cmd = runner.command(run)

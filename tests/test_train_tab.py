@@ -66,6 +66,8 @@ def test_train_start_over_the_api_needs_only_what_differs_from_the_form(studio, 
     later = Client(client.src, verbose=False)
     assert later.predict(queued.id, api_name="/train_status")["status"] == "queued"
     assert later.predict(queued.id, api_name="/train_cancel")[0] == f"Run #{queued.id}: Cancelled."
+    again = later.predict(queued.id, api_name="/train_cancel")[0]          # information, not an AppError
+    assert again.startswith(f"Run #{queued.id}: already cancelled; there is nothing to cancel.")
     with pytest.raises(AppError, match="No training run 99"):
         later.predict(99, api_name="/train_status")
 
@@ -230,6 +232,19 @@ def test_the_history_refreshes_when_a_run_changes(handlers):
     out = handlers.refresh(out[6].value, again[7], None)
     assert [row[3] for row in out[5]] == ["cancelled", "queued", "queued"]
     assert out[5][0][5] == "LoRA r4 α4 · smoke · lr 0.0001 · 64px · b1"
+
+
+def test_cancelling_a_run_that_is_over_says_so_without_an_error(handlers):
+    """A second click on Cancel, or a click after the run ended, is nothing wrong: a plain message."""
+    store, (first, second, third) = handlers.runner.runs, handlers.runs
+    assert handlers.cancel(first.id, None)[0] == f"Run #{first.id}: Cancelled."
+    message, rows = handlers.cancel(first.id, None)
+    assert message == (f"Run #{first.id}: already cancelled; there is nothing to cancel. "
+                       "Resume continues it from its last checkpoint.")
+    assert [row[3] for row in rows] == ["queued", "queued", "cancelled"]
+    store.update(second.id, status=jobs.DONE)
+    assert handlers.cancel(second.id, None)[0] == f"Run #{second.id}: already done; there is nothing to cancel."
+    assert handlers.runner.get(second.id).status == jobs.DONE and handlers.runner.get(third.id).status == "queued"
 
 
 def test_the_run_menu_takes_a_number_or_text_typed_into_it(handlers):

@@ -150,6 +150,8 @@ class TrainingRunner:
 
     # ---- actions ------------------------------------------------------------------------------------
     def cancel(self, run_id: int) -> RunInfo:
+        """Stop a queued or running run; a run that is already over is returned as it is (nothing
+        to do is not an error: a second click, or a run that ended meanwhile)."""
         with self._lock:
             run = self.get(run_id)
             if run.status == QUEUED:
@@ -157,8 +159,6 @@ class TrainingRunner:
             elif run.status == RUNNING:
                 self._signal(run, signal.SIGTERM)
                 self._cancel_at.setdefault(run.id, time.time())
-            else:
-                raise InvalidInput(f"Run {run.id} is {run.status}: only queued or running runs can be cancelled.")
             return self.get(run_id)
 
     def resume(self, run_id: int) -> RunInfo:

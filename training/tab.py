@@ -96,9 +96,15 @@ class TrainHandlers:
 
     def cancel(self, run_id, request: gr.Request):
         admin_name(self.studio, request)
-        run = self.runner.cancel(_run_id(run_id))
-        text = ("Cancelled." if run.status == jobs.CANCELLED else
-                "Stopping after the current step; the last checkpoint is kept.")
+        before = self.runner.get(_run_id(run_id))
+        run = self.runner.cancel(before.id)
+        if before.status not in (jobs.QUEUED, jobs.RUNNING):   # nothing to cancel: information, not an error
+            text = f"already {before.status}; there is nothing to cancel." + (
+                " Resume continues it from its last checkpoint." if before.resumable else "")
+        elif run.status == jobs.CANCELLED:
+            text = "Cancelled."
+        else:
+            text = "Stopping after the current step; the last checkpoint is kept."
         return f"Run #{run.id}: {text}", views.history_rows(self.runner.list_runs())
 
     def resume(self, run_id, request: gr.Request):
