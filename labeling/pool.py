@@ -3,9 +3,9 @@ folder (originals never modified) and record every item in ``frames``.
 
     1. open or resume an ``import_runs`` row (same source and options, not finished -> resume)
     2. stream the source's items from the stored cursor on
-    3. per item: size limits, full decode, channels, resolution, metadata rules, exact and near duplicates
-       (an exact duplicate is a file already *in the pool*; a file an earlier import filtered out is
-       judged again with this import's filters and its row updated)
+    3. per item (``labeling.importer``): size limits, full decode, channels, resolution, metadata rules,
+       exact and near duplicates (an exact duplicate is a file already *in the pool*; a file an earlier
+       import filtered out is judged again with this import's filters and its row updated)
     4. commit a batch of frames together with the new cursor (a killed import loses at most one batch
        of work and never records a frame twice)
     5. report counts per filter, every filtered file (with its twin for a duplicate), every file
@@ -17,10 +17,6 @@ Crops are *not* made here (see ``labeling.crop``: lazily, or prefetched while la
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,12 +26,11 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
-from dreamshot.storage import now, store_blob
+from dreamshot.storage import now
 
-from labeling import clips, filters, sources
-from labeling.filters import REASONS, Rejected
-
-log = logging.getLogger(__name__)
+from labeling import filters, sources
+from labeling.filters import REASONS
+from labeling.importer import Importer
 
 BATCH_ITEMS = 32
 BATCH_SECONDS = 2.0
@@ -45,7 +40,6 @@ UNREADABLE = ("corrupt", "too_large", "unsafe_path")
 SHORT = {"grayscale": "grayscale", "too_small": "too small", "near_duplicate": "near-duplicate",
          "duplicate": "exact duplicate", "metadata_rule": "metadata rule"}
 SPLITS = ("train", "test")
-_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 Progress = Callable[[int, int | None, str], None]
 
@@ -120,37 +114,6 @@ class ImportReport:
         return "\n".join(lines)
 
 
-# ---- side files: metadata (file, title, year, ...) and existing labels (file, shot) --------------
-def read_table(path: str | None) -> dict[str, dict]:
-    """CSV or JSONL rows keyed by their ``file`` column (and its base name)."""
-    if not path:
-        return {}
-    rows: list[dict] = []
-    text = Path(path).read_text(encoding="utf-8-sig")
-    if path.lower().endswith((".jsonl", ".json")):
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise InvalidInput(f"{Path(path).name} line {n} is not JSON.") from None
-    else:
-        rows = list(csv.DictReader(text.splitlines()))
-    table: dict[str, dict] = {}
-    for row in rows:
-        key = str(row.get("file") or row.get("file_name") or "").strip()
-        if not key:
-            raise InvalidInput(f"{Path(path).name}: every row needs a 'file' column.")
-        table[key] = row
-        table.setdefault(Path(key).name, row)
-    return table
-
-
-def _lookup(table: dict[str, dict], item: sources.Item) -> dict:
-    file = str(item.meta.get("file") or item.key)
-    return table.get(file) or table.get(Path(file).name) or {}
-
-
 # ---- the run ---------------------------------------------------------------------------------
 def _open_run(conn, opts: ImportOptions) -> tuple[int, int, dict]:
     runs = schema.import_runs
@@ -171,117 +134,11 @@ def _open_run(conn, opts: ImportOptions) -> tuple[int, int, dict]:
     return run_id, 0, counts
 
 
-def _source_label(opts: ImportOptions, key: str) -> str:
-    if opts.kind == "zip":
-        return f"{opts.source_name or opts.source}!{key}"
-    if opts.source_name:
-        return key
-    if opts.kind == "folder" and Path(opts.source).is_dir():
-        return str(Path(opts.source) / key)
-    if opts.kind == "video":
-        return str(Path(opts.source).parent / key)
-    return key
-
-
 def count_items(opts: ImportOptions) -> int | None:
     if opts.kind == "folder":
         exts = sources.IMAGE_EXTS
         return sum(1 for p in sources._folder_files(Path(opts.source)) if p.suffix.lower() in exts) or None
     return None
-
-
-class _Importer:
-    def __init__(self, studio, opts: ImportOptions):
-        self.studio, self.opts = studio, opts
-        self.rules = [filters.parse_rule(r) for r in opts.rules]
-        self.metadata = read_table(opts.metadata_file)
-        self.labels = read_table(opts.labels_file)
-        with studio.db.read() as conn:
-            f = schema.frames
-            hashes = conn.execute(sa.select(f.c.phash).where(f.c.status == "ok", f.c.phash.is_not(None))
-                                  .order_by(f.c.id)).scalars()
-            self.phashes = filters.PhashIndex(list(hashes), threshold=opts.near_duplicate_distance)
-            self.known: dict[str, str] = {}  # content hash -> item, this run (the DB has the older ones)
-            self.kept_phashes: list[str] = []    # this run's kept pHashes, in PhashIndex order after the DB's
-            self.db_phashes = self.phashes._n
-        from labeling import labels as labels_mod
-        self.labels_mod = labels_mod
-        self.taxonomy = labels_mod.current_taxonomy(studio)
-
-    def process(self, item: sources.Item) -> dict:
-        """One item -> a frames row to insert (or {"duplicate": True}). Never raises for bad input."""
-        meta = {**_lookup(self.metadata, item), **item.meta}
-        meta.pop("shot", None)
-        row = dict(source=_source_label(self.opts, item.key), meta=meta, split=self.opts.split, created_at=now(),
-                   path=None, content_hash=None, phash=None, width=None, height=None, mode=None,
-                   crop_box=None, crop_source=None)
-        try:
-            data = item.read()
-        except sources.Refused as exc:
-            return {**row, "status": exc.reason, "filter_reason": str(exc)}
-        except OSError as exc:
-            return {**row, "status": "corrupt", "filter_reason": f"cannot read: {exc.strerror or exc}"}
-        except Exception as exc:  # a source's own read error: one bad entry never stops the import
-            log.warning("cannot read %s: %s", item.key, exc.__class__.__name__, exc_info=exc)
-            return {**row, "status": "corrupt", "filter_reason": f"cannot read: {exc.__class__.__name__}"}
-        digest = hashlib.sha256(data).hexdigest()
-        earlier = None if digest in self.known else self._earlier(digest)
-        twin = self.known.get(digest) or (earlier.source if earlier is not None and earlier.status == "ok" else None)
-        if twin:
-            return {"duplicate": True, "filter_reason": f"same content as {twin}"}
-        self.known[digest] = item.key
-        row["content_hash"] = digest
-        if earlier is not None:  # filtered out by an earlier import: judged again with this one's filters
-            row["_replaces"] = earlier.id
-        try:
-            decoded = filters.decode(data)
-            row.update(width=decoded.width, height=decoded.height, mode=decoded.mode)
-            self._check(decoded, meta)
-            hexhash = filters.phash_hex(decoded.small)
-            row["phash"] = hexhash
-            if self.phashes.is_near_duplicate(hexhash):
-                at, distance = self.phashes.closest(hexhash)
-                raise Rejected("near_duplicate", f"near-duplicate of {self._phash_twin(at)} "
-                                                 f"(pHash {distance} bits apart)")
-        except Rejected as exc:
-            return {**row, "status": exc.reason, "filter_reason": str(exc)}
-        except Exception as exc:  # one odd file never stops an import of thousands
-            log.warning("cannot process %s: %s", item.key, exc.__class__.__name__, exc_info=exc)
-            return {**row, "status": "corrupt", "filter_reason": f"cannot process: {exc.__class__.__name__}"}
-        self.phashes.add(hexhash)
-        self.kept_phashes.append(item.key)
-        row["path"] = self._store(digest, decoded.format, data)
-        clips.keep_clip(self.studio, item, meta)  # a video shot's clip, linked in frames.meta["clip"]
-        return {**row, "status": "ok", "filter_reason": None, "_label": _lookup(self.labels, item).get("shot"),
-                "_annotator": _lookup(self.labels, item).get("annotator")}
-
-    def _check(self, decoded: filters.Decoded, meta: dict) -> None:
-        if filters.is_grayscale(decoded):
-            raise Rejected("grayscale", f"mode {decoded.mode}, no color")
-        if min(decoded.width, decoded.height) < self.opts.min_side:
-            raise Rejected("too_small", f"{decoded.width}x{decoded.height} < {self.opts.min_side} px")
-        for rule in self.rules:
-            if not rule.check(meta):
-                raise Rejected("metadata_rule", f"fails {rule}")
-
-    def _earlier(self, digest: str):
-        """The row an earlier import recorded for this content (id, source, status), if any."""
-        with self.studio.db.read() as conn:
-            f = schema.frames
-            return conn.execute(sa.select(f.c.id, f.c.source, f.c.status).where(f.c.content_hash == digest)
-                                .limit(1)).first()
-
-    def _phash_twin(self, at: int) -> str:
-        if at >= self.db_phashes:
-            return self.kept_phashes[at - self.db_phashes]
-        with self.studio.db.read() as conn:  # a frame of an earlier import: the index order is the query's
-            f = schema.frames
-            sources_ = conn.execute(sa.select(f.c.source).where(f.c.status == "ok", f.c.phash.is_not(None))
-                                    .order_by(f.c.id).limit(1).offset(at)).scalar()
-        return sources_ or "a frame already in the pool"
-
-    def _store(self, digest: str, fmt: str | None, data: bytes) -> str:
-        return store_blob(self.studio.settings.data_dir, "frames", digest, _EXT.get(fmt or "", ".img"), data)
 
 
 def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
@@ -290,7 +147,7 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
     the run is left 'interrupted' as if the process had been killed."""
     opts.check()
     started = time.monotonic()
-    importer = _Importer(studio, opts)
+    importer = Importer(studio, opts)
     with studio.db.write() as conn:
         run_id, cursor, counts = _open_run(conn, opts)
     resumed_from = cursor
@@ -378,7 +235,7 @@ def _listed(counts: dict, kind: str, key: str, reason: str, message: str) -> Non
         listed.append({"item": key, "reason": reason, "message": message})
 
 
-def _import_label(importer: _Importer, conn, counts: dict, frame_id: int, shot: str, annotator: str, key: str) -> None:
+def _import_label(importer: Importer, conn, counts: dict, frame_id: int, shot: str, annotator: str, key: str) -> None:
     try:
         importer.taxonomy.get(str(shot).strip())
         importer.labels_mod.insert_action(conn, importer.studio, frame_id=frame_id, annotator=annotator,
