@@ -29,13 +29,24 @@ def test_a_finished_survey_asked_for_with_other_settings_is_refused(gen_studio, 
     assert (info.ready, info.pool, info.settings["steps"]) == (4, 4, 2)
 
 
-def test_an_unfinished_survey_is_finished_with_its_own_settings_and_the_form_told(gen_studio, one_torch_thread):
+def test_an_unfinished_survey_is_finished_with_its_own_settings_and_the_form_told(gen_studio, one_torch_thread,
+                                                                                   monkeypatch):
+    """The handler words what ``build`` returns (``kept``): the survey is read and compared once."""
+    from dreamshot.survey import build as building
+
     svc = service(gen_studio)
     svc.create(small_spec(name="form", prompts=["a woman reading", "a man on a bridge"]))
+    compared = []
+    real = building.differences
+    monkeypatch.setattr(building, "differences", lambda *a: compared.append(a) or real(*a))
     message = SurveyAdminHandlers(gen_studio).build(_form(steps=3), request=None)
     assert "4/4 pairs ready" in message
     assert "settings it was created with, not the form's: steps 3 (it has 2)" in message
+    assert len(compared) == 1                       # by the service; the handler asks nothing again
     assert svc.info("form").settings["steps"] == 2
+    assert svc.build(small_spec(name="new", pairs=2)).kept == ()
+    svc.create(small_spec(name="later", pairs=2))
+    assert svc.build(small_spec(name="later", pairs=2, steps=3)).kept == ("steps 3 (it has 2)",)
 
 
 @pytest.mark.parametrize("changes, message", [(dict(steps=1000), "Steps must be between"),

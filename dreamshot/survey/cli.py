@@ -102,6 +102,8 @@ def run_build(studio, args) -> int:
     info = service(studio).build(spec, by="cli", progress=_progress)
     print(file=sys.stderr)
     print(info.line())
+    if info.kept:
+        print("finished with the settings it was created with, not the ones given: " + "; ".join(info.kept))
     print(f"open it with: python -m dreamshot survey open {info.name!r}")
     return 0
 

@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
 import re
 import secrets
 import threading
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -55,7 +55,7 @@ def choice_of(answer: str, lora_side: str) -> str:
     return "neither" if answer == "N" else ("lora" if answer == lora_side else "base")
 
 
-@dataclass
+@dataclasses.dataclass
 class SurveyInfo:
     id: int
     name: str
@@ -67,6 +67,7 @@ class SurveyInfo:
     ready: int
     participants: int
     answers: int
+    kept: tuple = ()     # from build only: the asked-for settings an unfinished survey's own settings won over
 
     def line(self) -> str:
         gens = (self.settings or {}).get("generators") or {}
@@ -181,8 +182,9 @@ class SurveyService:
 
     def build(self, spec: building.SurveySpec, by: str | None = None, progress=None, job=None) -> SurveyInfo:
         """Create the survey if it is new, then generate every pair still pending. An unfinished
-        survey is finished with the settings it was created with; a finished one asked for with other
-        settings is refused (it would otherwise look built with them)."""
+        survey is finished with the settings it was created with (named in the result's ``kept``); a
+        finished one asked for with other settings is refused (it would otherwise look built with them)."""
+        changed: list[str] = []
         try:
             info = self.info(spec.name)
         except NotFound:
@@ -192,7 +194,7 @@ class SurveyService:
             if changed and info.ready == info.pool:
                 raise InvalidInput(f"A survey called {info.name!r} exists already, built with other settings: "
                                    + "; ".join(changed) + ". Choose another name for a new survey.")
-        return self.generate(spec.name, progress, job)
+        return dataclasses.replace(self.generate(spec.name, progress, job), kept=tuple(changed))
 
     def set_state(self, name: str, state: str) -> SurveyInfo:
         if state not in STATES[1:]:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from dreamshot.errors import AccessDenied, InvalidInput, NotFound
+from dreamshot.errors import AccessDenied, InvalidInput
 from dreamshot.generate import generators
-from dreamshot.survey import build as building
 from dreamshot.survey import results as survey_results
 from dreamshot.survey.build import DEFAULT_INTRO, SurveySpec, parse_prompt_lines
 from dreamshot.survey.service import QUESTIONS, service
@@ -112,15 +111,9 @@ class SurveyAdminHandlers:
 
     def build(self, form: BuildForm, request: gr.Request, progress=None) -> str:
         who = admin_name(self.studio, request)
-        spec = form.spec()
-        try:
-            before = self.service.info(spec.name)
-        except NotFound:
-            before = None
-        info = self.service.build(spec, by=who, progress=progress)
-        kept = building.differences(spec, before) if before is not None else []
-        note = (" It was finished with the settings it was created with, not the form's: " + "; ".join(kept) + "."
-                if kept else "")
+        info = self.service.build(form.spec(), by=who, progress=progress)
+        note = (" It was finished with the settings it was created with, not the form's: " + "; ".join(info.kept) + "."
+                if info.kept else "")
         then = "Open it when you are ready." if info.state == "draft" else f"It is {info.state}."
         return f"Built: {info.line()}.{note} {then}"
 
