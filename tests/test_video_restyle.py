@@ -59,14 +59,15 @@ def test_fixed_seed_is_steady_on_a_still_video_per_frame_seed_flickers(vstudio, 
     assert per_frame.metrics["warp_error"]["mean"] > 10 * fixed.metrics["warp_error"]["mean"]
 
 
+class StopAfterFirstChunk:
+    cancelled = False
+
+    def report(self, fraction, text):
+        if text.startswith("frame "):
+            self.cancelled = True
+
+
 def test_cancelled_restyle_resumes_where_it_stopped(vstudio, tmp_path):
-    class StopAfterFirstChunk:
-        cancelled = False
-
-        def report(self, fraction, text):
-            if text.startswith("frame "):
-                self.cancelled = True
-
     out = tmp_path / "resumable"
     with pytest.raises(Cancelled, match="Stopped after 2/6 frames"):
         restyle(vstudio, out, job=StopAfterFirstChunk(), chunk=2)
@@ -79,6 +80,21 @@ def test_cancelled_restyle_resumes_where_it_stopped(vstudio, tmp_path):
     assert np.array_equal(frames_of(resumed.video), frames_of(whole.video))
     with pytest.raises(InvalidInput, match="holds a restyle with other settings"):
         restyle(vstudio, out, chunk=2, seed=99)
+
+
+@pytest.mark.parametrize("into", ["default folder", "--out"])
+def test_a_stopped_random_seed_restyle_resumes_with_its_seed(vstudio, tmp_path, into):
+    """Seed -1 (the tab's default): running the same restyle again resumes the stopped one with the
+    seed it drew, instead of starting over with a new random seed (or, with --out, being refused)."""
+    out = tmp_path / "out" if into == "--out" else None
+    kw = dict(seed=-1, chunk=2, prompt=f"a resumable random look {into}")
+    with pytest.raises(Cancelled, match="Stopped after 2/6 frames"):
+        restyle(vstudio, out, job=StopAfterFirstChunk(), **kw)
+    resumed = restyle(vstudio, out, **kw)
+    assert resumed.resumed_from == 2 and resumed.frames == 6
+    seed = resumed.metrics["seed"]
+    again = restyle(vstudio, out, **{**kw, "restart": True})   # finished: -1 draws a new seed again
+    assert again.resumed_from == 0 and again.metrics["seed"] != seed
 
 
 def test_controlnet_canny_steers_the_frames(vstudio, video_models, tmp_path):

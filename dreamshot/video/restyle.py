@@ -87,13 +87,13 @@ def check(req: RestyleRequest):
     if not 1 <= int(req.chunk) <= MAX_CHUNK:
         raise InvalidInput(f"Chunk must be between 1 and {MAX_CHUNK} frames.")
     if req.max_frames is not None and int(req.max_frames) < 2:
-        raise InvalidInput("--max-frames must be at least 2 (metrics compare consecutive frames).")
+        raise InvalidInput("Max frames (--max-frames) must be at least 2: the metrics compare consecutive "
+                           "frames.")
     greq = base.check_inputs(base.GenerationRequest(
         prompt=req.prompt, shot=req.shot, alpha=req.alpha, use_template=req.use_template,
         negative_prompt=req.negative_prompt, sampler=req.sampler, steps=req.steps, cfg=req.cfg,
         width=req.width, height=req.height, seed=req.seed))
-    seed = base.random_seed() if greq.seed == -1 else greq.seed
-    return control, greq.replace(seed=seed)
+    return control, greq                 # seed -1 stays -1 here: ``run`` resolves it (resume or random)
 
 
 def fit_inside(width: int, height: int, box_w: int, box_h: int) -> tuple[int, int]:
@@ -122,8 +122,14 @@ def run(vsvc, req: RestyleRequest, job=None) -> RestyleResult:
                 "negative": greq.negative_prompt}
     if depth:
         settings["depth_model"] = depth
+    root = vsvc.output_folder(0).parent.parent / "restyle"
+    if greq.seed == -1:
+        settings["seed"] = _unfinished_seed(settings, [Path(req.out_dir)] if req.out_dir else _folders(root))
+        if settings["seed"] is None:
+            settings["seed"] = base.random_seed()
+        greq = greq.replace(seed=settings["seed"])
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    folder = Path(req.out_dir) if req.out_dir else vsvc.output_folder(0).parent.parent / "restyle" / key[:16]
+    folder = Path(req.out_dir) if req.out_dir else root / key[:16]
     frames_dir = _prepare(folder, key, settings, restart=req.restart)
     done_before = len(list(frames_dir.glob("*.png")))
     pending = []
@@ -157,6 +163,30 @@ def compare_seed_policies(vsvc, req: RestyleRequest, job=None) -> dict:
     summary["input"] = results["fixed"].metrics["input"]
     (folder / "comparison.json").write_text(json.dumps(summary, indent=2))
     return results
+
+
+def _folders(root: Path) -> list[Path]:
+    return [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+
+
+def _unfinished_seed(settings: dict, folders: list[Path]) -> int | None:
+    """The seed of the newest stopped restyle (frames missing) whose settings are ``settings`` but for
+    the seed: with seed -1 ("random"), running the same restyle again resumes it instead of starting
+    over with a new random seed."""
+    wanted = json.loads(json.dumps({k: v for k, v in settings.items() if k != "seed"}))
+    found = []
+    for folder in folders:
+        try:
+            state = json.loads((folder / "restyle.json").read_text())
+        except (OSError, ValueError):
+            continue
+        old = state.get("settings") or {}
+        if {k: v for k, v in old.items() if k != "seed"} != wanted or not isinstance(old.get("seed"), int):
+            continue
+        if (folder / "metrics.json").is_file():
+            continue                           # finished: a new random seed makes a new restyle
+        found.append(((folder / "restyle.json").stat().st_mtime, old["seed"]))
+    return max(found)[1] if found else None
 
 
 def _identity(path: Path) -> dict:
