@@ -194,6 +194,8 @@ def test_bad_requests_get_clear_messages(vstudio, video_models):
         clip(vstudio, adapter, width=70)
     with pytest.raises(InvalidInput, match="No LoRA for the shot type 'medium'"):
         clip(vstudio, adapter, shot="long", to_shot="medium")
+    with pytest.raises(InvalidInput, match="from and to are both 'long'"):   # was a base -> long ramp
+        clip(vstudio, adapter, shot="long", to_shot="long")
     with pytest.raises(ModelLoadError, match="Cannot load the motion adapter '/no/such/adapter'"):
         clip(vstudio, "/no/such/adapter")
 
@@ -207,3 +209,5 @@ def test_schedules():
         schedule.schedule(4, keyframes="0:0, 9:1")
     with pytest.raises(InvalidInput, match="not 'frame:weight'"):
         schedule.parse_keyframes("start:0")
+    with pytest.raises(InvalidInput, match="frame 0 is given twice"):    # frame 0 got 1, not 0
+        schedule.schedule(8, keyframes="0:0, 0:1, 7:1")

@@ -38,6 +38,10 @@ def parse_keyframes(text: str) -> list[tuple[int, float]]:
         points.append((int(match.group(1)), float(match.group(2))))
     if not points:
         raise InvalidInput("No keyframes given (e.g. 0:0, 8:0.5, 15:1).")
+    frames = [frame for frame, _ in points]
+    twice = sorted({frame for frame in frames if frames.count(frame) > 1})
+    if twice:
+        raise InvalidInput(f"Keyframe at frame {twice[0]} is given twice; give each frame one share.")
     return sorted(points)
 
 

@@ -164,7 +164,7 @@ class VideoService:
             raise InvalidInput(f"Camera strength must be between 0 and {CAMERA_STRENGTH[1]:g}.")
         to_shot = (req.to_shot or "").strip() or None
         if to_shot and not checked.shot:
-            raise InvalidInput("A transition needs both shot types: --from and --to.")
+            raise InvalidInput("A transition needs both shot types: From and To (--from and --to).")
         return req.replace(prompt=checked.prompt, shot=checked.shot, alpha=checked.alpha, frames=frames,
                            fps=fps, camera=clips.camera_move(req.camera), camera_strength=strength,
                            negative_prompt=checked.negative_prompt, sampler=checked.sampler,
@@ -178,6 +178,9 @@ class VideoService:
             return req.prompt, [], None
         if req.to_shot:
             lead, target = gen.resolve_lora(req.shot), gen.resolve_lora(req.to_shot)
+            if lead.name == target.name:
+                raise InvalidInput(f"A transition goes from one shot LoRA to another: from and to are both "
+                                   f"{lead.name!r}. For one shot type, make a shot clip.")
             t = schedule.schedule(req.frames, start=req.start, end=req.end, keyframes=req.keyframes)
             return self.transition_prompts(req, lead, target)[0], [(lead, req.alpha), (target, req.alpha)], t
         prompt, mix = self.shot_prompt(req.shot, req.prompt, req.use_template, req.alpha)
