@@ -194,6 +194,8 @@ survey_participants = sa.Table(
     sa.Column("excluded_at", sa.Float, nullable=True),
     sa.Column("excluded_by", sa.String(128), nullable=True),
     sa.Column("exclusion_reason", sa.Text, nullable=True),
+    # A studio member trying the survey on the full studio: answers kept, left out of the results.
+    sa.Column("preview", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 sa.Index("ix_survey_participants_ip", survey_participants.c.ip_hash, survey_participants.c.created_at)
 

@@ -93,9 +93,17 @@ def _loras_kind_method(op) -> None:
         batch.add_column(sa.Column("token", sa.String(128), nullable=True))
 
 
+def _survey_participants_preview(op) -> None:
+    """survey_participants.preview: a studio member's try of the survey (kept, not counted). A plain
+    ADD COLUMN (no table copy: the answers that reference the participants stay as they are)."""
+    op.add_column("survey_participants",
+                  sa.Column("preview", sa.Boolean, nullable=False, server_default=sa.false()))
+
+
 STEPS.append(_captions_edit_kind)
 STEPS.append(_step_surveys)
 STEPS.append(_loras_kind_method)
+STEPS.append(_survey_participants_preview)
 SCHEMA_VERSION = 1 + len(STEPS)
 
 

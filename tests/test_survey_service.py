@@ -13,7 +13,8 @@ from dreamshot import schema
 from dreamshot.errors import AccessDenied, InvalidInput, NotFound
 from dreamshot.survey import results
 from dreamshot.survey.build import plan_from_prompts
-from dreamshot.survey.service import QUESTIONS, make_plan, service
+from dreamshot.survey.model import make_plan
+from dreamshot.survey.service import QUESTIONS, service
 from tests.survey_helpers import add_frames, answers, open_survey, small_spec  # noqa: F401 (fixtures)
 from tests.survey_helpers import gen_studio, lora_files  # noqa: F401
 

@@ -7,7 +7,7 @@
     python -m dreamshot survey close pilot         # no more answers; every vote is kept
     python -m dreamshot survey list
     python -m dreamshot survey results pilot [--csv answers.csv] [--json]
-    python -m dreamshot survey participants pilot  # answers, median time, consistency, flags
+    python -m dreamshot survey participants pilot  # answers, median time, consistency, flags [--previews]
     python -m dreamshot survey exclude pilot TOKEN --reason "too fast"   (include: take back)
 """
 
@@ -70,6 +70,8 @@ def register(sub, parents) -> None:
 
     p = cmds.add_parser("participants", parents=parents, help="per-participant quality and exclusions")
     p.add_argument("name")
+    p.add_argument("--previews", action="store_true",
+                   help="list the studio members' previews instead (never counted in the results)")
     p.set_defaults(run=run_participants)
 
     for name, exclude in (("exclude", True), ("include", False)):
@@ -138,7 +140,7 @@ def run_results(studio, args) -> int:
 
 
 def run_participants(studio, args) -> int:
-    for q in survey_results.participant_quality(studio, args.name):
+    for q in survey_results.participant_quality(studio, args.name, previews=args.previews):
         median = f"{q['median_seconds']:.1f}s" if q["median_seconds"] is not None else "-"
         cons = f"{q['consistency']:.0%}" if q["consistency"] is not None else "-"
         state = f"EXCLUDED ({q['exclusion_reason']})" if q["excluded"] else ", ".join(q["flags"]) or "ok"

@@ -6,6 +6,9 @@
   A survey of two other generators (``--a`` / ``--b``) names them instead: "% <A's label> (A)",
   "% <B's label> (B)", and the sign test is B vs A ("lora" answers are B, "base" answers A).
 - Excluded participants are left out of Table 5 and agreement; their votes stay in the export.
+- Previews (a studio member trying the survey on the full studio) are left out of everything but
+  a count of their own and the export (``preview`` column); ``participant_quality(previews=True)``
+  lists them.
 - Agreement: Fleiss' kappa per question over the pairs answered by at least two participants
   (each such pair contributes its first m ratings, m the smallest count among them).
 """
@@ -30,7 +33,7 @@ LABELS = {"base": "baseline", "lora": "fine-tuned", "neither": "neither"}
 TOO_FAST_S = 1.5          # median seconds per answer below this: flagged "too fast"
 MIN_CONSISTENCY = 2 / 3   # repeated pair: fewer matching answers than this: flagged "inconsistent"
 EXPORT_FIELDS = ["survey", "token", "pair_id", "shot", "prompt", "round", "slot", "question", "answer",
-                 "lora_side", "choice", "preferred", "seconds", "answered_at", "joined_at", "excluded"]
+                 "lora_side", "choice", "preferred", "seconds", "answered_at", "joined_at", "excluded", "preview"]
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Results:
     consistency: float | None = None
     sides: dict = field(default_factory=lambda: dict(LABELS))   # choice -> its name in the table
     generators: bool = False                          # a survey of two generators (not base vs LoRA)
+    previews: int = 0                                 # studio members' tries: not counted anywhere above
+    preview_answers: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,12 +97,15 @@ class Results:
         if self.consistency is not None:
             lines += ["", f"Consistency on the repeated pair: {self.consistency:.1%} of answers matched"]
         lines += ["", f"Shares with 95% Wilson intervals; sign test: {b} vs {a}, ties left out."]
+        if self.previews:
+            lines += ["", f"Not counted: {self.previews} preview(s) by studio members trying the survey "
+                          f"({self.preview_answers} answers; kept, marked in the export)."]
         return "\n".join(lines)
 
 
 def _rows(studio, name: str):
     info = service(studio).info(name)
-    query = (sa.select(A, PT.c.token, PT.c.created_at.label("joined_at"), PT.c.excluded_at,
+    query = (sa.select(A, PT.c.token, PT.c.created_at.label("joined_at"), PT.c.excluded_at, PT.c.preview,
                        P.c.shot, P.c.caption)
              .join(PT, PT.c.id == A.c.participant_id).join(P, P.c.id == A.c.pair_id)
              .where(PT.c.survey_id == info.id).order_by(A.c.id))
@@ -135,11 +143,13 @@ def _kappa(rows) -> dict:
 
 
 def results(studio, name: str) -> Results:
-    info, rows, people = _rows(studio, name)
+    info, all_rows, all_people = _rows(studio, name)
+    rows, people = [r for r in all_rows if not r.preview], [p for p in all_people if not p.preview]
     counted = [r for r in rows if r.excluded_at is None and r.round == 0]
     out = Results(info.name, info.state, participants=sum(1 for p in people if p.excluded_at is None),
                   excluded=sum(1 for p in people if p.excluded_at is not None), answers=len(counted),
-                  sides={**side_labels(info.settings), "neither": LABELS["neither"]})
+                  sides={**side_labels(info.settings), "neither": LABELS["neither"]},
+                  previews=len(all_people) - len(people), preview_answers=len(all_rows) - len(rows))
     out.generators = out.sides["base"] != LABELS["base"] or out.sides["lora"] != LABELS["lora"]
     out.overall = [question_result(q, [r.choice for r in counted if r.question == q]) for q in QUESTIONS]
     for shot in sorted({r.shot for r in counted}):
@@ -153,10 +163,12 @@ def results(studio, name: str) -> Results:
     return out
 
 
-def participant_quality(studio, name: str, *, rows=None, people=None) -> list[dict]:
-    """One dict per participant: answers, median seconds, consistency on the repeat, flags."""
+def participant_quality(studio, name: str, *, rows=None, people=None, previews: bool = False) -> list[dict]:
+    """One dict per participant: answers, median seconds, consistency on the repeat, flags. The
+    participants only, or (``previews=True``) the studio members' previews only."""
     if rows is None:
         _, rows, people = _rows(studio, name)
+    people = [p for p in people if bool(p.preview) == previews]
     by_person: dict[int, list] = {}
     for r in rows:
         by_person.setdefault(r.participant_id, []).append(r)
@@ -182,14 +194,15 @@ def participant_quality(studio, name: str, *, rows=None, people=None) -> list[di
 
 
 def export_rows(studio, name: str) -> list[dict]:
-    """One row per answer, excluded participants included (with excluded=True)."""
+    """One row per answer, excluded participants (excluded=True) and previews (preview=True) included."""
     info, rows, _ = _rows(studio, name)
     names = {**side_labels(info.settings), "neither": LABELS["neither"]}
     return [{"survey": info.name, "token": r.token, "pair_id": r.pair_id, "shot": r.shot, "prompt": r.caption,
              "round": r.round, "slot": r.slot, "question": r.question, "answer": r.answer,
              "lora_side": r.lora_side, "choice": r.choice, "preferred": names[r.choice], "seconds": r.seconds,
              "answered_at": r.created_at,
-             "joined_at": r.joined_at, "excluded": r.excluded_at is not None} for r in rows]
+             "joined_at": r.joined_at, "excluded": r.excluded_at is not None, "preview": bool(r.preview)}
+            for r in rows]
 
 
 def export_csv(rows: list[dict]) -> str:

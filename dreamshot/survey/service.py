@@ -30,6 +30,7 @@ from dreamshot.storage import now
 from dreamshot.survey import build as building
 from dreamshot.survey.limits import (DEFAULT_MAX_ANSWERS_PER_MIN, DEFAULT_MAX_NEW_PER_HOUR, MAX_ANSWERS_ENV,
                                      MAX_NEW_ENV, RateLimiter, env_int)
+from dreamshot.survey.model import SurveyInfo, choice_of, clean_survey_name, make_plan
 
 log = logging.getLogger(__name__)
 S, P, PT, A = schema.surveys, schema.survey_pairs, schema.survey_participants, schema.survey_answers
@@ -38,64 +39,8 @@ QUESTIONS = {"like": "Which picture do you like most?",
              "prompt": "Which is closer to the prompt?"}
 ANSWERS = {"a": "A", "b": "B", "n": "N", "neither": "N", "same": "N"}
 STATES = ("draft", "open", "closed")
-_NAME = re.compile(r"^[\w .\-]{1,64}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{16,64}$")
 IP_SALT_KEY = "survey_ip_salt"
-
-
-def clean_survey_name(name: str) -> str:
-    name = (name or "").strip()
-    if not _NAME.match(name):
-        raise InvalidInput("A survey name is 1-64 letters, digits, spaces, dots, dashes or underscores.")
-    return name
-
-
-def choice_of(answer: str, lora_side: str) -> str:
-    """A/B/N as the participant saw it -> lora / base / neither."""
-    return "neither" if answer == "N" else ("lora" if answer == lora_side else "base")
-
-
-@dataclasses.dataclass
-class SurveyInfo:
-    id: int
-    name: str
-    state: str
-    per_participant: int
-    intro: str
-    settings: dict
-    pool: int
-    ready: int
-    participants: int
-    answers: int
-    kept: tuple = ()     # from build only: the asked-for settings an unfinished survey's own settings won over
-
-    def line(self) -> str:
-        gens = (self.settings or {}).get("generators") or {}
-        versus = f", A = {gens['a']['label']} vs B = {gens['b']['label']}" if gens else ""
-        return (f"{self.name}: {self.state}, {self.ready}/{self.pool} pairs ready, {self.per_participant} "
-                f"per participant (+1 repeat), {self.participants} participants, {self.answers} answers{versus}")
-
-
-def make_plan(pairs: list[tuple[int, str]], k: int, rng: random.Random) -> list[dict]:
-    """A participant's slots: k pairs balanced across shot types, shuffled, random sides, and one
-    of them repeated later with its sides swapped (round 1)."""
-    by_shot: dict[str, list[int]] = {}
-    for pid, shot in pairs:
-        by_shot.setdefault(shot, []).append(pid)
-    for ids in by_shot.values():
-        rng.shuffle(ids)
-    groups, chosen = list(by_shot.values()), []
-    rng.shuffle(groups)
-    while len(chosen) < k and any(groups):
-        for ids in groups:
-            if ids and len(chosen) < k:
-                chosen.append(ids.pop())
-    rng.shuffle(chosen)
-    plan = [{"pair": pid, "lora_side": rng.choice("AB"), "round": 0} for pid in chosen]
-    first = rng.randrange(max(1, (len(plan) + 1) // 2))
-    repeat = dict(plan[first], round=1, lora_side="B" if plan[first]["lora_side"] == "A" else "A")
-    plan.insert(rng.randint(min(first + 2, len(plan)), len(plan)), repeat)
-    return plan
 
 
 class SurveyService:
@@ -124,12 +69,14 @@ class SurveyService:
     def _info(self, conn, row) -> SurveyInfo:
         pool = conn.execute(sa.select(P.c.status, sa.func.count()).where(P.c.survey_id == row.id)
                             .group_by(P.c.status)).all()
-        people = conn.execute(sa.select(sa.func.count()).select_from(PT).where(PT.c.survey_id == row.id)).scalar_one()
+        people = dict(conn.execute(sa.select(PT.c.preview, sa.func.count()).where(PT.c.survey_id == row.id)
+                                   .group_by(PT.c.preview)).all())
         answers = conn.execute(sa.select(sa.func.count()).select_from(A).join(PT, PT.c.id == A.c.participant_id)
-                               .where(PT.c.survey_id == row.id)).scalar_one()
+                               .where(PT.c.survey_id == row.id, PT.c.preview.is_(False))).scalar_one()
         counts = dict(pool)
         return SurveyInfo(row.id, row.name, row.state, row.per_participant, row.intro, row.settings,
-                          sum(counts.values()), counts.get("ready", 0), people, answers)
+                          sum(counts.values()), counts.get("ready", 0), people.get(False, 0), answers,
+                          previews=people.get(True, 0))
 
     def list(self) -> list[SurveyInfo]:
         with self.studio.db.read() as conn:
@@ -234,8 +181,10 @@ class SurveyService:
             self._salt = salt
         return hashlib.sha256(f"{self._salt}:{ip}".encode()).hexdigest()
 
-    def join(self, survey: str, token: str | None, ip: str) -> str:
-        """The participant's token: the one given if it belongs to this survey, else a new one."""
+    def join(self, survey: str, token: str | None, ip: str, preview: bool = False) -> str:
+        """The participant's token: the one given if it belongs to this survey, else a new one.
+        ``preview``: a studio member trying the survey; their answers are stored like anyone's but
+        left out of the results (``results.py``)."""
         names = self.open_names()
         survey = (survey or "").strip() or (names[0] if len(names) == 1 else "")
         if not survey:
@@ -256,7 +205,8 @@ class SurveyService:
         token = secrets.token_urlsafe(18)
         plan = make_plan([(p.id, p.shot) for p in pairs], row.per_participant, self.rng)
         with self._writing() as conn:
-            conn.execute(PT.insert().values(survey_id=row.id, token=token, ip_hash=key, plan=plan, created_at=now()))
+            conn.execute(PT.insert().values(survey_id=row.id, token=token, ip_hash=key, plan=plan, created_at=now(),
+                                            preview=bool(preview)))
         return token
 
     def _participant(self, conn, token: str):
@@ -291,7 +241,7 @@ class SurveyService:
             done, slot = self._progress(who.plan, answered)
             out = {"token": who.token, "survey": who.survey_name, "state": who.state, "intro": who.intro,
                    "total": len(who.plan), "done": done, "finished": slot is None, "slot": slot,
-                   "questions": QUESTIONS}
+                   "questions": QUESTIONS, "preview": bool(who.preview)}
             if slot is None:
                 return out
             item = who.plan[slot]
@@ -375,7 +325,7 @@ class SurveyService:
             ack = self._ack(who, answered, slot, duplicate=False)
             if ack["finished"] and who.finished_at is None:
                 conn.execute(PT.update().where(PT.c.id == who.id).values(finished_at=t))
-            ack["_row"] = dict(row, survey=who.survey_name, token=who.token)
+            ack["_row"] = dict(row, survey=who.survey_name, token=who.token, preview=bool(who.preview))
             return ack
 
     def _ack(self, who, answered, slot, *, duplicate: bool) -> dict:

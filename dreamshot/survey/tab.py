@@ -20,6 +20,7 @@ import logging
 
 import gradio as gr
 
+from dreamshot.access import ADMIN
 from dreamshot.errors import DreamShotError
 from dreamshot.safety import redact
 from dreamshot.survey.limits import client_ip
@@ -27,6 +28,8 @@ from dreamshot.survey.service import QUESTIONS, service
 from dreamshot.ui import guarded
 
 KEYS = ("A", "B", "N")
+PREVIEW_NOTE = ("\n\n*Preview: you are a studio member, so these answers are kept apart from the participants' "
+                "and not counted in the results.*")
 LABELS = {"A": "A", "B": "B", "N": "Neither / same"}
 # What a participant (nobody logged in) may call; every other endpoint checks for a studio member.
 PUBLIC_API = ("survey_join", "survey_view", "survey_answer", "survey_images")
@@ -82,8 +85,10 @@ class SurveyHandlers:
 
     # ---- JSON API ---------------------------------------------------------------------------------
     def join(self, survey: str, token: str, request: gr.Request) -> dict:
-        """Join an open survey ('' = the only open one); keeps `token` if it is already yours."""
-        return self.service.view(self.service.join(survey, token, _ip(request)))
+        """Join an open survey ('' = the only open one); keeps `token` if it is already yours. A
+        studio member (the full studio, not a survey-only server) joins as a preview: not counted."""
+        member = self.studio.access.role(getattr(request, "username", None)) == ADMIN
+        return self.service.view(self.service.join(survey, token, _ip(request), preview=member))
 
     def view(self, token: str) -> dict:
         """Progress and the current pair (slot, pair_id, shot, prompt, answered) of a participant."""
@@ -127,7 +132,7 @@ class SurveyHandlers:
             images = list(self.service.images(view["token"], view["slot"]))
         header = "" if finished else (
             f"**Pair {view['slot'] + 1} of {view['total']}**  ·  shot type: **{view['shot_phrase']}**\n\n"
-            f"Prompt: *{view['prompt']}*")
+            f"Prompt: *{view['prompt']}*") + (PREVIEW_NOTE if view.get("preview") else "")
         thanks = gr.Markdown("## Thank you!\nAll your answers are saved. You can close this page.", visible=finished)
         return [view["token"], view["token"], gr.Markdown(visible=False), gr.Button(visible=False),
                 gr.Column(visible=not finished), header, *images, *buttons,
