@@ -57,6 +57,31 @@ def test_restyle_handler(vstudio):
         h.restyle(RestyleForm())
 
 
+def test_a_stopped_restyle_says_how_far_it_got_and_resumes_from_the_form(vstudio):
+    """Stop (same owner) during a restyle: the handler answers with the frames done instead of an error,
+    and pressing Restyle again with the form unchanged (seed -1) resumes them."""
+    h = VideoHandlers(vstudio)
+    form = RestyleForm(video=str(gradio_videos() / "b.mp4"), prompt="a stopped restyle", max_frames=12, size=64)
+
+    def stop_after_first_chunk(fraction, text):
+        if text.startswith("frame "):
+            h.stop("me")
+
+    video, plot, metrics_file, summary = h.restyle(form, owner="me", progress=stop_after_first_chunk)
+    assert (video, plot, metrics_file) == (None, None, None)
+    assert "Stopped after 8/12 frames; press Restyle again to resume" in summary
+    video, _, _, summary = h.restyle(form, owner="me")
+    assert media.count_frames(video) == 12 and "Resumed: 8 frames were already done" in summary
+
+
+def test_whole_numbers_are_not_rounded_silently(vstudio):
+    with pytest.raises(InvalidInput, match="Frames must be a whole number"):
+        ClipForm(prompt="x", frames=8.5).request()
+    with pytest.raises(InvalidInput, match="Max frames must be 0 .the whole video. or at least 2"):
+        VideoHandlers(vstudio).restyle(RestyleForm(video=str(gradio_videos() / "b.mp4"), max_frames=-3))
+    assert ClipForm(prompt="x", frames=8.0, seed="99999999999999999999").request().seed == 99999999999999999999
+
+
 def test_video_endpoints_served(vstudio, video_models):
     import gradio as gr
     from gradio_client import Client

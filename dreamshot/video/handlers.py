@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dreamshot.errors import InvalidInput
 from dreamshot.video import clip as clips
+from dreamshot.video.base import Cancelled
 from dreamshot.video.restyle import RestyleRequest
 from dreamshot.video.service import ClipRequest, service
 
@@ -24,10 +25,20 @@ KEEP_TEMP_S = 3600
 def _num(value, default, label, kind=float):
     if value is None or value == "":
         return default
+    if kind is int:
+        try:
+            return int(str(value).strip())      # exact, also for seeds past a float's precision
+        except ValueError:
+            pass
     try:
-        return kind(float(value)) if kind is int else kind(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise InvalidInput(f"{label} must be a number.") from None
+    if kind is not int:
+        return number
+    if not number.is_integer():                 # 8.5 frames became 8 without a word
+        raise InvalidInput(f"{label} must be a whole number (got {value}).")
+    return int(number)
 
 
 def _choice(value) -> str | None:
@@ -156,22 +167,29 @@ class VideoHandlers:
                      f"{len(result.history)} rounds): " + " ".join(result.judged_shots))
         return self._shown(result, info)
 
-    def restyle(self, form: RestyleForm, *, owner: str = "api", progress=None) -> tuple[str, str, str, str]:
-        """(restyled MP4, metrics plot PNG, metrics.json, summary markdown)."""
+    def restyle(self, form: RestyleForm, *, owner: str = "api", progress=None) -> tuple:
+        """(restyled MP4, metrics plot PNG, metrics.json, summary markdown). Stopped: no files, and the
+        summary says how far it got (running the same restyle again resumes it, seed -1 included)."""
         if not form.video:
             raise InvalidInput("Upload a video to restyle.")
-        size = _num(form.size, 512, "Size", int)
+        size = _num(form.size, 512, "Long side", int)
+        max_frames = _num(form.max_frames, 0, "Max frames", int)
+        if max_frames < 0:
+            raise InvalidInput(f"Max frames must be 0 (the whole video) or at least 2 (got {max_frames}).")
         req = RestyleRequest(video=Path(form.video), prompt=form.prompt or "a cinematic film still",
                              shot=_choice(form.shot), alpha=_num(form.alpha, 1.0, "α"), control=form.control or "none",
-                             strength=_num(form.strength, 0.6, "Strength"), seed_policy=form.seed_policy or "fixed",
-                             seed=_num(form.seed, -1, "Seed", int), width=size, height=size,
-                             max_frames=_num(form.max_frames, None, "Max frames", int) or None)
+                             strength=_num(form.strength, 0.6, "Denoising strength"),
+                             seed_policy=form.seed_policy or "fixed", seed=_num(form.seed, -1, "Seed", int),
+                             width=size, height=size, max_frames=max_frames or None)
         svc = self.svc
-        with svc.gen.job(owner, progress=progress) as job:
-            result = svc.restyle(req, job)
+        try:
+            with svc.gen.job(owner, progress=progress) as job:
+                result = svc.restyle(req, job)
+        except Cancelled as exc:
+            return None, None, None, f"**{exc}**".replace("run the same restyle again", "press Restyle again")
         folder = self._folder()
         m = result.metrics
-        summary = (f"**{result.frames} frames** at {result.fps:g} fps ({m['seed_policy']} seed, control "
+        summary = (f"**{result.frames} frames** at {result.fps:g} fps ({m['seed_policy']} seed {m['seed']}, control "
                    f"{m['control']}): PSNR {m['psnr']['mean']:.2f} dB · T-SSIM {m['t_ssim']['mean']:.4f} · "
                    f"warping error {m['warp_error']['mean']:.5f}  \nInput video itself: PSNR "
                    f"{m['input']['psnr']:.2f} dB · T-SSIM {m['input']['t_ssim']:.4f}"

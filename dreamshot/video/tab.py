@@ -17,6 +17,7 @@ import gradio as gr
 from dreamshot.video.base import SAMPLERS
 from dreamshot.video.clip import MAX_CLIP_FRAMES
 from dreamshot.video.handlers import NONE, ClipForm, RestyleForm, Shown, TransitionForm, VideoHandlers
+from dreamshot.video.service import MAX_FPS
 from dreamshot.ui import admin_name, gpu, guarded
 
 
@@ -64,11 +65,13 @@ def _clip_form(h: VideoHandlers):
                                elem_id="vid-shot", scale=3)
             alpha = gr.Slider(0, 1.5, value=1.0, step=0.05, label="α (shot LoRA strength)", scale=2)
         with gr.Row():
-            camera = gr.Dropdown(h.camera_choices(), value=NONE, label="Camera move", elem_id="vid-camera")
+            camera = gr.Dropdown(h.camera_choices(), value=NONE, label="Camera move", elem_id="vid-camera",
+                                 info="an AnimateDiff motion LoRA (guoyww's eight moves)")
             camera_strength = gr.Slider(0, 1.5, value=1.0, step=0.05, label="Camera strength")
         with gr.Row():
-            frames = gr.Slider(2, MAX_CLIP_FRAMES, value=16, step=1, label="Frames", elem_id="vid-frames")
-            fps = gr.Slider(1, 30, value=8, step=1, label="Frames per second", elem_id="vid-fps")
+            frames = gr.Slider(2, MAX_CLIP_FRAMES, value=16, step=1, label="Frames", elem_id="vid-frames",
+                               info="16 = what the motion modules were trained on")
+            fps = gr.Slider(1, MAX_FPS, value=8, step=1, label="Frames per second", elem_id="vid-fps")
             seed = gr.Textbox(value="-1", label="Seed (-1 = random)", max_lines=1, elem_id="vid-seed")
         with gr.Accordion("Advanced settings", open=False):
             negative = gr.Textbox(label="Negative prompt")
@@ -100,6 +103,8 @@ def _results():
 
 def _transition_section(h: VideoHandlers):
     with gr.Accordion("Transition: from one shot type to another within the clip", open=False):
+        gr.Markdown("Uses the clip settings above (prompt, frames, fps, seed, camera move, advanced settings); "
+                    "the transition shows in the clip panel above, with the share of each frame.")
         with gr.Row():
             from_shot = gr.Dropdown(h.lora_choices(), value=NONE, label="From (first frame)",
                                     allow_custom_value=True, elem_id="vid-from")
@@ -111,8 +116,9 @@ def _transition_section(h: VideoHandlers):
         keyframes = gr.Textbox(label="Keyframes (optional, frame:share), override start/end",
                                placeholder="0:0, 6:0.2, 15:1", elem_id="vid-keyframes")
         with gr.Row():
-            auto = gr.Checkbox(label="Automatic: steer each frame with the shot-type judge (Evaluate's: "
-                               "the probe trained on your labeled frames, else zero-shot CLIP)", elem_id="vid-auto")
+            auto = gr.Checkbox(label="Automatic (judge-steered)", elem_id="vid-auto",
+                               info="each frame's weights follow Evaluate's shot-type judge: the probe trained "
+                                    "on your labeled frames, else zero-shot CLIP")
             rounds = gr.Slider(1, 5, value=3, step=1, label="Judge rounds")
             judge_clip = gr.Textbox(label="Judge CLIP (Hub id or folder; empty = Evaluate's default)")
         go = gr.Button("Make transition", elem_id="vid-transition-go")
@@ -131,12 +137,13 @@ def _restyle_section(h: VideoHandlers):
                     alpha = gr.Slider(0, 1.5, value=1.0, step=0.05, label="α")
                 with gr.Row():
                     control = gr.Radio(["none", "canny", "depth"], value="none", label="Control (none = img2img)")
-                    strength = gr.Slider(0.05, 1, value=0.6, step=0.05, label="Strength")
+                    strength = gr.Slider(0.05, 1, value=0.6, step=0.05, label="Denoising strength")
                 with gr.Row():
                     policy = gr.Radio(["fixed", "per-frame"], value="fixed", label="Seed policy")
-                    seed = gr.Textbox(value="-1", label="Seed", max_lines=1)
+                    seed = gr.Textbox(value="-1", label="Seed (-1 = random)", max_lines=1,
+                                      info="a stopped restyle resumes when run again, -1 included")
                 with gr.Row():
-                    max_frames = gr.Number(value=48, precision=0, label="Max frames")
+                    max_frames = gr.Number(value=48, precision=0, minimum=0, label="Max frames (0 = all)")
                     size = gr.Slider(64, 1024, value=512, step=8, label="Long side (px)")
                 with gr.Row():
                     go = gr.Button("Restyle", variant="primary", elem_id="vid-restyle-go")
@@ -161,20 +168,22 @@ def build(studio, demo: gr.Blocks) -> None:
         r = _results()
     t = _transition_section(h)
     rs = _restyle_section(h)
-    events = [
+    clips = [
         f.go.click(form_event(studio, h.clip, (ClipForm,)), f.form, r.outputs, api_name="video_clip"),
         t.go.click(form_event(studio, h.transition, (ClipForm, TransitionForm)), [*f.form, *t.form], r.outputs,
                    api_name="video_transition"),
-        rs.go.click(form_event(studio, h.restyle, (RestyleForm,)), rs.form, rs.outputs, api_name="video_restyle"),
     ]
+    # A restyle is not cancelled by gradio: Stop tells the job, and the restyle itself answers with how
+    # far it got (its frames are kept; running it again resumes).
+    rs.go.click(form_event(studio, h.restyle, (RestyleForm,)), rs.form, rs.outputs, api_name="video_restyle")
 
     @guarded
     def stop(request: gr.Request):
         admin_name(studio, request)
         return h.stop(owner(request))
 
-    f.stop.click(stop, None, r.info, api_name="video_stop", concurrency_limit=None, cancels=events)
-    rs.stop.click(stop, None, rs.outputs[3], api_visibility="private", concurrency_limit=None, cancels=events)
+    f.stop.click(stop, None, r.info, api_name="video_stop", concurrency_limit=None, cancels=clips)
+    rs.stop.click(stop, None, rs.outputs[3], api_visibility="private", concurrency_limit=None)
 
     @guarded
     def refresh():
