@@ -262,6 +262,7 @@ def test_votes_mirrored_through_commit_scheduler_to_a_fake_target(open_survey, m
     files = list((target / "me/votes").rglob("*.jsonl"))
     lines = [json.loads(x) for f in files for x in f.read_text().splitlines()]
     assert len(lines) == 3 and {x["answer"] for x in lines} == {"B"} and lines[0]["token"] == token
+    assert {x["preview"] for x in lines} == {False}        # a studio member's preview would say True
     svc.mirror().scheduler.stop()
 
 

@@ -28,7 +28,7 @@ REPO_ENV = "DREAMSHOT_SURVEY_REPO"
 TOKEN_ENV = "DREAMSHOT_SURVEY_HF_TOKEN"
 EVERY_ENV = "DREAMSHOT_SURVEY_MIRROR_MINUTES"
 FIELDS = ("survey", "token", "pair_id", "round", "slot", "question", "answer", "lora_side", "choice",
-          "seconds", "created_at")
+          "seconds", "created_at", "preview")
 
 
 class VoteMirror:
