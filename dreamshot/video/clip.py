@@ -64,8 +64,8 @@ def load_motion_adapter(source: str, base_unet, *, offline: bool):
         except Exception as exc:
             raise ModelLoadError(
                 f"Cannot load the motion adapter {source!r} ({exc.__class__.__name__}). Give a local "
-                f"diffusers folder with --motion-adapter DIR, or a Hub id reachable from here "
-                f"(default {DEFAULT_MOTION_ADAPTER}); the demo model can use --motion-adapter demo.") from None
+                f"diffusers folder or a Hub id reachable from here (Motion adapter field, --motion-adapter; "
+                f"default {DEFAULT_MOTION_ADAPTER}); the demo model can use 'demo'.") from None
     channels = tuple(base_unet.config.block_out_channels)
     if tuple(adapter.config.block_out_channels) != channels:
         raise ModelLoadError(f"The motion adapter {source!r} is for UNet channels "

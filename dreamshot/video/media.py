@@ -72,7 +72,7 @@ def probe(path: Path, limits: Limits = Limits(), *, max_frames: int | None = Non
         raise InvalidInput(f"{path.name} is {width}×{height}; frames are limited to {limits.max_pixels:,} pixels.")
     if min(seconds, (max_frames / fps) if max_frames else seconds) > limits.max_seconds:
         raise InvalidInput(f"{path.name} lasts {seconds:.1f} s; videos are limited to {limits.max_seconds:g} s "
-                           "(use --max-frames for a part, or raise --max-seconds).")
+                           "(restyle a part with Max frames, --max-frames; or raise --max-seconds).")
     return VideoInfo(path, width, height, fps, frames, seconds, has_audio)
 
 

@@ -69,8 +69,7 @@ def _clip_form(h: VideoHandlers):
                                  info="an AnimateDiff motion LoRA (guoyww's eight moves)")
             camera_strength = gr.Slider(0, 1.5, value=1.0, step=0.05, label="Camera strength")
         with gr.Row():
-            frames = gr.Slider(2, MAX_CLIP_FRAMES, value=16, step=1, label="Frames", elem_id="vid-frames",
-                               info="16 = what the motion modules were trained on")
+            frames = gr.Slider(2, MAX_CLIP_FRAMES, value=16, step=1, label="Frames", elem_id="vid-frames")
             fps = gr.Slider(1, MAX_FPS, value=8, step=1, label="Frames per second", elem_id="vid-fps")
             seed = gr.Textbox(value="-1", label="Seed (-1 = random)", max_lines=1, elem_id="vid-seed")
         with gr.Accordion("Advanced settings", open=False):
