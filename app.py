@@ -5,7 +5,9 @@ survey and evaluate - one Gradio app.
     python app.py [--data DIR] [--model ID|DIR|demo] [--host H] [--port P] [--share] [--survey-only]
 
 Importing this module builds ``demo`` (settings from the environment) without launching it and
-without loading any model.
+without loading any model. Everything a setup can get wrong (flags, data folder, database, and the
+port when run as a script) is checked before gradio and the tabs are imported, so it is refused in
+a moment with one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -15,21 +17,54 @@ import os
 import sys
 import threading
 
-import gradio as gr
-
 from dreamshot import __version__, settings as config
 from dreamshot.errors import DreamShotError
-from dreamshot.models import import_libraries
 from dreamshot.safety import configure_logging, redact_stderr
 from dreamshot.studio import Studio
-from dreamshot.evaluate import tab as evaluate_tab
-from dreamshot.generate import tab as generate_tab
-from dreamshot.survey import tab as survey_tab
-from dreamshot.video import tab as video_tab
-from labeling.captions import tab as captions_tab
-from labeling import tab as label_tab
-from training import jobs as training_jobs
-from training import tab as train_tab
+
+HELP = "DreamShot studio: label, caption, train, generate, survey and evaluate cinema shot types."
+ENVIRONMENT_HELP = """environment only (see README, Settings):
+  DREAMSHOT_TRUSTED_PROXIES, DREAMSHOT_SURVEY_MAX_NEW_PER_HOUR, DREAMSHOT_SURVEY_MAX_ANSWERS_PER_MIN,
+  DREAMSHOT_SURVEY_REPO, DREAMSHOT_SURVEY_HF_TOKEN, DREAMSHOT_SURVEY_MIRROR_MINUTES,
+  DREAMSHOT_MOTION_ADAPTER, DREAMSHOT_CONTROLNET_CANNY, _DEPTH, _SCRIBBLE, DREAMSHOT_DEPTH_MODEL,
+  DREAMSHOT_TRAIN_PROCESSES, HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT"""
+
+
+def _open_studio() -> Studio:
+    """Settings, the port (when run as a script), the data folder and the database: all checked here,
+    before the UI's imports, which take seconds."""
+    configure_logging()
+    as_script = __name__ == "__main__"
+    # Flags only when run as a script; on import (tests, Spaces' loaders) the environment decides.
+    settings = config.parse(sys.argv[1:] if as_script else [], server=True, description=HELP,
+                            epilog=ENVIRONMENT_HELP)
+    if as_script:
+        settings.check_port()  # a second studio on a busy port stops here, before it starts anything
+    studio = Studio.open(settings)
+    if not settings.survey_only:
+        studio.model_choice()  # decides the demo banner, part of the first paint (Hub probe: 3 s at most)
+    return studio
+
+
+try:
+    studio = _open_studio()
+except DreamShotError as exc:
+    if __name__ != "__main__":
+        raise
+    sys.exit(f"dreamshot: {exc}")
+
+# The UI only now: gradio and the tab modules take seconds to import, and a wrong setup was refused above.
+import gradio as gr  # noqa: E402
+
+from dreamshot.models import import_libraries  # noqa: E402
+from dreamshot.evaluate import tab as evaluate_tab  # noqa: E402
+from dreamshot.generate import tab as generate_tab  # noqa: E402
+from dreamshot.survey import tab as survey_tab  # noqa: E402
+from dreamshot.video import tab as video_tab  # noqa: E402
+from labeling.captions import tab as captions_tab  # noqa: E402
+from labeling import tab as label_tab  # noqa: E402
+from training import jobs as training_jobs  # noqa: E402
+from training import tab as train_tab  # noqa: E402
 
 TITLE = "DreamShot studio"
 log = logging.getLogger("dreamshot.app")
@@ -67,7 +102,10 @@ def build_app(studio: Studio) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\n" + ("A short blind survey: compare two pictures, answer three questions."
                                        if participants else
                                        "Teach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type."))
-        banner = gr.Markdown(visible=False, elem_id="demo-banner")
+        # Known before the page is built (studio.model_choice), so it is part of the first paint and
+        # never pushes the tabs down; participants generate nothing and get no banner.
+        banner_text = None if participants else studio.model_choice().banner_markdown()
+        banner = gr.Markdown(banner_text or "", visible=bool(banner_text), elem_id="demo-banner")
         tabs = [t for t in STUDIO_TABS if t[0] == "Survey"] if studio.settings.survey_only else STUDIO_TABS
         with gr.Tabs():
             for title, build in tabs:
@@ -75,9 +113,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                     build(studio, demo)
 
         def show_banner():
-            # Participants generate nothing (the survey's pictures were made when it was built), so a
-            # survey-only page neither resolves a model nor shows the demo-model banner.
-            text = None if participants else studio.model_status().banner_markdown()
+            # Only a change since the page was built reaches the page (a model that failed to load
+            # fell back to the demo model); an unchanged banner is not sent again.
+            text = None if participants else studio.model_choice().banner_markdown()
+            if text == banner_text:
+                return gr.skip()
             return gr.Markdown(value=text or "", visible=bool(text))
 
         def status(request: gr.Request) -> dict:
@@ -95,7 +135,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 "survey_only": studio.settings.survey_only,
             }
 
-        demo.load(show_banner, outputs=banner, api_visibility="private")
+        demo.load(show_banner, outputs=banner, api_visibility="private", show_progress="hidden")
         gr.api(status, api_name="status")
     return demo
 
@@ -128,14 +168,7 @@ def launch_kwargs(studio: Studio) -> dict:
     )
 
 
-def _settings_from_cli() -> config.Settings:
-    # Flags only when run as a script; on import (tests, Spaces' loaders) the environment decides.
-    return config.parse(sys.argv[1:] if __name__ == "__main__" else [], server=True, description=__doc__)
-
-
 try:
-    configure_logging()
-    studio = Studio.open(_settings_from_cli())
     demo = build_app(studio)
 except DreamShotError as exc:
     if __name__ != "__main__":
@@ -166,7 +199,12 @@ def main() -> None:
         training_jobs.service(studio).start()
     if not studio.settings.survey_only:  # participants never need the model: their pictures are stored
         threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
-    demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio))
+    try:
+        demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio))
+    except OSError:  # the port was taken since check_port: one line, no traceback
+        s = studio.settings
+        sys.exit(f"dreamshot: cannot serve on {s.host}:{s.port}: the port is in use. "
+                 "Choose another with --port or DREAMSHOT_PORT.")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Base-model loading, in one place, shared by every tab of a process.
 
-``--model`` may be a Hub id (default SD 1.5), a local diffusers folder, or ``demo``. Resolution is
-cheap and happens at start-up (it decides the banner); the weights load lazily on first use, once
-per process: fp16 on CUDA when available, float32 on the CPU. When the configured model cannot be
+``--model`` may be a Hub id (default SD 1.5), a local diffusers folder, or ``demo``. The choice
+(``choose``) is cheap and made before the page is built: it decides the banner. The demo model is
+built when first needed (``resolve``) and the weights load lazily on first use, once per process:
+fp16 on CUDA when available, float32 on the CPU. When the configured model cannot be
 had (bad path, offline with no cache), the studio falls back to the built-in demo model and says why.
 """
 
@@ -14,7 +15,7 @@ import os
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -150,16 +151,16 @@ def check_sd1_folder(path: Path) -> None:
         )
 
 
-def resolve(settings: Settings, *, probe_hub=_hub_reachable) -> ModelStatus:
-    """Decide which model the studio uses, without loading weights. Never raises for a bad --model:
-    the demo model is used instead and ``reason`` says why."""
+def choose(settings: Settings, *, probe_hub=_hub_reachable) -> ModelStatus:
+    """Decide which model the studio uses without building or loading anything: only files are looked
+    at and, for a Hub id missing from the local cache, the Hub is probed (3 s at most). Cheap enough
+    to run before the page is built, so the demo-model banner is part of the first paint. Never raises
+    for a bad --model: the demo model is chosen instead and ``reason`` says why; its ``source`` stays
+    empty until ``resolve`` has built it."""
     spec = settings.model
 
     def demo(reason: str | None) -> ModelStatus:
-        path = ensure_demo_model(settings.models_dir)
-        if reason:
-            log.warning("Using the built-in demo model: %s", reason)
-        return ModelStatus(spec, str(path), True, reason)
+        return ModelStatus(spec, "", True, reason)
 
     if spec == DEMO_MODEL:
         return demo(None)
@@ -176,6 +177,17 @@ def resolve(settings: Settings, *, probe_hub=_hub_reachable) -> ModelStatus:
     if _hub_cached(spec) or probe_hub():
         return ModelStatus(spec, spec, False)
     return demo(f"{spec!r} is not in the local Hub cache and the Hub cannot be reached")
+
+
+def resolve(settings: Settings, *, probe_hub=_hub_reachable, chosen: ModelStatus | None = None) -> ModelStatus:
+    """``choose`` (or the choice already made), with the built-in demo model built when it is the
+    one chosen: the returned ``source`` is always a folder or Hub id to load. Loads no weights."""
+    status = chosen or choose(settings, probe_hub=probe_hub)
+    if status.source:
+        return status
+    if status.reason:
+        log.warning("Using the built-in demo model: %s", status.reason)
+    return replace(status, source=str(ensure_demo_model(settings.models_dir)))
 
 
 class ModelManager:

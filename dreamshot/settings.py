@@ -16,7 +16,9 @@ Space is configured with variables and secrets and a laptop with flags::
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,31 @@ class Settings:
             ) from None
         return self
 
+    def check_port(self) -> "Settings":
+        """Prove that host:port can be served on; raise SettingsError otherwise (another server holds
+        the port, the host is not an address of this machine). Checked before the UI is built, so a
+        second studio on the same port is refused at once, before it starts anything."""
+        where = f"{self.host}:{self.port}"
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        except (socket.gaierror, UnicodeError):
+            raise SettingsError(f"Cannot serve on {where}: {self.host!r} does not resolve to an address "
+                                "(--host or DREAMSHOT_HOST).") from None
+        with socket.socket(family, kind, proto) as sock:
+            # As the server does: a port left in TIME_WAIT by a studio that just stopped is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise SettingsError(
+                        f"Port {self.port} on {self.host} is already in use (is the studio already running? "
+                        f"Open http://{self.host}:{self.port}/). Choose another port with --port or "
+                        "DREAMSHOT_PORT.") from None
+                raise SettingsError(f"Cannot serve on {where} ({exc.strerror or exc}). Check --host and --port "
+                                    "(DREAMSHOT_HOST, DREAMSHOT_PORT).") from None
+        return self
+
 
 def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False,
                   model: bool = True) -> argparse.ArgumentParser:
@@ -113,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False,
     group.add_argument("--db", metavar="URL", default=None,
                        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/db [DREAMSHOT_DB, default SQLite in the data folder]")
     group.add_argument("--admin-password", metavar="PW", default=None,
-                       help="password for the admin tabs; prefer the DREAMSHOT_ADMIN_PASSWORD variable or Space secret")
+                       help="when set, the studio asks for a login (any name + this password); prefer the DREAMSHOT_ADMIN_PASSWORD variable or Space secret")
     if server:
         group.add_argument("--host", default=None, help="interface to serve on [DREAMSHOT_HOST, default 127.0.0.1]")
         group.add_argument("--port", type=int, default=None, help="port [DREAMSHOT_PORT, default 7860]")
@@ -131,6 +158,8 @@ def from_args(ns: argparse.Namespace | None = None) -> Settings:
         port = int(port_text)
     except ValueError:
         raise SettingsError(f"--port must be a number, got {port_text!r}") from None
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"--port must be between 1 and 65535, got {port}")
     return Settings(
         data_dir=Path(get("data") or _env("DREAMSHOT_DATA", default=DEFAULT_DATA)).expanduser(),
         model=(get("model") or _env("DREAMSHOT_MODEL", default=DEFAULT_MODEL)).strip(),
@@ -143,7 +172,9 @@ def from_args(ns: argparse.Namespace | None = None) -> Settings:
     )
 
 
-def parse(argv: list[str] | None = None, *, server: bool = False, description: str | None = None) -> Settings:
-    parser = argparse.ArgumentParser(description=description)
+def parse(argv: list[str] | None = None, *, server: bool = False, description: str | None = None,
+          epilog: str | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, server=server)
     return from_args(parser.parse_args(argv))

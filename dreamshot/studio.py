@@ -1,7 +1,8 @@
 """The services every tab and CLI share, built once per process.
 
 ``Studio.open(settings)`` prepares the data folder, opens (and migrates) the database and sets up
-access rules. The base model is *resolved* on first need (cheap: it decides the demo banner) and
+access rules. The base model is *chosen* on first need (``model_choice``: cheap, it decides the demo
+banner), *resolved* when a feature first asks for ``studio.models`` (the demo model is built then) and
 *loaded* on first use through ``studio.models.pipeline()``; importing or opening loads no weights.
 
 Where per-studio state lives: **only here**. A feature never keeps module globals or sets attributes
@@ -34,6 +35,8 @@ class Studio:
     db: Database
     access: Access
     _models: models.ModelManager | None = field(default=None, repr=False)
+    _choice: models.ModelStatus | None = field(default=None, repr=False)
+    _choice_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _services: dict = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
@@ -52,8 +55,20 @@ class Studio:
         if self._models is None:
             with self._lock:
                 if self._models is None:
-                    self._models = models.ModelManager(self.settings, models.resolve(self.settings))
+                    chosen = models.resolve(self.settings, chosen=self.model_choice())
+                    self._models = models.ModelManager(self.settings, chosen)
         return self._models
+
+    def model_choice(self) -> models.ModelStatus:
+        """Which base model the studio uses (the demo model, and why), known without building or
+        loading anything: the model manager's status once it exists (it also records a fallback
+        after a failed load), else ``models.choose`` made once (a Hub probe of 3 s at most)."""
+        if self._models is not None:
+            return self._models.status
+        with self._choice_lock:
+            if self._choice is None:
+                self._choice = models.choose(self.settings)
+            return self._choice
 
     def model_status(self) -> models.ModelStatus:
         return self.models.status

@@ -4,12 +4,15 @@ gradio_client and by Playwright in headless Chromium."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TABS = ["Label", "Captions", "Train", "Generate", "Survey", "Evaluate", "Video"]
@@ -21,6 +24,22 @@ def _run_app(*args, env=None, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _refused(*args) -> str:
+    """Run app.py with a setup it must refuse; return its stderr after proving that it exited with
+    status 1, without a traceback and before gradio was imported (a wrong path is refused at once,
+    not after the seconds the UI's imports take). ``-X importtime`` lists every module imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "app.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    stderr = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.startswith("dreamshot: "), stderr[-2000:]
+    assert "sqlalchemy" in imported, "the import log is empty: -X importtime did not work"
+    assert "gradio" not in imported, "gradio was imported before the setup was checked"
+    return stderr
+
+
 def test_importing_app_loads_no_model():
     code = ("import sys, app; "
             "assert app.demo is not None; "
@@ -30,23 +49,38 @@ def test_importing_app_loads_no_model():
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
-def test_unwritable_data_folder_stops_before_the_ui(tmp_path):
+def test_unwritable_data_folder_is_refused_before_the_ui(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    proc = _run_app("--data", str(blocker / "data"), "--port", "1")
-    assert proc.returncode != 0
-    assert "not writable" in proc.stderr and "Traceback" not in proc.stderr
+    stderr = _refused("--data", str(blocker / "data"), "--model", "demo", "--port", str(free_port()))
+    assert f"The data folder {str(blocker / 'data')!r} is not writable" in stderr and "--data" in stderr
 
 
-def test_database_from_newer_schema_is_refused(tmp_path, studio):
+def test_database_from_newer_schema_is_refused_before_the_ui(tmp_path, studio):
     from dreamshot import storage
 
     with studio.db.write() as conn:
         storage._write_version(conn, storage.SCHEMA_VERSION + 1)
     studio.close()
-    proc = _run_app("--data", str(studio.settings.data_dir), "--port", "1")
-    assert proc.returncode != 0
-    assert "Upgrade DreamShot" in proc.stderr and "Traceback" not in proc.stderr
+    stderr = _refused("--data", str(studio.settings.data_dir), "--model", "demo", "--port", str(free_port()))
+    assert "Upgrade DreamShot" in stderr and "was not modified" in stderr
+
+
+def test_unreachable_database_is_refused_before_the_ui(tmp_path):
+    closed = free_port()  # nothing listens there
+    stderr = _refused("--data", str(tmp_path / "data"), "--model", "demo", "--port", str(free_port()),
+                      "--db", f"postgresql://dreamshot:s3cret-pw@127.0.0.1:{closed}/dreamshot")
+    assert "Cannot open the database" in stderr and "s3cret-pw" not in stderr
+
+
+def test_second_studio_on_a_busy_port_is_refused_before_the_ui(tmp_path):
+    with socket.socket() as holder:  # stands for the first studio
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        stderr = _refused("--data", str(tmp_path / "data"), "--model", "demo", "--port", str(port))
+    assert f"Port {port} on 127.0.0.1 is already in use" in stderr and "--port" in stderr
+    assert not (tmp_path / "data").exists(), "the refused studio touched its data folder"
 
 
 def test_status_endpoint_with_gradio_client(studio, serve):
@@ -111,3 +145,61 @@ def test_survey_only_serves_nothing_but_the_survey(make_studio, serve, page):
     # the survey's pictures were made when it was built: no model banner for participants
     assert not page.locator("#demo-banner").is_visible()
     assert "blind survey" in page.locator("body").inner_text()
+
+
+@pytest.mark.browser
+def test_demo_banner_is_in_the_first_paint_and_the_tabs_do_not_move(studio, serve, page, artifacts_dir):
+    """The demo-model banner is decided before the page is built, so it is there at the first paint
+    and the page-load events do not push the tabs down. The page-load events are held back until the
+    first paint is measured, then let through."""
+    calls = []
+    choice = studio.model_choice
+    studio.model_choice = lambda: calls.append(1) or choice()  # counts the banner's page-load event
+    url = serve(studio)
+    calls.clear()
+    held, released = [], []
+
+    def hold(route):
+        route.continue_() if released else held.append(route)
+
+    page.route("**/gradio_api/queue/join*", hold)
+    page.goto(url)
+    label_tab = page.get_by_role("tab", name="Label")
+    label_tab.wait_for()
+    banner = page.locator("#demo-banner")
+    assert banner.is_visible() and "untrained" in banner.inner_text(), "no banner in the first paint"
+    first_y = label_tab.bounding_box()["y"]
+    page.screenshot(path=str(artifacts_dir / "banner-first-paint.png"))
+    assert held, "no page-load event was held: the test would prove nothing"
+    released.append(True)
+    for route in held:
+        route.continue_()
+    for _ in range(600):  # until the banner's load event has run (a busy box may take a while)
+        if calls:
+            break
+        page.wait_for_timeout(100)
+    assert calls, "the banner's page-load event never ran"
+    page.wait_for_timeout(1000)  # its answer reaches the page
+    assert label_tab.bounding_box()["y"] == first_y and banner.is_visible()
+    page.screenshot(path=str(artifacts_dir / "banner-after-load-events.png"))
+
+
+@pytest.mark.browser
+def test_banner_appears_when_the_model_falls_back_after_the_page_was_built(make_studio, demo_model_dir, tmp_path,
+                                                                         serve, page):
+    import shutil
+
+    from dreamshot.demo_model import MARKER
+    from dreamshot.models import ModelStatus
+
+    real = tmp_path / "my-sd"
+    shutil.copytree(demo_model_dir, real)
+    (real / MARKER).unlink()
+    studio = make_studio(model=str(real))
+    url = serve(studio)  # built without a banner: a real model folder
+    # what ModelManager._load records when the model fails to load after the page was built
+    studio.models.status = ModelStatus(str(real), "demo-sd", True, "Cannot load the base model: OSError")
+    page.goto(url)
+    banner = page.locator("#demo-banner")
+    banner.wait_for(state="visible")
+    assert "untrained" in banner.inner_text() and "Cannot load the base model" in banner.inner_text()

@@ -51,6 +51,27 @@ def test_unwritable_data_folder_is_a_clear_error(tmp_path):
         config.Settings(data_dir=blocker / "data").prepare_data_dir()
 
 
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_a_port_out_of_range_is_refused(monkeypatch, port):
+    monkeypatch.setenv("DREAMSHOT_PORT", port)
+    with pytest.raises(SettingsError, match="between 1 and 65535"):
+        config.parse([], server=True)
+
+
+def test_a_busy_port_is_refused_before_serving():
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(SettingsError, match=f"Port {port} on 127.0.0.1 is already in use"):
+            config.Settings(host="127.0.0.1", port=port).check_port()
+    assert config.Settings(host="127.0.0.1", port=port).check_port()  # free again once closed
+    with pytest.raises(SettingsError, match="does not resolve"):
+        config.Settings(host="no-such-host.invalid", port=port).check_port()
+
+
 def test_database_url_defaults_to_sqlite_in_data_folder(tmp_path):
     s = config.Settings(data_dir=tmp_path)
     assert s.database_url == f"sqlite:///{(tmp_path / 'studio.db').resolve()}"
@@ -151,6 +172,25 @@ def test_local_diffusers_folder_is_a_real_model(tmp_path, demo_model_dir):
     (real / MARKER).unlink()
     status = models.resolve(_settings(tmp_path, str(real), demo_model_dir))
     assert not status.is_demo and status.source == str(real.resolve()) and status.banner_markdown() is None
+
+
+def test_choosing_the_model_builds_and_loads_nothing(tmp_path):
+    """The banner is decided before the page is built: choosing the demo model must not build it
+    (that imports torch and writes a model); resolve() builds it when a feature needs the model."""
+    settings = config.Settings(data_dir=tmp_path / "data", model=str(tmp_path / "nope"))
+    chosen = models.choose(settings)
+    assert chosen.is_demo and "does not exist" in chosen.reason and "untrained" in chosen.banner_markdown()
+    assert not (settings.models_dir / "demo-sd").exists()
+    resolved = models.resolve(settings, chosen=chosen)
+    assert resolved.source == str(settings.models_dir / "demo-sd") and (settings.models_dir / "demo-sd").is_dir()
+    assert (resolved.is_demo, resolved.reason) == (chosen.is_demo, chosen.reason)
+
+
+def test_studio_model_choice_follows_the_manager(studio):
+    choice = studio.model_choice()
+    assert choice.is_demo and studio.model_choice() is choice and studio._models is None  # nothing resolved
+    manager = studio.models
+    assert studio.model_choice() is manager.status  # once resolved, the manager's (it records fallbacks)
 
 
 def test_pipeline_loads_once_and_is_shared(studio):
