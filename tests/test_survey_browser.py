@@ -1,6 +1,7 @@
 """A participant in headless Chromium on a survey-only server: start, keyboard answers (A / B / N),
 a reload in the middle of a pair, the reveal after each pair, the thank-you page; screenshots at
-desktop and phone width."""
+desktop and phone width, where the survey's small (64 px) pictures are scaled up side by side and the
+questions stay in view."""
 
 from __future__ import annotations
 
@@ -18,6 +19,28 @@ def _press(page, key: str, question: str) -> None:
     page.wait_for_function(ANSWERED, arg=f"survey-{question}-A")
 
 
+PICTURES = """() => {
+  const box = (s) => { const r = document.querySelector(s).getBoundingClientRect();
+                       return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width, height: r.height}; };
+  return {a: box('#survey-img-a img'), b: box('#survey-img-b img'), last: box('#survey-prompt-N'),
+          natural: document.querySelector('#survey-img-a img').naturalWidth,
+          scroll_width: document.documentElement.scrollWidth};
+}"""
+
+
+def _pictures_fill_and_questions_show(page, width: int, height: int, at_least: int) -> None:
+    """A and B side by side, each at most half the width and at least ``at_least`` px wide (scaled
+    up from their natural size, square kept), and the last answer button in view without scrolling."""
+    page.wait_for_function("() => document.querySelector('#survey-img-b img')?.complete")
+    got = page.evaluate(PICTURES)
+    a, b = got["a"], got["b"]
+    assert got["natural"] == 64                                      # the small survey's pictures
+    assert abs(a["top"] - b["top"]) < 1 and a["right"] <= b["left"], got    # side by side, A first
+    assert at_least <= a["width"] <= width / 2 and abs(a["width"] - b["width"]) < 1, got
+    assert abs(a["width"] - a["height"]) <= 1 and abs(b["width"] - b["height"]) <= 1, got   # aspect kept
+    assert got["last"]["bottom"] <= height and got["scroll_width"] <= width, got
+
+
 def _pair_header(page, n: int, total: int = 3) -> None:
     page.wait_for_function("t => (document.querySelector('#survey-header')?.innerText || '').includes(t)",
                            arg=f"Pair {n} of {total}")
@@ -30,13 +53,13 @@ def test_participant_keyboard_reload_and_thanks(open_survey, make_studio, serve,
     url = serve(participant)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(30_000)
     page.goto(url)
     page.get_by_role("button", name="Start the survey").click()
     _pair_header(page, 1)
     page.wait_for_selector("#survey-img-a img")
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(artifacts_dir / "survey-desktop.png"), full_page=True)
+    _pictures_fill_and_questions_show(page, 1280, 900, at_least=300)
     _press(page, "a", "like")
     _press(page, "b", "shot")
     assert [r[4] for r in answers(open_survey)] == ["A", "B"]   # committed before acknowledged
@@ -65,15 +88,13 @@ def test_participant_keyboard_reload_and_thanks(open_survey, make_studio, serve,
     phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
                                 has_touch=True)
     page = phone.new_page()
-    page.set_default_timeout(30_000)
     page.goto(url)
     page.get_by_role("button", name="Start the survey").click()
     _pair_header(page, 1)
     page.wait_for_selector("#survey-img-b img")
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(artifacts_dir / "survey-phone.png"), full_page=True)
-    box_a = page.locator("#survey-img-a").bounding_box()
-    assert box_a["width"] <= 390                    # fits the phone's width
+    _pictures_fill_and_questions_show(page, 390, 844, at_least=140)
     page.locator("#survey-like-B").tap()            # touch answers work too
     page.wait_for_function(ANSWERED, arg="survey-like-A")
     phone.close()

@@ -69,3 +69,22 @@ def test_images_of_a_negative_slot_are_refused(studio):
     h, token, slot, pair = _started(studio)
     with pytest.raises(InvalidInput, match="not one of this participant's pairs"):
         service(studio).images(token, -1)
+
+
+def test_a_link_to_one_of_several_open_surveys_starts_that_one(studio):
+    """README: "With several surveys open a chooser appears, or link participants to ?survey=NAME".
+    The link's survey is chosen (its intro shown, no chooser), so Start joins it, not the first."""
+    ready_survey(studio, name="first")
+    ready_survey(studio, name="second")
+
+    class Linked(Req):
+        query_params = {"survey": "second"}
+
+    h = SurveyHandlers(studio)
+    page = h.ui_load("", Linked())
+    chooser = page[-1]
+    assert (chooser.value, chooser.visible) == ("second", False) and page[2].value == "hello"
+    started = h.ui_start(chooser.value, "", Linked())
+    assert service(studio).view(started[0])["survey"] == "second"
+    plain = h.ui_load("", Req())                                      # no link: choose
+    assert plain[-1].visible is True and "Choose a survey" in plain[2].value

@@ -35,8 +35,31 @@ LABELS = {"A": "A", "B": "B", "N": "Neither / same"}
 PUBLIC_API = ("survey_join", "survey_view", "survey_answer", "survey_images")
 log = logging.getLogger(__name__)
 
+# The pair's layout. Pictures A and B side by side at any width, each at most half of their column,
+# scaled up or down with their aspect kept, and never taller than what leaves the questions in view.
+# Narrow screens: pictures, then questions below. Wide screens (and a phone on its side): pictures
+# two thirds, questions one third beside them. The A / B labels sit above the pictures, not on them.
+CSS = """
+.survey-layout { flex-wrap: wrap; gap: 12px; }
+.survey-layout > .survey-pictures-col, .survey-layout > .survey-questions { flex: 1 1 100% !important; min-width: 0 !important; }
+.survey-pictures { flex-wrap: nowrap !important; gap: 8px; align-items: flex-start; }
+#survey-img-a, #survey-img-b { flex: 1 1 0 !important; min-width: 0 !important; }
+#survey-img-a label[data-testid="block-label"], #survey-img-b label[data-testid="block-label"] { position: static; margin: 0 0 4px 0; }
+#survey-img-a .image-container, #survey-img-b .image-container, #survey-img-a .image-frame, #survey-img-b .image-frame,
+#survey-img-a button, #survey-img-b button { width: 100%; height: auto; cursor: default; }
+#survey-img-a img, #survey-img-b img { display: block; width: 100%; height: auto; margin: 0 auto; object-fit: contain;
+  max-height: max(150px, calc(100svh - 560px)); }
+@media (min-width: 900px), (orientation: landscape) and (min-width: 640px) {
+  .survey-layout { flex-wrap: nowrap; }
+  .survey-layout > .survey-pictures-col { flex: 2 1 0 !important; }
+  .survey-layout > .survey-questions { flex: 1 1 0 !important; }
+  #survey-img-a img, #survey-img-b img { max-height: max(200px, calc(100svh - 300px)); }
+}
+@media (hover: none) { .survey-keys { display: none; } }
+"""
+
 HEAD = """
-<style>@media (hover: none) { .survey-keys { display: none; } }</style>
+<style>""" + CSS + """</style>
 <script>
 (() => {
   if (window.__dreamshotSurveyKeys) return;
@@ -102,14 +125,17 @@ class SurveyHandlers:
         return self.service.images(token, slot)
 
     # ---- page -------------------------------------------------------------------------------------
-    def page(self, view: dict | None, note: str = "", new_images: bool = True) -> list:
+    def page(self, view: dict | None, note: str = "", new_images: bool = True, linked: str = "") -> list:
         """Updates for: token, store, intro, start, pair column, header, image A, image B, 9 answer
-        buttons, status, thanks, slot, pair id, survey chooser."""
+        buttons, status, thanks, slot, pair id, survey chooser. ``linked``: the survey a
+        ``?survey=NAME`` link names (chosen, and no chooser, when it is open)."""
         if view is None:
             names = self.service.open_names()
+            chosen = linked if linked in names else (names[0] if len(names) == 1 else "")
             intro = ("*No survey is open right now. Please come back later.*" if not names else
-                     self.service.info(names[0]).intro if len(names) == 1 else "Choose a survey, then start.")
-            chooser = gr.Dropdown(choices=names, value=names[0] if names else None, visible=len(names) > 1)
+                     self.service.info(chosen).intro if chosen else "Choose a survey, then start.")
+            chooser = gr.Dropdown(choices=names, value=chosen or (names[0] if names else None),
+                                  visible=len(names) > 1 and not chosen)
             return [gr.skip(), gr.skip(), gr.Markdown(intro, visible=True), gr.Button(visible=bool(names)),
                     gr.Column(visible=False), "", gr.skip(), gr.skip(), *[gr.skip()] * 9, note, gr.Markdown(visible=False),
                     None, None, chooser]
@@ -149,14 +175,14 @@ class SurveyHandlers:
                     return self.page(view)
             except Exception:  # a token from another studio or a deleted survey: start afresh
                 pass
-        return self.page(None)
+        return self.page(None, linked=survey)
 
     def ui_start(self, survey: str, stored: str, request: gr.Request) -> list:
         survey = survey or (getattr(request, "query_params", None) or {}).get("survey", "")
         try:
             return self.page(self.join(survey, stored, request))
         except DreamShotError as exc:       # closed, rate-limited ...: said on the page, which stays whole
-            return self.page(None, self.refusal(exc))
+            return self.page(None, self.refusal(exc), linked=survey)
 
     @staticmethod
     def refusal(exc: DreamShotError) -> str:
@@ -199,18 +225,22 @@ def build(studio, demo: gr.Blocks) -> None:
         start = gr.Button("Start the survey", variant="primary", visible=False, elem_id="survey-start")
         with gr.Column(visible=False, elem_id="survey-pair") as pair_col:
             header = gr.Markdown(elem_id="survey-header")
-            with gr.Row(equal_height=True):
-                img_a = gr.Image(label="A", type="pil", interactive=False, min_width=140, elem_id="survey-img-a",
-                                 buttons=[], format="png")
-                img_b = gr.Image(label="B", type="pil", interactive=False, min_width=140, elem_id="survey-img-b",
-                                 buttons=[], format="png")
-            buttons = []
-            for q, text in QUESTIONS.items():
-                gr.Markdown(f"**{text}**", elem_classes=["survey-question"])
-                with gr.Row():
-                    for k in KEYS:
-                        buttons.append((q, k, gr.Button(LABELS[k], size="sm", min_width=60, elem_id=f"survey-{q}-{k}")))
-            gr.Markdown("*Keys: A, B or N answer the next open question.*", elem_classes=["survey-keys"])
+            with gr.Row(elem_classes=["survey-layout"]):          # sizes: CSS above
+                with gr.Column(min_width=0, elem_classes=["survey-pictures-col"]):
+                    with gr.Row(elem_classes=["survey-pictures"]):
+                        img_a = gr.Image(label="A", type="pil", interactive=False, min_width=0, elem_id="survey-img-a",
+                                         buttons=[], format="png")
+                        img_b = gr.Image(label="B", type="pil", interactive=False, min_width=0, elem_id="survey-img-b",
+                                         buttons=[], format="png")
+                with gr.Column(min_width=0, elem_classes=["survey-questions"]):
+                    buttons = []
+                    for q, text in QUESTIONS.items():
+                        gr.Markdown(f"**{text}**", elem_classes=["survey-question"])
+                        with gr.Row():
+                            for k in KEYS:
+                                buttons.append((q, k, gr.Button(LABELS[k], size="sm", min_width=60,
+                                                                elem_id=f"survey-{q}-{k}")))
+                    gr.Markdown("*Keys: A, B or N answer the next open question.*", elem_classes=["survey-keys"])
         status = gr.Markdown(elem_id="survey-status")
         thanks = gr.Markdown(visible=False, elem_id="survey-thanks")
         token = gr.Textbox(visible=False, elem_id="survey-token")
