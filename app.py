@@ -193,18 +193,32 @@ def warm_up() -> None:
 
 def main() -> None:
     configure_logging([studio.settings.admin_password or ""])
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests, one INFO line each
     redact_stderr()  # what gradio or a library prints itself is masked too
     if not studio.settings.survey_only:
         # Queued training runs continue after a restart without anyone opening the Train tab.
         training_jobs.service(studio).start()
     if not studio.settings.survey_only:  # participants never need the model: their pictures are stored
         threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    s = studio.settings
     try:
-        demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio))
+        # quiet: gradio's own lines name launch() arguments ("set `share=True` in `launch()`"); ours name flags
+        demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio), quiet=True, prevent_thread_lock=True)
     except OSError:  # the port was taken since check_port: one line, no traceback
-        s = studio.settings
         sys.exit(f"dreamshot: cannot serve on {s.host}:{s.port}: the port is in use. "
                  "Choose another with --port or DREAMSHOT_PORT.")
+    except ValueError as exc:  # gradio's own check: its HEAD request to the page got no answer within 3 s
+        if "localhost is not accessible" not in str(exc):
+            raise
+        sys.exit(f"dreamshot: the server started but did not answer on {s.host}:{s.port} within 3 s. The machine "
+                 "may be overloaded (start it again), or a proxy captures local addresses: set "
+                 "NO_PROXY=localhost,127.0.0.1.")
+    if s.share:
+        note = f"; public link {demo.share_url}" if demo.share_url else "; no public link could be made (see above)"
+    else:
+        note = "  (--share or DREAMSHOT_SHARE=1 for a public gradio.live link)"
+    print(f"* DreamShot studio running on {demo.local_url}{note}", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

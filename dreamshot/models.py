@@ -174,8 +174,10 @@ def choose(settings: Settings, *, probe_hub=_hub_reachable) -> ModelStatus:
         return ModelStatus(spec, str(path.resolve()), is_demo_model(path))
     if not HUB_ID.match(spec):
         return demo(f"{spec!r} is neither a local folder nor a Hub id like owner/name")
-    if _hub_cached(spec) or probe_hub():
+    if _hub_cached(spec) or (not hub_offline() and probe_hub()):
         return ModelStatus(spec, spec, False)
+    if hub_offline():
+        return demo(f"{spec!r} is not in the local Hub cache and HF_HUB_OFFLINE is set")
     return demo(f"{spec!r} is not in the local Hub cache and the Hub cannot be reached")
 
 

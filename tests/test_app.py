@@ -83,6 +83,34 @@ def test_second_studio_on_a_busy_port_is_refused_before_the_ui(tmp_path):
     assert not (tmp_path / "data").exists(), "the refused studio touched its data folder"
 
 
+def test_python_app_py_serves_and_names_its_flags(tmp_path):
+    """The real entry point: ``python app.py`` says where it serves, in the studio's words (gradio's
+    own line named `share=True` in `launch()`, which a user of the command line cannot set)."""
+    import threading
+
+    port = free_port()
+    env = {**os.environ, "DREAMSHOT_SURVEY_ONLY": "1"}  # no warm-up, no job runner: the lightest studio
+    proc = subprocess.Popen([sys.executable, "app.py", "--data", str(tmp_path / "data"), "--model", "demo",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    killer = threading.Timer(180, proc.kill)  # a limit against hangs
+    killer.start()
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "DreamShot studio running on" in line or "Running on local URL" in line:  # ours, or gradio's
+                break
+        assert f"DreamShot studio running on http://127.0.0.1:{port}/" in "".join(seen), "".join(seen)[-2000:]
+        assert "--share or DREAMSHOT_SHARE=1" in seen[-1] and "launch()" not in "".join(seen)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200
+    finally:
+        killer.cancel()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_status_endpoint_with_gradio_client(studio, serve):
     from gradio_client import Client
 

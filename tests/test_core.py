@@ -156,9 +156,18 @@ def test_folder_without_model_index_falls_back(tmp_path, demo_model_dir):
 
 def test_unreachable_hub_id_falls_back_fast(tmp_path, demo_model_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online, but the Hub does not answer
     status = models.resolve(_settings(tmp_path, "stable-diffusion-v1-5/stable-diffusion-v1-5", demo_model_dir),
                             probe_hub=lambda: False)
     assert status.is_demo and "cannot be reached" in status.reason
+
+
+def test_offline_hub_id_says_hf_hub_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = config.Settings(data_dir=tmp_path / "data", model="stable-diffusion-v1-5/stable-diffusion-v1-5")
+    status = models.choose(settings, probe_hub=lambda: pytest.fail("probed the Hub while offline"))
+    assert status.is_demo and "HF_HUB_OFFLINE is set" in status.reason
 
 
 def test_garbage_model_spec_falls_back(tmp_path, demo_model_dir):
