@@ -140,7 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False,
     group.add_argument("--db", metavar="URL", default=None,
                        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/db [DREAMSHOT_DB, default SQLite in the data folder]")
     group.add_argument("--admin-password", metavar="PW", default=None,
-                       help="when set, the studio asks for a login (any name + this password); prefer the DREAMSHOT_ADMIN_PASSWORD variable or Space secret")
+                       help="when set, the studio asks for a login (any name + this password); "
+                            "prefer the DREAMSHOT_ADMIN_PASSWORD variable or Space secret")
     if server:
         group.add_argument("--host", default=None, help="interface to serve on [DREAMSHOT_HOST, default 127.0.0.1]")
         group.add_argument("--port", type=int, default=None, help="port [DREAMSHOT_PORT, default 7860]")
