@@ -200,7 +200,7 @@ def test_ctrl_c_after_the_run_ended_stops_the_cli_quietly(runner, dataset, monke
     monkeypatch.setattr(jobs.time, "sleep", ctrl_c_after_the_end)
     said = []
     assert runner.run_foreground(run.id, echo=said.append).status == jobs.DONE
-    assert said == ["stopping after this step (a checkpoint is kept)..."]
+    assert said == [f"run {run.id} is already done; nothing to stop"]
     assert runner.cancel(run.id).status == jobs.DONE      # cancelling again changes nothing
 
 

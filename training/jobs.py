@@ -384,8 +384,9 @@ class TrainingRunner:
                 with self._lock:
                     self._follow(self.get(run_id))
             except KeyboardInterrupt:
-                echo("stopping after this step (a checkpoint is kept)...")
-                self.cancel(run_id)
+                run = self.cancel(run_id)
+                echo("stopping after this step (a checkpoint is kept)..." if run.status == RUNNING
+                     else f"run {run_id} is already {run.status}; nothing to stop")
             p = self.progress(run_id)
             if p.step > shown:
                 shown = p.step
