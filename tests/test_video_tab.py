@@ -121,8 +121,15 @@ def test_video_endpoints_are_for_studio_members(make_studio):
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        for name, args in (("/video_loras", []), ("/video_stop", []),
-                           ("/video_clip", [getattr(ClipForm(prompt="x"), n) for n in ClipForm.fields()])):
+        from gradio_client import handle_file
+
+        clip = [getattr(ClipForm(prompt="x"), n) for n in ClipForm.fields()]
+        transition = clip + [getattr(TransitionForm(from_shot="long", to_shot="close"), n)
+                             for n in TransitionForm.fields()]
+        restyle = [handle_file(str(gradio_videos() / "b.mp4"))] + [getattr(RestyleForm(), n)
+                                                                    for n in RestyleForm.fields()[1:]]
+        for name, args in (("/video_loras", []), ("/video_stop", []), ("/video_clip", clip),
+                           ("/video_transition", transition), ("/video_restyle", restyle)):
             with pytest.raises(AppError, match="Log in as a studio member"):
                 client.predict(*args, api_name=name)
     finally:
