@@ -35,10 +35,12 @@ def test_clip_and_transition_handlers(vstudio, video_models):
     original = vstudio_svc.transition_judge
     vstudio_svc.transition_judge = lambda req, spec: judge     # the judge is pluggable
     try:
+        seen = []
         shown = h.transition(form, TransitionForm(from_shot="long", to_shot="close", keyframes="0:0, 7:1", auto=True,
-                                                  rounds=2))
+                                                  rounds=2), progress=lambda fraction, text: seen.append(text))
     finally:
         vstudio_svc.transition_judge = original
+    assert seen[0] == "loading the shot-type judge (CLIP)…"     # offline, a Hub CLIP takes ~45 s to fail
     assert "long → close" in shown.info and "0.00" in shown.info
     assert "Judged shot per frame" in shown.info and shown.info.count("close") >= 8
     with pytest.raises(InvalidInput, match="Choose the shot LoRA at the first frame"):

@@ -157,9 +157,13 @@ class VideoHandlers:
         req = form.request().replace(shot=_choice(t.from_shot), to_shot=_choice(t.to_shot),
                                      start=_num(t.start, 0.0, "Start"), end=_num(t.end, 1.0, "End"),
                                      keyframes=t.keyframes or "")
-        judge = svc.transition_judge(req, (t.judge_clip or "").strip() or None) if t.auto else None
+        rounds = _num(t.rounds, 3, "Rounds", int)
         with svc.gen.job(owner, progress=progress) as job:
-            result = svc.clip(req, job, judge=judge, rounds=_num(t.rounds, 3, "Rounds", int))
+            judge = None
+            if t.auto:      # loading the judge's CLIP can take a while: say so
+                job.report(0.0, "loading the shot-type judge (CLIP)…")
+                judge = svc.transition_judge(req, (t.judge_clip or "").strip() or None)
+            result = svc.clip(req, job, judge=judge, rounds=rounds)
         info = (f"**{req.shot} → {req.to_shot}**, {result.request.frames} frames, seed {result.request.seed}; "
                 "share of the 'to' LoRA per frame: " + " ".join(f"{x:.2f}" for x in result.t))
         if result.judged_shots:
@@ -199,7 +203,7 @@ class VideoHandlers:
 
     def stop(self, owner: str) -> str:
         n = self.svc.gen.cancel(owner)
-        return "Stopping…" if n else "Nothing is running."
+        return "Stopped (a restyle keeps its finished frames)." if n else "Nothing is running."
 
     # -- files --------------------------------------------------------------------------------
     def _shown(self, result, info: str) -> Shown:

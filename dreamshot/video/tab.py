@@ -112,12 +112,12 @@ def _transition_section(h: VideoHandlers):
         with gr.Row():
             start = gr.Slider(0, 1, value=0, step=0.05, label="Share of 'to' at the first frame")
             end = gr.Slider(0, 1, value=1, step=0.05, label="Share of 'to' at the last frame")
-        keyframes = gr.Textbox(label="Keyframes (optional, frame:share), override start/end",
+        keyframes = gr.Textbox(label="Keyframes (optional: frame:share, frames from 0; override the shares above)",
                                placeholder="0:0, 6:0.2, 15:1", elem_id="vid-keyframes")
+        auto = gr.Checkbox(label="Automatic (judge-steered)", elem_id="vid-auto",
+                           info="each frame's weights follow Evaluate's shot-type judge: the probe trained "
+                                "on your labeled frames, else zero-shot CLIP")
         with gr.Row():
-            auto = gr.Checkbox(label="Automatic (judge-steered)", elem_id="vid-auto",
-                               info="each frame's weights follow Evaluate's shot-type judge: the probe trained "
-                                    "on your labeled frames, else zero-shot CLIP")
             rounds = gr.Slider(1, 5, value=3, step=1, label="Judge rounds")
             judge_clip = gr.Textbox(label="Judge CLIP (Hub id or folder; empty = Evaluate's default)")
         go = gr.Button("Make transition", elem_id="vid-transition-go")
