@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 from dreamshot import __version__, settings as config
 from dreamshot.errors import DreamShotError
@@ -191,6 +192,37 @@ def warm_up() -> None:
         log.exception("could not preload the base model; it will be retried on first use")
 
 
+def serve(app, kwargs: dict, patience_s: float = 60.0) -> None:
+    """Launch ``app`` without blocking. Gradio's own start-up check gives the page 3 s to answer a
+    HEAD request and raises if it does not; on a busy machine (the warm-up thread loading weights,
+    another process training) the server is up but slower than that. Everything launch() skips
+    after that check matters only to share links and notebooks (the check is not made when sharing),
+    so the page is given ``patience_s`` more and served if it answers; a server that never answers
+    is a DreamShotError."""
+    import httpx
+
+    try:
+        # quiet: gradio's own lines name launch() arguments ("set `share=True` in `launch()`"); ours name flags
+        app.queue(default_concurrency_limit=2).launch(**{"quiet": True, **kwargs}, prevent_thread_lock=True)
+    except ValueError as exc:
+        if "localhost is not accessible" not in str(exc):
+            raise
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.head(app.local_url, timeout=10).status_code < 400:
+                    log.warning("the page took over 3 s to answer its first request (a busy machine?)")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        app.close()
+        raise DreamShotError(
+            f"the server started but did not answer on {app.local_url} within {patience_s:.0f} s. The "
+            "machine may be overloaded (start it again), or a proxy captures local addresses: set "
+            "NO_PROXY=localhost,127.0.0.1.") from None
+
+
 def main() -> None:
     configure_logging([studio.settings.admin_password or ""])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests, one INFO line each
@@ -202,17 +234,12 @@ def main() -> None:
         threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     s = studio.settings
     try:
-        # quiet: gradio's own lines name launch() arguments ("set `share=True` in `launch()`"); ours name flags
-        demo.queue(default_concurrency_limit=2).launch(**launch_kwargs(studio), quiet=True, prevent_thread_lock=True)
+        serve(demo, launch_kwargs(studio))
     except OSError:  # the port was taken since check_port: one line, no traceback
         sys.exit(f"dreamshot: cannot serve on {s.host}:{s.port}: the port is in use. "
                  "Choose another with --port or DREAMSHOT_PORT.")
-    except ValueError as exc:  # gradio's own check: its HEAD request to the page got no answer within 3 s
-        if "localhost is not accessible" not in str(exc):
-            raise
-        sys.exit(f"dreamshot: the server started but did not answer on {s.host}:{s.port} within 3 s. The machine "
-                 "may be overloaded (start it again), or a proxy captures local addresses: set "
-                 "NO_PROXY=localhost,127.0.0.1.")
+    except DreamShotError as exc:
+        sys.exit(f"dreamshot: {exc}")
     if s.share:
         note = f"; public link {demo.share_url}" if demo.share_url else "; no public link could be made (see above)"
     else:

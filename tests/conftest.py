@@ -136,9 +136,8 @@ def serve():
     def start(studio) -> str:
         demo = app_module.build_app(studio)
         kwargs = app_module.launch_kwargs(studio)
-        kwargs.update(server_name="127.0.0.1", server_port=free_port(), share=False,
-                      prevent_thread_lock=True, quiet=True)
-        demo.queue().launch(**kwargs)
+        kwargs.update(server_name="127.0.0.1", server_port=free_port(), share=False)
+        app_module.serve(demo, kwargs)   # as `python app.py` does, patient with a busy machine
         launched.append(demo)
         return f"http://127.0.0.1:{kwargs['server_port']}/"
 

@@ -231,3 +231,49 @@ def test_banner_appears_when_the_model_falls_back_after_the_page_was_built(make_
     banner = page.locator("#demo-banner")
     banner.wait_for(state="visible")
     assert "untrained" in banner.inner_text() and "Cannot load the base model" in banner.inner_text()
+
+
+def _tiny_app():
+    import gradio as gr
+
+    with gr.Blocks() as blocks:
+        gr.Markdown("tiny")
+    return blocks
+
+
+def test_a_page_slower_than_gradios_3_s_check_is_still_served(monkeypatch):
+    """Gradio's launch() raises when its 3 s HEAD check gets no answer, though the server is up (a busy
+    machine); serve() gives the page more time and serves it, the check's failure simulated here."""
+    import httpx
+    from gradio import networking
+
+    import app as app_module
+
+    monkeypatch.setattr(networking, "url_ok", lambda url: False)
+    blocks = _tiny_app()
+    try:
+        app_module.serve(blocks, dict(server_name="127.0.0.1", server_port=free_port()), patience_s=20)
+        assert httpx.get(blocks.local_url, timeout=10).status_code == 200
+    finally:
+        blocks.close()
+
+
+def test_a_page_that_never_answers_is_a_clear_error(monkeypatch):
+    import httpx
+    from gradio import networking
+
+    import app as app_module
+    from dreamshot.errors import DreamShotError
+
+    monkeypatch.setattr(networking, "url_ok", lambda url: False)
+
+    def no_answer(*args, **kwargs):
+        raise httpx.ConnectTimeout("no answer")
+
+    monkeypatch.setattr(httpx, "head", no_answer)
+    blocks = _tiny_app()
+    port = free_port()
+    with pytest.raises(DreamShotError, match=r"did not answer on http://127\.0\.0\.1:\d+/ within 1 s"):
+        app_module.serve(blocks, dict(server_name="127.0.0.1", server_port=port), patience_s=1)
+    with socket.socket() as sock:            # closed: the port is free again
+        sock.bind(("127.0.0.1", port))

@@ -142,7 +142,7 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
 def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
     dataset = make_imagefolder(tmp_path / "set", shots=SHOTS, per_shot=2)
     page.goto(serve(studio))
-    page.locator("#demo-banner").first.wait_for()  # the banner lands after the first paint and moves the tabs
+    page.locator("#demo-banner").first.wait_for()  # the page has been drawn
     page.get_by_role("tab", name="Train").click()
     page.locator("#train-preset").get_by_text("smoke", exact=True).click()
     page.locator("#train-shots").get_by_text("Long shot", exact=True).click()  # close and medium: two runs
@@ -258,7 +258,7 @@ def test_the_run_menu_takes_a_number_or_text_typed_into_it(handlers):
 def test_the_method_choices_stay_on_one_line_beside_a_methods_fields(studio, serve, page):
     page.set_viewport_size({"width": 1440, "height": 900})
     page.goto(serve(studio))
-    page.locator("#demo-banner").first.wait_for()  # the banner lands after the first paint and moves the tabs
+    page.locator("#demo-banner").first.wait_for()  # the page has been drawn
     page.get_by_role("tab", name="Train").click()
     for method in ("Textual inversion", "Full fine-tune", "Motion LoRA (clips)"):
         page.locator("#train-method").get_by_text(method, exact=True).click()
