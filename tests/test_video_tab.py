@@ -76,6 +76,30 @@ def test_a_stopped_restyle_says_how_far_it_got_and_resumes_from_the_form(vstudio
     assert media.count_frames(video) == 12 and "Resumed: 8 frames were already done" in summary
 
 
+def test_stop_with_nothing_of_yours_running_says_the_model_is_busy(vstudio):
+    """A page reloaded mid-run is a new session: its Stop cannot reach the old run, and says so."""
+    import threading
+
+    h = VideoHandlers(vstudio)
+    assert h.stop("nobody") == "Nothing is running."
+    held, release = threading.Event(), threading.Event()
+
+    def other_run():
+        with h.svc.gen.lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert held.wait(30)
+        assert "The model is busy with another run" in h.stop("nobody")
+    finally:
+        release.set()
+        thread.join()
+    assert h.stop("nobody") == "Nothing is running."
+
+
 def test_whole_numbers_are_not_rounded_silently(vstudio):
     with pytest.raises(InvalidInput, match="Frames must be a whole number"):
         ClipForm(prompt="x", frames=8.5).request()
