@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dreamshot import schema
 from dreamshot.errors import SchemaTooNewError, SettingsError
+from dreamshot.safety import redact
 
 BUSY_TIMEOUT_MS = 15_000
 
@@ -195,7 +196,9 @@ def create_engine(url: str) -> Engine:
         )
         _install_sqlite_rules(engine)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # A server that drops packets is given 10 s, not the operating system's minutes.
+    connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args)
 
 
 def _read_version(conn: Connection) -> int | None:
@@ -251,8 +254,15 @@ def open_database(url: str) -> Database:
     except SchemaTooNewError:
         raise
     except sa.exc.SQLAlchemyError as exc:
-        safe_url = sa.engine.make_url(normalize_url(url)).render_as_string(hide_password=True)
-        raise SettingsError(f"Cannot open the database {safe_url}: {exc.__class__.__name__}") from None
+        parsed = sa.engine.make_url(normalize_url(url))
+        safe_url = parsed.render_as_string(hide_password=True)
+        # The driver's first line says what is wrong ("password authentication failed for user …",
+        # "database … does not exist", "Connection refused"); the password itself is masked.
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        if parsed.password:
+            reason = reason.replace(str(parsed.password), "***")
+        raise SettingsError(f"Cannot open the database {safe_url}: {exc.__class__.__name__}"
+                            + (f" ({redact(reason)})" if reason else "")) from None
     return db
 
 

@@ -170,7 +170,20 @@ def test_acknowledged_write_survives_sigkill(tmp_path):
 def test_unreachable_database_gives_clear_error():
     with pytest.raises(SettingsError, match="Cannot open the database") as info:
         open_database("postgresql://nobody:secret-pw@127.0.0.1:1/none")
-    assert "secret-pw" not in str(info.value)
+    assert "secret-pw" not in str(info.value) and "Connection refused" in str(info.value)
+
+
+@pytest.mark.postgres
+def test_a_database_refusal_says_why_without_the_password(pg_server_url):
+    """The driver's reason is named (a bare "OperationalError" left people guessing), never the password."""
+    url = sa.engine.make_url(storage.normalize_url(pg_server_url))
+    wrong = url.set(password="wrong-pw-123").render_as_string(hide_password=False)
+    with pytest.raises(SettingsError, match="password authentication failed") as info:
+        open_database(wrong)
+    assert "wrong-pw-123" not in str(info.value)
+    missing = url.set(database="no_such_db_for_this_test").render_as_string(hide_password=False)
+    with pytest.raises(SettingsError, match='database "no_such_db_for_this_test" does not exist'):
+        open_database(missing)
 
 
 def test_postgres_url_forms_use_psycopg3():
