@@ -27,6 +27,11 @@ def test_clip_and_transition_handlers(vstudio, video_models):
     assert media.count_frames(shown.video) == 8 and Image.open(shown.gif).n_frames == 8
     assert not shown.video.startswith(str(vstudio.settings.data_dir))   # copies outside the data folder
     assert "Camera: zoom-in 1" in shown.parameters and "8 frames" in shown.info
+    assert h.seed_of(shown.parameters) == "3"            # ♻: the seed of the clip shown, into the Seed box
+    random_seed = h.clip(ClipForm(prompt="a lighthouse", motion_adapter=video_models["adapter"], **{**SMALL, "seed": "-1"}))
+    assert f"seed {h.seed_of(random_seed.parameters)}," in random_seed.info   # the seed -1 drew
+    with pytest.raises(InvalidInput, match="Make a clip first"):
+        h.seed_of("")
 
     def judge(frames):
         return [{"long": 0.2, "close": 0.8} for _ in frames]

@@ -6,6 +6,7 @@ Results are copied to a temp folder outside the data folder (the data folder is 
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -208,6 +209,14 @@ class VideoHandlers:
                    + (f"  \nResumed: {result.resumed_from} frames were already done." if result.resumed_from else ""))
         return (self._copy(result.video, folder), self._copy(result.plot, folder),
                 self._copy(result.folder / "metrics.json", folder), summary)
+
+    @staticmethod
+    def seed_of(parameters: str | None) -> str:
+        """The seed of the clip shown (its settings text), for the Seed box: A1111's ♻ button."""
+        match = re.search(r"(?:^|[\s,])Seed: (\d+)", parameters or "")
+        if not match:
+            raise InvalidInput("Make a clip first: its seed is reused from the settings shown.")
+        return match.group(1)
 
     def stop(self, owner: str) -> str:
         gen = self.svc.gen

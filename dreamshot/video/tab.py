@@ -71,7 +71,9 @@ def _clip_form(h: VideoHandlers):
         with gr.Row():
             frames = gr.Slider(2, MAX_CLIP_FRAMES, value=16, step=1, label="Frames", elem_id="vid-frames")
             fps = gr.Slider(1, MAX_FPS, value=8, step=1, label="Frames per second", elem_id="vid-fps")
-            seed = gr.Textbox(value="-1", label="Seed (-1 = random)", max_lines=1, elem_id="vid-seed")
+            with gr.Column(min_width=120):
+                seed = gr.Textbox(value="-1", label="Seed (-1 = random)", max_lines=1, elem_id="vid-seed")
+                reuse = gr.Button("♻ Reuse the last clip's seed", size="sm", elem_id="vid-reuse-seed")
         with gr.Accordion("Advanced settings", open=False):
             negative = gr.Textbox(label="Negative prompt")
             sampler = gr.Dropdown(list(SAMPLERS), value="DDIM", label="Sampler")
@@ -87,7 +89,7 @@ def _clip_form(h: VideoHandlers):
             stop = gr.Button("Stop", variant="stop", elem_id="vid-stop")
     form = [prompt, shot, alpha, camera, camera_strength, frames, fps, seed, negative, sampler, steps, cfg,
             width, height, motion]
-    return SimpleNamespace(form=form, shot=shot, go=go, stop=stop)
+    return SimpleNamespace(form=form, shot=shot, go=go, stop=stop, seed=seed, reuse=reuse)
 
 
 def _results():
@@ -97,7 +99,7 @@ def _results():
         info = gr.Markdown(elem_id="vid-info")
         params = gr.Textbox(label="Settings (A1111 text, also stored beside the clip)", lines=3,
                             interactive=False, elem_id="vid-params")
-    return SimpleNamespace(outputs=[video, gif, info, params], info=info)
+    return SimpleNamespace(outputs=[video, gif, info, params], info=info, params=params)
 
 
 def _transition_section(h: VideoHandlers):
@@ -182,6 +184,7 @@ def build(studio, demo: gr.Blocks) -> None:
         return h.stop(owner(request))
 
     f.stop.click(stop, None, r.info, api_name="video_stop", concurrency_limit=None, cancels=clips)
+    f.reuse.click(guarded(h.seed_of), r.params, f.seed, api_visibility="private")
     rs.stop.click(stop, None, rs.outputs[3], api_visibility="private", concurrency_limit=None)
 
     @guarded
