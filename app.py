@@ -100,18 +100,22 @@ def public_endpoints() -> set[str]:
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         participants = studio.settings.survey_only
-        gr.Markdown(f"# {TITLE}\n" + ("A short blind survey: compare two pictures, answer three questions."
-                                       if participants else
-                                       "Teach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type."))
+        if participants:  # one short line: a phone held sideways has ~390 px for the pictures and questions
+            gr.Markdown(f"**{TITLE}** · a short blind survey: compare two pictures, answer three questions.")
+        else:
+            gr.Markdown(f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type.")
         # Known before the page is built (studio.model_choice), so it is part of the first paint and
         # never pushes the tabs down; participants generate nothing and get no banner.
         banner_text = None if participants else studio.model_choice().banner_markdown()
         banner = gr.Markdown(banner_text or "", visible=bool(banner_text), elem_id="demo-banner")
-        tabs = [t for t in STUDIO_TABS if t[0] == "Survey"] if studio.settings.survey_only else STUDIO_TABS
-        with gr.Tabs():
-            for title, build in tabs:
-                with gr.Tab(title, id=title.lower()):
-                    build(studio, demo)
+        if participants:   # one page, no tab bar: on a phone held sideways every line of height counts
+            with gr.Column(elem_id="survey-only"):
+                survey_tab.build(studio, demo)
+        else:
+            with gr.Tabs():
+                for title, build in STUDIO_TABS:
+                    with gr.Tab(title, id=title.lower()):
+                        build(studio, demo)
 
         def show_banner():
             # Only a change since the page was built reaches the page (a model that failed to load

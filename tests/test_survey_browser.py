@@ -98,3 +98,14 @@ def test_participant_keyboard_reload_and_thanks(open_survey, make_studio, serve,
     page.locator("#survey-like-B").tap()            # touch answers work too
     page.wait_for_function(ANSWERED, arg="survey-like-A")
     phone.close()
+
+    # A phone held sideways: no tab bar and a one-line title, so both pictures are whole on screen.
+    sideways = browser.new_context(viewport={"width": 844, "height": 390}, is_mobile=True, has_touch=True)
+    page = sideways.new_page()
+    page.goto(url)
+    page.get_by_role("button", name="Start the survey").click()
+    page.wait_for_function("() => document.querySelector('#survey-img-b img')?.complete")
+    got = page.evaluate(PICTURES)
+    assert got["a"]["width"] >= 150 and got["b"]["bottom"] <= 390 and got["scroll_width"] <= 844, got
+    page.screenshot(path=str(artifacts_dir / "survey-phone-sideways.png"))
+    sideways.close()
