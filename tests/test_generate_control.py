@@ -157,6 +157,24 @@ def test_missing_controlnet_gives_one_clear_message(cstudio, tmp_path):
     assert svc.generate(fast(), save=False).images   # the service keeps working
 
 
+def test_models_missing_when_the_hub_cannot_be_reached_are_refused_at_once(cstudio, monkeypatch):
+    """Online in name (no HF_HUB_OFFLINE) but the Hub unreachable: a ControlNet / depth model that is
+    not cached is refused after the 3-second probe with the reason, not after minutes of retries."""
+    from dreamshot import models
+    from tests.conftest import free_port
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")   # nothing listens there
+    monkeypatch.setattr(models, "_probe", {"at": float("-inf"), "reachable": False}, raising=False)
+    svc = service(cstudio)
+    with pytest.raises(ModelLoadError, match=r"not in the local Hub cache, and the Hub \(http://127.0.0.1:\d+\) "
+                                             r"cannot be reached from this machine"):
+        svc.generate(fast(control=ControlRequest("canny", reference(), model="someone/not-cached-net")), save=False)
+    with pytest.raises(ModelLoadError, match=r"depth model 'someone/not-cached-depth'.*cannot be reached"):
+        controls(cstudio).depth("someone/not-cached-depth")
+    assert models.hub_unavailable(probe_hub=lambda: True) is None     # a reachable Hub lets loads try
+
+
 def test_png_names_the_controlnet_and_the_saved_control_image_restores_it(cstudio, control_models):
     svc = service(cstudio)
     result = svc.generate(with_control(control_models, scale=0.8, start=0.25))

@@ -19,7 +19,7 @@ import numpy as np
 
 from dreamshot.errors import ModelLoadError
 from dreamshot.generate.loras import file_sha256
-from dreamshot.models import hub_offline
+from dreamshot.models import hub_unavailable
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_DINO = "facebook/dino-vits16"
@@ -55,9 +55,9 @@ def resolve(spec: str, what: str) -> tuple[str, str]:
     if isinstance(cached, str):
         snapshot = Path(cached).parent
         return str(snapshot), f"{spec}@{snapshot.name}"
-    if hub_offline():
-        raise ModelLoadError(f"The {what} model {spec!r} is not in the local Hugging Face cache and the Hub is "
-                             "offline (HF_HUB_OFFLINE): download it once, or give a local folder.")
+    if why := hub_unavailable():
+        raise ModelLoadError(f"The {what} model {spec!r} is not in the local Hugging Face cache and {why}: "
+                             "download it once, or give a local folder.")
     return spec, spec
 
 

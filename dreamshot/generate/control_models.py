@@ -13,7 +13,7 @@ from dreamshot.generate.control import (
     DEFAULT_CONTROLNETS, DEFAULT_DEPTH_MODEL, DEMO, DEPTH_ENV, LEGACY_ENV, control_map, env_name, fit, setting_key,
 )
 from dreamshot.generate.request import ControlRequest
-from dreamshot.models import HUB_ID, hub_offline
+from dreamshot.models import HUB_ID, hub_unavailable
 
 
 def _local_or_cached(source: str, marker: str) -> str | None:
@@ -32,9 +32,9 @@ def _local_or_cached(source: str, marker: str) -> str | None:
     return str(Path(found).parent) if isinstance(found, str) else None
 
 
-def _missing(what: str, source: str, fix: str) -> ModelLoadError:
+def _missing(what: str, source: str, fix: str, why: str | None = None) -> ModelLoadError:
     where = "this folder does not hold one" if Path(source).expanduser().exists() else \
-        "it is not a folder here and not in the local Hub cache" + (" (HF_HUB_OFFLINE is set)" if hub_offline() else "")
+        "it is not a folder here and not in the local Hub cache" + (f", and {why}" if why else "")
     return ModelLoadError(f"The {what} {source!r} is not available: {where}. {fix}")
 
 
@@ -96,8 +96,8 @@ class ControlModels:
             folder = _local_or_cached(source, "config.json")
             fix = ("Give a local diffusers ControlNet folder (--controlnet DIR, or DREAMSHOT_CONTROLNET_<KIND>), "
                    "or run once with Hub access to cache it.")
-            if folder is None and hub_offline():
-                raise _missing("ControlNet", source, fix)
+            if folder is None and (why := hub_unavailable()):
+                raise _missing("ControlNet", source, fix, why)
             try:
                 net = ControlNetModel.from_pretrained(folder or source, local_files_only=folder is not None,
                                                       dtype=unet.dtype)  # fp16 on a GPU straight from disk
@@ -138,8 +138,8 @@ class ControlModels:
         folder = _local_or_cached(source, "config.json")
         fix = (f"Set {DEPTH_ENV} to a local transformers depth-estimation folder (e.g. a copy of "
                f"{DEFAULT_DEPTH_MODEL}), or run once with Hub access to cache it.")
-        if folder is None and hub_offline():
-            raise _missing("depth model", source, fix)
+        if folder is None and (why := hub_unavailable()):
+            raise _missing("depth model", source, fix, why)
         try:
             processor = AutoImageProcessor.from_pretrained(folder or source, local_files_only=folder is not None)
             model = AutoModelForDepthEstimation.from_pretrained(folder or source, local_files_only=folder is not None)
