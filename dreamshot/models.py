@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -121,24 +120,16 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-_PROBE_TTL_S = 60.0
-_probe = {"at": float("-inf"), "reachable": False}
-_probe_lock = threading.Lock()
-
-
 def hub_unavailable(*, probe_hub=None) -> str | None:
     """Why a model that is neither a folder here nor in the local Hub cache cannot be downloaded now
-    ("HF_HUB_OFFLINE is set", "the Hub cannot be reached"), or None when it can. Loaders ask this
-    before ``from_pretrained``, which would otherwise spend minutes on retries without a network.
-    The probe (3 s at most) is remembered for a minute."""
+    ("HF_HUB_OFFLINE is set", "the Hub … cannot be reached"), or None when it can. Loaders ask this
+    before ``from_pretrained``, which would otherwise spend a minute or more on retries without a
+    network; the probe takes 3 s at most."""
     if hub_offline():
         return "HF_HUB_OFFLINE is set"
-    with _probe_lock:
-        if probe_hub is not None or time.monotonic() - _probe["at"] > _PROBE_TTL_S:
-            _probe.update(at=time.monotonic(), reachable=(probe_hub or _hub_reachable)())
-        reachable = _probe["reachable"]
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    return None if reachable else f"the Hub ({endpoint}) cannot be reached from this machine"
+    if (probe_hub or _hub_reachable)():
+        return None
+    return f"the Hub ({os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}) cannot be reached from this machine"
 
 
 def _hub_cached(repo_id: str) -> str | None:

@@ -165,7 +165,6 @@ def test_models_missing_when_the_hub_cannot_be_reached_are_refused_at_once(cstud
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")   # nothing listens there
-    monkeypatch.setattr(models, "_probe", {"at": float("-inf"), "reachable": False}, raising=False)
     svc = service(cstudio)
     with pytest.raises(ModelLoadError, match=r"not in the local Hub cache, and the Hub \(http://127.0.0.1:\d+\) "
                                              r"cannot be reached from this machine"):

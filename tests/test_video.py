@@ -200,6 +200,17 @@ def test_bad_requests_get_clear_messages(vstudio, video_models):
         clip(vstudio, "/no/such/adapter")
 
 
+def test_a_motion_adapter_not_cached_while_the_hub_cannot_be_reached_says_so(monkeypatch):
+    from dreamshot.video.clip import load_motion_adapter
+    from tests.conftest import free_port
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")   # nothing listens there
+    with pytest.raises(ModelLoadError, match=r"'someone/not-cached-adapter' \(\w+; it is not in the local Hub "
+                                             r"cache and the Hub \(http://127.0.0.1:\d+\) cannot be reached"):
+        load_motion_adapter("someone/not-cached-adapter", None)
+
+
 def test_schedules():
     assert schedule.schedule(5) == [0, 0.25, 0.5, 0.75, 1]
     assert schedule.schedule(5, keyframes="1:0, 3:1") == [0, 0, 0.5, 1, 1]

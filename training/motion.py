@@ -117,10 +117,9 @@ class MotionTrainer(Trainer):
         """The base UNet + the motion adapter as a UNetMotionModel (all frozen), LoRA on its spatial layers."""
         from diffusers import UNetMotionModel
 
-        from dreamshot.models import hub_unavailable
         from dreamshot.video.clip import load_motion_adapter, quiet
 
-        adapter = load_motion_adapter(self.adapter_source, self.parts.unet, offline=hub_unavailable() is not None)
+        adapter = load_motion_adapter(self.adapter_source, self.parts.unet)
         with quiet():
             motion = UNetMotionModel.from_unet2d(self.parts.unet, adapter)
             motion.requires_grad_(False)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput, ModelLoadError
+from dreamshot.models import hub_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,20 @@ def camera_source(models_dir: Path, move: str) -> str:
     return str(local) if local.is_dir() else CAMERA_REPO.format(move=move)
 
 
-def load_motion_adapter(source: str, base_unet, *, offline: bool):
+def _why_not_downloadable(source: str) -> str | None:
+    """None when ``source`` is in the local Hub cache or can be downloaded now, else why not (the
+    question is asked only for a Hub id that is not cached: a probe of 3 s at most)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(source, "config.json"), str):
+            return None
+    except Exception:  # not a valid Hub id: from_pretrained says so
+        return None
+    return hub_unavailable()
+
+
+def load_motion_adapter(source: str, base_unet):
     """A MotionAdapter on the base UNet's device and dtype; ModelLoadError with the fix when missing."""
     import torch
     from diffusers import MotionAdapter
@@ -57,13 +71,15 @@ def load_motion_adapter(source: str, base_unet, *, offline: bool):
         adapter = demo_motion_adapter(base_unet)
     else:
         local = Path(source).expanduser()
+        why = None if local.exists() else _why_not_downloadable(source)
         try:
             with quiet():
                 adapter = MotionAdapter.from_pretrained(str(local) if local.exists() else source,
-                                                        local_files_only=local.exists() or offline)
+                                                        local_files_only=local.exists() or why is not None)
         except Exception as exc:
             raise ModelLoadError(
-                f"Cannot load the motion adapter {source!r} ({exc.__class__.__name__}). Give a local "
+                f"Cannot load the motion adapter {source!r} ({exc.__class__.__name__}"
+                + (f"; it is not in the local Hub cache and {why}" if why else "") + "). Give a local "
                 f"diffusers folder or a Hub id reachable from here (Motion adapter field, --motion-adapter; "
                 f"default {DEFAULT_MOTION_ADAPTER}); the demo model can use 'demo'.") from None
     channels = tuple(base_unet.config.block_out_channels)

@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput
-from dreamshot.models import hub_unavailable
 from dreamshot.video import base, clip as clips, frame_lora, media, schedule
 
 log = logging.getLogger(__name__)
@@ -119,8 +118,7 @@ class VideoService:
         with self._lock:
             if self._motion is None or source != self._adapter_source:
                 pipe = base.base_pipeline(self.studio)
-                offline = hub_unavailable() is not None
-                adapter = clips.load_motion_adapter(source, pipe.unet, offline=offline)
+                adapter = clips.load_motion_adapter(source, pipe.unet)
                 self._motion = clips.motion_pipeline(pipe, adapter)
                 self._loras = frame_lora.FrameLoras(self._motion.unet)
                 self._adapter_source = source
