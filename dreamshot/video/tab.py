@@ -132,7 +132,8 @@ def _restyle_section(h: VideoHandlers):
         with gr.Row():
             with gr.Column():
                 video = gr.Video(label="Input video", sources=["upload"], elem_id="vid-restyle-in")
-                prompt = gr.Textbox(value="a cinematic film still", label="Prompt (caption of the new look; empty = 'a cinematic film still')")
+                prompt = gr.Textbox(value="a cinematic film still",
+                                    label="Prompt (caption of the new look; empty = 'a cinematic film still')")
                 with gr.Row():
                     shot = gr.Dropdown(h.lora_choices(), value=NONE, label="Shot LoRA", allow_custom_value=True)
                     alpha = gr.Slider(0, 1.5, value=1.0, step=0.05, label="α")
