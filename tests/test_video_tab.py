@@ -64,6 +64,20 @@ def test_restyle_handler(vstudio):
         h.restyle(RestyleForm())
 
 
+def test_restyle_takes_the_advanced_settings_of_the_tab(vstudio):
+    """Sampler, steps, CFG and negative prompt reach the restyle (the tab had none; it always ran DDIM,
+    16 steps, CFG 6) and are stored with it."""
+    h = VideoHandlers(vstudio)
+    h.restyle(RestyleForm(video=str(gradio_videos() / "b.mp4"), max_frames=2, size=64, seed="3",
+                          negative="blurry", sampler="Euler a", steps=2, cfg=3.5))
+    stored = sorted((vstudio.settings.data_dir / "outputs").rglob("restyle.json"), key=lambda p: p.stat().st_mtime)
+    settings = json.loads(stored[-1].read_text())["settings"]
+    assert (settings["sampler"], settings["steps"], settings["cfg"], settings["negative"]) == ("Euler a", 2, 3.5,
+                                                                                                "blurry")
+    with pytest.raises(InvalidInput, match="Steps"):
+        h.restyle(RestyleForm(video=str(gradio_videos() / "b.mp4"), max_frames=2, size=64, steps=2.5))
+
+
 def test_a_stopped_restyle_says_how_far_it_got_and_resumes_from_the_form(vstudio):
     """Stop (same owner) during a restyle: the handler answers with the frames done instead of an error,
     and pressing Restyle again with the form unchanged (seed -1) resumes them."""

@@ -116,6 +116,10 @@ class RestyleForm:
     seed: str = "-1"
     max_frames: int = 48
     size: int = 512
+    negative: str = ""
+    sampler: str = "DDIM"
+    steps: int = 16
+    cfg: float = 6.0
 
     @classmethod
     def fields(cls) -> list[str]:
@@ -193,7 +197,9 @@ class VideoHandlers:
                              shot=_choice(form.shot), alpha=_num(form.alpha, 1.0, "α"), control=form.control or "none",
                              strength=_num(form.strength, 0.6, "Denoising strength"),
                              seed_policy=form.seed_policy or "fixed", seed=_num(form.seed, -1, "Seed", int),
-                             width=size, height=size, max_frames=max_frames or None)
+                             width=size, height=size, max_frames=max_frames or None,
+                             negative_prompt=form.negative or "", sampler=form.sampler or "DDIM",
+                             steps=_num(form.steps, 16, "Steps", int), cfg=_num(form.cfg, 6.0, "CFG"))
         svc = self.svc
         try:
             with svc.gen.job(owner, progress=progress) as job:

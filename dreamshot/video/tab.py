@@ -147,6 +147,12 @@ def _restyle_section(h: VideoHandlers):
                 with gr.Row():
                     max_frames = gr.Number(value=48, precision=0, minimum=0, label="Max frames (0 = all)")
                     size = gr.Slider(64, 1024, value=512, step=8, label="Long side (px)")
+                with gr.Accordion("Advanced settings", open=False):
+                    negative = gr.Textbox(label="Negative prompt")
+                    sampler = gr.Dropdown(list(SAMPLERS), value="DDIM", label="Sampler")
+                    with gr.Row():
+                        steps = gr.Slider(1, 100, value=16, step=1, label="Steps", elem_id="vid-restyle-steps")
+                        cfg = gr.Slider(1, 30, value=6, step=0.5, label="CFG scale")
                 with gr.Row():
                     go = gr.Button("Restyle", variant="primary", elem_id="vid-restyle-go")
                     stop = gr.Button("Stop (run again to resume)", variant="stop", elem_id="vid-restyle-stop")
@@ -156,7 +162,8 @@ def _restyle_section(h: VideoHandlers):
                                 interactive=False, elem_id="vid-metrics-plot")
                 summary = gr.Markdown(elem_id="vid-metrics")
                 metrics = gr.File(label="metrics.json", elem_id="vid-metrics-file")
-    return SimpleNamespace(form=[video, prompt, shot, alpha, control, strength, policy, seed, max_frames, size],
+    return SimpleNamespace(form=[video, prompt, shot, alpha, control, strength, policy, seed, max_frames, size,
+                                 negative, sampler, steps, cfg],
                            shot=shot, go=go, stop=stop, outputs=[out, plot, metrics, summary])
 
 
