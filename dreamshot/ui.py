@@ -81,6 +81,16 @@ def admin_name(studio, request: gr.Request | None) -> str:
 GENERATOR_FORMS = "base, lora@0.8, full@1, ti, ti+lora@0.6, name:<library name>@α, +canny/+depth"
 
 
+def job_owner(request: gr.Request | None) -> str:
+    """Whose generation a Stop may reach: the logged-in name (a reloaded page, or a second window,
+    is still that person), else the page session (every visitor of a password-less studio is an
+    admin with no name), else "api"."""
+    name = getattr(request, "username", None)
+    if name:
+        return f"user:{name}"
+    return getattr(request, "session_hash", None) or "api"
+
+
 def generator_dropdowns(elem_prefix: str, defaults: tuple[str, str], info_b: str) -> tuple:
     """Generator A and B side by side (ids ``<prefix>-gen-a`` / ``-gen-b``): the defaults until page load
     fills in what the library offers; free text is accepted too."""

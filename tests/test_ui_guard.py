@@ -211,3 +211,17 @@ def test_demo_model_is_built_once_by_concurrent_callers(tmp_path, monkeypatch):
     for th in threads:
         th.join()
     assert len(built) == 1 and len(results) == 4 and len(set(results)) == 1
+
+
+def test_a_logged_in_persons_stop_reaches_their_run_from_any_window():
+    """Generate and Video key running jobs by job_owner: a logged-in person keeps it across reloads and
+    windows (a Stop after a reload used to reach nothing); without a login, each page session is its own."""
+    from types import SimpleNamespace
+
+    from dreamshot.ui import job_owner
+
+    first = SimpleNamespace(username="Ada", session_hash="s1")
+    after_reload = SimpleNamespace(username="Ada", session_hash="s2")
+    assert job_owner(first) == job_owner(after_reload) != job_owner(SimpleNamespace(username="Bo", session_hash="s1"))
+    anonymous = [SimpleNamespace(username=None, session_hash=h) for h in ("s1", "s2")]
+    assert job_owner(anonymous[0]) != job_owner(anonymous[1]) and job_owner(None) == "api"

@@ -26,16 +26,12 @@ from dreamshot.generate.request import ALPHA_RANGE, MAX_IMAGES, MAX_SIDE, MAX_ST
 from dreamshot.generate.samplers import DEFAULT_SAMPLER, SAMPLERS
 from dreamshot.generate.storyboard import DEFAULT_ALPHAS
 from dreamshot.generate.tab_control import control_section
-from dreamshot.ui import admin_name, gpu, guarded
+from dreamshot.ui import admin_name, gpu, guarded, job_owner
 
 
 EXAMPLE_BOARD = ("long | a lighthouse on a cliff at dusk\n"
                  "medium | a fisherman mending a net on the pier\n"
                  "close | the fisherman's weathered face, looking at the sea")
-
-
-def owner(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "api"
 
 
 def reporter(progress):
@@ -64,7 +60,7 @@ def form_event(method, extra: tuple = (), *, check=None):
         if check is not None:
             check(request)
         form = GenerateForm(*values[:FORM_HEAD], *values[FORM_HEAD + n:])
-        return method(form, *values[FORM_HEAD:FORM_HEAD + n], owner=owner(request), progress=reporter(progress))
+        return method(form, *values[FORM_HEAD:FORM_HEAD + n], owner=job_owner(request), progress=reporter(progress))
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     # An endpoint's own inputs and the later fields default to None, so API callers may leave them out
@@ -243,7 +239,7 @@ def _stop_fn(h: GenerateHandlers):
     @guarded
     def stop(request: gr.Request):
         admin_name(h.studio, request)
-        return h.stop(owner(request))
+        return h.stop(job_owner(request))
     return stop
 
 

@@ -18,12 +18,8 @@ from dreamshot.video.base import SAMPLERS
 from dreamshot.video.clip import MAX_CLIP_FRAMES
 from dreamshot.video.handlers import NONE, ClipForm, RestyleForm, Shown, TransitionForm, VideoHandlers
 from dreamshot.video.service import MAX_FPS
-from dreamshot.ui import admin_name, gpu, guarded
+from dreamshot.ui import admin_name, gpu, guarded, job_owner
 
-
-
-def owner(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "api"
 
 
 def form_event(studio, method, forms: tuple):
@@ -41,7 +37,7 @@ def form_event(studio, method, forms: tuple):
             n = len(form.fields())
             objects.append(form(*values[i:i + n]))
             i += n
-        result = method(*objects, owner=owner(request),
+        result = method(*objects, owner=job_owner(request),
                         progress=lambda fraction, text: progress(fraction, desc=text))
         return (result.video, result.gif, result.info, result.parameters) if isinstance(result, Shown) else result
 
@@ -189,7 +185,7 @@ def build(studio, demo: gr.Blocks) -> None:
     @guarded
     def stop(request: gr.Request):
         admin_name(studio, request)
-        return h.stop(owner(request))
+        return h.stop(job_owner(request))
 
     f.stop.click(stop, None, r.info, api_name="video_stop", concurrency_limit=None, cancels=clips)
     f.reuse.click(guarded(h.seed_of), r.params, f.seed, api_visibility="private")
