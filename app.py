@@ -188,6 +188,15 @@ def warm_up() -> None:
         # First the libraries, under the process-wide import lock: a request arriving meanwhile
         # waits for them (dreamshot.ui.guarded) instead of seeing a half-imported module.
         import_libraries()
+        import diffusers
+        import huggingface_hub
+        import transformers
+
+        # Loading bars ("Loading pipeline components", "Writing model shards") say nothing in a server's
+        # log; downloads (huggingface_hub's bars) still show.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.enable_progress_bars()   # (transformers' call turned these off too)
         status = studio.model_status()
         log.info("base model: %s%s", status.source, " (untrained demo model)" if status.is_demo else "")
         studio.models.pipeline()

@@ -94,8 +94,22 @@ def redact_stderr() -> None:
         sys.stderr = _RedactingStream(sys.stderr)
 
 
+class KnownNoise(logging.Filter):
+    """Drops library warnings that are expected on this stack and that nobody can act on: transformers'
+    "`CLIPImageProcessor` requires torchvision (not installed); falling back to …Pil" (the studio does
+    without torchvision on purpose: README, *Why no torchvision*)."""
+
+    LOGGER = "transformers.utils.import_utils"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
 def configure_logging(secrets: list[str] | None = None, level: int = logging.INFO) -> None:
-    """Root logging with secret redaction on every handler; idempotent."""
+    """Root logging with secret redaction on every handler, known library noise dropped; idempotent."""
+    noisy = logging.getLogger(KnownNoise.LOGGER)   # the logger transformers will use (same object)
+    if not any(isinstance(f, KnownNoise) for f in noisy.filters):
+        noisy.addFilter(KnownNoise())
     import os
 
     secrets = list(secrets or []) + [os.environ.get("HF_TOKEN", ""), os.environ.get("HUGGING_FACE_HUB_TOKEN", "")]

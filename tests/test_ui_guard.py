@@ -225,3 +225,23 @@ def test_a_logged_in_persons_stop_reaches_their_run_from_any_window():
     assert job_owner(first) == job_owner(after_reload) != job_owner(SimpleNamespace(username="Bo", session_hash="s1"))
     anonymous = [SimpleNamespace(username=None, session_hash=h) for h in ("s1", "s2")]
     assert job_owner(anonymous[0]) != job_owner(anonymous[1]) and job_owner(None) == "api"
+
+
+def test_known_library_noise_is_dropped_and_nothing_else():
+    """transformers' "requires torchvision (not installed)" fallback warning (expected on this stack,
+    README: Why no torchvision) is dropped from the logs; every other warning of that logger stays."""
+    from dreamshot import safety
+
+    safety.configure_logging()
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log = logging.getLogger("transformers.utils.import_utils")
+    log.addHandler(handler)
+    try:
+        log.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+                    "`CLIPImageProcessorPil` for backward compatibility.")
+        log.warning("a warning worth reading")
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["a warning worth reading"]
