@@ -52,6 +52,16 @@ def form_event(studio, method, forms: tuple):
     return guarded(gpu(120)(event))
 
 
+def _sampling_fields(steps: int, cfg: float, elem_id: str) -> tuple:
+    """Negative prompt, sampler, steps and CFG (a clip's and a restyle's advanced settings)."""
+    negative = gr.Textbox(label="Negative prompt")
+    sampler = gr.Dropdown(list(SAMPLERS), value="DDIM", label="Sampler")
+    with gr.Row():
+        steps_field = gr.Slider(1, 100, value=steps, step=1, label="Steps", elem_id=elem_id)
+        cfg_field = gr.Slider(1, 30, value=cfg, step=0.5, label="CFG scale")
+    return negative, sampler, steps_field, cfg_field
+
+
 def _clip_form(h: VideoHandlers):
     with gr.Column(scale=3):
         prompt = gr.Textbox(label="Prompt (caption)", lines=2, elem_id="vid-prompt",
@@ -71,11 +81,7 @@ def _clip_form(h: VideoHandlers):
                 seed = gr.Textbox(value="-1", label="Seed (-1 = random)", max_lines=1, elem_id="vid-seed")
                 reuse = gr.Button("♻ Reuse the last clip's seed", size="sm", elem_id="vid-reuse-seed")
         with gr.Accordion("Advanced settings", open=False):
-            negative = gr.Textbox(label="Negative prompt")
-            sampler = gr.Dropdown(list(SAMPLERS), value="DDIM", label="Sampler")
-            with gr.Row():
-                steps = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="vid-steps")
-                cfg = gr.Slider(1, 30, value=7.5, step=0.5, label="CFG scale")
+            negative, sampler, steps, cfg = _sampling_fields(steps=20, cfg=7.5, elem_id="vid-steps")
             with gr.Row():
                 width = gr.Slider(64, 1024, value=512, step=8, label="Width", elem_id="vid-width")
                 height = gr.Slider(64, 1024, value=512, step=8, label="Height", elem_id="vid-height")
@@ -144,11 +150,7 @@ def _restyle_section(h: VideoHandlers):
                     max_frames = gr.Number(value=48, precision=0, minimum=0, label="Max frames (0 = all)")
                     size = gr.Slider(64, 1024, value=512, step=8, label="Long side (px)")
                 with gr.Accordion("Advanced settings", open=False):
-                    negative = gr.Textbox(label="Negative prompt")
-                    sampler = gr.Dropdown(list(SAMPLERS), value="DDIM", label="Sampler")
-                    with gr.Row():
-                        steps = gr.Slider(1, 100, value=16, step=1, label="Steps", elem_id="vid-restyle-steps")
-                        cfg = gr.Slider(1, 30, value=6, step=0.5, label="CFG scale")
+                    negative, sampler, steps, cfg = _sampling_fields(steps=16, cfg=6, elem_id="vid-restyle-steps")
                 with gr.Row():
                     go = gr.Button("Restyle", variant="primary", elem_id="vid-restyle-go")
                     stop = gr.Button("Stop (run again to resume)", variant="stop", elem_id="vid-restyle-stop")
