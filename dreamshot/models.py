@@ -132,15 +132,24 @@ def hub_unavailable(*, probe_hub=None) -> str | None:
     return f"the Hub ({os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}) cannot be reached from this machine"
 
 
-def _hub_cached(repo_id: str) -> str | None:
-    """The cached snapshot folder of repo_id if model_index.json is in the local Hub cache."""
+def hub_snapshot(repo_id: str, marker: str = "model_index.json") -> str | None:
+    """The cached snapshot folder of repo_id if ``marker`` (a file the model has) is in the local Hub
+    cache; None otherwise, and for a malformed id."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(repo_id, "model_index.json")
+        found = try_to_load_from_cache(repo_id, marker)
     except Exception:  # malformed id and the like
         return None
     return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def local_or_cached(source: str, marker: str) -> str | None:
+    """A folder holding ``source``: the path itself, or its snapshot in the local Hub cache."""
+    local = Path(source).expanduser()
+    if local.exists():
+        return str(local)
+    return hub_snapshot(source, marker) if HUB_ID.match(source) else None
 
 
 def check_sd1_folder(path: Path) -> None:
@@ -186,7 +195,7 @@ def choose(settings: Settings, *, probe_hub=_hub_reachable) -> ModelStatus:
         return ModelStatus(spec, str(path.resolve()), is_demo_model(path))
     if not HUB_ID.match(spec):
         return demo(f"{spec!r} is neither a local folder nor a Hub id like owner/name")
-    if _hub_cached(spec) or (not hub_offline() and probe_hub()):
+    if hub_snapshot(spec) or (not hub_offline() and probe_hub()):
         return ModelStatus(spec, spec, False)
     if hub_offline():
         return demo(f"{spec!r} is not in the local Hub cache and HF_HUB_OFFLINE is set")

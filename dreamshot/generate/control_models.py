@@ -13,23 +13,7 @@ from dreamshot.generate.control import (
     DEFAULT_CONTROLNETS, DEFAULT_DEPTH_MODEL, DEMO, DEPTH_ENV, LEGACY_ENV, control_map, env_name, fit, setting_key,
 )
 from dreamshot.generate.request import ControlRequest
-from dreamshot.models import HUB_ID, hub_unavailable
-
-
-def _local_or_cached(source: str, marker: str) -> str | None:
-    """A folder holding ``source``: the path itself, or its snapshot in the local Hub cache."""
-    local = Path(source).expanduser()
-    if local.exists():
-        return str(local)
-    if not HUB_ID.match(source):
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(source, marker)
-    except Exception:  # malformed id and the like
-        return None
-    return str(Path(found).parent) if isinstance(found, str) else None
+from dreamshot.models import hub_unavailable, local_or_cached
 
 
 def _missing(what: str, source: str, fix: str, why: str | None = None) -> ModelLoadError:
@@ -93,7 +77,7 @@ class ControlModels:
         if source == DEMO:
             net = demo_controlnet(self.studio.models.status.source)
         else:
-            folder = _local_or_cached(source, "config.json")
+            folder = local_or_cached(source, "config.json")
             fix = ("Give a local diffusers ControlNet folder (--controlnet DIR, or DREAMSHOT_CONTROLNET_<KIND>), "
                    "or run once with Hub access to cache it.")
             if folder is None and (why := hub_unavailable()):
@@ -135,7 +119,7 @@ class ControlModels:
         import_libraries()
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation, pipeline
 
-        folder = _local_or_cached(source, "config.json")
+        folder = local_or_cached(source, "config.json")
         fix = (f"Set {DEPTH_ENV} to a local transformers depth-estimation folder (e.g. a copy of "
                f"{DEFAULT_DEPTH_MODEL}), or run once with Hub access to cache it.")
         if folder is None and (why := hub_unavailable()):

@@ -228,6 +228,13 @@ class GenerationService:
     def cancel(self, owner: str) -> int:
         return self.jobs.cancel(owner)
 
+    def busy(self) -> bool:
+        """Whether a generation holds the model now (an RLock has no ``locked()`` before Python 3.13)."""
+        if self.lock.acquire(blocking=False):
+            self.lock.release()
+            return False
+        return True
+
     @contextmanager
     def _locked(self, job: Job, fraction: float):
         if not self.lock.acquire(blocking=False):
@@ -369,14 +376,12 @@ class GenerationService:
 
 def _unet_hash(source: str) -> str | None:
     """sha256[:10] of the UNet weights file of a local folder or a cached Hub snapshot."""
-    folder = Path(source)
-    if not folder.exists():
-        from dreamshot.models import _hub_cached
+    from dreamshot.models import local_or_cached
 
-        cached = _hub_cached(source)
-        folder = Path(cached) if cached else None
-    if folder is None:
+    found = local_or_cached(source, "model_index.json")
+    if found is None:
         return None
+    folder = Path(found)
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
         path = folder / "unet" / name
         if path.is_file():

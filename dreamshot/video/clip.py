@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput, ModelLoadError
-from dreamshot.models import hub_unavailable
+from dreamshot.models import HUB_ID, hub_unavailable, local_or_cached
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +49,6 @@ def camera_source(models_dir: Path, move: str) -> str:
     return str(local) if local.is_dir() else CAMERA_REPO.format(move=move)
 
 
-def _why_not_downloadable(source: str) -> str | None:
-    """None when ``source`` is in the local Hub cache or can be downloaded now, else why not (the
-    question is asked only for a Hub id that is not cached: a probe of 3 s at most)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        if isinstance(try_to_load_from_cache(source, "config.json"), str):
-            return None
-    except Exception:  # not a valid Hub id: from_pretrained says so
-        return None
-    return hub_unavailable()
-
-
 def load_motion_adapter(source: str, base_unet):
     """A MotionAdapter on the base UNet's device and dtype; ModelLoadError with the fix when missing."""
     import torch
@@ -71,7 +58,9 @@ def load_motion_adapter(source: str, base_unet):
         adapter = demo_motion_adapter(base_unet)
     else:
         local = Path(source).expanduser()
-        why = None if local.exists() else _why_not_downloadable(source)
+        # Asked only for a Hub id neither here nor cached (a probe of 3 s at most); an invalid id is
+        # left to from_pretrained, which says so.
+        why = None if local_or_cached(source, "config.json") or not HUB_ID.match(source) else hub_unavailable()
         try:
             with quiet():
                 adapter = MotionAdapter.from_pretrained(str(local) if local.exists() else source,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput, ModelLoadError
-from dreamshot.models import HUB_ID, _hub_reachable, device_and_dtype
+from dreamshot.models import HUB_ID, _hub_reachable, device_and_dtype, hub_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,6 @@ def _local_folder(spec: str) -> Path | None:
     return None
 
 
-def _hub_cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:
-        return False
-
-
 def resolve_source(spec: str, *, models_dir: Path | None = None, probe_hub=_hub_reachable) -> tuple[str, bool]:
     """(source, is_local) for a captioner spec, or ModelLoadError saying why it cannot be loaded.
     ``demo`` is the tiny untrained BLIP-2, built once under ``models_dir``."""
@@ -95,7 +86,7 @@ def resolve_source(spec: str, *, models_dir: Path | None = None, probe_hub=_hub_
         return str(folder.resolve()), True
     if not HUB_ID.match(spec):
         raise ModelLoadError(f"cannot load captioner {spec!r}: neither a local folder nor a Hub id like owner/name.")
-    if _hub_cached(spec):
+    if hub_snapshot(spec, "config.json"):
         return spec, False
     if not probe_hub():
         raise ModelLoadError(f"cannot load captioner {spec}: not in the local cache and the Hub is unreachable.")
