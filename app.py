@@ -120,7 +120,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         def show_banner():
             # Only a change since the page was built reaches the page (a model that failed to load
             # fell back to the demo model); an unchanged banner is not sent again.
-            text = None if participants else studio.model_choice().banner_markdown()
+            text = studio.model_choice().banner_markdown()
             if text == banner_text:
                 return gr.skip()
             return gr.Markdown(value=text or "", visible=bool(text))
@@ -140,7 +140,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 "survey_only": studio.settings.survey_only,
             }
 
-        demo.load(show_banner, outputs=banner, api_visibility="private", show_progress="hidden")
+        if not participants:   # a survey-only page never shows the banner: nothing to refresh
+            demo.load(show_banner, outputs=banner, api_visibility="private", show_progress="hidden")
         gr.api(status, api_name="status")
     return demo
 

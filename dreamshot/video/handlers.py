@@ -42,14 +42,6 @@ def _num(value, default, label, kind=float):
     return int(number)
 
 
-def _busy(lock) -> bool:
-    """Whether another thread holds ``lock`` (an RLock has no ``locked()`` before Python 3.13)."""
-    if lock.acquire(blocking=False):
-        lock.release()
-        return False
-    return True
-
-
 def _choice(value) -> str | None:
     return None if value in (None, "", NONE) else str(value)
 
@@ -228,7 +220,7 @@ class VideoHandlers:
         gen = self.svc.gen
         if gen.cancel(owner):
             return "Stopped (a restyle keeps its finished frames)."
-        if _busy(gen.lock):      # e.g. a run started before this page was reloaded (a new session)
+        if gen.busy():      # e.g. a run started before this page was reloaded (a new session)
             return ("Nothing of yours is running on this page. The model is busy with another run (someone "
                     "else's, or one started before the page was reloaded); it finishes by itself.")
         return "Nothing is running."
