@@ -255,8 +255,9 @@ def test_evaluation_of_an_embedding_against_a_lora_with_controlnet(eval_studio, 
         assert "<lora:close:0.8>" in b_text and 'ControlNet 0: "Module: canny' in b_text
         if rec["ablation"]:       # no shot words in the prompt: no token either
             assert a_text.startswith(rec["prompt"] + "\n")
-        else:                     # the token where the shot words stand; CLIP-T scores the words
-            assert a_text.startswith(rec["prompt"].replace("close shot", token) + "\n")
+        else:                     # the token where the shot words stand; CLIP-T scores the words. The PNG
+            # writes it as A1111 names the embedding (its file close-ti.safetensors), so it works there (#22)
+            assert a_text.startswith(rec["prompt"].replace("close shot", "close-ti") + "\n")
     assert res["generators"]["a"]["per_shot"]["close"]["token"] == token
     assert res["alpha_curve"] and "B = LoRA α=0.8 +canny)" in report.markdown(res)
 
@@ -278,7 +279,8 @@ def test_survey_of_an_embedding_against_base_with_controlnet(gen_studio, tmp_pat
         assert row.frame_id is not None and row.meta["generators"]["b"]["prompt"] == row.prompt.replace(
             "close shot", token)
         assert 'ControlNet 0: "Module: canny' in row.base_parameters and "TI hashes" not in row.base_parameters
-        assert row.lora_parameters.startswith(row.meta["generators"]["b"]["prompt"] + "\n")
+        # the PNG text names the embedding as A1111 does (after its file, close-ti.safetensors) (#22)
+        assert row.lora_parameters.startswith(row.meta["generators"]["b"]["prompt"].replace(token, "close-ti") + "\n")
         assert 'TI hashes: "close-ti:' in row.lora_parameters and "ControlNet" not in row.lora_parameters
     assert "| question | % Base +canny (A) | % TI (B) |" in survey_results.results(gen_studio, "ti-cn").markdown()
 

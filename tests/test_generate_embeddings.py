@@ -121,11 +121,18 @@ def test_generate_with_an_embedding_params_and_read_back(studio, ti_file):
     assert np.array_equal(again, base)                                        # other prompts: unchanged
     text = pngmeta.read_parameters(result.images[0].path)
     params = pngmeta.parse_parameters(text)
-    assert params.prompt == result.prompt and params.ti_hashes == {"close_ti": info.short_hash}
+    # written as AUTOMATIC1111 names the embedding (after its file, close_ti.safetensors), so the PNG's
+    # prompt triggers it there; the studio reads it back to its own token (#22)
+    assert params.prompt == "a high-quality close_ti picture of a woman reading a letter"
+    assert params.ti_hashes == {"close_ti": info.short_hash}
     assert params.methods == {"close_ti": "ti"} and params.loras == []
     req, notes = svc.request_from_parameters(text)
     assert notes == [] and req.embedding == "close_ti" and req.prompt == CAPTION and req.use_template
     assert np.array_equal(pixels(svc.generate(req)), pixels(result))
+    typed = svc.generate(fast("a <close-shot> woman", use_template=False, embedding="close_ti", seed=4))
+    assert pngmeta.parse_parameters(typed.images[0].parameters).prompt == "a close_ti woman"
+    req, notes = svc.request_from_parameters(typed.images[0].parameters)
+    assert (req.prompt, req.embedding, notes) == ("a <close-shot> woman", "close_ti", [])
     LoraLibrary(studio).remove("close_ti")
     req, notes = svc.request_from_parameters(text)
     assert req.embedding is None and notes == ["Embedding 'close_ti' is not in this studio's library; it was left out."]
@@ -145,7 +152,7 @@ def test_a_changed_file_of_the_same_name_is_reloaded(studio, tmp_path):
     two = svc.generate(fast(embedding="close_ti"))                            # no "token already in vocabulary"
     assert torch.equal(token_rows(svc, "<close-shot>", 3), read_vectors(second.path))
     assert np.abs(pixels(two) - one).max() > 0
-    assert f"close_ti: {second.short_hash}" in two.images[0].parameters
+    assert f"v2: {second.short_hash}" in two.images[0].parameters     # as A1111 names it: after its file
 
 
 def test_two_embeddings_of_one_token_in_one_call(studio, tmp_path):

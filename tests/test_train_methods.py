@@ -71,10 +71,11 @@ def test_method_settings_defaults_and_flags(tmp_path):
     from training.__main__ import build_parser
 
     ti = tconfig.preset("smoke", method="ti", shot="close").validate()
-    assert (ti.placeholder, ti.initializer, ti.learning_rate) == ("<close-shot>", "close", 5e-3)
-    assert ti.prompts()[0] == "a high-quality <close-shot> picture of a woman in a red coat standing in the rain"
+    # the default token is a plain word, the embedding file's name, so A1111 and ComfyUI take it as is (#22)
+    assert (ti.placeholder, ti.initializer, ti.learning_rate) == ("close-shot", "close", 5e-3)
+    assert ti.prompts()[0] == "a high-quality close-shot picture of a woman in a red coat standing in the rain"
     phrase = tconfig.TrainConfig(shot="close_up", shot_phrase="close-up shot", method="ti")
-    assert (phrase.placeholder, phrase.initializer) == ("<close_up-shot>", "close-up")
+    assert (phrase.placeholder, phrase.initializer) == ("close_up-shot", "close-up")
     assert tconfig.preset("paper", method="full").learning_rate == 5e-6
     assert tconfig.preset("paper").learning_rate == 1e-4 and tconfig.preset("paper").method == "lora"
 
@@ -124,18 +125,19 @@ def test_textual_inversion_learns_only_its_token_and_loads_in_diffusers(tmp_path
     trainer = TextualInversionTrainer(smoke(imagefolder, demo_model_dir, out, method="ti", num_vectors=2,
                                             max_steps=3, learning_rate=0.05, validation_steps=2))
     result = trainer.run()
-    assert result.status == "done" and result.files == {"embedding": "dreamshot-close.safetensors"}
+    # the file is named after the token: AUTOMATIC1111 names an embedding after its file (#22)
+    assert result.status == "done" and result.files == {"embedding": "close-shot.safetensors"}
     done = events(out)[-1]
-    assert done["event"] == "done" and done["method"] == "ti" and done["token"] == "<close-shot>"
+    assert done["event"] == "done" and done["method"] == "ti" and done["token"] == "close-shot"
     validation = [e for e in events(out) if e["event"] == "validation"]
-    assert validation and "<close-shot>" in validation[0]["prompts"][0]
+    assert validation and "close-shot" in validation[0]["prompts"][0]
 
-    path = out / "dreamshot-close.safetensors"
+    path = out / "close-shot.safetensors"
     with safe_open(str(path), "pt") as fh:
         keys, meta, rows = list(fh.keys()), fh.metadata(), fh.get_tensor("emb_params")
     assert keys == ["emb_params"] and tuple(rows.shape) == (2, 32)
     assert (meta["token"], meta["shot"], meta["method"], meta["init_word"], meta["steps"]) == (
-        "<close-shot>", "close", "ti", "close", "3")
+        "close-shot", "close", "ti", "close", "3")
     assert meta["base_model"] == str(demo_model_dir) and len(meta["dataset_hash"]) == 64
     assert not list(out.glob(".*partial"))
 
@@ -150,12 +152,12 @@ def test_textual_inversion_learns_only_its_token_and_loads_in_diffusers(tmp_path
 
     # diffusers reads the file: the token's prompt embedding is the trainer's, and it changes the image.
     pipe = pipeline(demo_model_dir)
-    prompt = PROMPT.format("<close-shot>")
-    pipe.load_textual_inversion(str(path), token="<close-shot>")
-    without = image(pipe, prompt.replace("<close-shot> ", ""))
+    prompt = PROMPT.format("close-shot")
+    pipe.load_textual_inversion(str(path), token=path.stem)      # the file name is the token
+    without = image(pipe, prompt.replace("close-shot ", ""))
     ids = pipe.tokenizer(pipe.maybe_convert_prompt(prompt, pipe.tokenizer), padding="max_length", max_length=77,
                          return_tensors="pt").input_ids
-    assert (ids == pipe.tokenizer.convert_tokens_to_ids("<close-shot>_1")).any()
+    assert (ids == pipe.tokenizer.convert_tokens_to_ids("close-shot_1")).any()
     with torch.no_grad():
         mine = trainer.accelerator.unwrap_model(trainer.text_encoder)(ids)[0]
         theirs = pipe.text_encoder(ids)[0]
@@ -174,7 +176,7 @@ def test_textual_inversion_resume_continues_the_same_embedding(tmp_path, imagefo
     assert (out / "checkpoints" / "checkpoint-2" / "embedding_state.safetensors").is_file()
     second = train(cfg, resume="latest")
     assert second.status == "done" and second.losses == whole.losses[2:]
-    name = "dreamshot-close.safetensors"
+    name = "close-shot.safetensors"     # named after its token (#22)
     assert load_file(str(out / name))["emb_params"].equal(load_file(str(tmp_path / "whole" / name))["emb_params"])
 
 
@@ -325,15 +327,15 @@ def test_runner_puts_each_method_in_the_library_and_the_history(studio, tmp_path
 
     library = {e.name: e for e in LoraLibrary(studio).list()}
     emb, full = (library[made[m].name] for m in ("ti", "full"))
-    assert (emb.kind, emb.method, emb.token, emb.format) == ("embedding", "ti", "<close-shot>", "a1111")
-    assert emb.path == made["ti"].output_dir / f"{made['ti'].name}.safetensors"
+    assert (emb.kind, emb.method, emb.token, emb.format) == ("embedding", "ti", "close-shot", "a1111")
+    assert emb.path == made["ti"].output_dir / "close-shot.safetensors" and emb.a1111_name == "close-shot"
     assert (full.kind, full.method, full.format) == ("lora", "full", "kohya")
     assert full.meta["rank"] == 8 and 0 < full.meta["mean_error"] <= full.meta["max_error"]
     assert full.meta["delta_file"].endswith("unet_delta.safetensors")
     assert runs["full"].result["extraction"]["layers"] == 79
     assert f"<b>#{made['ti'].id} close</b> · TI · done" in views.bar_html(runner.progress(made["ti"].id))
     rows = {row[0]: row[5] for row in views.history_rows(runner.list_runs())}
-    assert rows[made["ti"].id].startswith("TI <close-shot> ×2 · smoke · lr 0.005")
+    assert rows[made["ti"].id].startswith("TI close-shot ×2 · smoke · lr 0.005")
     assert rows[made["full"].id].startswith("Full (adamw) → LoRA r8 · smoke")
 
 

@@ -68,9 +68,10 @@ class TrainConfig:
     train_text_encoder: bool = _f(False, "also train a LoRA on the text encoder (disables the text-embedding cache)")
     text_encoder_lr: float = _f(0.0, "text-encoder learning rate (0: same as --learning-rate)", lo=0, hi=1)
     # ---- textual inversion (--method ti) ------------------------------------------------------
-    token: str = _f("", "the learned token (default <SHOT-shot>, e.g. <close-shot>)")
+    token: str = _f("", "the learned token (default SHOT-shot, e.g. close-shot: the embedding file's name, "
+                     "which AUTOMATIC1111 and ComfyUI use as its token)")
     init_word: str = _f("", "word(s) the token's vectors start from (default: the shot words, e.g. close)")
-    num_vectors: int = _f(1, "vectors per token (<close-shot>, <close-shot>_1, ...)", lo=1, hi=32)
+    num_vectors: int = _f(1, "vectors per token (close-shot, close-shot_1, ...)", lo=1, hi=32)
     # ---- full fine-tune (--method full) -------------------------------------------------------
     extract_rank: int = _f(64, "rank of the LoRA extracted from the fine-tuned UNet", lo=1, hi=4096)
     freeze_non_lora: bool = _f(False, "freeze what a LoRA cannot carry (biases, norms, conv_in/out, time "
@@ -127,8 +128,11 @@ class TrainConfig:
 
     @property
     def placeholder(self) -> str:
-        """Textual inversion's token, e.g. ``<close-shot>``."""
-        return self.token or f"<{self.shot}-shot>"
+        """Textual inversion's token, e.g. ``close-shot``: a plain word, so that the embedding file
+        named after it (``close-shot.safetensors``) is triggered by the same word in AUTOMATIC1111
+        (which names an embedding after its file), ComfyUI (``embedding:close-shot``) and diffusers.
+        Runs before issue 22 used ``<close-shot>``; their library entries keep their token."""
+        return self.token or f"{self.shot}-shot"
 
     @property
     def prompt_phrase(self) -> str:
@@ -203,7 +207,7 @@ class TrainConfig:
                        + ("the token's embedding)." if self.method == "ti" else "the UNet)."))
         if self.method == "ti":
             if not _TOKEN.match(self.placeholder):
-                out.append("--token must be 2-48 characters without spaces or commas, like <close-shot>.")
+                out.append("--token must be 2-48 characters without spaces or commas, like close-shot.")
             if not self.initializer:
                 out.append("--init-word is needed (a word the token starts from, e.g. close).")
         return out

@@ -2,8 +2,10 @@
 
 - diffusers/PEFT ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights(path)``), with the
   alpha / rank scale baked into the up weights so it loads right with or without its metadata;
-- kohya ``<name>.safetensors`` for AUTOMATIC1111 / ComfyUI / kohya_ss: ``lora_unet_*`` /
-  ``lora_te_*`` keys, one ``alpha`` tensor per module (= LoRA alpha) and ``ss_*`` training metadata.
+- kohya ``<name>.safetensors`` for AUTOMATIC1111 / ComfyUI / kohya_ss: ``lora_unet_<module>`` /
+  ``lora_te_text_model_encoder_layers_<N>_...`` keys (``kohya_key``) with ``.lora_down.weight``,
+  ``.lora_up.weight`` and one ``.alpha`` tensor per module (= LoRA alpha), and ``ss_*`` training
+  metadata. (Checked with those tools' own loaders: ``benchmarks/interop_check.py``.)
 
 Every file is written under a temporary name and renamed when complete, so a crash never leaves a
 half-written LoRA with a final name.
@@ -37,6 +39,19 @@ def lora_state(unet, text_encoder=None) -> dict:
         if model is not None:
             part = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
             out.update({f"{prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in part.items()})
+    return out
+
+
+def peft_state(unet, text_encoder=None) -> dict:
+    """The LoRA weights by PEFT's names with a component prefix (``unet.<module>.lora_A.weight``,
+    ``text_encoder.<module>.lora_B.weight``), unscaled, float32 on the CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    out = {}
+    for prefix, model in (("unet", unet), ("text_encoder", text_encoder)):
+        if model is not None:
+            out.update({f"{prefix}.{k}": v.detach().float().cpu().contiguous()
+                        for k, v in get_peft_model_state_dict(model).items()})
     return out
 
 
@@ -76,27 +91,47 @@ def save_diffusers(out_dir: Path, unet, text_encoder=None) -> Path:
     return final
 
 
+def kohya_key(component: str, module: str) -> str:
+    """kohya's flat name of a LoRA'd layer, as kohya_ss, AUTOMATIC1111 and ComfyUI address it.
+
+    ``component`` is "unet" or "text_encoder"; ``module`` the layer's path in that model. The text
+    encoder is named as in transformers 4's ``CLIPTextModel`` (``text_model.encoder.layers.N...``);
+    transformers 5 dropped the ``text_model.`` level, so it is put back:
+    ``encoder.layers.0.self_attn.k_proj`` -> ``lora_te_text_model_encoder_layers_0_self_attn_k_proj``."""
+    if component == "unet":
+        return "lora_unet_" + module.replace(".", "_")
+    if not module.startswith("text_model."):
+        module = "text_model." + module
+    return "lora_te_" + module.replace(".", "_")
+
+
+_PEFT_ROLES = ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"),
+               (".lora.down.weight", "lora_down.weight"), (".lora.up.weight", "lora_up.weight"),
+               (".lora_linear_layer.down.weight", "lora_down.weight"),
+               (".lora_linear_layer.up.weight", "lora_up.weight"))
+
+
 def diffusers_to_kohya(state_dict: dict, alpha: float, te_alpha: float | None = None) -> dict:
-    """A diffusers LoRA state dict (``unet.*.lora.down.weight``) -> kohya keys with alpha tensors.
-
-    diffusers' converter writes alpha = rank; we write the real LoRA alpha (scale = alpha / rank)."""
+    """A LoRA state dict with ``unet.`` / ``text_encoder.`` prefixes (PEFT ``lora_A``/``lora_B`` or
+    diffusers ``lora.down``/``lora_linear_layer.down`` names, unscaled) -> kohya keys:
+    ``<kohya_key>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` (the real LoRA alpha, so the
+    scale is alpha / rank as trained; diffusers' own converter writes alpha = rank)."""
     import torch
-    from diffusers.utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
 
-    peft_sd = {}
-    for prefix in ("unet.", "text_encoder."):
-        part = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if part:
-            peft_sd.update({prefix + k: v for k, v in convert_unet_state_dict_to_peft(part).items()})
-    kohya = convert_state_dict_to_kohya(peft_sd)
     out = {}
-    for key, value in kohya.items():
-        # SD 1.x kohya files name the single text encoder lora_te_ (lora_te1_ is SDXL's first one).
-        key = key.replace("lora_te1_", "lora_te_", 1) if key.startswith("lora_te1_") else key
-        if key.endswith(".alpha"):
-            a = alpha if key.startswith("lora_unet_") else (te_alpha if te_alpha is not None else alpha)
-            value = torch.tensor(float(a), dtype=torch.float32)
-        out[key] = value.contiguous()
+    for key, value in state_dict.items():
+        component, rest = key.split(".", 1)
+        if component not in ("unet", "text_encoder"):
+            raise ValueError(f"LoRA key {key!r} names neither the UNet nor the text encoder")
+        for suffix, role in _PEFT_ROLES:
+            if rest.endswith(suffix):
+                break
+        else:
+            raise ValueError(f"LoRA key {key!r} is not a LoRA down/up weight")
+        name = kohya_key(component, rest[: -len(suffix)])
+        out[f"{name}.{role}"] = value.contiguous()
+        a = alpha if component == "unet" or te_alpha is None else te_alpha
+        out[f"{name}.alpha"] = torch.tensor(float(a), dtype=torch.float32)
     return out
 
 
@@ -154,7 +189,7 @@ def save_kohya(out_path: Path, unet, text_encoder=None, *, metadata: dict[str, s
 
     alpha = _scale(unet)[1]
     te_alpha = _scale(text_encoder)[1] if text_encoder is not None else None
-    kohya = diffusers_to_kohya(lora_state(unet, text_encoder), alpha, te_alpha)
+    kohya = diffusers_to_kohya(peft_state(unet, text_encoder), alpha, te_alpha)
     out_path = Path(out_path)
     tmp = _atomic_target(out_path)
     save_file(kohya, str(tmp), metadata={"format": "pt", **(metadata or {})})

@@ -108,7 +108,7 @@ class TrainingRunner:
         overrides = {k: v for k, v in (request.overrides or {}).items() if v is not None and k not in FIXED_FIELDS}
         if overrides.get("token") and len(request.shots) > 1:
             raise InvalidInput("A --token names one shot type's token: train one shot type at a time, or leave "
-                               "the token empty (each shot gets its own, <SHOT-shot>).")
+                               "the token empty (each shot gets its own, SHOT-shot).")
         if request.dataset and not Path(request.dataset).is_dir():
             raise InvalidInput(f"The dataset folder {request.dataset} does not exist.")
         configs = []

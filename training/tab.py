@@ -26,7 +26,7 @@ from training.views import (FAST_POLL_S, HISTORY_HEADERS, HISTORY_WIDTHS, IDLE_P
 
 INTRO = ("Teach each shot type on the labeled, captioned set with the project's prompt template (e.g. "
          "`a high-quality {shot} picture of {caption}`): a **LoRA** (DreamBooth-style, no identifier token), a "
-         "**textual inversion** token (`<close-shot>` stands where the shot words stand), a **full fine-tune** "
+         "**textual inversion** token (`close-shot` stands where the shot words stand), a **full fine-tune** "
          "of the UNet, extracted to a LoRA of chosen rank, or a **motion LoRA** trained on the shots' clips "
          "through AnimateDiff (videos imported in the Label tab). Runs queue up and train one at a time in a "
          "separate process; finished LoRAs and embeddings appear in the Generate and Video tabs.")

@@ -1,6 +1,6 @@
-"""Textual inversion (``--method ti``): one learned token per shot type, e.g. ``<close-shot>``.
+"""Textual inversion (``--method ti``): one learned token per shot type, e.g. ``close-shot``.
 
-The token (``--num-vectors`` N: ``<close-shot>``, ``<close-shot>_1``, ... as diffusers names them) is
+The token (``--num-vectors`` N: ``close-shot``, ``close-shot_1``, ... as diffusers names them) is
 added to the tokenizer; its embedding rows start from the ``--init-word`` embeddings (a word of
 several tokens, like "close-up", is cycled over the vectors, as AUTOMATIC1111 does). The training
 prompts are the project's template with the token where the shot words stand. Only the new rows
@@ -8,12 +8,16 @@ learn: the whole embedding matrix is the optimizer's tensor (as in diffusers' sc
 update every other row is put back to its original value (weight decay included). The text encoder
 runs in the loop (no text-embedding cache); the UNet and VAE stay frozen; latents are cached as usual.
 
-The result is ``<name>.safetensors`` in AUTOMATIC1111's format: ``{"emb_params": tensor[N, dim]}``
-with string metadata; ``pipe.load_textual_inversion(file, token="<close-shot>")`` reads it.
+The result is ``<token>.safetensors`` (``close-shot.safetensors``; ``<run name>.safetensors`` when the
+token cannot be a file name) in AUTOMATIC1111's format: ``{"emb_params": tensor[N, dim]}`` with string
+metadata (``token`` among them). AUTOMATIC1111 names an embedding after its file and never reads the
+stored token, ComfyUI takes ``embedding:close-shot``, and diffusers reads it with
+``pipe.load_textual_inversion(file, token="close-shot")``: the file name is the token everywhere.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +34,7 @@ TI_STATE = "embedding_state.safetensors"
 
 
 def token_names(token: str, num_vectors: int) -> list[str]:
-    """``<close-shot>``, ``<close-shot>_1``, ...: diffusers' names for a multi-vector token."""
+    """``close-shot``, ``close-shot_1``, ...: diffusers' names for a multi-vector token."""
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
@@ -56,6 +60,16 @@ def add_token(tokenizer, text_encoder, token: str, num_vectors: int, init_word: 
         for i, token_id in enumerate(ids):
             weight[token_id] = weight[init_ids[i % len(init_ids)]].clone()
     return ids
+
+
+_FILE_STEM = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
+
+
+def embedding_stem(config) -> str:
+    """The embedding file's name without ``.safetensors``: the token itself when it can be a file name
+    (AUTOMATIC1111 then triggers it with the same word the studio's prompts use), else the run name."""
+    token = config.placeholder
+    return token if _FILE_STEM.match(token) and not token.lower().endswith(".safetensors") else config.run_name
 
 
 def metadata(config, *, dataset_hash: str, steps: int, dim: int) -> dict[str, str]:
@@ -152,6 +166,6 @@ class TextualInversionTrainer(Trainer):
         c = self.config
         rows = self.vectors()
         meta = metadata(c, dataset_hash=dataset_hash, steps=self.total_steps, dim=rows.shape[1])
-        path = save_atomic({"emb_params": rows}, self.out / f"{c.run_name}.safetensors", meta)
+        path = save_atomic({"emb_params": rows}, self.out / f"{embedding_stem(c)}.safetensors", meta)
         return {"embedding": path}, {"token": c.placeholder, "num_vectors": c.num_vectors,
                                      "init_word": c.initializer}

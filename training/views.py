@@ -48,7 +48,7 @@ METHOD_CHOICES = [("LoRA", "lora"), ("Textual inversion", "ti"), ("Full fine-tun
                   ("Motion LoRA (clips)", "motion")]
 METHOD_PARAMS = [
     ("method", "Method", "radio", {"choices": METHOD_CHOICES}),
-    ("token", "Token", "text", {"placeholder": "empty: <SHOT-shot>, e.g. <close-shot>", "method": "ti"}),
+    ("token", "Token", "text", {"placeholder": "empty: SHOT-shot, e.g. close-shot", "method": "ti"}),
     ("init_word", "Init word", "text", {"placeholder": "empty: the shot words, e.g. close", "method": "ti"}),
     ("num_vectors", "Vectors per token", "int", {"method": "ti"}),
     ("optimizer", "Optimizer", "radio", {"choices": list(tconfig.OPTIMIZERS), "method": "full",
@@ -140,7 +140,7 @@ def history_rows(runs: list[RunInfo]) -> list[list]:
 
 
 def method_settings(method: str, s: dict) -> str:
-    """The method and what matters of it, e.g. ``LoRA r4 α4``, ``TI <close-shot> ×1``, ``Full → LoRA r64``."""
+    """The method and what matters of it, e.g. ``LoRA r4 α4``, ``TI close-shot ×1``, ``Full → LoRA r64``."""
     if method == "ti":
         return f"TI {s.get('placeholder')} ×{s.get('num_vectors')}"
     if method == "full":

@@ -6,7 +6,7 @@
     python -m dreamshot generate --prompt "a man on a bridge" --control canny --control-image frame.jpg
     python -m dreamshot read-png image.png
     python -m dreamshot loras add my_lora.safetensors --name noir --shot close
-    python -m dreamshot loras add learned_embeds.safetensors --name close_ti --shot close --token "<close-shot>"
+    python -m dreamshot loras add learned_embeds.safetensors --name close_ti --shot close --token close-shot
     python -m dreamshot generate --prompt "a woman reading" --embedding close_ti [--shot close --alpha 0.8]
 """
 

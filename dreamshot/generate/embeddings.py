@@ -137,11 +137,20 @@ def clean_token(token: str, tokenizer=None) -> str:
     """A prompt token: no spaces, not a word the base model already knows."""
     token = (token or "").strip()
     if not _TOKEN.match(token):
-        raise InvalidInput(f"The embedding token {token!r} must be 1-64 characters without spaces, e.g. <close-shot>.")
+        raise InvalidInput(f"The embedding token {token!r} must be 1-64 characters without spaces, e.g. close-shot.")
     if tokenizer is not None and token in tokenizer.get_vocab() and token not in tokenizer.added_tokens_encoder:
         raise InvalidInput(f"The token {token!r} is a word the base model already knows; choose a new one "
-                           f"such as <{token.strip('<>')}-shot>.")
+                           f"such as {token.strip('<>')}-shot.")
     return token
+
+
+def stem_token(path: Path, tokenizer=None) -> str | None:
+    """The file's stem as a token (how AUTOMATIC1111 names an embedding), or None when it cannot be one
+    (spaces, a word the model knows)."""
+    try:
+        return clean_token(Path(path).stem, tokenizer)
+    except InvalidInput:
+        return None
 
 
 def untokened(prompt: str, token: str, words: str) -> str:
@@ -248,7 +257,8 @@ class EmbeddingSet:
         refused file leaves nothing behind."""
         name = clean_lora_name(name)
         check = inspect_embedding_file(Path(path), text_width(self.pipe))
-        token = clean_token(token or check.token or f"<{name}>", self.pipe.tokenizer)
+        token = clean_token(token or check.token or stem_token(Path(path), self.pipe.tokenizer) or f"<{name}>",
+                            self.pipe.tokenizer)
         target_dir = Path(self.library.studio.settings.loras_dir) / "embeddings"
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / f"{name}-{file_sha256(Path(path))[:8]}.safetensors"

@@ -39,12 +39,33 @@ class LoraInfo:
     meta: dict
     kind: str = "lora"          # "lora" or "embedding" (textual inversion)
     method: str = "lora"        # "lora", "ti" or "full" (see METHODS)
-    token: str | None = None    # an embedding's placeholder in prompts, e.g. "<close-shot>"
+    token: str | None = None    # an embedding's placeholder in prompts, e.g. "close-shot" ("<close-shot>" before issue 22)
 
     @property
     def short_hash(self) -> str:
         """AUTOMATIC1111-style short hash (first 12 hex digits of the file's sha256)."""
         return self.sha256[:12]
+
+    @property
+    def a1111_file(self) -> Path:
+        """The file a user moves to AUTOMATIC1111 / ComfyUI for this entry: a trained LoRA's kohya
+        export (``<run>/<name>.safetensors``, beside the diffusers file the studio loads), else the
+        entry's own file (an extracted LoRA and an upload are the file itself)."""
+        kohya = self.meta.get("kohya_file") if self.kind == "lora" else None
+        if kohya and self.path is not None:
+            beside = self.path.with_name(Path(kohya).name)
+            if beside.is_file():
+                return beside
+        return self.path
+
+    @property
+    def a1111_name(self) -> str:
+        """How AUTOMATIC1111 names this entry: the stem of the file a user has (an upload's original
+        file name; a trained entry's file in its run folder)."""
+        original = self.meta.get("original_name") if self.origin == "uploaded" else None
+        if original:
+            return Path(original).stem
+        return self.a1111_file.stem if self.path is not None else self.name
 
 
 def file_sha256(path: Path) -> str:
@@ -93,7 +114,7 @@ class LoraLibrary:
         if kind not in KINDS or method not in METHODS:
             raise InvalidInput(f"kind must be one of {KINDS} and method one of {METHODS}")
         if kind == "embedding" and not token:
-            raise InvalidInput(f"The embedding {name!r} needs its prompt token (e.g. <close-shot>).")
+            raise InvalidInput(f"The embedding {name!r} needs its prompt token (e.g. close-shot).")
         if not path.is_file() or path.suffix != ".safetensors":
             raise InvalidInput(f"{path.name}: a LoRA must be an existing .safetensors file")
         stored = str(path.relative_to(self.data_dir)) if path.is_relative_to(self.data_dir) else str(path)
@@ -180,8 +201,14 @@ class ModelShapes:
         index = {}
         for full in self.modules:
             component, path = full.split(".", 1)
-            prefix = "lora_unet_" if component == "unet" else "lora_te_"
-            index[prefix + path.replace(".", "_")] = full
+            if component == "unet":
+                index["lora_unet_" + path.replace(".", "_")] = full
+                continue
+            # kohya names the text encoder as transformers 4 did (text_model.encoder.layers.N...);
+            # transformers 5's CLIPTextModel has no text_model level: accept both spellings.
+            index["lora_te_" + path.replace(".", "_")] = full
+            if not path.startswith("text_model."):
+                index["lora_te_text_model_" + path.replace(".", "_")] = full
         return index
 
 

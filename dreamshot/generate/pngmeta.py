@@ -4,12 +4,14 @@ The format, as A1111 writes it::
 
     a high-quality close shot picture of a woman <lora:close:0.8>
     Negative prompt: blurry
-    Steps: 16, Sampler: DPM++ SDE Karras, CFG scale: 6, Seed: 42, Size: 512x512, Model hash: 6ce0161689,
-    Model: v1-5-pruned-emaonly, Lora hashes: "close: 0123456789ab", Version: v1.6.0
+    Steps: 16, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 6, Seed: 42, Size: 512x512,
+    Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "close: 0123456789ab", Version: v1.10.1
 
 (the last line is one line). A textual-inversion embedding is its token in the prompt plus
 ``TI hashes: "name: 0123456789ab"`` (sha256 of the file, 12 hex digits, as A1111 writes it).
-Values holding ``,`` ``:`` or ``"`` are JSON-quoted. A1111 1.9+ writes the scheduler apart (``Sampler: DPM++ 2M, Schedule type: Karras``); both forms are read.
+Values holding ``,`` ``:`` or ``"`` are JSON-quoted. A1111 1.9+ writes the schedule apart
+(``Sampler: DPM++ 2M, Schedule type: Karras``), and so does the studio; the older combined spelling
+(``DPM++ 2M Karras``) is still read (``samplers.from_a1111``).
 Nothing here knows about pipelines: it is text in, text out.
 """
 
@@ -55,12 +57,13 @@ class Parameters:
 
     @property
     def sampler(self) -> str | None:
-        """The sampler in the classic combined spelling, e.g. ``DPM++ 2M Karras``."""
+        """The studio's name of the text's sampler (``Sampler`` + ``Schedule type``, read as A1111
+        1.9+ reads them; see ``samplers.from_a1111``), e.g. ``DPM++ 2M Karras``; the text as written
+        when no studio sampler matches."""
+        from dreamshot.generate.samplers import from_a1111
+
         name = self.settings.get("Sampler")
-        schedule = self.settings.get("Schedule type")
-        if name and schedule and schedule.lower() not in ("automatic", "uniform") and not name.endswith(schedule):
-            return f"{name} {schedule}"
-        return name
+        return from_a1111(name, self.settings.get("Schedule type"))[0] or name
 
     @property
     def lora_hashes(self) -> dict:

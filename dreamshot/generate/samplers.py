@@ -40,6 +40,80 @@ def sampler_name(name: str) -> str:
     raise InvalidInput(f"Unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}.")
 
 
+# ---- AUTOMATIC1111 >= 1.9 spelling: a sampler and a "Schedule type" -------------------------------
+# Each studio sampler as A1111 1.9+ writes the same setting (modules/sd_samplers_kdiffusion.py,
+# sd_schedulers.py): the Karras variants name their schedule; "DPM++ 2M" alone is the uniform
+# schedule (A1111 reads a bare "DPM++ 2M" as *Automatic*, i.e. Karras); samplers without a schedule of
+# their own are written "Automatic" as A1111 writes them.
+A1111_FORM = {
+    "DPM++ SDE Karras": ("DPM++ SDE", "Karras"),
+    "DPM++ 2M Karras": ("DPM++ 2M", "Karras"),
+    "DPM++ 2M": ("DPM++ 2M", "Uniform"),
+    "DPM++ 2M SDE Karras": ("DPM++ 2M SDE", "Karras"),
+    "Euler a": ("Euler a", "Automatic"),
+    "Euler": ("Euler", "Automatic"),
+    "DDIM": ("DDIM", "Automatic"),
+    "UniPC": ("UniPC", "Automatic"),
+}
+# What A1111's "Automatic" schedule is for each sampler that has a default of its own; the others use
+# the model's plain (uniform) sigmas, so Automatic = Uniform for them.
+A1111_AUTOMATIC = {"DPM++ 2M": "Karras", "DPM++ SDE": "Karras", "DPM++ 2M SDE": "Exponential",
+                   "DPM++ 2M SDE Heun": "Exponential", "DPM++ 2S a": "Karras", "DPM++ 3M SDE": "Exponential",
+                   "DPM2": "Karras", "DPM2 a": "Karras", "Restart": "Karras"}
+# A1111 1.10's schedule labels (and their internal names / aliases, which it also reads).
+A1111_SCHEDULES = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras",
+                   "exponential": "Exponential", "polyexponential": "Polyexponential",
+                   "sgm uniform": "SGM Uniform", "sgm_uniform": "SGM Uniform", "sgmuniform": "SGM Uniform",
+                   "kl optimal": "KL Optimal", "kl_optimal": "KL Optimal", "align your steps": "Align Your Steps",
+                   "align_your_steps": "Align Your Steps", "simple": "Simple", "normal": "Normal",
+                   "ddim": "DDIM", "beta": "Beta"}
+_SCHEDULE_FREE = ("DDIM", "UniPC")   # A1111's timestep samplers ignore the schedule type
+
+
+def a1111_form(sampler: str) -> tuple[str, str]:
+    """(``Sampler``, ``Schedule type``) as AUTOMATIC1111 1.9+ writes a studio sampler."""
+    return A1111_FORM[sampler_name(sampler)]
+
+
+def from_a1111(sampler: str | None, schedule: str | None) -> tuple[str | None, str | None]:
+    """The studio sampler of an infotext's ``Sampler`` and ``Schedule type`` (None when there is no
+    sampler), and a note when the image's exact sampler is not offered here.
+
+    Without a ``Schedule type`` the text is of the old combined spelling (A1111 before 1.9, and this
+    studio before it followed 1.9): ``DPM++ 2M Karras`` is Karras and a bare ``DPM++ 2M`` is the plain
+    schedule, as it meant then. With one, it is read as A1111 1.9+ reads it: a schedule named at the
+    end of the sampler wins, and *Automatic* is the sampler's own default (Karras for DPM++ 2M)."""
+    name = str(sampler or "").strip()
+    if not name:
+        return None, None
+    if schedule is None or not str(schedule).strip():
+        try:
+            return sampler_name(name), None
+        except InvalidInput:
+            return None, f"Sampler {name!r} is not available here; using {DEFAULT_SAMPLER}."
+    sched = A1111_SCHEDULES.get(str(schedule).strip().lower(), str(schedule).strip())
+    for option, label in sorted(A1111_SCHEDULES.items(), key=lambda kv: -len(kv[0])):
+        if name.lower().endswith(" " + option):
+            name, sched = name[: -len(option) - 1].strip(), label
+            break
+    if sched == "Automatic":
+        sched = A1111_AUTOMATIC.get(name, "Automatic")
+    if sched == "Uniform" and name not in A1111_AUTOMATIC:
+        sched = "Automatic"   # no schedule of its own: Uniform is its Automatic
+    family = [ours for ours, (theirs, _) in A1111_FORM.items() if theirs.lower() == name.lower()]
+    for ours in family:
+        if A1111_FORM[ours][1] == sched or A1111_FORM[ours][0] in _SCHEDULE_FREE:
+            return ours, None
+    if family:
+        return family[0], (f"A1111's {name} with the {sched} schedule is not offered here; "
+                           f"using {family[0]}.")
+    try:
+        return sampler_name(name), None
+    except InvalidInput:
+        shown = f"{name} {sched}" if sched != "Automatic" else name
+        return None, f"Sampler {shown!r} is not available here; using {DEFAULT_SAMPLER}."
+
+
 def make_scheduler(base_config: dict, sampler: str, seed: int | list | None = None):
     """A new scheduler for ``sampler`` from the model's scheduler config (``seed``: the SDE seed)."""
     import diffusers

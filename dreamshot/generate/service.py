@@ -337,19 +337,26 @@ class GenerationService:
                                template=template if template is not None else self.studio.project.template(),
                                embedding=self.embeddings.active.get(req.embedding) if req.embedding else None)
 
-    def lora_hash(self, info: LoraInfo) -> str:
-        """A1111's short hash of a LoRA file, cached by the file's path, size and mtime."""
+    def lora_hash(self, info: LoraInfo, path: Path | None = None) -> str:
+        """A1111's short hash of the file AUTOMATIC1111 loads for a LoRA (``info.a1111_file``: a
+        trained LoRA's kohya export), or of ``path``; cached by the file's path, size and mtime."""
+        path = Path(path or info.a1111_file)
         try:
-            stat = os.stat(info.path)
+            stat = os.stat(path)
         except OSError:
             return info.short_hash
-        key = (str(info.path), stat.st_size, stat.st_mtime_ns)
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in self._lora_hashes:
             try:
-                self._lora_hashes[key] = a1111_lora_hash(info.path)
+                self._lora_hashes[key] = a1111_lora_hash(path)
             except OSError:
                 return info.short_hash
         return self._lora_hashes[key]
+
+    def lora_hashes(self, info: LoraInfo) -> set:
+        """Every short hash an image may name a LoRA by: its A1111 file's (written now), the library
+        file's (written before issue 22) and the library file's plain sha256 prefix."""
+        return {self.lora_hash(info), self.lora_hash(info, info.path), info.short_hash}
 
     def output_path(self, seed: int, index: int = 0) -> Path:
         now = datetime.now(timezone.utc)
@@ -368,7 +375,8 @@ class GenerationService:
         A ControlNet's saved control image is looked up under outputs/ (and in folder ``beside``)."""
         from dreamshot.generate import control, pngmeta
 
-        req, notes = request_from_parameters(text, self.loras(), self.taxonomy(), self.embeddings_list())
+        req, notes = request_from_parameters(text, self.loras(), self.taxonomy(), self.embeddings_list(),
+                                             lora_hashes=self.lora_hashes)
         restored, more = control.restore(pngmeta.parse_parameters(text).settings,
                                          [beside, self.studio.settings.outputs_dir])
         return req.replace(control=restored), notes + more
