@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from dreamshot.generate import pngmeta
