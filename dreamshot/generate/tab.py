@@ -26,7 +26,7 @@ from dreamshot.generate.request import ALPHA_RANGE, MAX_IMAGES, MAX_SIDE, MAX_ST
 from dreamshot.generate.samplers import DEFAULT_SAMPLER, SAMPLERS
 from dreamshot.generate.storyboard import DEFAULT_ALPHAS
 from dreamshot.generate.tab_control import control_section
-from dreamshot.ui import admin_name, gpu, guarded, job_owner
+from dreamshot.ui import QUIET, admin_name, gpu, guarded, job_owner
 
 
 EXAMPLE_BOARD = ("long | a lighthouse on a cliff at dusk\n"
@@ -273,14 +273,16 @@ def _wire_settings(studio, h, f, r, sweep, read, upload, demo) -> None:
 
     r.reuse.click(lambda s: s or "-1", r.used_seed, f.seed, api_visibility="private",
                   queue=False)
-    f.refresh.click(refresh_loras, None, [f.shot, sweep.shots], api_name="list_loras", concurrency_limit=None)
+    # These fill form fields: a refusal (a PNG without settings, a bad upload) is one toast (QUIET).
+    f.refresh.click(refresh_loras, None, [f.shot, sweep.shots], api_name="list_loras", concurrency_limit=None,
+                    **QUIET)
     restored_outputs = form_inputs(f.form, read.note)
-    read.png.upload(guarded(read_png), read.png, restored_outputs, api_name="read_png")
-    read.restore.click(guarded(read_text), read.pasted, restored_outputs, api_name="read_parameters")
+    read.png.upload(guarded(read_png), read.png, restored_outputs, api_name="read_png", **QUIET)
+    read.restore.click(guarded(read_text), read.pasted, restored_outputs, api_name="read_parameters", **QUIET)
     upload.go.click(guarded(do_upload), [upload.file, upload.name, upload.shot, upload.token],
-                    [upload.note, f.shot, sweep.shots], api_name="upload_lora").success(
-        refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private")
+                    [upload.note, f.shot, sweep.shots], api_name="upload_lora", **QUIET).success(
+        refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private", **QUIET)
     f.refresh.click(refresh_embeddings, None, [f.embedding, upload.table], api_name="list_embeddings",
-                    concurrency_limit=None)
-    demo.load(refresh_loras, None, [f.shot, sweep.shots], api_visibility="private")  # LoRAs trained meanwhile
-    demo.load(refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private")
+                    concurrency_limit=None, **QUIET)
+    demo.load(refresh_loras, None, [f.shot, sweep.shots], api_visibility="private", **QUIET)  # trained meanwhile
+    demo.load(refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private", **QUIET)
