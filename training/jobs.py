@@ -37,6 +37,7 @@ from dreamshot.storage import now
 from training import process, runs
 from training.checkpoints import list_checkpoints
 from training.config import TrainConfig, preset
+from training.dataset_check import refuse_uncaptioned
 from training.runs import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RESUMABLE, RUNNING, RunInfo  # noqa: F401
 from training.status import StatusLog, StatusReader, classify_error, last_ending
 
@@ -120,6 +121,8 @@ class TrainingRunner:
             except TypeError as exc:
                 raise InvalidInput(f"Unknown training setting: {exc}") from None
             configs.append(cfg.validate())
+        if not request.dataset:  # the studio's labeled set: no frame may train without its caption
+            refuse_uncaptioned(self.studio, request.shots, method=configs[0].method)
         for cfg in configs:
             self._refuse_duplicate(cfg, request.dataset)
         return configs
