@@ -55,6 +55,7 @@ class TrainRequest:
     overrides: dict = field(default_factory=dict)   # TrainConfig field -> value
     dataset: str | None = None                      # an imagefolder instead of the studio's labeled set
     hub_token: str | None = field(default=None, repr=False)  # kept in memory, passed via HF_TOKEN only
+    names: dict | None = None   # setting -> the name messages use (the tab's labels); None: CLI flags
 
 
 def _comparable(cfg: TrainConfig) -> dict:
@@ -108,7 +109,8 @@ class TrainingRunner:
             check_sd1_folder(Path(source))
         overrides = {k: v for k, v in (request.overrides or {}).items() if v is not None and k not in FIXED_FIELDS}
         if overrides.get("token") and len(request.shots) > 1:
-            raise InvalidInput("A --token names one shot type's token: train one shot type at a time, or leave "
+            token = (request.names or {}).get("token") or "--token"
+            raise InvalidInput(f"A {token} names one shot type's token: train one shot type at a time, or leave "
                                "the token empty (each shot gets its own, <SHOT-shot>).")
         if request.dataset and not Path(request.dataset).is_dir():
             raise InvalidInput(f"The dataset folder {request.dataset} does not exist.")
@@ -120,7 +122,7 @@ class TrainingRunner:
                              prompt_template=template, base_model=source, **overrides)
             except TypeError as exc:
                 raise InvalidInput(f"Unknown training setting: {exc}") from None
-            configs.append(cfg.validate())
+            configs.append(cfg.validate(request.names))
         if not request.dataset:  # the studio's labeled set: no frame may train without its caption
             refuse_uncaptioned(self.studio, request.shots, method=configs[0].method)
         for cfg in configs:

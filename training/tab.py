@@ -82,12 +82,13 @@ class TrainHandlers:
         boxes = [gr.Column(visible=method == which) for which in METHOD_BOXES]
         return *boxes, cfg.learning_rate, *lora_only
 
-    def start(self, form: TrainForm, request: gr.Request):
-        """Queue one run per shot type; the view follows the queue from the first one."""
+    def start(self, form: TrainForm, request: gr.Request, names: dict = views.FIELD_NAMES):
+        """Queue one run per shot type; the view follows the queue from the first one. Messages name
+        the settings by ``names`` (the form's labels; /train_start adds its parameter names)."""
         who = admin_name(self.studio, request)
         created = self.runner.submit(jobs.TrainRequest(shots=form.shots, preset=form.preset,
-                                                       overrides=form.overrides(), dataset=form.dataset,
-                                                       hub_token=form.hub_token))
+                                                       overrides=form.overrides(names), dataset=form.dataset,
+                                                       hub_token=form.hub_token, names=names))
         self.runner.tick()  # start at once when the GPU is free
         runs = self.runner.list_runs()
         names = ", ".join(f"#{r.id} {r.shot}" for r in created)
@@ -212,7 +213,8 @@ def start_api(handlers: TrainHandlers):
     shot type of the project, as the form starts. Returns the message and the run history."""
     def train_start(request: gr.Request, shots, preset, dataset, hub_token, *values):
         shots = shots or handlers.studio.project.taxonomy().names
-        message, rows, *_ = handlers.start(TrainForm.from_inputs(shots, preset, dataset, hub_token, *values), request)
+        message, rows, *_ = handlers.start(TrainForm.from_inputs(shots, preset, dataset, hub_token, *values), request,
+                                           names=views.API_NAMES)
         return message, rows
 
     P = inspect.Parameter
