@@ -24,7 +24,7 @@ def _ink(img, colour, box) -> np.ndarray:
 def test_negative_clip_t_bars_are_drawn_below_zero_and_the_text_is_readable():
     results = {"complete": True, "tables": {"table3": {"clip_t": {"overall": _row(-0.03, -0.01)}}}}
     img = report.plot(results)
-    left = (0, 90, img.width // 4, img.height - 46)     # the CLIP-T panel, below the legend
+    left = (0, 90, img.width // 2, img.height - 46)     # the CLIP-T panel, below the legend
     blue, grey = _ink(img, (40, 110, 200), left), _ink(img, (150, 150, 150), left)   # side B, side A
     assert len(blue) > 300 and len(grey) > 300                     # two bars, not two 1-pixel lines
     assert grey[:, 0].max() - grey[:, 0].min() > 2 * (blue[:, 0].max() - blue[:, 0].min())  # -0.03 vs -0.01

@@ -188,7 +188,8 @@ def plot(results: dict, width: int = 1000, height: int = 470) -> Image.Image:
     d.rectangle((x, 44, x + 14, 58), fill=BLUE)
     d.text((x + 20, 43), f"B: {b}", fill="black", font=small)
     top, bottom = 104, height - 46
-    half = width // 2
+    curve = results.get("alpha_curve") or []
+    half = width // 2 if len(curve) >= 2 else width   # the bars take the whole width without an α curve
     for i, (metric, label) in enumerate(METRICS.items()):
         groups = []
         for name in ("table3", "table4"):
@@ -197,7 +198,6 @@ def plot(results: dict, width: int = 1000, height: int = 470) -> Image.Image:
                 groups.append(("Table 3" if name == "table3" else "Table 4 (abl.)", row["base"], row["tuned"]))
         left = 16 + i * (half - 16) // 2
         _bar_panel(d, (left + 44, top, left + (half - 16) // 2 - 12, bottom), label, groups)
-    curve = results.get("alpha_curve") or []
     if len(curve) >= 2:
         mid = (top + bottom) // 2
         alphas = [c["alpha"] for c in curve]
@@ -233,8 +233,10 @@ def _bar_panel(d, box, title: str, groups: list[tuple[str, float, float]]) -> No
             left = cx - bar - 2 + j * (bar + 4)
             y = y_of(value)
             d.rectangle((left, min(y, zero), left + bar, max(y, zero)), fill=colour)
-            text_y, anchor = (y - 3, "mb") if value >= 0 else (y + 3, "mt")
-            d.text((left + bar / 2, text_y), f"{value:.3f}", fill=colour, font=small, anchor=anchor)
+            # A's value ends at its bar's right edge, B's starts at its left edge: side by side, never on top
+            text_x, side = (left + bar, "r") if j == 0 else (left, "l")
+            text_y, end = (y - 3, "b") if value >= 0 else (y + 3, "t")
+            d.text((text_x, text_y), f"{value:.3f}", fill=colour, font=small, anchor=side + end)
         d.text((cx, y1 + 8), label, fill="black", font=small, anchor="mt")
 
 
