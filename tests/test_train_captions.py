@@ -25,7 +25,7 @@ def test_a_studio_run_with_uncaptioned_frames_is_refused_before_it_is_queued(stu
     message = str(refused.value)
     assert message.startswith(f"Not started: 1 close frame ({ids[3]}); 2 long frames ({ids[2]}, {ids[5]}) have "
                               "no caption")
-    assert "Caption them in the Captions tab" in message
+    assert "Caption them in the Captions tab" in message and "reject them in the Label tab" in message
     assert main(["--data", str(studio.settings.data_dir), "--model", "demo", "--shots", "close",
                  "--preset", "smoke"]) == 2
     assert f"1 close frame ({ids[3]}) has no caption" in capsys.readouterr().err

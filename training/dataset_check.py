@@ -39,6 +39,8 @@ def refuse_uncaptioned(studio, shots: list[str], *, method: str = "lora") -> Non
     for shot, ids in missing.items():
         named = ", ".join(str(i) for i in ids[:SHOWN]) + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
         parts.append(f"{len(ids)} {shot} frame{'s' if len(ids) != 1 else ''} ({named})")
-    raise InvalidInput(f"Not started: {'; '.join(parts)} ha{'ve' if total != 1 else 's'} no caption and would train "
-                       "on the prompt without one. Caption them in the Captions tab (they show “(no caption)”; "
-                       "Auto-caption fills only missing ones), or reject them in the Label tab, then start again.")
+    one = total == 1
+    it, they = ("it", "it shows") if one else ("them", "they show")
+    raise InvalidInput(f"Not started: {'; '.join(parts)} ha{'s' if one else 've'} no caption and would train on the "
+                       f"prompt without one. Caption {it} in the Captions tab ({they} “(no caption)”; Auto-caption "
+                       f"fills only missing captions) or reject {it} in the Label tab, then start again.")
