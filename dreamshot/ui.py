@@ -72,6 +72,12 @@ def guarded(fn):
     return wrapper
 
 
+# Wiring for an event that can be refused and whose outputs are fields people edit (a form's own
+# fields, a picker): a refusal is one toast and every field stays as it was and usable. Gradio
+# otherwise puts an "Error" overlay, which swallows clicks, on every output of a failed event.
+QUIET = dict(show_progress="hidden")
+
+
 def admin_name(studio, request: gr.Request | None) -> str:
     """The caller's name if they may use admin features; raises AccessDenied otherwise."""
     username = getattr(request, "username", None) if request is not None else None

@@ -36,6 +36,7 @@ BATCH_ITEMS = 32
 BATCH_SECONDS = 2.0
 MAX_PROBLEMS = 500   # unreadable files listed in the report (and stored with the run)
 MAX_LISTED = 2000    # filtered files and skipped non-images listed
+MAX_VIDEOS_LISTED = 50
 UNREADABLE = ("corrupt", "too_large", "unsafe_path")
 SHORT = {"grayscale": "grayscale", "too_small": "too small", "near_duplicate": "near-duplicate",
          "duplicate": "exact duplicate", "metadata_rule": "metadata rule"}
@@ -90,11 +91,18 @@ class ImportReport:
     seconds: float
     filtered_files: list[dict] = field(default_factory=list)  # item, reason, message (twin named)
     not_images: list[dict] = field(default_factory=list)      # item, message
+    videos: dict = field(default_factory=dict)    # video file -> {"shots": found, "kept": frames kept}
+    uploaded: bool = False                        # the source is files uploaded in the tab
 
     def text(self) -> str:
-        lines = [f"Import #{self.run_id} of {self.source} ({self.kind}): {self.status}",
-                 f"  items seen: {self.seen}   kept: {self.kept}"
+        if self.uploaded and self.kind == "folder":   # "upload of 3 files: a.png, ..." says what it is
+            head = f"Import #{self.run_id} ({self.source}): {self.status}"
+        else:
+            kind = f"uploaded {self.kind}" if self.uploaded else self.kind
+            head = f"Import #{self.run_id} of {self.source} ({kind}): {self.status}"
+        lines = [head, f"  items seen: {self.seen}   kept: {self.kept}"
                  + (f"   (resumed at item {self.resumed_from})" if self.resumed_from else "")]
+        lines += self._video_lines()
         for reason, n in sorted(self.filtered.items()):
             lines.append(f"  filtered - {REASONS.get(reason, reason)}: {n}")
         if self.labels_imported or self.labels_rejected:
@@ -112,6 +120,28 @@ class ImportReport:
             lines.append(f"  skipped, not images ({len(self.not_images)}):")
             lines += [f"    {p['item']}: {p['message']}" for p in self.not_images]
         return "\n".join(lines)
+
+    def _video_lines(self) -> list[str]:
+        """Per video: the shots the cut detection found (one frame each) and the frames kept."""
+        def one(v: dict) -> str:
+            if v.get("unreadable"):
+                return "unreadable (see below)"
+            return (f"{_plural(v.get('shots', 0), 'shot')} found (one frame each), "
+                    f"{_plural(v.get('kept', 0), 'frame')} kept")
+
+        if len(self.videos) <= 1:
+            return [f"  video {name}: {one(v)}" for name, v in self.videos.items()]
+        shots = sum(v.get("shots", 0) for v in self.videos.values())
+        kept = sum(v.get("kept", 0) for v in self.videos.values())
+        lines = [f"  {len(self.videos)} videos: {_plural(shots, 'shot')} found, {_plural(kept, 'frame')} kept"]
+        lines += [f"    {name}: {one(v)}" for name, v in list(self.videos.items())[:MAX_VIDEOS_LISTED]]
+        if len(self.videos) > MAX_VIDEOS_LISTED:
+            lines.append(f"    … and {len(self.videos) - MAX_VIDEOS_LISTED} more videos")
+        return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -152,7 +182,7 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
         run_id, cursor, counts = _open_run(conn, opts)
     resumed_from = cursor
     total = count_items(opts)
-    pending: list[tuple[dict, str]] = []
+    pending: list[tuple[dict, str, tuple | None]] = []
     last_flush = time.monotonic()
     processed = 0
     status = "done"
@@ -160,8 +190,9 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
     def flush(next_cursor: int) -> None:
         nonlocal pending, last_flush
         with studio.db.write() as conn:
-            for row, key in pending:
+            for row, key, video in pending:
                 _count(counts, row, key)
+                _count_video(counts, video, row)
                 if row.get("duplicate"):
                     continue
                 label, annotator = row.pop("_label", None), row.pop("_annotator", None)
@@ -182,7 +213,7 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
             if item.skipped:
                 _listed(counts, "not_images", item.key, "not_image", item.skipped)
                 continue
-            pending.append((importer.process(item), item.key))
+            pending.append((importer.process(item), item.key, _video_of(item)))
             processed += 1
             if len(pending) >= BATCH_ITEMS or time.monotonic() - last_flush > BATCH_SECONDS:
                 flush(next_index)
@@ -229,6 +260,27 @@ def _count(counts: dict, row: dict, key: str) -> None:
         _listed(counts, "filtered_files", key, reason, message if message.startswith(label) else f"{label} - {message}")
 
 
+def _video_of(item) -> tuple[str, bool] | None:
+    """(video file, whether the item is one of its shots) for an item from a video; None otherwise
+    (an unreadable video comes as one item that is not a shot)."""
+    file = str(item.meta.get("file") or "")
+    if "video_frame" in item.meta:
+        return file, True
+    return (file, False) if Path(file).suffix.lower() in sources.VIDEO_EXTS else None
+
+
+def _count_video(counts: dict, video: tuple[str, bool] | None, row: dict) -> None:
+    if video is None:
+        return
+    name, is_shot = video
+    entry = counts.setdefault("videos", {}).setdefault(name, {"shots": 0, "kept": 0})
+    if not is_shot:
+        entry["unreadable"] = True
+        return
+    entry["shots"] += 1
+    entry["kept"] += int(row.get("status") == "ok" and not row.get("duplicate"))
+
+
 def _listed(counts: dict, kind: str, key: str, reason: str, message: str) -> None:
     listed = counts.setdefault(kind, [])  # runs started before these lists existed have none
     if len(listed) < MAX_LISTED:
@@ -254,7 +306,8 @@ def _report(run_id, opts, status, counts, resumed_from, seconds) -> ImportReport
                         labels_rejected=counts.get("labels_rejected", 0), problems=list(counts["problems"]),
                         resumed_from=resumed_from, seconds=seconds,
                         filtered_files=list(counts.get("filtered_files", [])),
-                        not_images=list(counts.get("not_images", [])))
+                        not_images=list(counts.get("not_images", [])), videos=dict(counts.get("videos", {})),
+                        uploaded=opts.source_name is not None)
 
 
 def pool_summary(studio) -> dict:

@@ -25,7 +25,7 @@ import gradio as gr
 from dreamshot.access import clean_name
 from dreamshot.errors import DreamShotError, InvalidInput
 from dreamshot.shots import PRESETS
-from dreamshot.ui import admin_name, guarded
+from dreamshot.ui import QUIET, admin_name, guarded
 
 from labeling import annotate, clips, labels
 from labeling.annotate import FrameView
@@ -264,7 +264,7 @@ def build(studio, demo: gr.Blocks) -> None:
         return (*admin.do_save(taxonomy, quota_text, size, overlap, seed, request), *label.slot_buttons())
 
     save.click(guarded(save_settings), settings_fields, [*settings_fields, saved_note, *ui["slots"]],
-               api_name="label_settings").success(**refresh)
+               api_name="label_settings", **QUIET).success(**refresh)  # a refusal: one toast, the form stays usable
     demo.load(guarded(label.on_load), [ui["store"]], ui["load_outputs"], api_visibility="private")
     demo.load(admin.current_settings, None, settings_fields, api_visibility="private")
     demo.load(admin.import_open, None, import_panel, api_visibility="private")

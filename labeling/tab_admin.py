@@ -16,7 +16,7 @@ import gradio as gr
 
 from dreamshot.errors import InvalidInput
 from dreamshot.shots import PRESETS
-from dreamshot.ui import admin_name, guarded
+from dreamshot.ui import QUIET, admin_name, guarded
 
 from labeling import annotate, crop, export, labels, pool, stats, uploads
 from labeling.clips import export_clips
@@ -234,11 +234,11 @@ def build_stats(h: AdminHandlers, quota_box: gr.HTML) -> list:
     def on_row(evt: gr.SelectData, request: gr.Request):
         return h.pick_row(evt.row_value, request)
 
-    refresh.click(guarded(h.do_stats), None, [text, table, choice], api_name="label_stats")
+    refresh.click(guarded(h.do_stats), None, [text, table, choice], api_name="label_stats", **QUIET)
     show.click(guarded(h.do_show), [fid], preview, api_name="label_show_frame")
-    table.select(guarded(on_row), None, [fid, preview], api_visibility="private")
-    resolve.click(guarded(h.do_resolve), [fid, choice], [note, text, table, choice], api_name="label_resolve") \
-        .success(h.quota_bars, None, quota_box, api_visibility="private")
+    table.select(guarded(on_row), None, [fid, preview], api_visibility="private", **QUIET)
+    resolve.click(guarded(h.do_resolve), [fid, choice], [note, text, table, choice], api_name="label_resolve",
+                  **QUIET).success(h.quota_bars, None, quota_box, api_visibility="private")
     return [text, table, choice]
 
 

@@ -208,6 +208,19 @@ def test_browser_generate_with_lora_then_move_alpha(gen_studio, serve, page, art
     page.mouse.click(box["x"] + box["width"] * 0.999, box["y"] + box["height"] / 2)   # α -> 1.5
     info.get_by_text("close α=1.5").wait_for()
     assert "Seeds 7" in info.inner_text() and _gallery_bytes(page) not in (first, second)
+    # ... and so do the slider's arrow keys and a value typed in its box + Enter (the box keeps the
+    # focus until Enter), one generation per move
+    joins = []
+    page.on("request", lambda req: joins.append(req.url) if "/queue/join" in req.url else None)
+    slider.focus()
+    page.keyboard.press("ArrowLeft")                                                    # α -> 1.45
+    info.get_by_text("close α=1.45").wait_for()
+    number = page.locator("#gen-alpha input[type=number]")
+    number.fill("0.3")
+    number.press("Enter")
+    info.get_by_text("close α=0.3").wait_for()
+    page.wait_for_timeout(1500)
+    assert len(joins) == 2 and "Seeds 7" in info.inner_text()
 
     # drop the first (α = 1) PNG back in: the form gets its settings back
     (tmp_path / "first.png").write_bytes(first)

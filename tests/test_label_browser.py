@@ -143,7 +143,7 @@ def test_upload_settings_stats_resolve_endpoints(studio, tmp_path, serve):
     client = Client(serve(studio), verbose=False)
     text = client.predict("", [handle_file(str(archive))], None, None, "", 100, 6, "train", api_name="/label_import")
     assert "kept: 3" in text and "../escape.png: zip entry '../escape.png' points outside" in text
-    assert text.startswith("Import #1 of frames.zip (zip): done")        # the upload's name, not a temp path
+    assert text.startswith("Import #1 of frames.zip (uploaded zip): done")  # the upload's name, not a temp path
     assert not any(escape == p.read_bytes() for p in studio.settings.data_dir.rglob("*") if p.is_file())
     with studio.db.read() as conn:
         statuses = dict(conn.execute(sa.select(schema.frames.c.source, schema.frames.c.status)).all())

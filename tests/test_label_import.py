@@ -262,7 +262,7 @@ def test_uploads_leave_no_temp_folder_and_report_names_the_files(studio, tmp_pat
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.write(frames[0], "a/frame.png")
     one = svc.run_import([str(zipped)], pool.ImportOptions(""))
-    assert one.source == "shots.zip" and " of shots.zip (zip): done" in one.text()
+    assert one.source == "shots.zip" and " of shots.zip (uploaded zip): done" in one.text()
 
     left = scratch / (uploads.PREFIX + "left")                        # open when the studio closes
     left.mkdir()

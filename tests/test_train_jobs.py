@@ -78,6 +78,7 @@ def test_a_second_start_of_the_same_run_is_refused_and_queues_nothing(runner, da
 def labeled_studio(studio, tmp_path, shots):
     """Frames imported into the studio's pool and labeled with ``shots`` (one frame each)."""
     from labeling import labels, pool
+    from labeling.captions.service import save_machine_caption
     from PIL import Image
 
     folder = tmp_path / "pool"
@@ -93,6 +94,7 @@ def labeled_studio(studio, tmp_path, shots):
     assert len(ids) == len(shots)
     for fid, shot in zip(ids, shots):
         labels.record(studio, "ann", fid, shot)
+        save_machine_caption(studio, fid, f"a person number {fid}", model="test")  # no run trains without one
 
 
 def test_studio_set_is_exported_trained_and_registered_one_run_at_a_time(runner, studio, tmp_path):

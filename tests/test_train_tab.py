@@ -54,7 +54,7 @@ def test_train_start_over_the_api_needs_only_what_differs_from_the_form(studio, 
     client = Client(serve(studio), verbose=False)
     params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/train_start"]["parameters"]
     assert [p["parameter_name"] for p in params if not p["parameter_has_default"]] == []
-    with pytest.raises(AppError, match="--rank must be between 1 and 256"):
+    with pytest.raises(AppError, match=r"LoRA rank \(rank\) must be between 1 and 256"):   # the parameter's name too
         client.predict(shots=["close"], preset="smoke", rank=0, api_name="/train_start")
     message = client.predict(shots=["close"], preset="smoke", api_name="/train_start")[0]
     assert "#1 close" in message
@@ -90,7 +90,7 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
     client = Client(serve(studio), verbose=False)
     dataset = str(make_imagefolder(tmp_path / "set", shots=SHOTS, per_shot=2))
 
-    with pytest.raises(AppError, match="--rank must be between 1 and 256"):
+    with pytest.raises(AppError, match=r"LoRA rank \(rank\) must be between 1 and 256"):
         client.predict(SHOTS, "smoke", dataset, "", *form(client, rank=0), api_name="/train_start")
     assert history(client) == {}
 
@@ -186,7 +186,7 @@ def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
     assert "failed" in page.locator("#train-bar").inner_text()
     page.locator("#train-rank input").fill("0")
     page.locator("#train-start").click()
-    page.get_by_text("--rank must be between 1 and 256", exact=False).first.wait_for()
+    page.get_by_text("LoRA rank must be between 1 and 256", exact=False).first.wait_for()   # the field's label
     page.screenshot(path=str(artifacts_dir / "train-tab-errors.png"), full_page=True)
 
 

@@ -153,6 +153,7 @@ def test_stills_and_text_encoder_lora_are_refused(demo_model_dir, tmp_path):
 def test_job_runner_trains_a_motion_run_on_the_labeled_clips_and_registers_it(studio, tmp_path):
     from dreamshot.generate.loras import LoraLibrary
     from labeling import labels, pool
+    from labeling.captions.service import save_machine_caption
     from tests.test_label_clips import _ok_frames, write_video
     from tests.test_train_jobs import wait_for
     from training import jobs
@@ -160,8 +161,9 @@ def test_job_runner_trains_a_motion_run_on_the_labeled_clips_and_registers_it(st
     video = write_video(tmp_path / "shots.mp4")
     pool.run_import(studio, pool.ImportOptions(str(video), min_side=100, near_duplicate_distance=-1))
     red, green, _ = _ok_frames(studio)
-    labels.record(studio, "ann", red.id, "close")
-    labels.record(studio, "ann", green.id, "close")
+    for frame in (red, green):
+        labels.record(studio, "ann", frame.id, "close")
+        save_machine_caption(studio, frame.id, f"thing {frame.id}", model="test")
     runner = jobs.TrainingRunner(studio, poll_s=0.2)
     (run,) = runner.submit(jobs.TrainRequest(["close"], "smoke", {**FAST, "method": "motion"}))
     wait_for(runner, lambda: runner.get(run.id).status not in ("queued", "running"))

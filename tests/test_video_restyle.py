@@ -44,9 +44,21 @@ def test_restyle_keeps_fps_and_audio_and_writes_metrics(vstudio, tmp_path):
         assert len(saved[key]["per_frame"]) == 5
         assert saved[key]["mean"] == pytest.approx(np.mean(saved[key]["per_frame"]), abs=1e-5)
     assert saved["seed_policy"] == "fixed" and saved["frames"] == 6
+    with av.open(str(result.video)) as c:   # 480x270 at long side 64 keeps its aspect: 64x36 -> 64x40
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 40)
     assert Image.open(result.plot).size == (720, 360)
     plain = restyle(vstudio, tmp_path / "plain")
     assert np.abs(frames_of(result.video) - frames_of(plain.video)).mean() > 1.0   # the shot LoRA is used
+
+
+@pytest.mark.parametrize("video, box, size", [((640, 360), 64, (64, 40)), ((360, 640), 64, (40, 64)),
+                                               ((640, 360), 512, (512, 288)), ((1920, 1080), 1024, (1024, 576)),
+                                               ((500, 500), 64, (64, 64)), ((4000, 100), 64, (64, 8))])
+def test_the_restyle_size_keeps_the_videos_aspect(video, box, size):
+    """Issue 21, item 10: long side 64 made a 640x360 video 64x64 (each side had a 64 px floor)."""
+    from dreamshot.video.restyle import fit_inside
+
+    assert fit_inside(*video, box, box) == size
 
 
 def test_fixed_seed_is_steady_on_a_still_video_per_frame_seed_flickers(vstudio, tmp_path):

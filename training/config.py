@@ -41,6 +41,11 @@ SECRET_FIELDS = ()  # no field ever holds a secret: the Hub token travels only i
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,99}$")
 
 
+def _number(value) -> str:
+    """1000000 as 1,000,000 (not 1e+06); other numbers as %g."""
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1 else f"{value:g}"
+
+
 def _f(default, help: str, **meta):
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
@@ -162,58 +167,64 @@ class TrainConfig:
         return self.max_steps
 
     # ---- checks ---------------------------------------------------------------------------------
-    def problems(self) -> list[str]:
-        """Every out-of-range or inconsistent value, as sentences for the user."""
+    def problems(self, names: dict | None = None) -> list[str]:
+        """Every out-of-range or inconsistent value, as sentences for the user. Each setting is
+        named as the caller shows it: ``names`` (field -> label, e.g. the Train tab's ``Steps``),
+        else its command-line flag (``--max-steps``)."""
+        n = (lambda name: (names or {}).get(name) or "--" + name.replace("_", "-"))
         out = []
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
-            flag = "--" + f.name.replace("_", "-")
+            flag = n(f.name)
             if "choices" in meta and value not in meta["choices"]:
                 out.append(f"{flag} must be one of {', '.join(meta['choices'])} (got {value!r}).")
             if "lo" in meta:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
                     out.append(f"{flag} must be a number (got {value!r}).")
                 elif not (meta["lo"] <= value <= meta["hi"]) or ("gt" in meta and value <= meta["gt"]):
-                    out.append(f"{flag} must be between {meta['lo']:g} and {meta['hi']:g} (got {value:g}).")
+                    out.append(f"{flag} must be between {_number(meta['lo'])} and {_number(meta['hi'])} "
+                               f"(got {_number(value)}).")
                 elif f.type in ("int", int) and int(value) != value:
                     out.append(f"{flag} must be a whole number (got {value!r}).")
         if isinstance(self.resolution, int) and self.resolution % 8:
-            out.append(f"--resolution must be a multiple of 8 (got {self.resolution}).")
+            out.append(f"{n('resolution')} must be a multiple of 8 (got {self.resolution}).")
         if not re.match(r"^[a-z0-9_]{1,64}$", self.shot or ""):
-            out.append("--shot must be a shot-type name like close, medium or long.")
+            out.append(f"{n('shot')} must be a shot-type name like close, medium or long.")
         if self.name and not _NAME.match(self.name):
-            out.append("--name may only use letters, digits, '.', '-' and '_' (100 at most).")
+            out.append(f"{n('name')} may only use letters, digits, '.', '-' and '_' (100 at most).")
         if self.prior_preservation and not self.class_dir:
-            out.append("--prior-preservation needs --class-dir (a folder for the class images).")
+            out.append(f"{n('prior_preservation')} needs {n('class_dir')} (a folder for the class images).")
         if len(self.validation_seeds) != len(self.validation_prompts):
-            out.append("--validation-seeds needs one seed per validation prompt.")
+            out.append(f"{n('validation_seeds')} needs one seed per validation prompt.")
         if not self.validation_prompts:
             out.append("At least one validation prompt is needed.")
         if self.lr_warmup_steps > self.max_steps and self.epochs == 0:
-            out.append("--lr-warmup-steps cannot exceed --max-steps.")
+            out.append(f"{n('lr_warmup_steps')} cannot exceed {n('max_steps')}.")
         try:
             check_template(self.prompt_template)
         except InvalidInput as exc:
-            out.append(f"--prompt-template: {exc}")
-        out += self._method_problems()
+            out.append(f"{n('prompt_template')}: {exc}")
+        out += self._method_problems(n)
         if self.push_to_hub and not re.match(r"^[\w.\-]+/[\w.\-]+$", self.push_to_hub):
-            out.append("--push-to-hub must be a Hub repo id like user/name.")
+            out.append(f"{n('push_to_hub')} must be a Hub repo id like user/name.")
         return out
 
-    def _method_problems(self) -> list[str]:
+    def _method_problems(self, n) -> list[str]:
         out = []
         if self.train_text_encoder and self.method in ("ti", "full"):
-            out.append(f"--train-text-encoder is for LoRA runs (--method {self.method} trains "
+            method = "textual inversion" if self.method == "ti" else "a full fine-tune"
+            out.append(f"{n('train_text_encoder')} is for LoRA runs ({method} trains "
                        + ("the token's embedding)." if self.method == "ti" else "the UNet)."))
         if self.method == "ti":
             if not _TOKEN.match(self.placeholder):
-                out.append("--token must be 2-48 characters without spaces or commas, like close-shot.")
+                out.append(f"{n('token')} must be 2-48 characters without spaces or commas, like close-shot.")
             if not self.initializer:
-                out.append("--init-word is needed (a word the token starts from, e.g. close).")
+                out.append(f"{n('init_word')} is needed (a word the token starts from, e.g. close).")
         return out
 
-    def validate(self) -> "TrainConfig":
-        problems = self.problems()
+    def validate(self, names: dict | None = None) -> "TrainConfig":
+        """Self, or InvalidInput listing every problem (``names``: as in ``problems``)."""
+        problems = self.problems(names)
         if problems:
             raise InvalidInput("Training settings refused: " + " ".join(problems))
         return self

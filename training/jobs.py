@@ -37,6 +37,7 @@ from dreamshot.storage import now
 from training import process, runs
 from training.checkpoints import list_checkpoints
 from training.config import TrainConfig, preset
+from training.dataset_check import refuse_uncaptioned
 from training.runs import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RESUMABLE, RUNNING, RunInfo  # noqa: F401
 from training.status import StatusLog, StatusReader, classify_error, last_ending
 
@@ -54,6 +55,7 @@ class TrainRequest:
     overrides: dict = field(default_factory=dict)   # TrainConfig field -> value
     dataset: str | None = None                      # an imagefolder instead of the studio's labeled set
     hub_token: str | None = field(default=None, repr=False)  # kept in memory, passed via HF_TOKEN only
+    names: dict | None = None   # setting -> the name messages use (the tab's labels); None: CLI flags
 
 
 def _comparable(cfg: TrainConfig) -> dict:
@@ -107,7 +109,8 @@ class TrainingRunner:
             check_sd1_folder(Path(source))
         overrides = {k: v for k, v in (request.overrides or {}).items() if v is not None and k not in FIXED_FIELDS}
         if overrides.get("token") and len(request.shots) > 1:
-            raise InvalidInput("A --token names one shot type's token: train one shot type at a time, or leave "
+            token = (request.names or {}).get("token") or "--token"
+            raise InvalidInput(f"A {token} names one shot type's token: train one shot type at a time, or leave "
                                "the token empty (each shot gets its own, SHOT-shot).")
         if request.dataset and not Path(request.dataset).is_dir():
             raise InvalidInput(f"The dataset folder {request.dataset} does not exist.")
@@ -119,7 +122,9 @@ class TrainingRunner:
                              prompt_template=template, base_model=source, **overrides)
             except TypeError as exc:
                 raise InvalidInput(f"Unknown training setting: {exc}") from None
-            configs.append(cfg.validate())
+            configs.append(cfg.validate(request.names))
+        if not request.dataset:  # the studio's labeled set: no frame may train without its caption
+            refuse_uncaptioned(self.studio, request.shots, method=configs[0].method)
         for cfg in configs:
             self._refuse_duplicate(cfg, request.dataset)
         return configs

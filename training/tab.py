@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from dreamshot.errors import InvalidInput
-from dreamshot.ui import admin_name, guarded
+from dreamshot.ui import QUIET, admin_name, guarded
 from training import config as tconfig
 from training import jobs, views
 from training.views import (FAST_POLL_S, HISTORY_HEADERS, HISTORY_WIDTHS, IDLE_POLL_S, METHOD_PARAMS,
@@ -82,12 +82,13 @@ class TrainHandlers:
         boxes = [gr.Column(visible=method == which) for which in METHOD_BOXES]
         return *boxes, cfg.learning_rate, *lora_only
 
-    def start(self, form: TrainForm, request: gr.Request):
-        """Queue one run per shot type; the view follows the queue from the first one."""
+    def start(self, form: TrainForm, request: gr.Request, names: dict = views.FIELD_NAMES):
+        """Queue one run per shot type; the view follows the queue from the first one. Messages name
+        the settings by ``names`` (the form's labels; /train_start adds its parameter names)."""
         who = admin_name(self.studio, request)
         created = self.runner.submit(jobs.TrainRequest(shots=form.shots, preset=form.preset,
-                                                       overrides=form.overrides(), dataset=form.dataset,
-                                                       hub_token=form.hub_token))
+                                                       overrides=form.overrides(names), dataset=form.dataset,
+                                                       hub_token=form.hub_token, names=names))
         self.runner.tick()  # start at once when the GPU is free
         runs = self.runner.list_runs()
         names = ", ".join(f"#{r.id} {r.shot}" for r in created)
@@ -212,7 +213,8 @@ def start_api(handlers: TrainHandlers):
     shot type of the project, as the form starts. Returns the message and the run history."""
     def train_start(request: gr.Request, shots, preset, dataset, hub_token, *values):
         shots = shots or handlers.studio.project.taxonomy().names
-        message, rows, *_ = handlers.start(TrainForm.from_inputs(shots, preset, dataset, hub_token, *values), request)
+        message, rows, *_ = handlers.start(TrainForm.from_inputs(shots, preset, dataset, hub_token, *values), request,
+                                           names=views.API_NAMES)
         return message, rows
 
     P = inspect.Parameter
@@ -295,14 +297,14 @@ def build(studio, demo: gr.Blocks) -> None:
     status_btn = gr.Button(visible=False)
     timer = gr.Timer(FAST_POLL_S)
 
-    # Quick actions: an error shows as a toast, not as an overlay on the table and the run picker.
-    quiet = dict(show_progress="hidden")
+    # Quick actions: an error shows as a toast, not as an overlay on the form, the table and the run picker.
+    quiet = QUIET
     method = methods.inputs[0]
     method_outputs = [*[methods.boxes[which] for which in METHOD_BOXES], params[PARAM_NAMES.index("learning_rate")],
                       *[params[PARAM_NAMES.index(name)] for name in LORA_ONLY]]
-    preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset").then(
-        guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")
-    method.change(guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private")
+    preset.change(guarded(ui.preset_values), preset, params, api_name="train_preset", **quiet).then(
+        guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private", **quiet)
+    method.change(guarded(ui.method_fields), [method, preset], method_outputs, api_visibility="private", **quiet)
     start_btn.click(start_form(ui), [shots, preset, dataset, hub_token, *params, *methods.inputs],
                     [message, history, run, timer, shown], api_visibility="private", **quiet)
     gr.api(start_api(ui), api_name="train_start")
@@ -315,4 +317,4 @@ def build(studio, demo: gr.Blocks) -> None:
         None, js=FOLLOW_LOG_JS, api_visibility="private")
     history_btn.click(guarded(ui.history), None, history, api_name="train_history")
     status_btn.click(guarded(ui.status), run, status_json, api_name="train_status")
-    demo.load(guarded(ui.page_load), None, [base_model, shots], api_visibility="private")
+    demo.load(guarded(ui.page_load), None, [base_model, shots], api_visibility="private", **quiet)

@@ -4,6 +4,7 @@ bar, which run the live view follows, and the validation images as pixels."""
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -61,6 +62,10 @@ METHOD_PARAMS = [
     ("clip_frames", "Frames per clip", "int", {"method": "motion"}),
 ]
 FORM_NAMES = PARAM_NAMES + [p[0] for p in METHOD_PARAMS]
+# How messages name a setting in the tab: its label without the note in brackets ("Steps", not
+# "--max-steps"; "Epochs", not "Epochs (0: use steps)"). The CLI's messages name the flags.
+FIELD_NAMES = {name: re.sub(r"\s*\(.*\)$", "", label) for name, label, _kind, _extra in PARAMS + METHOD_PARAMS}
+API_NAMES = {name: f"{label} ({name})" for name, label in FIELD_NAMES.items()}   # /train_start's parameters
 METHOD_LABELS = {"lora": "LoRA", "ti": "TI", "full": "Full", "motion": "Motion LoRA"}
 FAST_POLL_S, IDLE_POLL_S = 1.0, 5.0
 # Ten columns of fixed widths: headers stay whole words, and a narrow screen scrolls the table sideways.
@@ -81,16 +86,18 @@ class TrainForm:
         return cls(list(shots or []), preset, (dataset or "").strip() or None, (hub_token or "").strip() or None,
                    dict(zip(FORM_NAMES, values)))
 
-    def overrides(self) -> dict:
-        """TrainConfig changes from the form: numbers checked and typed, empty text left out."""
+    def overrides(self, names: dict | None = None) -> dict:
+        """TrainConfig changes from the form: numbers checked and typed, empty text left out.
+        ``names``: how a refusal names the field (default: the form's labels)."""
+        names = names or FIELD_NAMES
         out = {}
-        for name, label, kind, _extra in PARAMS + METHOD_PARAMS:
+        for name, _label, kind, _extra in PARAMS + METHOD_PARAMS:
             value = self.values.get(name)
             if value is None or (kind == "text" and str(value).strip() == "" and name != "push_to_hub"):
                 continue
             if kind == "int":
                 if float(value) != int(float(value)):
-                    raise InvalidInput(f"{label} must be a whole number.")
+                    raise InvalidInput(f"{names[name]} must be a whole number (got {float(value):g}).")
                 value = int(float(value))
             elif kind == "float":
                 value = float(value)

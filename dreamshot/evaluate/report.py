@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from dreamshot.evaluate.metrics import fmt, row_text
 
@@ -148,7 +148,7 @@ def judge_text(report: dict) -> str:
     if report.get("accuracy") is not None:
         low, high = report["accuracy_ci"]
         text += (f"; accuracy {report['accuracy']:.3f} (95% Wilson [{low:.3f}, {high:.3f}]) on "
-                 f"{report['n']} {report['measured_on']}")
+                 + _counted(report["n"], report["measured_on"]))
         classes = report.get("classes", [])
         text += "\n\n| true \\ judged | " + " | ".join(classes) + " |\n|" + "---|" * (len(classes) + 1)
         for cls, row in zip(classes, report.get("confusion", [])):
@@ -156,53 +156,103 @@ def judge_text(report: dict) -> str:
     return text
 
 
+def _counted(n: int, frames: str) -> str:
+    """'12 held-out labeled frames'; 'all 12 labeled frames' (not '12 all labeled frames')."""
+    return f"all {n} {frames[4:]}" if frames.startswith("all ") else f"{n} {frames}"
+
+
 def _ascii(text: str) -> str:
-    """Labels for the PIL default font (no α or arrows there)."""
+    """Labels for the bundled font (no α or arrows there)."""
     return text.replace("α", "a").replace("→", "->").encode("ascii", "replace").decode()
 
 
-def plot(results: dict, width: int = 900, height: int = 420) -> Image.Image:
-    """Bars: base vs fine-tuned, CLIP-T and DINO for Tables 3-4; right panel: the α curve."""
+GREY, BLUE, GREEN, RED = (150, 150, 150), (40, 110, 200), (30, 150, 60), (200, 50, 50)
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=size)   # Pillow's scalable font (FreeType), no file needed
+
+
+def plot(results: dict, width: int = 1000, height: int = 470) -> Image.Image:
+    """Left: A vs B per metric (its own axis, from min(0, lowest) so a negative CLIP-T shows as a bar
+    below zero), Tables 3 and 4 side by side; right: the α curve, one panel per metric."""
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
-    d.text((10, 8), "DreamShot evaluation" + ("" if results.get("complete") else " (INCOMPLETE)"), fill="black")
-    bars = []
-    for name in ("table3", "table4"):
-        t = results.get("tables", {}).get(name) or {}
-        for metric, label in METRICS.items():
-            row = (t.get(metric) or {}).get("overall") or {}
-            if row.get("n"):
-                bars.append((f"{label} {'abl.' if name == 'table4' else ''}".strip(), row["base"], row["tuned"]))
-    top, bottom, left = 70, height - 40, 40
-    panel = width // 2 - 20
-    d.line((left, bottom, left + panel, bottom), fill="black")
-    hi = max([max(b, t, 1e-6) for _, b, t in bars] or [1.0])
-    for i, (label, base, tuned) in enumerate(bars):
-        x = left + 10 + i * (panel // max(len(bars), 1))
-        for j, (value, colour) in enumerate(((base, (150, 150, 150)), (tuned, (40, 110, 200)))):
-            h = int((bottom - top) * max(value, 0) / hi)
-            d.rectangle((x + j * 22, bottom - h, x + j * 22 + 18, bottom), fill=colour)
-            d.text((x + j * 22, bottom - h - 12 - 12 * j), f"{value:.3f}", fill=colour)
-        d.text((x, bottom + 6), label, fill="black")
+    title = "DreamShot evaluation" + ("" if results.get("complete") else " (INCOMPLETE)")
+    d.text((16, 10), title, fill="black", font=_font(20))
     a, b = (_ascii(x) for x in side_labels(results))
-    d.text((left, 30), f"grey = A: {a}, blue = B: {b}", fill="black")
+    small = _font(14)
+    d.rectangle((16, 44, 30, 58), fill=GREY)
+    d.text((36, 43), f"A: {a}", fill="black", font=small)
+    x = 36 + d.textlength(f"A: {a}", font=small) + 24
+    d.rectangle((x, 44, x + 14, 58), fill=BLUE)
+    d.text((x + 20, 43), f"B: {b}", fill="black", font=small)
+    top, bottom = 104, height - 46
     curve = results.get("alpha_curve") or []
-    ox = width // 2 + 20
-    d.line((ox, bottom, width - 20, bottom), fill="black")
+    half = width // 2 if len(curve) >= 2 else width   # the bars take the whole width without an α curve
+    for i, (metric, label) in enumerate(METRICS.items()):
+        groups = []
+        for name in ("table3", "table4"):
+            row = ((results.get("tables", {}).get(name) or {}).get(metric) or {}).get("overall") or {}
+            if row.get("n"):
+                groups.append(("Table 3" if name == "table3" else "Table 4 (abl.)", row["base"], row["tuned"]))
+        left = 16 + i * (half - 16) // 2
+        _bar_panel(d, (left + 44, top, left + (half - 16) // 2 - 12, bottom), label, groups)
     if len(curve) >= 2:
-        ranges = {k: (min(c[k] for c in curve), max(c[k] for c in curve)) for k in ("clip_t", "dino")}
-        d.text((ox, top - 28), "alpha curve, each line scaled to its own range:", fill="black")
-        d.text((ox, top - 16), "CLIP-T {:.4f}..{:.4f} (green), DINO {:.4f}..{:.4f} (red)".format(
-            *ranges["clip_t"], *ranges["dino"]), fill="black")
+        mid = (top + bottom) // 2
         alphas = [c["alpha"] for c in curve]
-        span = (max(alphas) - min(alphas)) or 1.0
-        for key, colour in (("clip_t", (30, 150, 60)), ("dino", (200, 50, 50))):
-            vals = [c[key] for c in curve]
-            lo_v, hi_v = min(vals), max(vals)
-            rng = (hi_v - lo_v) or 1.0
-            pts = [(ox + (a - min(alphas)) / span * (width - 40 - ox), bottom - 10 - (v - lo_v) / rng * (bottom - top - 20))
-                   for a, v in zip(alphas, vals)]
-            d.line(pts, fill=colour, width=2)
-        for a in alphas:
-            d.text((ox + (a - min(alphas)) / span * (width - 40 - ox) - 6, bottom + 6), f"{a:g}", fill="black")
+        for (key, label, colour), (y0, y1) in zip((("clip_t", "CLIP-T", GREEN), ("dino", "DINO", RED)),
+                                                   ((top, mid - 24), (mid + 30, bottom))):
+            _curve_panel(d, (half + 60, y0, width - 20, y1), f"{label} vs alpha (side B)", alphas,
+                         [c[key] for c in curve], colour)
     return img
+
+
+def _bar_panel(d, box, title: str, groups: list[tuple[str, float, float]]) -> None:
+    """Bars of A and B per group on one axis from min(0, values) to max(0, values), zero marked."""
+    x0, y0, x1, y1 = box
+    font, small = _font(15), _font(13)
+    d.text((x0, y0 - 26), title, fill="black", font=font)
+    if not groups:
+        d.text((x0, y0 + 10), "no results yet", fill=GREY, font=small)
+        return
+    values = [v for _, a, b in groups for v in (a, b)]
+    lo, hi = min(0.0, *values), max(0.0, *values)
+    pad = 0.15 * ((hi - lo) or 1.0)           # room for the value printed beyond each bar's end
+    lo, hi = lo - (pad if lo < 0 else 0.0), hi + (pad if hi > 0 or lo == 0 else 0.0)
+    y_of = lambda v: y1 - (v - lo) / (hi - lo) * (y1 - y0)  # noqa: E731
+    zero = y_of(0.0)
+    d.line((x0, y0, x0, y1), fill="black")
+    d.text((x0 - 6, zero), "0", fill="black", font=small, anchor="rm")
+    d.line((x0, zero, x1, zero), fill="black")
+    slot = (x1 - x0) / len(groups)
+    bar = min(44.0, slot / 3)
+    for i, (label, a, b) in enumerate(groups):
+        cx = x0 + slot * (i + 0.5)
+        for j, (value, colour) in enumerate(((a, GREY), (b, BLUE))):
+            left = cx - bar - 2 + j * (bar + 4)
+            y = y_of(value)
+            d.rectangle((left, min(y, zero), left + bar, max(y, zero)), fill=colour)
+            # A's value ends at its bar's right edge, B's starts at its left edge: side by side, never on top
+            text_x, side = (left + bar, "r") if j == 0 else (left, "l")
+            text_y, end = (y - 3, "b") if value >= 0 else (y + 3, "t")
+            d.text((text_x, text_y), f"{value:.3f}", fill=colour, font=small, anchor=side + end)
+        d.text((cx, y1 + 8), label, fill="black", font=small, anchor="mt")
+
+
+def _curve_panel(d, box, title: str, xs: list[float], ys: list[float], colour) -> None:
+    """One metric against α on its own axis (lowest to highest value), with its values at the ends."""
+    x0, y0, x1, y1 = box
+    small = _font(13)
+    d.text((x0, y0 - 4), title, fill="black", font=_font(15), anchor="lb")
+    lo, hi = min(ys), max(ys)
+    span_y, span_x = (hi - lo) or 1.0, (max(xs) - min(xs)) or 1.0
+    pts = [(x0 + (x - min(xs)) / span_x * (x1 - x0), y1 - (y - lo) / span_y * (y1 - y0)) for x, y in zip(xs, ys)]
+    d.line((x0, y0, x0, y1), fill="black")
+    d.line((x0, y1, x1, y1), fill="black")
+    for v in (lo, hi):
+        d.text((x0 - 6, y1 - (v - lo) / span_y * (y1 - y0)), f"{v:.3f}", fill="black", font=small, anchor="rm")
+    d.line(pts, fill=colour, width=3)
+    for (px, py), x in zip(pts, xs):
+        d.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour)
+        d.text((px, y1 + 6), f"{x:g}", fill="black", font=small, anchor="mt")

@@ -169,7 +169,7 @@ def build(studio, demo: gr.Blocks) -> None:
         stop_btn = gr.Button("Stop", variant="stop", elem_id="eval-stop")
         show_btn = gr.Button("Show results", elem_id="eval-show")
     status = gr.Markdown(elem_id="eval-status")
-    plot = gr.Image(label="Tables 3-4 and α curve", type="pil", format="png", elem_id="eval-plot", height=320)
+    plot = gr.Image(label="Tables 3-4 and α curve", type="pil", format="png", elem_id="eval-plot", height=500)
     tables = gr.Markdown(elem_id="eval-tables")
     gallery = gr.Gallery(label="Sample pairs (left: A, right: B)", columns=3, elem_id="eval-gallery")
 

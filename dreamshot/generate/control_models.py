@@ -120,8 +120,8 @@ class ControlModels:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation, pipeline
 
         folder = local_or_cached(source, "config.json")
-        fix = (f"Set {DEPTH_ENV} to a local transformers depth-estimation folder (e.g. a copy of "
-               f"{DEFAULT_DEPTH_MODEL}), or run once with Hub access to cache it.")
+        fix = (f"Set {DEPTH_ENV} to a local transformers depth-estimation folder (a copy of this model, "
+               "say), or run once with Hub access to cache it.")   # the message names the model once
         if folder is None and (why := hub_unavailable()):
             raise _missing("depth model", source, fix, why)
         try:

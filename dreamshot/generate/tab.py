@@ -26,7 +26,7 @@ from dreamshot.generate.request import ALPHA_RANGE, MAX_IMAGES, MAX_SIDE, MAX_ST
 from dreamshot.generate.samplers import DEFAULT_SAMPLER, SAMPLERS
 from dreamshot.generate.storyboard import DEFAULT_ALPHAS
 from dreamshot.generate.tab_control import control_section
-from dreamshot.ui import admin_name, gpu, guarded, job_owner
+from dreamshot.ui import QUIET, admin_name, gpu, guarded, job_owner
 
 
 EXAMPLE_BOARD = ("long | a lighthouse on a cliff at dusk\n"
@@ -39,6 +39,26 @@ def reporter(progress):
 
 
 FORM_HEAD = 13   # the form's fields that come before an endpoint's own inputs (the API before #14)
+
+# "Regenerate when α is moved" on every way of moving it, once per move. Gradio 6's slider sends
+# `release` on a mouse-up and when its number box loses focus, but nothing for the arrow keys (only
+# `input`, once per step while a key is held) or for Enter in the box. So: Enter in the box leaves
+# it (one `release`), and letting go of a key on the slider presses the hidden #gen-alpha-apply.
+HEAD = """<script>
+(() => {
+  if (window.__dreamshotAlphaKeys) return;
+  window.__dreamshotAlphaKeys = true;
+  const MOVES = ["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "PageUp", "PageDown", "Home", "End"];
+  document.addEventListener("keydown", (e) => {
+    const box = e.target.closest && e.target.closest("#gen-alpha input[type=number]");
+    if (box && e.key === "Enter") { e.preventDefault(); box.blur(); }
+  }, true);
+  document.addEventListener("keyup", (e) => {
+    const range = e.target.closest && e.target.closest("#gen-alpha input[type=range]");
+    if (range && MOVES.includes(e.key)) document.getElementById("gen-alpha-apply")?.click();
+  }, true);
+})();
+</script>"""
 
 
 def form_inputs(form: list, *extra) -> list:
@@ -98,6 +118,7 @@ def _form_section(h: GenerateHandlers):
         with gr.Row():
             use_template = gr.Checkbox(value=True, label="Prompt template: a high-quality {shot} picture of {caption}")
             live = gr.Checkbox(value=True, label="Regenerate when α is moved (same seed)", elem_id="gen-live")
+            apply = gr.Button("Apply α", visible="hidden", elem_id="gen-alpha-apply")  # pressed by HEAD's keys
         with gr.Accordion("Advanced settings", open=False):
             negative = gr.Textbox(label="Negative prompt", lines=1)
             sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
@@ -117,8 +138,8 @@ def _form_section(h: GenerateHandlers):
             stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
     form = [prompt, shot, alpha, use_template, negative, sampler, steps, cfg, width, height, seed, num_images, blend,
             embedding]
-    return SimpleNamespace(form=form, prompt=prompt, shot=shot, alpha=alpha, live=live, seed=seed, refresh=refresh,
-                           go=go, compare=compare, stop=stop, embedding=embedding)
+    return SimpleNamespace(form=form, prompt=prompt, shot=shot, alpha=alpha, live=live, apply=apply, seed=seed,
+                           refresh=refresh, go=go, compare=compare, stop=stop, embedding=embedding)
 
 
 def _results_section():
@@ -219,9 +240,11 @@ def _wire_generation(h, f, r, sweep, board) -> None:
     images = [f.go.click(generate, f.form, r.outputs, api_name="generate"),
               f.prompt.submit(generate, f.form, r.outputs, api_visibility="private"),
               f.compare.click(run(show(h.compare)), f.form, r.outputs, api_name="compare"),
-              # α typed, dragged or keyed: regenerate only when an image was generated before.
-              f.alpha.release(run(show(h.live_alpha), ("live", "last_seed")), form_inputs(f.form, f.live, last_seed),
-                              r.outputs, api_visibility="private", trigger_mode="always_last")]
+              # α dragged (mouse-up), typed (Enter or leaving the box) or keyed (HEAD presses f.apply):
+              # regenerate only when an image was generated before.
+              *[trigger(run(show(h.live_alpha), ("live", "last_seed")), form_inputs(f.form, f.live, last_seed),
+                        r.outputs, api_visibility="private", trigger_mode="always_last")
+                for trigger in (f.alpha.release, f.apply.click)]]
     for event in images:
         event.success(lambda seed: seed, r.used_seed, last_seed, api_visibility="private", queue=False)
     others = [sweep.go.click(run(grid, ("shots", "alphas"), 300), form_inputs(f.form, sweep.shots, sweep.alphas),
@@ -273,14 +296,16 @@ def _wire_settings(studio, h, f, r, sweep, read, upload, demo) -> None:
 
     r.reuse.click(lambda s: s or "-1", r.used_seed, f.seed, api_visibility="private",
                   queue=False)
-    f.refresh.click(refresh_loras, None, [f.shot, sweep.shots], api_name="list_loras", concurrency_limit=None)
+    # These fill form fields: a refusal (a PNG without settings, a bad upload) is one toast (QUIET).
+    f.refresh.click(refresh_loras, None, [f.shot, sweep.shots], api_name="list_loras", concurrency_limit=None,
+                    **QUIET)
     restored_outputs = form_inputs(f.form, read.note)
-    read.png.upload(guarded(read_png), read.png, restored_outputs, api_name="read_png")
-    read.restore.click(guarded(read_text), read.pasted, restored_outputs, api_name="read_parameters")
+    read.png.upload(guarded(read_png), read.png, restored_outputs, api_name="read_png", **QUIET)
+    read.restore.click(guarded(read_text), read.pasted, restored_outputs, api_name="read_parameters", **QUIET)
     upload.go.click(guarded(do_upload), [upload.file, upload.name, upload.shot, upload.token],
-                    [upload.note, f.shot, sweep.shots], api_name="upload_lora").success(
-        refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private")
+                    [upload.note, f.shot, sweep.shots], api_name="upload_lora", **QUIET).success(
+        refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private", **QUIET)
     f.refresh.click(refresh_embeddings, None, [f.embedding, upload.table], api_name="list_embeddings",
-                    concurrency_limit=None)
-    demo.load(refresh_loras, None, [f.shot, sweep.shots], api_visibility="private")  # LoRAs trained meanwhile
-    demo.load(refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private")
+                    concurrency_limit=None, **QUIET)
+    demo.load(refresh_loras, None, [f.shot, sweep.shots], api_visibility="private", **QUIET)  # trained meanwhile
+    demo.load(refresh_embeddings, None, [f.embedding, upload.table], api_visibility="private", **QUIET)

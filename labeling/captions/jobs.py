@@ -91,7 +91,8 @@ class CaptionProgress:
         head = {
             "loading": f"Loading captioner {self.model} ...",
             "running": f"Captioning {self.done}/{self.total} {self.split} frames with {self.model}",
-            "done": f"Done: {self.done}/{self.total} {self.split} frames captioned with {self.model}"
+            # captioned = processed - failed: the same count as the header's "N/M frames captioned"
+            "done": f"Done: {self.done - self.failed}/{self.total} {self.split} frames captioned with {self.model}"
                     + (" (untrained demo captioner: random words, to try the workflow)"
                        if self.model == DEMO_CAPTIONER else ""),
             "cancelled": f"Cancelled after {self.done}/{self.total} frames (saved; run again to resume)",
@@ -106,7 +107,9 @@ class CaptionProgress:
         if self.kept_human:
             parts.append(f"{self.kept_human} human captions kept")
         if self.failed:
-            parts.append(f"{self.failed} failed ({'; '.join(self.errors[:3])})")
+            parts.append(f"{self.failed} failed ({'; '.join(self.errors[:3])}): write "
+                         f"{'it' if self.failed == 1 else 'them'} in the editor (“(no caption)” in the list); "
+                         "no run trains a frame without a caption")
         return " · ".join(parts)
 
 

@@ -297,6 +297,13 @@ def frames_with_machine_caption(studio, frame_ids) -> set[int]:
     return {fid for fid, row in _rows(studio, frame_ids).items() if row.caption_original is not None}
 
 
+def frames_without_caption(studio, frame_ids) -> list[int]:
+    """The frames of ``frame_ids`` that have no caption yet (none was written, or the captioner
+    gave nothing), in id order."""
+    rows = _rows(studio, frame_ids)
+    return sorted(fid for fid in set(frame_ids) if not (rows[fid].caption if fid in rows else None))
+
+
 # ---- writing -------------------------------------------------------------------------------------
 def edit_caption(studio, req: EditRequest) -> CaptionView:
     """Save a person's caption (committed at once) and mark it reviewed.

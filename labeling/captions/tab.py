@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from dreamshot.ui import guarded
+from dreamshot.ui import QUIET, guarded  # QUIET: a refusal leaves the outputs as they were
 
 from labeling.captions import jobs as caption_jobs
 from labeling.captions.bulk import SHOT_TERMS
@@ -43,7 +43,6 @@ FOCUS_JS = """() => { setTimeout(() => {
   if (t) { t.focus(); t.setSelectionRange(t.value.length, t.value.length); }
 }, 60); }"""
 
-QUIET = dict(show_progress="hidden")  # a refusal leaves the outputs as they were (see the docstring)
 
 
 def _filters_row(studio) -> list:
@@ -125,7 +124,7 @@ def _template_panel(ui: CaptionsHandlers, stats_md, split, refresh, demo: gr.Blo
         template_md = gr.Markdown()
     template_btn.click(guarded(ui.save_template), inputs=[template, split], outputs=[template, template_md, stats_md],
                        api_name="caption_template", **QUIET).then(**refresh)
-    demo.load(guarded(ui.current_template), None, template, api_visibility="private")
+    demo.load(guarded(ui.current_template), None, template, api_visibility="private", **QUIET)
 
 
 def _bulk_panel(ui: CaptionsHandlers, stats_md, filters, refresh) -> None:

@@ -53,6 +53,36 @@ def _version(version) -> int | None:
     return None if version is None else int(version)
 
 
+# What the bulk-edit boxes asked for, by the names people see (a preview remembers it).
+_FORM_NAMES = {"find": "The Find box", "replace": "The Replace box", "regex": "The Regular expression box",
+               "terms": "The shot words", "filters": "The filters above the list"}
+
+
+def _form_of(kind: str, find, replace, regex, terms, filters: Filters) -> dict:
+    boxes = (dict(find=find or "", replace=replace or "", regex=bool(regex)) if kind == "replace"
+             else dict(terms=terms or ""))
+    return {**boxes, "filters": [filters.split or "train", filters.shot or "all", bool(filters.unreviewed),
+                                 filters.search or "", bool(filters.too_long)]}
+
+
+def _changed_since(previewed, now: dict) -> str | None:
+    """The first box that differs from what the preview was made with (None: the same; a preview
+    from before previews remembered their boxes: nothing to compare)."""
+    then = previewed[2] if len(previewed) > 2 else None
+    if not then:
+        return None
+    return next((_FORM_NAMES[k] for k in now if then.get(k) != now[k]), None)
+
+
+def _edit_text(kind: str, find, replace, regex, terms) -> str:
+    if kind == "replace":
+        what = f"/{find}/" if regex else f"“{find}”"
+        return f"replace {what} with “{replace or ''}”"
+    words = [t.strip() for t in (terms or "").split(",") if t.strip()]
+    shown = ", ".join(words[:4]) + (f" and {len(words) - 4} more" if len(words) > 4 else "")
+    return f"strip the shot words ({shown or 'the default list'})"
+
+
 class CaptionsHandlers:
     def __init__(self, studio):
         self.studio = studio
@@ -235,16 +265,26 @@ class CaptionsHandlers:
         admin_name(self.studio, request)
         changes = self._changes(kind, find, replace, regex, terms, filters)
         rows = [[c.frame_id, c.before, c.after] for c in changes]
-        note = (f"{len(changes)} captions would change. Check them, then Apply {kind}." if changes
-                else "Nothing would change.")
-        return rows, note, (kind, changes)
+        note = (f"{len(changes)} captions would change ({_edit_text(kind, find, replace, regex, terms)}). "
+                f"Check them, then Apply {kind}." if changes else "Nothing would change.")
+        return rows, note, (kind, changes, _form_of(kind, find, replace, regex, terms, filters))
 
     def _apply(self, kind: str, find, replace, regex, terms, filters: Filters, previewed, request) -> tuple:
+        """Applies the preview of this kind when the boxes still show what was previewed; refuses when
+        they changed since (the table shows another edit than the boxes); without a preview, the
+        edit the boxes show."""
         editor = admin_name(self.studio, request)
-        changes = (previewed[1] if previewed and previewed[0] == kind
-                   else self._changes(kind, find, replace, regex, terms, filters))
+        if previewed and previewed[0] == kind:
+            changed = _changed_since(previewed, _form_of(kind, find, replace, regex, terms, filters))
+            if changed:
+                raise InvalidInput(f"{changed} changed since the preview: press Preview {kind} again, check the "
+                                   f"list, then Apply {kind}. Nothing was changed.")
+            changes = previewed[1]
+        else:
+            changes = self._changes(kind, find, replace, regex, terms, filters)
         result = bulk.apply_changes(self.studio, changes, editor)
-        note = f"Applied to {result.applied} captions (recorded as bulk edits)."
+        note = (f"Applied to {result.applied} caption{'' if result.applied == 1 else 's'}: "
+                f"{_edit_text(kind, find, replace, regex, terms)} (recorded as bulk edits).")
         if result.conflicts:
             note += f" {len(result.conflicts)} changed since the preview and were left alone: {result.conflicts[:10]}"
         return [], note, None, self.stats_line(filters.split)
