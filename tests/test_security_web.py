@@ -247,6 +247,21 @@ def test_image_bombs_and_non_images_get_one_line(member, tmp_path, capfd):
     assert "Traceback" not in err and "Internal error" not in err, err[-3000:]
 
 
+def test_nan_and_infinity_as_json_numbers_get_one_line(members_server, capfd):
+    """JSON carries NaN and Infinity (gradio_client cannot send them; any HTTP client can)."""
+    _, _, url, _ = members_server
+    capfd.readouterr()
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("login", data={"username": "Ada", "password": PASSWORD}).status_code == 200
+        for seed, shown in (("NaN", "nan"), ("Infinity", "inf")):
+            body = '{"data": ["paper", "close=10", "512", 0.2, %s]}' % seed
+            event = http.post("gradio_api/call/label_settings", content=body,
+                              headers={"content-type": "application/json"}).json()["event_id"]
+            stream = http.get(f"gradio_api/call/label_settings/{event}").text
+            assert "event: error" in stream and "Sampling seed must be a" in stream, stream[:300]
+    assert "Traceback" not in capfd.readouterr().err
+
+
 # ---- 3. server paths from the page ----------------------------------------------------------------------
 def test_export_and_import_stay_inside_the_allowed_folders(member, members_server, tmp_path):
     from gradio_client.exceptions import AppError
