@@ -105,3 +105,20 @@ def test_python_app_py_warns_on_stderr_at_once(tmp_path):
     first = proc.stderr.splitlines()[0]
     assert first.startswith("dreamshot: warning: the studio is served through a public gradio.live link"), proc.stderr
     assert "without a password" in first and proc.returncode == 1
+
+
+def test_the_cli_names_image_bombs_and_non_images_in_one_line(studio, tmp_path, capsys):
+    from dreamshot.__main__ import main
+    from tests.test_security_web import _bomb
+
+    bomb, notes = _bomb(tmp_path / "bomb.png"), tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    assert main(["read-png", str(bomb), str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert "bomb.png: The image is too large to open safely" in err and "notes.png is not an image" in err
+    common = ["--data", str(studio.settings.data_dir), "--model", "demo", "--prompt", "x", "--control", "canny",
+              "--out", str(tmp_path / "out")]
+    for reference, message in ((bomb, "'bomb.png' is too large to open safely"), (notes, "'notes.png' is not an image")):
+        assert main(["generate", *common, "--control-image", str(reference)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
