@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 
@@ -57,6 +58,11 @@ except DreamShotError as exc:
     if __name__ != "__main__":
         raise
     sys.exit(f"dreamshot: {exc}")
+
+# Gradio's cache (uploads, pictures shown on pages) of this process alone: it is swept (DELETE_CACHE) and
+# emptied when the server stops, which must not take the files of another server on this machine (a
+# survey-only server beside the studio) whose pictures have the same content and so the same names.
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="dreamshot-gradio-"))
 
 # The UI only now: gradio and the tab modules take seconds to import, and a wrong setup was refused above.
 import gradio as gr  # noqa: E402
@@ -105,8 +111,8 @@ def public_endpoints() -> set[str]:
     return {"status"}.union(*(getattr(m, "PUBLIC_API", ()) for m in TAB_MODULES))
 
 
-# Gradio's cache (uploads, and the images and files shown on pages) is swept every hour of what is over
-# a day old, and emptied when the server stops (studio data lives in the data folder, never there).
+# Gradio's cache (uploads, and the images and files shown on pages; GRADIO_TEMP_DIR above) is swept every
+# hour of what is over a day old, and emptied when the server stops (studio data lives in the data folder).
 DELETE_CACHE = (3600, 86400)
 
 
