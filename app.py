@@ -15,20 +15,22 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 
 from dreamshot import __version__, settings as config
+from dreamshot.access import exposure_warning
 from dreamshot.errors import DreamShotError
 from dreamshot.safety import configure_logging, redact_stderr
 from dreamshot.studio import Studio
 
 HELP = "DreamShot studio: label, caption, train, generate, survey and evaluate cinema shot types."
 ENVIRONMENT_HELP = """environment only (see README, Settings):
-  DREAMSHOT_TRUSTED_PROXIES, DREAMSHOT_SURVEY_MAX_NEW_PER_HOUR, DREAMSHOT_SURVEY_MAX_ANSWERS_PER_MIN,
-  DREAMSHOT_SURVEY_REPO, DREAMSHOT_SURVEY_HF_TOKEN, DREAMSHOT_SURVEY_MIRROR_MINUTES,
-  DREAMSHOT_MOTION_ADAPTER, DREAMSHOT_CONTROLNET_CANNY, _DEPTH, _SCRIBBLE, DREAMSHOT_DEPTH_MODEL,
-  DREAMSHOT_TRAIN_PROCESSES, HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT"""
+  DREAMSHOT_TRUSTED_PROXIES (the survey's caps and the login throttle), DREAMSHOT_SURVEY_MAX_NEW_PER_HOUR,
+  DREAMSHOT_SURVEY_MAX_ANSWERS_PER_MIN, DREAMSHOT_SURVEY_REPO, DREAMSHOT_SURVEY_HF_TOKEN,
+  DREAMSHOT_SURVEY_MIRROR_MINUTES, DREAMSHOT_MOTION_ADAPTER, DREAMSHOT_CONTROLNET_CANNY, _DEPTH, _SCRIBBLE,
+  DREAMSHOT_DEPTH_MODEL, DREAMSHOT_TRAIN_PROCESSES, HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT"""
 
 
 def _open_studio() -> Studio:
@@ -39,6 +41,9 @@ def _open_studio() -> Studio:
     # Flags only when run as a script; on import (tests, Spaces' loaders) the environment decides.
     settings = config.parse(sys.argv[1:] if as_script else [], server=True, description=HELP,
                             epilog=ENVIRONMENT_HELP)
+    warning = exposure_warning(settings)   # an open studio is said first, whatever follows (also in the banner)
+    if warning:
+        print(f"dreamshot: warning: {warning}", file=sys.stderr, flush=True)
     if as_script:
         settings.check_port()  # a second studio on a busy port stops here, before it starts anything
     studio = Studio.open(settings)
@@ -54,10 +59,19 @@ except DreamShotError as exc:
         raise
     sys.exit(f"dreamshot: {exc}")
 
+# Gradio's cache (uploads, pictures shown on pages) of this process alone: it is swept (DELETE_CACHE) and
+# emptied when the server stops, which must not take the files of another server on this machine (a
+# survey-only server beside the studio) whose pictures have the same content and so the same names.
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="dreamshot-gradio-"))
+
 # The UI only now: gradio and the tab modules take seconds to import, and a wrong setup was refused above.
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder as gradio_upload_folder  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from dreamshot.models import import_libraries  # noqa: E402
+from dreamshot.ui import StudioBlocks  # noqa: E402
+from dreamshot.webguard import StudioGuard  # noqa: E402
 from dreamshot.evaluate import tab as evaluate_tab  # noqa: E402
 from dreamshot.generate import tab as generate_tab  # noqa: E402
 from dreamshot.survey import tab as survey_tab  # noqa: E402
@@ -97,8 +111,20 @@ def public_endpoints() -> set[str]:
     return {"status"}.union(*(getattr(m, "PUBLIC_API", ()) for m in TAB_MODULES))
 
 
+# Gradio's cache (uploads, and the images and files shown on pages; GRADIO_TEMP_DIR above) is swept every
+# hour of what is over a day old, and emptied when the server stops (studio data lives in the data folder).
+DELETE_CACHE = (3600, 86400)
+
+
+def banner_markdown(studio: Studio) -> str | None:
+    """The banner: an open studio's warning (``access.exposure_warning``), then the model's note."""
+    warning = exposure_warning(studio.settings)
+    parts = ([f"**Warning:** {warning}"] if warning else []) + [studio.model_choice().banner_markdown() or ""]
+    return "\n\n".join(p for p in parts if p) or None
+
+
 def build_app(studio: Studio) -> gr.Blocks:
-    with gr.Blocks(title=TITLE) as demo:
+    with StudioBlocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         participants = studio.settings.survey_only
         if participants:  # one short line: a phone held sideways has ~390 px for the pictures and questions
             gr.Markdown(f"**{TITLE}** · a short blind survey: compare two pictures, answer three questions.")
@@ -106,7 +132,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             gr.Markdown(f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type.")
         # Known before the page is built (studio.model_choice), so it is part of the first paint and
         # never pushes the tabs down; participants generate nothing and get no banner.
-        banner_text = None if participants else studio.model_choice().banner_markdown()
+        banner_text = None if participants else banner_markdown(studio)
         banner = gr.Markdown(banner_text or "", visible=bool(banner_text), elem_id="demo-banner")
         if participants:   # one page, no tab bar: on a phone held sideways every line of height counts
             with gr.Column(elem_id="survey-only"):
@@ -120,7 +146,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         def show_banner():
             # Only a change since the page was built reaches the page (a model that failed to load
             # fell back to the demo model); an unchanged banner is not sent again.
-            text = studio.model_choice().banner_markdown()
+            text = banner_markdown(studio)
             if text == banner_text:
                 return gr.skip()
             return gr.Markdown(value=text or "", visible=bool(text))
@@ -164,6 +190,10 @@ def launch_kwargs(studio: Studio) -> dict:
         blocked_paths=[str(data), str(s.models_dir.resolve())],
         allowed_paths=[],
         max_file_size="1gb",
+        # dreamshot/webguard.py: no uploads on a survey-only server, a bound per upload request, the
+        # client address for the login throttle, one log line for a request that fails in gradio.
+        app_kwargs={"middleware": [Middleware(StudioGuard, survey_only=s.survey_only,
+                                              upload_dir=str(gradio_upload_folder()))]},
         # gr.Error texts (our user-facing messages, see dreamshot.ui.guarded) are always shown;
         # any other exception's text never reaches the browser.
         show_error=False,

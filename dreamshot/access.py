@@ -8,13 +8,16 @@ anyone not logged in - e.g. a survey participant on a ``--survey-only`` server -
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import logging
 import re
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
+from dreamshot.client_address import is_loopback
 from dreamshot.errors import AccessDenied, InvalidInput
 
 ADMIN = "admin"
@@ -33,49 +36,102 @@ def clean_name(name: str | None) -> str:
     return name
 
 
+# The client address of the login request being checked: Gradio's ``auth=`` callback receives only
+# (name, password), so the studio's middleware (``dreamshot.webguard``) sets this for each request.
+LOGIN_ADDRESS: contextvars.ContextVar[str] = contextvars.ContextVar("dreamshot_login_address", default="unknown")
+
+
+@dataclass
+class _Strikes:
+    count: int = 0              # failures in a row (forgotten ``forget`` seconds after the last one)
+    until: float = 0.0          # locked until (clock time)
+    last: float = 0.0           # time of the last failure
+
+
 class LoginThrottle:
-    """Failed-login brake for the admin password (Gradio's ``auth=`` callback sees no address).
+    """Failed-login brake for the studio password, per client address and per name *from* that address.
 
-    - Per name: after ``free`` failures in a row the name is locked for ``base_lock`` seconds,
-      doubling with each further failure up to ``max_lock``; a success clears it.
-    - Overall: at most ``global_limit`` failures per ``window`` seconds across all names; beyond
-      that every login waits for the window to pass. Guessing many names cannot lift the brake.
-    While locked, even the right password is refused (otherwise the lock would tell a guesser
-    nothing but would not slow them either)."""
+    - A name from one address: after ``free`` failures in a row it is locked there for ``base_lock``
+      seconds, doubling with each further failure up to ``max_lock``; a success clears it.
+    - An address: after ``address_free`` failures (whatever names it tries) it is locked the same
+      way. Guessing many names from one address cannot lift the brake.
+    - Nothing is locked across addresses: a stranger elsewhere never locks out the right password
+      (a global brake was a denial of service). Failures across all addresses above
+      ``alarm_per_minute`` are logged once a minute instead.
+    Each lock is logged. While locked, even the right password is refused (otherwise the lock would
+    slow a guesser down but tell them the password). Counts are forgotten ``forget`` seconds after
+    a key's last failure. Behind a proxy the address is the one ``DREAMSHOT_TRUSTED_PROXIES`` allows
+    (``dreamshot.client_address``); without it every client shares the proxy's address."""
 
-    def __init__(self, free: int = 5, base_lock: float = 30.0, max_lock: float = 900.0,
-                 global_limit: int = 30, window: float = 60.0, clock=time.monotonic):
-        self.free, self.base_lock, self.max_lock = free, base_lock, max_lock
-        self.global_limit, self.window, self.clock = global_limit, window, clock
-        self._fails: dict[str, tuple[int, float]] = {}   # name -> (failures in a row, locked until)
-        self._recent: deque = deque()
+    def __init__(self, free: int = 5, base_lock: float = 30.0, max_lock: float = 900.0, address_free: int = 20,
+                 alarm_per_minute: int = 30, forget: float = 3600.0, clock=time.monotonic):
+        self.free, self.base_lock, self.max_lock, self.address_free = free, base_lock, max_lock, address_free
+        self.alarm_per_minute, self.forget, self.clock = alarm_per_minute, forget, clock
+        self._names: dict[tuple[str, str], _Strikes] = {}   # (name, address) -> strikes
+        self._addresses: dict[str, _Strikes] = {}
+        self._recent: deque = deque()                        # failure times (the alarm only)
+        self._alarmed_at = float("-inf")
         self._lock = threading.Lock()
 
-    def allowed(self, name: str) -> bool:
+    @staticmethod
+    def _key(name: str, address: str) -> tuple[str, str]:
+        return name.lower(), address
+
+    def _live(self, table: dict, key, now: float) -> _Strikes | None:
+        strikes = table.get(key)
+        if strikes is not None and strikes.until <= now and now - strikes.last > self.forget:
+            del table[key]
+            return None
+        return strikes
+
+    def allowed(self, name: str, address: str = "unknown") -> bool:
         now = self.clock()
         with self._lock:
-            while self._recent and self._recent[0] <= now - self.window:
-                self._recent.popleft()
-            if len(self._recent) >= self.global_limit:
-                return False
-            return self._fails.get(name.lower(), (0, 0.0))[1] <= now
+            for table, key in ((self._addresses, address), (self._names, self._key(name, address))):
+                strikes = self._live(table, key, now)
+                if strikes is not None and strikes.until > now:
+                    return False
+            return True
 
-    def failed(self, name: str) -> None:
+    def _strike(self, table: dict, key, free: int, now: float) -> float:
+        """Count one failure for ``key``; the seconds it is now locked for (0: not locked)."""
+        strikes = self._live(table, key, now) or table.setdefault(key, _Strikes())
+        strikes.count, strikes.last = strikes.count + 1, now
+        if strikes.count < free:
+            return 0.0
+        seconds = min(self.max_lock, self.base_lock * 2 ** (strikes.count - free))
+        strikes.until = now + seconds
+        return seconds
+
+    def failed(self, name: str, address: str = "unknown") -> None:
         now = self.clock()
         with self._lock:
-            self._recent.append(now)
-            count, _ = self._fails.get(name.lower(), (0, 0.0))
-            count += 1
-            until = now + min(self.max_lock, self.base_lock * 2 ** (count - self.free)) if count >= self.free else 0.0
-            self._fails[name.lower()] = (count, until)
-            if count >= self.free:
-                log.warning("login for %r locked for %.0f s after %d failed attempts", name, until - now, count)
-            if len(self._fails) > 10_000:
-                self._fails = {k: v for k, v in self._fails.items() if v[1] > now}
+            locked = self._strike(self._names, self._key(name, address), self.free, now)
+            if locked:
+                log.warning("login: name %r locked for %.0f s at %s after %d failed attempts from there",
+                            name, locked, address, self._names[self._key(name, address)].count)
+            locked = self._strike(self._addresses, address, self.address_free, now)
+            if locked:
+                log.warning("login: address %s locked for %.0f s after %d failed attempts (any name)",
+                            address, locked, self._addresses[address].count)
+            self._alarm(now)
+            for table in (self._names, self._addresses):   # bounded memory under a flood of new keys
+                if len(table) > 10_000:
+                    for key in [k for k, v in table.items() if v.until <= now][:5_000]:
+                        del table[key]
 
-    def succeeded(self, name: str) -> None:
+    def _alarm(self, now: float) -> None:
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - 60:
+            self._recent.popleft()
+        if len(self._recent) > self.alarm_per_minute and now - self._alarmed_at >= 60:
+            self._alarmed_at = now
+            log.warning("login: %d failed attempts in the last minute across all addresses (nobody is locked "
+                        "out for it; each address and name is throttled on its own)", len(self._recent))
+
+    def succeeded(self, name: str, address: str = "unknown") -> None:
         with self._lock:
-            self._fails.pop(name.lower(), None)
+            self._names.pop(self._key(name, address), None)
 
 
 class Access:
@@ -98,13 +154,14 @@ class Access:
             name = clean_name(username)
         except InvalidInput:
             name = "?invalid"
-        if not self.throttle.allowed(name):
+        address = LOGIN_ADDRESS.get()
+        if not self.throttle.allowed(name, address):
             return False
         ok = name != "?invalid" and hmac.compare_digest((password or "").encode(), self._password.encode())
         if ok:
-            self.throttle.succeeded(name)
+            self.throttle.succeeded(name, address)
         else:
-            self.throttle.failed(name)
+            self.throttle.failed(name, address)
         return ok
 
     def role(self, username: str | None) -> str:
@@ -119,3 +176,19 @@ class Access:
         if self.role(username) != ADMIN:
             raise AccessDenied("Log in as a studio member to do this.")
         return username or LOCAL_USER
+
+
+def exposure_warning(settings) -> str | None:
+    """A warning when the full studio is reachable from other machines without a password (every
+    visitor is then an admin), else None. A survey-only server has no admin side."""
+    if settings.survey_only or settings.admin_password:
+        return None
+    if settings.share:
+        where = "through a public gradio.live link (--share)"
+    elif not is_loopback(settings.host):
+        where = f"on {settings.host} (reachable from other machines)"
+    else:
+        return None
+    return (f"the studio is served {where} without a password: every visitor is an admin who can change "
+            "labels, delete surveys, train and upload files. Set DREAMSHOT_ADMIN_PASSWORD (a Space secret) "
+            "or --admin-password, or serve on 127.0.0.1.")

@@ -15,7 +15,7 @@ import sys
 
 from dreamshot import settings as config
 from dreamshot.errors import DreamShotError
-from dreamshot.safety import configure_logging
+from dreamshot.safety import configure_logging, harden_pillow, input_message
 
 
 def settings_parent(*, model: bool = True) -> argparse.ArgumentParser:
@@ -44,6 +44,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None, *, interrupted:
 
     args = parser.parse_args(argv)
     configure_logging([getattr(args, "admin_password", None) or ""])
+    harden_pillow()   # also for commands that open no studio (read-png)
     try:
         if getattr(args, "run_without_studio", None):
             return int(args.run_without_studio(args) or 0)
@@ -54,6 +55,11 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None, *, interrupted:
             studio.close()
     except DreamShotError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if input_message(exc) is None:   # an internal error: the traceback helps
+            raise
+        print(f"error: {input_message(exc)}", file=sys.stderr)   # e.g. an image bomb, a file that is not an image
         return 2
     except KeyboardInterrupt:
         print(f"interrupted; {interrupted}", file=sys.stderr)

@@ -26,6 +26,26 @@ def harden_pillow() -> None:
     warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
+TOO_LARGE = (f"The image is too large to open safely (over {MAX_IMAGE_PIXELS // 1_000_000} megapixels, "
+             "refused as a possible decompression bomb).")
+NOT_AN_IMAGE = "The file is not an image that can be read (PNG, JPEG or WebP)."
+
+
+def input_message(exc: BaseException) -> str | None:
+    """The one-line message for an exception that a bad input file causes inside a library (an
+    image bomb, a file that is not an image), or None when ``exc`` is not one of those."""
+    import sys
+
+    pil = sys.modules.get("PIL.Image")
+    if pil is None:
+        return None
+    if isinstance(exc, (pil.DecompressionBombError, pil.DecompressionBombWarning)):
+        return TOO_LARGE
+    if isinstance(exc, pil.UnidentifiedImageError):
+        return NOT_AN_IMAGE
+    return None
+
+
 class RedactSecrets(logging.Filter):
     """Masks Hub tokens and configured secrets in every log record."""
 

@@ -11,6 +11,7 @@ Space is configured with variables and secrets and a laptop with flags::
     --share               DREAMSHOT_SHARE=1         off
     --admin-password PW   DREAMSHOT_ADMIN_PASSWORD  unset: no login
     --survey-only         DREAMSHOT_SURVEY_ONLY=1   off
+    --allow-dir DIR       DREAMSHOT_ALLOWED_DIRS    none: server paths typed in the page stay in the data folder
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Settings:
     share: bool = False
     admin_password: str | None = field(default=None, repr=False)
     survey_only: bool = False
+    allowed_dirs: tuple[Path, ...] = ()   # server folders the page may export to / import from
 
     # ---- derived paths: everything the studio writes lives under data_dir -------------------
     @property
@@ -79,6 +81,11 @@ class Settings:
     @property
     def outputs_dir(self) -> Path:
         return self.data_dir / "outputs"
+
+    @property
+    def allowed_roots(self) -> tuple[Path, ...]:
+        """Where a server path typed in the page may point: the data folder and ``allowed_dirs``."""
+        return (self.data_dir, *self.allowed_dirs)
 
     @property
     def login_required(self) -> bool:
@@ -148,6 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False,
         group.add_argument("--share", action="store_true", default=None, help="create a public gradio.live link [DREAMSHOT_SHARE=1]")
         group.add_argument("--survey-only", action="store_true", default=None,
                            help="serve nothing but the Survey tab, for participants [DREAMSHOT_SURVEY_ONLY=1]")
+        group.add_argument("--allow-dir", metavar="DIR", action="append", default=None,
+                           help="a server folder the page may export to and import from, besides the data "
+                                "folder (repeatable) [DREAMSHOT_ALLOWED_DIRS, separated by "
+                                f"{os.pathsep!r}]")
     return parser
 
 
@@ -170,7 +181,14 @@ def from_args(ns: argparse.Namespace | None = None) -> Settings:
         share=bool(get("share")) or _env_flag("DREAMSHOT_SHARE"),
         admin_password=get("admin_password") or _env("DREAMSHOT_ADMIN_PASSWORD"),
         survey_only=bool(get("survey_only")) or _env_flag("DREAMSHOT_SURVEY_ONLY"),
+        allowed_dirs=_allowed_dirs(get("allow_dir")),
     )
+
+
+def _allowed_dirs(flags: list[str] | None) -> tuple[Path, ...]:
+    """--allow-dir values, else DREAMSHOT_ALLOWED_DIRS (os.pathsep-separated)."""
+    given = flags if flags else (_env("DREAMSHOT_ALLOWED_DIRS") or "").split(os.pathsep)
+    return tuple(Path(d.strip()).expanduser() for d in given if d and d.strip())
 
 
 def parse(argv: list[str] | None = None, *, server: bool = False, description: str | None = None,

@@ -135,13 +135,13 @@ class ClipExport:
 
 
 def export_clips(studio, out_dir, *, shots=None, include_extra: bool = False, split: str | None = "train",
-                 ) -> ClipExport:
-    """The clips of the labeled shots (final labels, as the still export) as an imagefolder of clips."""
+                 roots=None) -> ClipExport:
+    """The clips of the labeled shots (final labels, as the still export) as an imagefolder of clips;
+    ``roots``: the allowed roots for a folder typed in the page (``labeling.export``)."""
     from labeling import labels
     from labeling.export import _check_out_dir, replaced_folder
 
-    out = Path(out_dir).expanduser()
-    _check_out_dir(out, studio.settings.data_dir)
+    out = _check_out_dir(Path(str(out_dir or "")).expanduser(), studio.settings.data_dir, roots)
     taxonomy = labels.current_taxonomy(studio)
     for s in shots or ():
         taxonomy.get(s)
@@ -153,7 +153,7 @@ def export_clips(studio, out_dir, *, shots=None, include_extra: bool = False, sp
         caps = dict(conn.execute(sa.select(C.c.frame_id, C.c.caption).where(C.c.frame_id.in_(ids))).all()) if ids else {}
     project, template = studio.project, studio.project.template()
     report = ClipExport(path=out, count=0, per_class={})
-    with replaced_folder(out) as tmp:
+    with replaced_folder(out, studio.settings.data_dir) as tmp:
         (tmp / "clips").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as fh:
             for fid in ids:

@@ -6,6 +6,11 @@ with ``datasets.load_dataset("imagefolder", data_dir=OUT)``; optionally pushed t
        the quota rule of ``labeling.labels``, the same accounting the stats show)
     2. captions from the ``captions`` table; ``text`` = the training prompt (``studio.project.prompt``)
     3. write into a temporary folder next to OUT, then swap it in (an export is never half-written)
+
+An existing OUT is replaced only when a studio export made it (its ``.dreamshot-export`` marker; or,
+inside the data folder's ``exports/``, the ``metadata.jsonl`` of an export from before the marker)
+or when it is empty: never a folder the studio did not create. From the page (``roots``), OUT must
+also lie inside the allowed roots (``dreamshot.server_paths``); the CLI is the operator's shell.
 """
 
 from __future__ import annotations
@@ -23,21 +28,41 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import InvalidInput
+from dreamshot.server_paths import confine
 
 from labeling import crop, labels
 
 F, L, C = schema.frames, schema.labels, schema.captions
+MARKER = ".dreamshot-export"   # written into every folder an export creates
+
+
+def studio_made(out: Path, data_dir: Path | None = None) -> bool:
+    """Whether the folder ``out`` may be replaced: empty, made by a studio export (its marker), or an
+    export from before the marker inside ``<data>/exports``."""
+    if not out.is_dir() or out.is_symlink():
+        return False
+    if (out / MARKER).is_file() or not any(out.iterdir()):
+        return True
+    exports = (Path(data_dir) / "exports").resolve() if data_dir is not None else None
+    return exports is not None and exports in out.resolve().parents and (out / "metadata.jsonl").is_file()
 
 
 @contextlib.contextmanager
-def replaced_folder(out: Path) -> Iterator[Path]:
+def replaced_folder(out: Path, data_dir: Path | None = None) -> Iterator[Path]:
     """A temporary folder beside ``out`` to write an export into; when the block ends without an
-    error it replaces ``out`` whole (readers never see half an export), otherwise it is removed."""
+    error it replaces ``out`` whole (readers never see half an export), otherwise it is removed.
+    The new folder carries the marker; an existing ``out`` the studio did not make is refused."""
+    if out.exists() and not studio_made(out, data_dir):
+        raise InvalidInput(f"{out} exists and was not made by a studio export (it has no {MARKER} file): "
+                           "choose a new or empty folder. The studio never replaces a folder it did not create.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
+        (tmp / MARKER).write_text("A DreamShot studio export: the studio may replace this folder.\n")
         yield tmp
         if out.exists():
+            if not studio_made(out, data_dir):   # it changed while the export was written
+                raise InvalidInput(f"{out} changed during the export and was not made by one: left as it is.")
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
@@ -81,20 +106,25 @@ def _annotators(conn, frame_ids: list[int]) -> dict[int, list[str]]:
     return out
 
 
-def _check_out_dir(out: Path, data_dir: Path) -> None:
+def _check_out_dir(out: Path, data_dir: Path, roots=None) -> Path:
+    """The export folder to write (``roots``: the allowed roots when the path comes from the page)."""
+    if roots is not None:
+        out = confine(out, roots, "export folder")
     out_r, data_r = out.resolve(), data_dir.resolve()
     protected = [data_r] + [data_r / name for name in ("frames", "models", "loras", "runs", "outputs")]
     if any(out_r == p or (p != data_r and p in out_r.parents) for p in protected):
         raise InvalidInput(f"{out} is a studio folder; export somewhere else (e.g. {data_dir / 'exports' / 'set'}).")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "metadata.jsonl").exists())):
-        raise InvalidInput(f"{out} exists and is not an earlier export; choose an empty or new folder.")
+    if out.exists() and not studio_made(out, data_dir):
+        raise InvalidInput(f"{out} exists and was not made by a studio export (it has no {MARKER} file): "
+                           "choose a new or empty folder. The studio never replaces a folder it did not create.")
+    return out
 
 
 def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = False, push_to_hub: str | None = None,
-                       split: str | None = "train", progress=None) -> "ExportReport":
-    """``progress(done, total)`` is called after each image (the tab's progress bar)."""
-    out = Path(out_dir).expanduser()
-    _check_out_dir(out, studio.settings.data_dir)
+                       split: str | None = "train", progress=None, roots=None) -> "ExportReport":
+    """``progress(done, total)`` is called after each image (the tab's progress bar); ``roots``: the
+    allowed roots for a folder typed in the page (None: the CLI, the operator's shell)."""
+    out = _check_out_dir(Path(str(out_dir or "")).expanduser(), studio.settings.data_dir, roots)
     taxonomy = labels.current_taxonomy(studio)
     wanted = set(shots) if shots else None
     for s in wanted or ():
@@ -111,7 +141,7 @@ def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = Fal
                                                     .where(C.c.frame_id.in_(ids)))} if ids else {}
         who = _annotators(conn, ids)
     report = ExportReport(path=out, count=0, per_class={}, size=size)
-    with replaced_folder(out) as tmp:
+    with replaced_folder(out, studio.settings.data_dir) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as meta:
             for done, fid in enumerate(ids):
@@ -156,5 +186,5 @@ def push(folder: Path, repo_id: str) -> None:
 
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset", ignore_patterns=[MARKER],
                       commit_message="DreamShot studio: labeled shot-type set")

@@ -24,6 +24,7 @@ import gradio as gr
 
 from dreamshot.access import clean_name
 from dreamshot.errors import DreamShotError, InvalidInput
+from dreamshot.inputs import whole_number
 from dreamshot.shots import PRESETS
 from dreamshot.ui import QUIET, admin_name, guarded
 
@@ -41,10 +42,7 @@ NUDGES = (("◀", "left"), ("▶", "right"), ("▲", "up"), ("▼", "down"), ("c
 def _frame_id(value) -> int | None:
     if value in (None, ""):
         return None
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        raise InvalidInput(f"Bad frame id {value!r}") from None
+    return whole_number(value, "The frame id")
 
 
 def view_dict(view: FrameView) -> dict:

@@ -15,6 +15,8 @@ from pathlib import Path
 import gradio as gr
 
 from dreamshot.errors import InvalidInput
+from dreamshot.inputs import whole_number
+from dreamshot.server_paths import confine
 from dreamshot.shots import PRESETS
 from dreamshot.ui import QUIET, admin_name, guarded
 
@@ -27,6 +29,19 @@ def _path(file) -> str | None:
     if not file:
         return None
     return file if isinstance(file, str) else getattr(file, "name", None)
+
+
+def confined_source(source: str, roots) -> str:
+    """A source typed in the page: a server folder, file or local dataset must lie inside the allowed
+    roots (``dreamshot.server_paths``); a Hub dataset id (``hf:user/name``) is not a server path."""
+    text = (source or "").strip()
+    if not text:
+        return text
+    prefix, _, spec = text.partition(":") if text.startswith(("hf:", "imagefolder:")) else ("", "", text)
+    if prefix == "hf" and not Path(spec).expanduser().exists() and not spec.startswith(("/", ".", "~")):
+        return text
+    confine(spec, roots, "source")
+    return text
 
 
 @dataclass
@@ -81,8 +96,8 @@ class AdminHandlers:
                   request: gr.Request, progress=gr.Progress()):
         admin_name(self.studio, request)
         files = [_path(f) for f in (uploads_ if isinstance(uploads_, list) else [uploads_]) if _path(f)]
-        form = ImportForm(source or "", files, _path(metadata), _path(labels_file), rules or "",
-                          min_side, near, split)
+        form = ImportForm(confined_source(source or "", self.studio.settings.allowed_roots), files, _path(metadata),
+                          _path(labels_file), rules or "", min_side, near, split)
         return self.import_pool(form, progress)
 
     def import_open(self) -> dict:
@@ -156,6 +171,7 @@ class AdminHandlers:
         admin_name(self.studio, request)
         result = export.export_imagefolder(self.studio, out, include_extra=bool(extra),
                                            push_to_hub=(repo or "").strip() or None,
+                                           roots=self.studio.settings.allowed_roots,
                                            progress=lambda d, t: progress((d, t), desc="Exporting"))
         # A copy outside the data folder (which is never served), for people not on the server.
         folder = Path(tempfile.mkdtemp(prefix="dreamshot-export-"))
@@ -165,17 +181,14 @@ class AdminHandlers:
     def do_export_clips(self, out, extra, request: gr.Request):
         """The labeled video shots' clips (``clips/*.mp4`` + metadata.jsonl), for motion LoRAs."""
         admin_name(self.studio, request)
-        result = export_clips(self.studio, out, include_extra=bool(extra))
+        result = export_clips(self.studio, out, include_extra=bool(extra), roots=self.studio.settings.allowed_roots)
         folder = Path(tempfile.mkdtemp(prefix="dreamshot-export-"))
         archive = shutil.make_archive(str(folder / Path(result.path).name), "zip", root_dir=result.path)
         return result.text(), archive
 
 
 def _frame_number(value) -> int:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        raise InvalidInput(f"Bad frame id {value!r}") from None
+    return whole_number(value, "The frame id")
 
 
 # ---- layout and wiring ---------------------------------------------------------------------------

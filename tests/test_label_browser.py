@@ -97,9 +97,10 @@ def test_keyboard_labeling_and_resume_after_reload(studio, tmp_path, serve, page
     assert last_two[1][0] != int(f6)
 
 
-def test_label_endpoints_with_gradio_client(studio, tmp_path, serve):
+def test_label_endpoints_with_gradio_client(make_studio, tmp_path, serve):
     from gradio_client import Client
 
+    studio = make_studio(allowed_dirs=(tmp_path,))   # server paths typed in the page: inside --allow-dir
     synthetic_frames(tmp_path / "pool", 4)
     url = serve(studio)
     client = Client(url, verbose=False)

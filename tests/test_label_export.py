@@ -145,7 +145,8 @@ def test_export_refuses_bad_targets_and_push_needs_token(pooled, tmp_path, monke
             calls.append(("create", repo_id, kw["repo_type"]))
 
         def upload_folder(self, folder_path, repo_id, **kw):
-            calls.append(("upload", repo_id, sorted(os.listdir(folder_path))))
+            skipped = kw.get("ignore_patterns") or []   # the studio's marker file stays home
+            calls.append(("upload", repo_id, sorted(n for n in os.listdir(folder_path) if n not in skipped)))
 
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)

@@ -49,7 +49,7 @@ def _pair_header(page, n: int, total: int = 3) -> None:
 @pytest.mark.browser
 def test_participant_keyboard_reload_and_thanks(open_survey, make_studio, serve, browser, artifacts_dir):
     participant = make_studio(data_dir=open_survey.settings.data_dir, survey_only=True)
-    service(participant).new_limiter.limit = 100
+    service(participant).max_new_per_hour = 100
     url = serve(participant)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()

@@ -176,7 +176,7 @@ def test_database_enforces_one_answer_per_question(open_survey):
 
 def test_per_ip_caps(open_survey, monkeypatch):
     svc = service(open_survey)
-    svc.new_limiter.limit = 2
+    svc.max_new_per_hour = 2
     svc.join("pilot", "", IP)
     svc.join("pilot", "", IP)
     with pytest.raises(AccessDenied, match="Too many new participants"):

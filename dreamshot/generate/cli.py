@@ -214,6 +214,7 @@ def run_storyboard(studio, args) -> int:
 def run_read_png(args) -> int:
     """Exit status 0: every file had settings; 1: some had none; 2: some could not be read."""
     from dreamshot.generate import pngmeta
+    from dreamshot.safety import input_message
 
     status, restore = 0, None
     for path in args.files:
@@ -225,6 +226,12 @@ def run_read_png(args) -> int:
             continue
         except (OSError, ValueError, SyntaxError):
             print(f"error: {path} is not an image that can be read (PNG, JPEG or WebP)", file=sys.stderr)
+            status = 2
+            continue
+        except Exception as exc:   # an image bomb (Pillow's warning is an error here)
+            if input_message(exc) is None:
+                raise
+            print(f"error: {path}: {input_message(exc)}", file=sys.stderr)
             status = 2
             continue
         if not text:

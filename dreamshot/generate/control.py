@@ -82,12 +82,16 @@ def load_image(image, what: str = "control image"):
         raise InvalidInput(f"The {what} {str(image)!r} does not exist.")
     try:
         with Image.open(path) as opened:
-            if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                raise InvalidInput(f"The {what} is {opened.width}×{opened.height}: too large (at most 16 MP).")
-            opened.load()
-            return opened.copy()
+            size = opened.size
+            if size[0] * size[1] <= MAX_IMAGE_PIXELS:
+                opened.load()
+                return opened.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):   # (a warning is an error here)
+        raise InvalidInput(f"The {what} {path.name!r} is too large to open safely (a possible decompression "
+                           "bomb; at most 16 MP).") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InvalidInput(f"The {what} {path.name!r} is not an image that can be read.") from None
+    raise InvalidInput(f"The {what} is {size[0]}×{size[1]}: too large (at most 16 MP).")
 
 
 def check_control(control: ControlRequest | None) -> ControlRequest | None:

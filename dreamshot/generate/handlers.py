@@ -209,6 +209,18 @@ class GenerateHandlers:
             return None
         return self._control_file(controls(self.studio).prepare(req.control, req.width, req.height))
 
+    @staticmethod
+    def reference_problem(path) -> str | None:
+        """What is wrong with an uploaded reference file (not an image, an image bomb, too large), or
+        None: checked when it is uploaded, so the page can say so and drop it."""
+        if path in (None, ""):
+            return None
+        try:
+            controlnet.load_image(path, "reference image")
+        except InvalidInput as exc:
+            return str(exc)
+        return None
+
     def compare(self, form: GenerateForm, owner: str = "api", progress=None) -> Shown:
         with self.svc.job(owner, progress=progress) as job:
             base, lora = self.svc.compare_with_base(form.request(), job)

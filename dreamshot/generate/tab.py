@@ -16,6 +16,7 @@ defaults). /control_preview takes the whole form and returns the control image.
 from __future__ import annotations
 
 import inspect
+import logging
 from types import SimpleNamespace
 
 import gradio as gr
@@ -29,6 +30,7 @@ from dreamshot.generate.tab_control import control_section
 from dreamshot.ui import QUIET, admin_name, gpu, guarded, job_owner
 
 
+log = logging.getLogger(__name__)
 EXAMPLE_BOARD = ("long | a lighthouse on a cliff at dusk\n"
                  "medium | a fisherman mending a net on the pier\n"
                  "close | the fisherman's weathered face, looking at the sea")
@@ -237,13 +239,15 @@ def _wire_generation(h, f, r, sweep, board) -> None:
     grid = lambda *a, **k: (lambda path, info: (path, path, info))(*h.sweep(*a, **k))  # noqa: E731
     generate = run(show(h.generate))
     last_seed = gr.State(None)   # the seed of the last image shown; None until something was generated
-    images = [f.go.click(generate, f.form, r.outputs, api_name="generate"),
-              f.prompt.submit(generate, f.form, r.outputs, api_visibility="private"),
-              f.compare.click(run(show(h.compare)), f.form, r.outputs, api_name="compare"),
+    # Progress, and the mark of a refusal (its message is a toast), on the gallery only: not on each field.
+    on = dict(show_progress_on=r.gallery)
+    images = [f.go.click(generate, f.form, r.outputs, api_name="generate", **on),
+              f.prompt.submit(generate, f.form, r.outputs, api_visibility="private", **on),
+              f.compare.click(run(show(h.compare)), f.form, r.outputs, api_name="compare", **on),
               # α dragged (mouse-up), typed (Enter or leaving the box) or keyed (HEAD presses f.apply):
               # regenerate only when an image was generated before.
               *[trigger(run(show(h.live_alpha), ("live", "last_seed")), form_inputs(f.form, f.live, last_seed),
-                        r.outputs, api_visibility="private", trigger_mode="always_last")
+                        r.outputs, api_visibility="private", trigger_mode="always_last", **on)
                 for trigger in (f.alpha.release, f.apply.click)]]
     for event in images:
         event.success(lambda seed: seed, r.used_seed, last_seed, api_visibility="private", queue=False)
@@ -255,7 +259,31 @@ def _wire_generation(h, f, r, sweep, board) -> None:
                              api_name="storyboard")]
     f.stop.click(_stop_fn(h), None, r.info, api_name="stop", concurrency_limit=None, cancels=images + others)
     f.control.show.click(run(h.control_preview), f.form, f.control.preview, api_name="control_preview")
-    f.control.image.upload(run(h.control_preview), f.form, f.control.preview, api_visibility="private")
+    # A reference just uploaded: checked before gradio opens it (preprocess=False), so a file that is
+    # not a readable image is dropped with a warning (one log line, no field marked as failed).
+    f.control.image.upload(_reference_check(h), f.control.image, f.control.image, preprocess=False,
+                           api_visibility="private").success(
+        run(_preview_if_any(h)), f.form, f.control.preview, api_visibility="private")
+
+
+def _reference_check(h: GenerateHandlers):
+    @guarded
+    def check(upload, request: gr.Request):
+        admin_name(h.studio, request)
+        problem = h.reference_problem(upload.get("path") if isinstance(upload, dict) else upload)
+        if not problem:
+            return gr.skip()
+        log.info("refused a ControlNet reference: %s", problem)
+        gr.Warning(problem)
+        return None
+    return check
+
+
+def _preview_if_any(h: GenerateHandlers):
+    def preview_if_any(form: GenerateForm, owner: str = "api", progress=None):
+        """The control image of a reference that was kept (nothing when it was dropped)."""
+        return gr.skip() if form.control_image in (None, "") else h.control_preview(form, owner, progress)
+    return preview_if_any
 
 
 def _stop_fn(h: GenerateHandlers):

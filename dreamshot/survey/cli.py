@@ -9,6 +9,9 @@
     python -m dreamshot survey results pilot [--csv answers.csv] [--json]
     python -m dreamshot survey participants pilot  # answers, median time, consistency, flags [--previews]
     python -m dreamshot survey exclude pilot TOKEN --reason "too fast"   (include: take back)
+    python -m dreamshot survey exclude pilot --reason "bot" -- -Ab3x9   # a token starting with '-': after
+                                                  # '--' nothing is read as a flag (options go before it)
+New tokens never start with '-'; tokens of older surveys may.
 """
 
 from __future__ import annotations
@@ -78,9 +81,22 @@ def register(sub, parents) -> None:
         p = cmds.add_parser(name, parents=parents, help=("leave a participant out of the results (votes kept)"
                                                          if exclude else "take an excluded participant back"))
         p.add_argument("name")
-        p.add_argument("token", help="the participant's token (at least its first 6 characters)")
+        p.add_argument("token", help="the participant's token (at least its first 6 characters); one that "
+                                     "starts with '-' goes after '--', at the end: ... -- -Ab3x9")
         p.add_argument("--reason", default="", help="why (recorded)")
         p.set_defaults(run=run_exclude, exclude=exclude)
+        _hint_dash_tokens(p, name)
+
+
+def _hint_dash_tokens(parser, command: str) -> None:
+    """argparse reads a token that starts with '-' as an unknown flag and says the token is missing:
+    its error names the way out."""
+    plain = parser.error
+
+    def error(message: str):
+        plain(f"{message}\n  (a token that starts with '-' goes last, after '--': "
+              f"survey {command} NAME [--reason R] -- -Ab3x9)")
+    parser.error = error
 
 
 def _progress(fraction: float, text: str) -> None:

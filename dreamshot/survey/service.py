@@ -26,10 +26,12 @@ import sqlalchemy as sa
 
 from dreamshot import schema
 from dreamshot.errors import AccessDenied, InvalidInput, NotFound
+from dreamshot.inputs import text_value, whole_number
 from dreamshot.storage import now
 from dreamshot.survey import build as building
 from dreamshot.survey.limits import (DEFAULT_MAX_ANSWERS_PER_MIN, DEFAULT_MAX_NEW_PER_HOUR, MAX_ANSWERS_ENV,
                                      MAX_NEW_ENV, RateLimiter, env_int)
+
 from dreamshot.survey.model import SurveyInfo, choice_of, clean_survey_name, make_plan
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,20 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{16,64}$")
 IP_SALT_KEY = "survey_ip_salt"
 
 
+def new_token() -> str:
+    """A participant token (24 URL-safe characters) that never starts with '-', so that it and its
+    prefixes can be typed on a command line (``survey exclude NAME TOKEN``)."""
+    while True:
+        token = secrets.token_urlsafe(18)
+        if not token.startswith("-"):
+            return token
+
+
 class SurveyService:
     def __init__(self, studio):
         self.studio = studio
         self.rng = random.SystemRandom()
-        self.new_limiter = RateLimiter(env_int(MAX_NEW_ENV, DEFAULT_MAX_NEW_PER_HOUR), 3600.0)
+        self.max_new_per_hour = env_int(MAX_NEW_ENV, DEFAULT_MAX_NEW_PER_HOUR)   # counted in the database
         self.answer_limiter = RateLimiter(env_int(MAX_ANSWERS_ENV, DEFAULT_MAX_ANSWERS_PER_MIN), 60.0)
         self._mirror = None
         self._salt: str | None = None
@@ -160,7 +171,7 @@ class SurveyService:
         info = self.info(name)
         values = ({"excluded_at": now(), "excluded_by": by, "exclusion_reason": (reason or "").strip()[:500] or "excluded"}
                   if exclude else {"excluded_at": None, "excluded_by": by, "exclusion_reason": None})
-        prefix = (token or "").strip()
+        prefix = text_value(token, "The token")
         if len(prefix) < 6:
             raise InvalidInput("Give at least the first 6 characters of the participant's token.")
         with self.studio.db.write() as conn:
@@ -186,10 +197,10 @@ class SurveyService:
         ``preview``: a studio member trying the survey; their answers are stored like anyone's but
         left out of the results (``results.py``)."""
         names = self.open_names()
-        survey = (survey or "").strip() or (names[0] if len(names) == 1 else "")
+        survey = text_value(survey, "The survey") or (names[0] if len(names) == 1 else "")
         if not survey:
             raise NotFound("No survey is open right now." if not names else "Choose a survey.")
-        token = (token or "").strip()
+        token = text_value(token, "The token")
         with self.studio.db.read() as conn:
             row = self._survey_row(conn, survey)
             if token and _TOKEN.match(token):
@@ -200,17 +211,29 @@ class SurveyService:
             pairs = conn.execute(sa.select(P.c.id, P.c.shot).where(P.c.survey_id == row.id, P.c.status == "ready")
                                  .order_by(P.c.position)).all()
         key = self.ip_key(ip)
-        if not self.new_limiter.allow(key):
-            raise AccessDenied("Too many new participants from your network in the last hour; please try later.")
-        token = secrets.token_urlsafe(18)
+        token = new_token()
         plan = make_plan([(p.id, p.shot) for p in pairs], row.per_participant, self.rng)
         with self._writing() as conn:
+            if not preview:
+                self._check_new_cap(conn, key)
             conn.execute(PT.insert().values(survey_id=row.id, token=token, ip_hash=key, plan=plan, created_at=now(),
                                             preview=bool(preview)))
         return token
 
+    def _check_new_cap(self, conn, key: str) -> None:
+        """New participants from one address in the last hour, counted in the database (the ``ip_hash``
+        column): a restart or a second server on the same database does not reset the count. Checked
+        in the transaction that adds the participant (SQLite writes one at a time; PostgreSQL takes a
+        lock per address for the transaction)."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(key[:15], 16)})
+        recent = conn.execute(sa.select(sa.func.count()).select_from(PT).where(
+            PT.c.ip_hash == key, PT.c.created_at > now() - 3600.0, PT.c.preview.is_(False))).scalar_one()
+        if recent >= self.max_new_per_hour:
+            raise AccessDenied("Too many new participants from your network in the last hour; please try later.")
+
     def _participant(self, conn, token: str):
-        token = (token or "").strip()
+        token = text_value(token, "The token")
         row = conn.execute(sa.select(PT, S.c.state, S.c.name.label("survey_name"), S.c.intro, S.c.settings)
                            .join(S, S.c.id == PT.c.survey_id).where(PT.c.token == token)).first() if _TOKEN.match(token) else None
         if row is None:
@@ -261,12 +284,10 @@ class SurveyService:
 
         with self.studio.db.read() as conn:
             who = self._participant(conn, token)
-            try:
-                if not 0 <= int(slot) < len(who.plan):    # a negative slot would count from the end
-                    raise IndexError(slot)
-                item = who.plan[int(slot)]
-            except (IndexError, TypeError, ValueError, OverflowError):
-                raise InvalidInput(f"Slot {slot} is not one of this participant's pairs.") from None
+            number = whole_number(slot, "slot")
+            if not 0 <= number < len(who.plan):    # a negative slot would count from the end
+                raise InvalidInput(f"Slot {slot} is not one of this participant's pairs.")
+            item = who.plan[number]
             pair = conn.execute(sa.select(P.c.base_image, P.c.lora_image).where(P.c.id == item["pair"])).one()
         first, second = (pair.lora_image, pair.base_image) if item["lora_side"] == "A" else (pair.base_image, pair.lora_image)
         return images.load(self.studio, first), images.load(self.studio, second)
@@ -274,18 +295,15 @@ class SurveyService:
     def answer(self, token: str, slot: int, pair_id: int, question: str, answer: str, ip: str) -> dict:
         """Store one answer (committed before this returns). Returns {stored, duplicate, slot_done,
         lora_side (only when this pair is now complete), done, total, finished}."""
-        question = (question or "").strip().lower()
+        question = text_value(question, "The question").lower()
         if question not in QUESTIONS:
             raise InvalidInput(f"Unknown question {question!r}; one of: {', '.join(QUESTIONS)}.")
-        value = ANSWERS.get((answer or "").strip().lower())
+        value = ANSWERS.get(text_value(answer, "The answer").lower())
         if value is None:
             raise InvalidInput("An answer is A, B or N (neither / the same).")
         if not self.answer_limiter.allow(self.ip_key(ip)):
             raise AccessDenied("Too many answers from your network in the last minute; slow down a little.")
-        try:
-            slot, pair_id = int(slot), int(pair_id)
-        except (TypeError, ValueError):
-            raise InvalidInput("slot and pair_id are whole numbers.") from None
+        slot, pair_id = whole_number(slot, "slot"), whole_number(pair_id, "pair_id")
         try:
             result = self._store(token, slot, pair_id, question, value)
         except sa.exc.IntegrityError:  # a concurrent identical request won the race (PostgreSQL)

@@ -23,7 +23,7 @@ import gradio as gr
 from dreamshot.access import ADMIN
 from dreamshot.errors import DreamShotError
 from dreamshot.safety import redact
-from dreamshot.survey.limits import client_ip
+from dreamshot.survey.limits import request_ip
 from dreamshot.survey.service import QUESTIONS, service
 from dreamshot.ui import guarded
 
@@ -88,11 +88,7 @@ HEAD = """
 
 
 def _ip(request: gr.Request | None) -> str:
-    if request is None:
-        return "local"
-    host = getattr(getattr(request, "client", None), "host", None)
-    headers = getattr(request, "headers", None) or {}
-    return client_ip(host, headers.get("x-forwarded-for"))
+    return request_ip(request)   # every X-Forwarded-For line, behind DREAMSHOT_TRUSTED_PROXIES only
 
 
 class SurveyHandlers:
