@@ -34,11 +34,10 @@ def evaluate_judge(studio, shots: list[str], clip_spec: str | None = None):
     with its CLIP (a Hub id or a local folder, loaded once per studio) - the linear probe trained on the
     studio's labeled frames when every shot type has enough of them, else zero-shot. ``judge.kind``,
     ``judge.report`` and ``judge.description`` say which judge it is (and how well the probe did)."""
-    from dreamshot.evaluate import embedders
     from dreamshot.evaluate.service import service as evaluation
 
     evaluator = evaluation(studio)
-    clip = evaluator.clip(clip_spec or embedders.DEFAULT_CLIP)
+    clip = evaluator.clip(clip_spec or None)   # empty: the studio's default (embedders.default_clip)
     judge, _ = evaluator.shot_judge(clip, list(shots))
 
     def judge_frames(frames) -> list[dict]:
