@@ -21,9 +21,8 @@ def probabilities(judge, image_features: np.ndarray) -> np.ndarray:
     x = np.asarray(image_features, dtype=np.float64)
     probe = getattr(judge, "probe", None)
     if probe is not None:
-        logits = ((x - probe.mean) / probe.scale) @ probe.w + probe.b
-    else:
-        logits = CLIP_LOGIT_SCALE * x @ np.asarray(judge.text_features, dtype=np.float64).T
+        return probe.predict_proba(x)
+    logits = CLIP_LOGIT_SCALE * x @ np.asarray(judge.text_features, dtype=np.float64).T
     logits = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
