@@ -231,8 +231,9 @@ class LabelHandlers:
 
 
 def _build_label(h: LabelHandlers) -> dict:
-    gr.Markdown("### 2 · Label\nOne key per class, **x** reject, **s** skip, **u** undo. Every key is saved at once; "
-                "a different key on a frame you labeled before relabels it (**u** undoes).")
+    gr.Markdown("### 2 · Label\nOne key per class, **Enter** accepts the model's suggestion, **x** reject, **s** skip, "
+                "**u** undo. Every key is saved at once; a different key on a frame you labeled before relabels it "
+                "(**u** undoes).")
     with gr.Row():
         name = gr.Textbox(label="Annotator name", placeholder="your name (kept in this browser)", scale=3)
         start = gr.Button("Start / resume", scale=1)

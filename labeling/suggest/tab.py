@@ -29,7 +29,8 @@ class SuggestHandlers:
         svc = service(self.studio)
         s = SuggestSettings.of(self.studio)
         clip = svc.spec or _default_clip(self.studio)
-        return (f"**{svc.state.capitalize()}** - {svc.message}\n\nCLIP: `{clip}` (Evaluate's setting) · first "
+        demo = " - tiny, random weights: its suggestions show the workflow, not shot types" if clip == "demo" else ""
+        return (f"**{svc.state.capitalize()}** - {svc.message}\n\nCLIP: `{clip}` (Evaluate's setting{demo}) · first "
                 f"suggestions after {s.min_per_class} labels per shot type · refit every {s.refit_labels} labels or "
                 f"{s.refit_seconds:g} s · blind checks on {s.blind_share:.0%} of frames")
 
@@ -107,8 +108,10 @@ def build(studio, demo: gr.Blocks) -> None:
             min_per_class = gr.Number(label="Labels per shot type before the first suggestion", precision=0)
             refit_labels = gr.Number(label="Refit every N labels", precision=0)
             refit_seconds = gr.Number(label="... or every M seconds")
-            blind = gr.Slider(0, 0.5, step=0.05, label="Blind checks (share of frames shown without a suggestion)")
-            save = gr.Button("Save", scale=0, min_width=90)
+        with gr.Row():
+            blind = gr.Slider(0, 0.5, step=0.05, label="Blind checks: share of frames shown without their suggestion",
+                              scale=3)
+            save = gr.Button("Save suggestion settings", scale=1)
         with gr.Row():
             prelabel = gr.Button("Pre-label unlabeled frames", elem_id="label-prelabel", scale=0, min_width=220)
             prelabel_note = gr.Markdown()
@@ -117,7 +120,7 @@ def build(studio, demo: gr.Blocks) -> None:
         look = gr.Dataframe(headers=LOOK_HEADERS, interactive=False, elem_id="label-second-look",
                             label="Second look: settled labels the model contradicted with high confidence (click a row)")
         with gr.Row():
-            fid = gr.Number(label="Frame id", precision=0)
+            fid = gr.Number(label="Frame id", value=None, precision=0)
             final = gr.Dropdown(label="Final class", choices=[])
             resolve = gr.Button("Resolve", variant="primary")
         preview = gr.Image(label="Frame (crop)", type="pil", interactive=False, height=200)
