@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 L, S = schema.labels, schema.frame_suggestions
 BATCH = 32
 IDLE_S = 2.0
+ACTIVE_S = 5.0        # a key pressed this recently: annotators are at work, the worker yields to them
+ACTIVE_BATCH = 8      # ... with smaller batches
+ACTIVE_DUTY = 0.25    # ... computing at most this share of the time (the server's CPU and GIL are shared)
 REPREDICT_S = 10.0
 PREFIX = "suggest_"
 
@@ -95,6 +98,7 @@ class SuggestService:
         self._unfeatured = self._fit_features = 0   # labels without features at the last fit; features then
         self._fitted_at = self._predicted_at = 0.0
         self._pre: tuple = (None, {})
+        self._last_key = -ACTIVE_S
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -106,8 +110,14 @@ class SuggestService:
                 self._thread.start()
 
     def notify(self) -> None:
-        """Labels or the pool changed: the worker looks now rather than at its next tick."""
+        """Labels or the pool changed: the worker looks now rather than at its next tick (and yields
+        the CPU while keys keep coming: ``ACTIVE_S``)."""
+        self._last_key = time.monotonic()
         self._wake.set()
+
+    @property
+    def annotators_active(self) -> bool:
+        return time.monotonic() - self._last_key < ACTIVE_S
 
     def settings_changed(self) -> None:
         self._clip_error = None
@@ -183,16 +193,19 @@ class SuggestService:
                 self.refit(settings)
                 self._describe(settings)
                 return True
-            todo = features.missing(self.studio, self._key, BATCH)
+            active = self.annotators_active
+            todo = features.missing(self.studio, self._key, ACTIVE_BATCH if active else BATCH)
+            spent = 0.0
             if todo:
                 t0 = time.perf_counter()
                 self._features.update(features.extract(self.studio, self._clip, self._key, todo))
-                self.rate = len(todo) / max(time.perf_counter() - t0, 1e-6)
+                spent = time.perf_counter() - t0
+                self.rate = len(todo) / max(spent, 1e-6)
             self.progress = features.counts(self.studio, self._key)
             self._repredict(force=not todo)
         self._describe(settings)
-        if todo:
-            self._stop.wait(0.05)   # leave the CPU to requests between batches
+        if todo:   # leave the CPU to requests between batches; most of it while people are labeling
+            self._stop.wait(spent * (1 / ACTIVE_DUTY - 1) if active else 0.05)
         return bool(todo)
 
     def _ensure_clip(self) -> bool:
