@@ -171,6 +171,9 @@ def test_prelabels_are_reviewed_by_class_and_confirmed_with_one_key(studio):
         shown.append(view.frame_id)
         view = ann.act("dan", view.frame_id, annotate.ACCEPT)
     assert sorted(shown) == sorted(f for f, s in pre.items() if s == "long") and len(shown) == 2
+    from labeling.suggest.tab import SuggestHandlers
+
+    assert "Pre-labels written for 4 unlabeled frames" in SuggestHandlers(studio).prelabel(None)   # the button
     assert "that the model calls long" in view.message
     assert {(r.shot, r.source, r.queue_order) for r in _rows(studio, "dan")} == {("long", "suggested", "class:long")}
 
@@ -208,6 +211,46 @@ def test_without_a_clip_the_tab_says_so_and_labeling_works(studio, monkeypatch):
     assert "not in the local Hugging Face cache" in view.suggest_note
     after = ann.act("finn", view.frame_id, truth[view.frame_id])
     assert after.frame_id not in (None, view.frame_id) and _rows(studio, "finn")[0].predicted is None
+
+
+def test_model_orders_keep_labeled_frames_in_their_random_places_so_overlap_still_works():
+    """Frames someone labeled (the model was fit on them) keep their random-order positions: an
+    overlap frame reaches a second annotator as often as in the random order."""
+    import numpy as np
+
+    from labeling.suggest import orders
+
+    ids = list(range(40))
+    keys = {fid: (fid * 7919) % 101 for fid in ids}
+    trained = frozenset(range(0, 40, 5))
+    probs = np.array([[0.5 + (fid % 9) / 20, 0.5 - (fid % 9) / 20] for fid in ids])
+    snap = suggest_model.Snapshot(1, ["close", "long"], 8, {}, np.array(ids), probs, None, 0.0, trained_on=trained)
+    random_order = sorted(ids, key=keys.__getitem__)
+    for ranked in (orders.uncertain(ids, snap, keys), orders.quota(ids, snap, keys, {"close": 5, "long": 1})):
+        assert sorted(ranked) == ids
+        assert [i for i, f in enumerate(ranked) if f in trained] == [i for i, f in enumerate(random_order) if f in trained]
+    free = [f for f in orders.uncertain(ids, snap, keys) if f not in trained]
+    margins = [abs(probs[f][0] - probs[f][1]) for f in free]
+    assert max(margins[:orders.RUN]) <= min(margins[orders.RUN:])      # the least sure first
+
+
+def test_second_look_lists_confident_disagreements_with_settled_labels(studio):
+    from labeling.provenance import Provenance
+    from labeling.suggest import stats as model_stats
+
+    truth = colored_frames(studio, 1)
+    a, b, c = sorted(truth)
+    labels.record(studio, "gus", a, "close", provenance=Provenance(predicted="long", confidence=0.95, model_labels=30,
+                                                                    suggestion_shown=True))
+    labels.record(studio, "gus", b, "close", provenance=Provenance(predicted="long", confidence=0.55, model_labels=30,
+                                                                    suggestion_shown=True))
+    labels.record(studio, "gus", c, "long", provenance=Provenance(predicted="long", confidence=0.9, model_labels=30,
+                                                                   suggestion_shown=False))
+    ms = model_stats.model_stats(studio)
+    assert [(d["frame"], d["label"], d["model"]) for d in ms.second_look] == [(a, "close", "long")]
+    assert ms.blind == [(30, True)] and (ms.shown, ms.accepted, ms.overridden) == (2, 0, 2)
+    labels.resolve(studio, a, "long", "admin")                       # resolved the model's way: off the list
+    assert model_stats.model_stats(studio).second_look == []
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
