@@ -115,6 +115,8 @@ class Annotation:
             hint = (f" that the model calls {key.order[len(orders.REVIEW):]} (pre-label the pool, or choose another "
                     "order)." if key.order.startswith(orders.REVIEW) else
                     ". Import more frames or ask for a new seed.")
+            if key.split == "train" and (held := self.sampler.remaining(annotator, QueueKey("test"))):
+                hint = f" among the train frames; {held} held-out frames wait: choose Frames -> Held-out frames."
             return FrameView(annotator, None, None, None, None, None, progress,
                              message or empty[key.split] + hint, 0, queue=key)
         p = self.previews.get(current)

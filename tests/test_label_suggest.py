@@ -181,9 +181,11 @@ def test_prelabels_are_reviewed_by_class_and_confirmed_with_one_key(studio):
 def test_held_out_frames_have_their_own_queue_outside_the_quotas(studio):
     from labeling.tab import LabelHandlers
 
-    train = colored_frames(studio, 2)
     held = colored_frames(studio, 1, split="test", seed=1)
     ann = annotate.service(studio)
+    assert "3 held-out frames wait: choose Frames -> Held-out frames" in ann.view("eve").message   # issue 21
+    train = colored_frames(studio, 2)
+    ann.reset()
     assert ann.view("eve").frame_id in train                          # the train queue by default
     view = ann.set_queue("eve", "test", "random")
     assert view.frame_id in held and "Held-out frame (test split): not counted in quotas" in frame_html(view)
