@@ -63,6 +63,7 @@ class Annotation:
         self.sampler = Sampler(studio, ranker=self.suggest.ranker)
         self.previews = crop.Previews(studio)
         self._shown: OrderedDict[tuple[str, int], Suggestion] = OrderedDict()
+        self._told: set[str] = set()      # annotators told that suggestions are unavailable
 
     def close(self) -> None:  # called by Studio.close()
         self.previews.close()
@@ -123,8 +124,11 @@ class Annotation:
         view = FrameView(annotator, current, p["crop"], p["full"], p["box"], p["size"], progress, message,
                          self.sampler.remaining(annotator, key), queue=key,
                          suggestion=self._suggestion(annotator, current, key))
-        if view.suggestion is None:
-            view.suggest_note = self.suggest.message if self.suggest.state in ("learning", "unavailable") else ""
+        if view.suggestion is None and self.suggest.state == "learning":   # how far from the first suggestion
+            view.suggest_note = self.suggest.message
+        elif self.suggest.state == "unavailable" and annotator not in self._told:   # said once (and in the panel)
+            self._told.add(annotator)
+            view.suggest_note = self.suggest.message
         if len(ids) > 1:
             try:
                 view.next_id, view.next_preview = ids[1], self.previews.get(ids[1])

@@ -206,13 +206,14 @@ def test_without_a_clip_the_tab_says_so_and_labeling_works(studio, monkeypatch):
     truth = colored_frames(studio, 9)
     _seed_labels(studio, truth, 8)
     ann = annotate.service(studio)
-    ann.view("finn")
+    ann.suggest.start()                                               # what the tab's first view does
     wait_for(lambda: ann.suggest.state == "unavailable", what="the CLIP to be refused")
     view = ann.view("finn")
     assert view.suggestion is None and "Suggestions are off" in view.suggest_note
     assert "not in the local Hugging Face cache" in view.suggest_note
     after = ann.act("finn", view.frame_id, truth[view.frame_id])
     assert after.frame_id not in (None, view.frame_id) and _rows(studio, "finn")[0].predicted is None
+    assert after.suggest_note == ""                                   # said once, not on every frame
 
 
 def test_model_orders_keep_labeled_frames_in_their_random_places_so_overlap_still_works():
