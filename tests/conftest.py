@@ -70,8 +70,8 @@ def make_studio(tmp_path, demo_model_dir, demo_clip_dir):
         (data / "models").mkdir(parents=True, exist_ok=True)
         if not (data / "models" / "demo-sd").exists():
             shutil.copytree(demo_model_dir, data / "models" / "demo-sd")
-        if not (data / "models" / demo_clip_dir.name).exists():
-            shutil.copytree(demo_clip_dir, data / "models" / demo_clip_dir.name)
+        if not (data / "models" / demo_clip_dir.name).exists():   # read only: a link is enough
+            (data / "models" / demo_clip_dir.name).symlink_to(demo_clip_dir, target_is_directory=True)
         settings = Settings(**{"data_dir": data, "model": "demo", **overrides})
         studio = Studio.open(settings)
         opened.append(studio)
