@@ -77,9 +77,46 @@ labels = sa.Table(
     sa.Column("is_extra", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("undone_at", sa.Float, nullable=True),
+    # How the label was given: "typed" (a class key), "suggested" (the model's suggestion accepted),
+    # "imported" (a labels file); NULL for rows written before this was recorded (typed or imported).
+    sa.Column("source", sa.String(16), nullable=True),
+    # The order the frame was shown under (random, uncertain, quota, class:<name>, held-out ...).
+    sa.Column("queue_order", sa.String(80), nullable=True),
+    # The shot-type model's prediction for the frame when it was shown, made before the model saw
+    # this label (shown to the annotator or held back for a blind check): class, probability, and
+    # how many labels the model had been fit on. NULL when no model existed yet.
+    sa.Column("predicted", sa.String(64), nullable=True),
+    sa.Column("confidence", sa.Float, nullable=True),
+    sa.Column("model_labels", sa.Integer, nullable=True),
+    sa.Column("suggestion_shown", sa.Boolean, nullable=True),
 )
 sa.Index("ix_labels_annotator_frame", labels.c.annotator, labels.c.frame_id)
 sa.Index("ix_labels_frame", labels.c.frame_id)
+
+# CLIP image features of frames (the Label tab's shot-type model), one row per frame and model
+# (``model``: a short hash naming the exact CLIP); ``vector``: float32 bytes of length ``dim``.
+frame_features = sa.Table(
+    "frame_features", metadata,
+    sa.Column("frame_id", sa.Integer, sa.ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Pre-labels: the shot-type model's class for unlabeled frames (``python -m labeling suggest`` or
+# the tab's button); never a final label - annotators review them by class and confirm.
+frame_suggestions = sa.Table(
+    "frame_suggestions", metadata,
+    sa.Column("frame_id", sa.Integer, sa.ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("taxonomy", sa.String(64), primary_key=True),
+    sa.Column("shot", sa.String(64), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("margin", sa.Float, nullable=False),
+    sa.Column("model_labels", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("ix_frame_suggestions_shot", frame_suggestions.c.taxonomy, frame_suggestions.c.shot)
 
 # Machine caption and its human edit, side by side. `version` guards edits against races.
 captions = sa.Table(

@@ -101,10 +101,33 @@ def _survey_participants_preview(op) -> None:
                   sa.Column("preview", sa.Boolean, nullable=False, server_default=sa.false()))
 
 
+def _label_suggestions(op) -> None:
+    """The Label tab's shot-type model: how each label was given (source, queue order, the model's
+    prediction at the time) as plain ADD COLUMNs (nullable: rows written before say nothing), the
+    frames' CLIP features and the pre-labels."""
+    C = sa.Column
+    for column in (C("source", sa.String(16), nullable=True), C("queue_order", sa.String(80), nullable=True),
+                   C("predicted", sa.String(64), nullable=True), C("confidence", sa.Float, nullable=True),
+                   C("model_labels", sa.Integer, nullable=True), C("suggestion_shown", sa.Boolean, nullable=True)):
+        op.add_column("labels", column)
+    def frame():
+        return sa.ForeignKey("frames.id", ondelete="CASCADE")
+
+    op.create_table("frame_features", C("frame_id", sa.Integer, frame(), primary_key=True),
+                    C("model", sa.String(64), primary_key=True), C("dim", sa.Integer, nullable=False),
+                    C("vector", sa.LargeBinary, nullable=False), C("created_at", sa.Float, nullable=False))
+    op.create_table("frame_suggestions", C("frame_id", sa.Integer, frame(), primary_key=True),
+                    C("taxonomy", sa.String(64), primary_key=True), C("shot", sa.String(64), nullable=False),
+                    C("confidence", sa.Float, nullable=False), C("margin", sa.Float, nullable=False),
+                    C("model_labels", sa.Integer, nullable=False), C("created_at", sa.Float, nullable=False))
+    op.create_index("ix_frame_suggestions_shot", "frame_suggestions", ["taxonomy", "shot"])
+
+
 STEPS.append(_captions_edit_kind)
 STEPS.append(_step_surveys)
 STEPS.append(_loras_kind_method)
 STEPS.append(_survey_participants_preview)
+STEPS.append(_label_suggestions)
 SCHEMA_VERSION = 1 + len(STEPS)
 
 

@@ -2,7 +2,8 @@
 
     import SOURCE     import a pool of frames (folder, .zip, datasets imagefolder/id, video files)
     export OUT        export the labeled set as a Hugging Face imagefolder
-    stats             per-class counts, quotas, rejects and agreement
+    stats             per-class counts, quotas, rejects, agreement and the shot-type model's accuracy
+    suggest           pre-label unlabeled frames with the shot-type model (review them by class)
     caption           BLIP-2 captions for labeled frames
 
 Every subcommand takes the studio settings (--data, --db, --model, ...).
@@ -14,7 +15,7 @@ import sys
 
 from dreamshot import cli
 
-COMMAND_MODULES = ["labeling.cli", "labeling.captions.cli"]
+COMMAND_MODULES = ["labeling.cli", "labeling.suggest.cli", "labeling.captions.cli"]
 
 
 def build_parser():

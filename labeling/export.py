@@ -1,5 +1,6 @@
 """Export the labeled set as a Hugging Face imagefolder: cropped images at the project crop size plus
-``metadata.jsonl`` (file_name, shot, text, caption, caption_original, source, annotator, ...), loadable
+``metadata.jsonl`` (file_name, shot, text, caption, caption_original, source, annotator, label_source:
+typed/suggested/imported, label_order: the queue order, ...), loadable
 with ``datasets.load_dataset("imagefolder", data_dir=OUT)``; optionally pushed to the Hub.
 
     1. final labels (single annotator, agreement or resolution; no rejects; extras only on request;
@@ -106,6 +107,25 @@ def _annotators(conn, frame_ids: list[int]) -> dict[int, list[str]]:
     return out
 
 
+def _label_provenance(conn, chosen: dict[int, str]) -> dict[int, tuple[str, str]]:
+    """frame -> (label_source, label_order): how the labels that settled the frame's class were given
+    (typed, suggested, imported; unrecorded for labels older than that record) and the queue orders
+    they were given under, each list comma-joined in the order the labels came."""
+    out: dict[int, tuple[list, list]] = {}
+    ids = sorted(chosen)
+    for i in range(0, len(ids), 500):
+        rows = conn.execute(sa.select(L.c.frame_id, L.c.shot, L.c.source, L.c.queue_order).where(
+            L.c.frame_id.in_(ids[i:i + 500]), L.c.undone_at.is_(None), L.c.action.in_(["label", "resolve"]))
+            .order_by(L.c.id))
+        for fid, shot, source, order in rows:
+            if shot == chosen[fid]:
+                sources, orders = out.setdefault(fid, ([], []))
+                for seq, value in ((sources, source or "unrecorded"), (orders, order)):
+                    if value and value not in seq:
+                        seq.append(value)
+    return {fid: (",".join(s), ",".join(o)) for fid, (s, o) in out.items()}
+
+
 def _check_out_dir(out: Path, data_dir: Path, roots=None) -> Path:
     """The export folder to write (``roots``: the allowed roots when the path comes from the page)."""
     if roots is not None:
@@ -140,6 +160,7 @@ def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = Fal
         caps = {r.frame_id: r for r in conn.execute(sa.select(C.c.frame_id, C.c.caption, C.c.caption_original)
                                                     .where(C.c.frame_id.in_(ids)))} if ids else {}
         who = _annotators(conn, ids)
+        given = _label_provenance(conn, chosen)
     report = ExportReport(path=out, count=0, per_class={}, size=size)
     with replaced_folder(out, studio.settings.data_dir) as tmp:
         (tmp / "images").mkdir()
@@ -165,6 +186,7 @@ def export_imagefolder(studio, out_dir, *, shots=None, include_extra: bool = Fal
                     "caption": caption, "caption_original": (cap.caption_original if cap else None) or "",
                     "source": frame.source, "annotator": ",".join(who.get(fid, [])),
                     "frame_id": fid, "split": frame.split,
+                    "label_source": given.get(fid, ("", ""))[0], "label_order": given.get(fid, ("", ""))[1],
                     "title": str((frame.meta or {}).get("title", "") or ""),
                 }, ensure_ascii=False) + "\n")
                 report.count += 1

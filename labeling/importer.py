@@ -115,7 +115,11 @@ class Importer:
         earlier = None if digest in self.known else self._earlier(digest)
         twin = self.known.get(digest) or (earlier.source if earlier is not None and earlier.status == "ok" else None)
         if twin:
-            return {"duplicate": True, "filter_reason": f"same content as {twin}"}
+            dup = {"duplicate": True, "filter_reason": f"same content as {twin}"}
+            if digest not in self.known and (label := lookup(self.labels, item).get("shot")):
+                # a frame already in the pool: the labels file still applies to it (a re-import)
+                dup.update(_existing=earlier.id, _label=label, _annotator=lookup(self.labels, item).get("annotator"))
+            return dup
         self.known[digest] = item.key
         row["content_hash"] = digest
         if earlier is not None:  # filtered out by an earlier import: judged again with this one's filters

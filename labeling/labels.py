@@ -32,6 +32,8 @@ from dreamshot.errors import InvalidInput, NotFound
 from dreamshot.shots import Taxonomy
 from dreamshot.storage import now
 
+from labeling.provenance import IMPORTED, TYPED, Provenance  # noqa: F401 (labels.Provenance for callers)
+
 ACTIONS = ("label", "reject", "skip")
 REJECT = "reject"
 QUOTAS_KEY = "quotas"
@@ -143,7 +145,8 @@ def _quota_looks_full(conn, taxonomy: Taxonomy, studio, shot: str, frame_id: int
 
 
 def insert_action(conn, studio, *, frame_id: int, annotator: str, action: str, shot: str | None,
-                  taxonomy: Taxonomy | None = None, at: float | None = None) -> ActionResult:
+                  taxonomy: Taxonomy | None = None, at: float | None = None,
+                  provenance: Provenance | None = None) -> ActionResult:
     """Insert one action in an open write transaction."""
     taxonomy = taxonomy or current_taxonomy(studio)
     is_extra = False
@@ -151,8 +154,28 @@ def insert_action(conn, studio, *, frame_id: int, annotator: str, action: str, s
         taxonomy.get(shot)
         is_extra = _quota_looks_full(conn, taxonomy, studio, shot, frame_id)
     conn.execute(L.insert().values(frame_id=frame_id, annotator=annotator, taxonomy=taxonomy.name, action=action,
-                                   shot=shot, is_extra=is_extra, created_at=at or now(), undone_at=None))
+                                   shot=shot, is_extra=is_extra, created_at=at or now(), undone_at=None,
+                                   **(provenance or TYPED).columns()))
     return ActionResult(frame_id, action, shot, is_extra)
+
+
+def apply_label(conn, studio, *, frame_id: int, annotator: str, shot: str,
+                provenance: Provenance = IMPORTED) -> str:
+    """A label from a file for a frame that may already be labeled (a re-import): ``added``,
+    ``relabeled`` (the annotator's earlier label is kept in the history) or ``unchanged``."""
+    taxonomy = current_taxonomy(studio)
+    shot = taxonomy.get(str(shot).strip()).name
+    done = conn.execute(sa.select(L.c.id, L.c.action, L.c.shot).where(
+        L.c.frame_id == int(frame_id), L.c.annotator == annotator, L.c.undone_at.is_(None),
+        L.c.action.in_(["label", "reject"]), L.c.taxonomy == taxonomy.name).order_by(L.c.id.desc())).all()
+    if done and (done[0].action, done[0].shot) == ("label", shot):
+        return "unchanged"
+    at = now()
+    if done:
+        conn.execute(L.update().where(L.c.id.in_([r.id for r in done])).values(undone_at=at))
+    insert_action(conn, studio, frame_id=int(frame_id), annotator=annotator, action="label", shot=shot,
+                  taxonomy=taxonomy, at=at, provenance=provenance)
+    return "relabeled" if done else "added"
 
 
 def _parse_action(taxonomy: Taxonomy, action: str) -> tuple[str, str | None]:
@@ -162,10 +185,12 @@ def _parse_action(taxonomy: Taxonomy, action: str) -> tuple[str, str | None]:
     return "label", action
 
 
-def record(studio, annotator: str, frame_id: int, action: str, crop_box: list[int] | None = None) -> ActionResult:
+def record(studio, annotator: str, frame_id: int, action: str, crop_box: list[int] | None = None,
+           provenance: Provenance | None = None) -> ActionResult:
     """One keypress: ``action`` is a class name of the current taxonomy, 'reject' or 'skip'.
     A different label on a frame the annotator already labeled is a relabel (see the module doc).
-    ``crop_box``: the box the annotator saw, stored with the label when the frame has none yet."""
+    ``crop_box``: the box the annotator saw, stored with the label when the frame has none yet;
+    ``provenance``: how it was given (typed by default)."""
     taxonomy = current_taxonomy(studio)
     kind, shot = _parse_action(taxonomy, action)
     with studio.db.write() as conn:
@@ -190,7 +215,7 @@ def record(studio, annotator: str, frame_id: int, action: str, crop_box: list[in
             conn.execute(F.update().where(F.c.id == int(frame_id))
                          .values(crop_box=[int(v) for v in crop_box], crop_source="auto"))
         result = insert_action(conn, studio, frame_id=int(frame_id), annotator=annotator, action=kind, shot=shot,
-                               taxonomy=taxonomy, at=at)
+                               taxonomy=taxonomy, at=at, provenance=provenance)
         result.relabeled_from = relabeled_from
         return result
 

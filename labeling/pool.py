@@ -93,6 +93,8 @@ class ImportReport:
     not_images: list[dict] = field(default_factory=list)      # item, message
     videos: dict = field(default_factory=dict)    # video file -> {"shots": found, "kept": frames kept}
     uploaded: bool = False                        # the source is files uploaded in the tab
+    existing_labeled: dict = field(default_factory=dict)      # files already in the pool whose label
+                                                              # the labels file gave: added/relabeled/unchanged
 
     def text(self) -> str:
         if self.uploaded and self.kind == "folder":   # "upload of 3 files: a.png, ..." says what it is
@@ -107,6 +109,10 @@ class ImportReport:
             lines.append(f"  filtered - {REASONS.get(reason, reason)}: {n}")
         if self.labels_imported or self.labels_rejected:
             lines.append(f"  labels imported: {self.labels_imported}   rejected: {self.labels_rejected}")
+        if self.existing_labeled:
+            n = sum(self.existing_labeled.values())
+            lines.append(f"  already in the pool, labels from the file applied: {n} ("
+                         + ", ".join(f"{k} {v}" for k, v in sorted(self.existing_labeled.items())) + ")")
         if self.seconds > 0:
             lines.append(f"  {self.seen - self.resumed_from} items in {self.seconds:.1f} s "
                          f"({(self.seen - self.resumed_from) / self.seconds:.1f} items/s)")
@@ -191,6 +197,8 @@ def run_import(studio, opts: ImportOptions, progress: Progress | None = None,
         nonlocal pending, last_flush
         with studio.db.write() as conn:
             for row, key, video in pending:
+                if row.get("_existing") is not None and _label_existing(importer, conn, counts, row, key, opts):
+                    continue
                 _count(counts, row, key)
                 _count_video(counts, video, row)
                 if row.get("duplicate"):
@@ -291,12 +299,30 @@ def _import_label(importer: Importer, conn, counts: dict, frame_id: int, shot: s
     try:
         importer.taxonomy.get(str(shot).strip())
         importer.labels_mod.insert_action(conn, importer.studio, frame_id=frame_id, annotator=annotator,
-                                          action="label", shot=str(shot).strip())
+                                          action="label", shot=str(shot).strip(),
+                                          provenance=importer.labels_mod.IMPORTED)
         counts["labels_imported"] += 1
     except InvalidInput as exc:
         counts["labels_rejected"] += 1
         if len(counts["problems"]) < MAX_PROBLEMS:
             counts["problems"].append({"item": key, "reason": "label", "message": str(exc)})
+
+
+def _label_existing(importer: Importer, conn, counts: dict, row: dict, key: str, opts: ImportOptions) -> bool:
+    """A file already in the pool with a label in the labels file: the label applies to that frame
+    (reported as such, not as an exact duplicate). False when the label is refused (then counted)."""
+    try:
+        outcome = importer.labels_mod.apply_label(conn, importer.studio, frame_id=row["_existing"],
+                                                  annotator=row.get("_annotator") or opts.annotator, shot=row["_label"])
+    except InvalidInput as exc:
+        counts["labels_rejected"] += 1
+        if len(counts["problems"]) < MAX_PROBLEMS:
+            counts["problems"].append({"item": key, "reason": "label", "message": str(exc)})
+        return False
+    counts["seen"] += 1
+    existing = counts.setdefault("existing_labeled", {})
+    existing[outcome] = existing.get(outcome, 0) + 1
+    return True
 
 
 def _report(run_id, opts, status, counts, resumed_from, seconds) -> ImportReport:
@@ -307,7 +333,8 @@ def _report(run_id, opts, status, counts, resumed_from, seconds) -> ImportReport
                         resumed_from=resumed_from, seconds=seconds,
                         filtered_files=list(counts.get("filtered_files", [])),
                         not_images=list(counts.get("not_images", [])), videos=dict(counts.get("videos", {})),
-                        uploaded=opts.source_name is not None)
+                        uploaded=opts.source_name is not None,
+                        existing_labeled=dict(counts.get("existing_labeled", {})))
 
 
 def pool_summary(studio) -> dict:

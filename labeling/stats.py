@@ -1,5 +1,6 @@
 """Labeling stats shared by the Label tab and ``python -m labeling stats``: agreement (Cohen's and
-Fleiss' kappa, confusion matrix) and the stats text (no gradio)."""
+Fleiss' kappa, confusion matrix), the shot-type model's measurements (``labeling.suggest.stats``)
+and the stats text (no gradio)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from dreamshot.stats import fleiss_kappa
 from labeling import labels, pool
 from labeling.labels import REJECT
+from labeling.suggest import stats as suggest_stats
 
 
 @dataclass
@@ -99,6 +101,7 @@ def stats_text(studio) -> str:
     if p.annotators:
         lines.append("Annotators: " + ", ".join(f"{a} ({n})" for a, n in sorted(p.annotators.items())))
     lines += agreement_lines(agreement(studio))
+    lines += suggest_stats.lines(suggest_stats.model_stats(studio))
     summary = pool.pool_summary(studio)
     for split, by_status in sorted(summary.items()):
         lines.append(f"Pool ({split}): " + ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())))

@@ -9,8 +9,16 @@ The labeling keys run without the queue (``queue=False``, for speed), and Gradio
 an error of such an event: a refusal ("type your name first", "no frame to label") is written into
 the frame area instead, over the annotator's current frame (``LabelHandlers.inline``).
 
-Endpoints (gradio_client): label_import, label_settings, label_view, label_action, label_undo,
-label_nudge, label_stats, label_show_frame, label_resolve, label_export.
+Above the frame an annotator chooses their queue: **train** or **held-out** frames (held-out ones
+are labeled in their own queue, marked as such, never counted in quotas) and the **order** (random,
+uncertain first, fill the emptiest quota first, or review the frames the model calls a class); the
+choice is kept per annotator. The model's suggestion and its confidence are shown over the frame;
+**Enter** accepts it. The *Suggestions* panel (``labeling.suggest.tab``) holds the model's state,
+settings, pre-labels and measurements.
+
+Endpoints (gradio_client): label_import, label_settings, label_view, label_action (a class, reject,
+skip or accept), label_queue, label_undo, label_nudge, label_stats, label_show_frame, label_resolve,
+label_export; the Suggestions panel's are listed there.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from dreamshot.ui import QUIET, admin_name, guarded
 
 from labeling import annotate, clips, labels
 from labeling.annotate import FrameView
+from labeling.sampler import SPLITS
+from labeling.suggest import orders
+from labeling.suggest import tab as suggest_tab
 from labeling.tab_admin import AdminHandlers, build_export, build_import, build_settings, build_stats
 from labeling.tab_html import HEAD, frame_html, notice_html, progress_html, prompt_html
 
@@ -47,10 +58,14 @@ def _frame_id(value) -> int | None:
 
 def view_dict(view: FrameView) -> dict:
     """The JSON answer of the label_* endpoints."""
-    p, last = view.progress, view.last
+    p, last, s = view.progress, view.last, view.suggestion
     return {"annotator": view.annotator, "frame_id": view.frame_id, "box": view.box, "message": view.message,
             "remaining": view.remaining, "counts": p.counts, "extras": p.extras, "quotas": p.quotas,
             "rejects": p.rejects, "disagreements": p.disagreements, "all_quotas_met": p.all_met,
+            "held_out": p.held_out, "queue": {"frames": view.queue.split, "order": view.queue.order},
+            "suggestion": None if s is None else {
+                "shot": s.shot if s.shown else None, "confidence": s.confidence if s.shown else None,
+                "shown": s.shown, "origin": s.origin, "model_labels": s.model_labels},
             "last_action": None if last is None else {
                 "frame_id": last.frame_id, "action": last.action, "shot": last.shot,
                 "duplicate": last.duplicate, "relabeled_from": last.relabeled_from, "restored": last.restored}}
@@ -79,7 +94,13 @@ class LabelHandlers:
 
     @staticmethod
     def outputs(view: FrameView) -> tuple[str, str, int | None]:
-        return frame_html(view), progress_html(view.progress), view.frame_id
+        return frame_html(view), progress_html(view.progress, view.queue.split), view.frame_id
+
+    def queue_fields(self, who: str | None) -> tuple[dict, dict]:
+        """The Frames radio and the Order dropdown (its choices follow the taxonomy) for an annotator."""
+        key = self.service.queue_of(who) if who else annotate.TRAIN
+        choices = orders.choices(labels.current_taxonomy(self.studio))
+        return gr.update(value=key.split), gr.update(choices=choices, value=key.order)
 
     def slot_buttons(self) -> list[dict]:
         taxonomy = labels.current_taxonomy(self.studio)
@@ -93,13 +114,16 @@ class LabelHandlers:
         who = getattr(request, "username", None) or stored or ""
         if not who:
             return (prompt_html(labels.current_taxonomy(self.studio)), progress_html(labels.progress(self.studio)), None,
-                    gr.update(), *buttons)
+                    gr.update(), *buttons, *self.queue_fields(None))
         who = self.annotator(who, request)
-        return (*self.outputs(self.service.view(who)), who, *buttons)
+        return (*self.outputs(self.service.view(who)), who, *buttons, *self.queue_fields(who))
 
     def start(self, name: str, request: gr.Request):
         who = self.annotator(name, request)
-        return (*self.outputs(self.service.view(who)), who, who)
+        return (*self.outputs(self.service.view(who)), who, who, *self.queue_fields(who))
+
+    def set_queue(self, name: str, split: str, order: str, request: gr.Request | None):
+        return self.outputs(self.service.set_queue(self.annotator(name, request), split, order))
 
     def act(self, name: str, frame_id, action: str, request: gr.Request | None):
         return self.outputs(self.service.act(self.annotator(name, request), _frame_id(frame_id), action))
@@ -191,6 +215,11 @@ class LabelHandlers:
         you labeled before relabels it (``last_action.relabeled_from``)."""
         return view_dict(self.service.act(self.annotator(annotator, request), _frame_id(frame_id), action))
 
+    def label_queue(self, annotator: str, frames: str = "train", order: str = "random",
+                    request: gr.Request = None) -> dict:
+        """frames: 'train' or 'test' (held-out); order: random, uncertain, quota or class:<shot type>."""
+        return view_dict(self.service.set_queue(self.annotator(annotator, request), frames, order))
+
     def label_undo(self, annotator: str, request: gr.Request) -> dict:
         return view_dict(self.service.undo(self.annotator(annotator, request)))
 
@@ -200,11 +229,18 @@ class LabelHandlers:
 
 
 def _build_label(h: LabelHandlers) -> dict:
-    gr.Markdown("### 2 · Label\nOne key per class, **x** reject, **s** skip, **u** undo. Every key is saved at once; "
-                "a different key on a frame you labeled before relabels it (**u** undoes).")
+    gr.Markdown("### 2 · Label\nOne key per class, **Enter** accepts the model's suggestion, **x** reject, **s** skip, "
+                "**u** undo. Every key is saved at once; a different key on a frame you labeled before relabels it "
+                "(**u** undoes).")
     with gr.Row():
         name = gr.Textbox(label="Annotator name", placeholder="your name (kept in this browser)", scale=3)
         start = gr.Button("Start / resume", scale=1)
+    with gr.Row():
+        split = gr.Radio([(label, value) for value, label in SPLITS.items()], value="train", label="Frames",
+                         info="held-out frames: their own queue, never counted in quotas", elem_id="label-split")
+        order = gr.Dropdown(orders.choices(labels.current_taxonomy(h.studio)), value="random", label="Order",
+                            info="uncertain first and the quota order need the model's suggestions",
+                            elem_id="label-order")
     frame_id = gr.Textbox(visible=False, elem_id="label-frame-id")
     with gr.Row():
         with gr.Column(scale=3):
@@ -215,6 +251,7 @@ def _build_label(h: LabelHandlers) -> dict:
         slots = [gr.Button(f"class {i + 1}", elem_id=f"label-slot-{i}", variant="primary", min_width=80)
                  for i in range(MAX_SLOTS)]
     with gr.Row():
+        accept = gr.Button("Accept suggestion  [Enter]", elem_id="label-accept", variant="primary", min_width=80)
         reject = gr.Button("Reject  [x]", elem_id="label-reject", variant="stop", min_width=80)
         skip = gr.Button("Skip  [s]", elem_id="label-skip", min_width=80)
         undo = gr.Button("Undo  [u]", elem_id="label-undo", min_width=80)
@@ -228,10 +265,14 @@ def _build_label(h: LabelHandlers) -> dict:
 
     outs = [frame, quota_box, frame_id]
     fast = dict(show_progress="hidden", queue=False, api_visibility="private")
-    start.click(guarded(h.start), [name], [*outs, name, store], api_visibility="private")
-    name.submit(guarded(h.start), [name], [*outs, name, store], api_visibility="private")
+    start.click(guarded(h.start), [name], [*outs, name, store, split, order], api_visibility="private")
+    name.submit(guarded(h.start), [name], [*outs, name, store, split, order], api_visibility="private")
     for i, b in enumerate(slots):
         b.click(h.slot_event(i), [name, frame_id], outs, **fast)
+    accept.click(h.action_event(annotate.ACCEPT), [name, frame_id], outs, **fast)
+    for choice in (split, order):  # .input: a person's change only (not the page load setting it)
+        choice.input(h.inline(h.set_queue), [name, split, order], outs, api_visibility="private",
+                     show_progress="hidden")
     reject.click(h.action_event("reject"), [name, frame_id], outs, **fast)
     skip.click(h.action_event("skip"), [name, frame_id], outs, **fast)
     undo.click(h.inline(h.undo), [name], outs, **fast)
@@ -241,9 +282,10 @@ def _build_label(h: LabelHandlers) -> dict:
                     show_progress="hidden")  # a refusal is a toast; the player is not marked "Error"
     # a clip belongs to one frame: the next frame never plays the previous shot's clip
     frame_id.change(None, None, clip_video, js="() => null", queue=False, api_visibility="private")
-    for fn in (h.label_view, h.label_action, h.label_undo, h.label_nudge):
+    for fn in (h.label_view, h.label_action, h.label_queue, h.label_undo, h.label_nudge):
         gr.api(guarded(fn), api_name=fn.__name__, concurrency_limit=None)
-    return {"slots": slots, "quota_box": quota_box, "store": store, "load_outputs": [*outs, name, *slots],
+    return {"slots": slots, "quota_box": quota_box, "store": store,
+            "load_outputs": [*outs, name, *slots, split, order], "order": order,
             "name": name, "outs": outs, "clip": clip_video, "frame_id": frame_id}
 
 
@@ -255,13 +297,15 @@ def build(studio, demo: gr.Blocks) -> None:
     refresh = dict(fn=label.inline(label.refresh), inputs=[ui["name"]], outputs=ui["outs"], api_visibility="private",
                    show_progress="hidden")
     imported.success(**refresh)
+    suggest_tab.build(studio, demo)
     build_stats(admin, ui["quota_box"])
     build_export(admin)
 
     def save_settings(taxonomy, quota_text, size, overlap, seed, request: gr.Request):
-        return (*admin.do_save(taxonomy, quota_text, size, overlap, seed, request), *label.slot_buttons())
+        return (*admin.do_save(taxonomy, quota_text, size, overlap, seed, request), *label.slot_buttons(),
+                gr.update(choices=orders.choices(labels.current_taxonomy(studio))))
 
-    save.click(guarded(save_settings), settings_fields, [*settings_fields, saved_note, *ui["slots"]],
+    save.click(guarded(save_settings), settings_fields, [*settings_fields, saved_note, *ui["slots"], ui["order"]],
                api_name="label_settings", **QUIET).success(**refresh)  # a refusal: one toast, the form stays usable
     demo.load(guarded(label.on_load), [ui["store"]], ui["load_outputs"], api_visibility="private")
     demo.load(admin.current_settings, None, settings_fields, api_visibility="private")

@@ -1,8 +1,9 @@
 """The Label tab's page parts: the keyboard script and styles (``HEAD``) and the HTML of the frame
 and of the quota bars. Plain strings, no gradio: the handlers in ``labeling.tab`` return them.
 
-Keyboard: one key per class (from the taxonomy), ``x`` reject, ``s`` skip, ``u`` undo; the ``HEAD``
-script clicks the matching buttons (ignored while typing in a text field). Frames are shown as small
+Keyboard: one key per class (from the taxonomy), ``Enter`` (or space) accepts the model's
+suggestion, ``x`` reject, ``s`` skip, ``u`` undo; the ``HEAD`` script clicks the matching buttons
+(ignored while typing in a text field). Frames are shown as small
 inline JPEGs rendered ahead of time (``labeling.crop.Previews``), so a keypress costs one DB write
 and one small message; the next frame is shown at once and the server's answer confirms it.
 """
@@ -15,6 +16,7 @@ import html
 from labeling import labels
 from labeling.annotate import FrameView
 from labeling.stats import QUOTA_RULE
+from labeling.suggest import orders
 
 HEAD = """
 <script>
@@ -44,9 +46,10 @@ HEAD = """
     const next = root && root.querySelector("template.lf-next");
     const cur = root && root.querySelector(".lf-cur");
     if (!next || !cur) return null;
-    const before = {html: cur.innerHTML, frame: root.dataset.frame};
+    const before = {html: cur.innerHTML, frame: root.dataset.frame, suggest: root.dataset.suggest || ""};
     cur.innerHTML = next.innerHTML;
     root.dataset.frame = next.dataset.frame;
+    root.dataset.suggest = next.dataset.suggest || "";
     root.dataset.pending = "1";
     next.remove();
     return before;
@@ -54,22 +57,25 @@ HEAD = """
   function fire(key) {
     const map = document.getElementById("label-keymap");
     let id = null, advances = true;
+    const root = frameRoot();
     if (key === "x") id = "label-reject";
     else if (key === "s") id = "label-skip";
     else if (key === "u") { id = "label-undo"; advances = false; }
-    else {
+    else if (key === "enter" || key === " ") {  // accept the suggestion (the server says if there is none)
+      id = "label-accept"; advances = Boolean(root && root.dataset.suggest);
+    } else {
       const i = (map.dataset.keys || "").split(",").indexOf(key);
       if (i >= 0) id = "label-slot-" + i;
     }
     const btn = id && button(id);
     if (!btn) return false;
     watch();
-    const root = frameRoot();
     const before = advances ? showNext(root) : null;
     pending = {timer: setTimeout(() => {  // no answer (an error): put the frame back
       if (before && root.isConnected && root.dataset.pending) {
         root.querySelector(".lf-cur").innerHTML = before.html;
         root.dataset.frame = before.frame;
+        root.dataset.suggest = before.suggest;
         delete root.dataset.pending;
       }
       settle();
@@ -84,7 +90,7 @@ HEAD = """
     const map = document.getElementById("label-keymap");
     if (!map || map.parentElement.offsetParent === null) return;
     const key = (e.key || "").toLowerCase();
-    const known = ["x", "s", "u"].includes(key) || (map.dataset.keys || "").split(",").includes(key);
+    const known = ["x", "s", "u", "enter", " "].includes(key) || (map.dataset.keys || "").split(",").includes(key);
     if (!known) return;
     e.preventDefault();
     if (pending) { queued = key; return; }
@@ -104,6 +110,16 @@ HEAD = """
   #label-frame .lf-crop { width: 100%; height: auto; max-width: 384px }
   #label-frame .lf-full img { max-width: 100% }
 }
+#label-frame .lf-heldout { background: #6d28d9; color: #fff; border-radius: 6px; padding: 6px 10px;
+  margin-bottom: 8px; font-weight: 600 }
+#label-frame .lf.heldout .lf-crop { outline: 4px solid #6d28d9; outline-offset: -4px }
+#label-frame .lf-sug { display: flex; align-items: center; gap: 10px; flex-wrap: wrap; margin-bottom: 8px;
+  padding: 6px 10px; border-radius: 6px; background: rgba(37,99,235,.12); border: 1px solid rgba(37,99,235,.45) }
+#label-frame .lf-sug kbd { border: 1px solid currentColor; border-radius: 4px; padding: 0 5px; font-size: .85em }
+#label-frame .lf-sug .lf-conf { width: 120px; height: 8px; border-radius: 4px; background: rgba(128,128,128,.25);
+  overflow: hidden; display: inline-block }
+#label-frame .lf-sug .lf-conf > div { height: 100%; background: #2563eb }
+#label-frame .lf-sug.lf-quiet { background: rgba(128,128,128,.1); border-color: rgba(128,128,128,.35); opacity: .85 }
 #label-progress .lp-row { margin-bottom: 8px }
 #label-progress .lp-n { float: right; opacity: .8 }
 #label-progress .lp-bar { height: 8px; border-radius: 4px; background: rgba(128,128,128,.25); overflow: hidden }
@@ -118,12 +134,38 @@ def _data_url(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
-def _frame_block(frame_id: int, p: dict, meta: str) -> str:
+HELD_OUT = ("Held-out frame (test split): not counted in quotas; Survey and Evaluate use these labels")
+
+
+def suggestion_html(suggestion, taxonomy, note: str = "") -> str:
+    """The model's suggestion and its confidence (Enter accepts), a held-back one (blind check), or
+    the model's state when it has no suggestion yet."""
+    if suggestion is None:
+        return f'<div class="lf-sug lf-quiet">{html.escape(note)}</div>' if note else ""
+    if not suggestion.shown:
+        return ('<div class="lf-sug lf-quiet">Blind check: this frame is shown without the model\'s suggestion '
+                "(it measures the model honestly). Press a class key.</div>")
+    try:
+        cls = taxonomy.get(suggestion.shot)
+        name, key = cls.label, cls.key
+    except Exception:   # a class of another taxonomy (the taxonomy changed since)
+        name, key = suggestion.shot, "?"
+    pct = 100 * suggestion.confidence
+    what = "Pre-label" if suggestion.origin == "pre-label" else "Model suggests"
+    return (f'<div class="lf-sug" title="probability {suggestion.confidence:.3f}, margin {suggestion.margin:.3f}; '
+            f'model fit on {suggestion.model_labels} labels">{what}: <b>{html.escape(name)}</b> '
+            f'<span class="lf-conf"><div style="width:{pct:.0f}%"></div></span> <span>{pct:.0f}% confident</span>'
+            f' <span><kbd>Enter</kbd> accepts (same as <kbd>{html.escape(key)}</kbd>)</span></div>')
+
+
+def _frame_block(frame_id: int, p: dict, meta: str, top: str = "", held_out: bool = False) -> str:
     w, h = p["size"]
     x0, y0, x1, y1 = p["box"]
     box = (f"left:{100 * x0 / w:.2f}%;top:{100 * y0 / h:.2f}%;"
            f"width:{100 * (x1 - x0) / w:.2f}%;height:{100 * (y1 - y0) / h:.2f}%")
-    return (f'<div class="lf"><img class="lf-crop" alt="crop of frame {frame_id}" src="{_data_url(p["crop"])}">'
+    banner = f'<div class="lf-heldout">{HELD_OUT}</div>' if held_out else ""
+    return (f'{banner}{top}<div class="lf{" heldout" if held_out else ""}">'
+            f'<img class="lf-crop" alt="crop of frame {frame_id}" src="{_data_url(p["crop"])}">'
             f'<div><div class="lf-wrap-full"><div class="lf-full"><img alt="full frame" src="{_data_url(p["full"])}">'
             f'<div class="lf-box" style="{box}"></div></div></div>'
             f'<div class="lf-meta">frame {frame_id} &middot; {w}&times;{h} &middot; {meta}</div></div></div>')
@@ -143,19 +185,31 @@ def frame_html(view: FrameView) -> str:
     if view.frame_id is None:
         return f'<div class="lf-empty" data-frame="">{keymap}{message}</div>'
     who = html.escape(view.annotator)
+    taxonomy, held_out = view.progress.taxonomy, view.queue.split == "test"
+    order = html.escape(orders.describe(view.queue.order, taxonomy).lower())
     current = {"crop": view.crop_jpeg, "full": view.full_jpeg, "box": view.box, "size": view.size}
     nxt = ""
     if view.next_id is not None and view.next_preview:
-        nxt = (f'<template class="lf-next" data-frame="{view.next_id}">'
-               f'{_frame_block(view.next_id, view.next_preview, f"{max(view.remaining - 1, 0)} left for {who}")}'
-               '</template>')
-    return (f'<div class="lf-root" data-frame="{view.frame_id}">{keymap}{message}'
-            f'<div class="lf-cur">{_frame_block(view.frame_id, current, f"{view.remaining} left for {who}")}</div>'
-            f'{nxt}</div>')
+        block = _frame_block(view.next_id, view.next_preview, f"{max(view.remaining - 1, 0)} left for {who} &middot; {order}",
+                             suggestion_html(view.next_suggestion, taxonomy), held_out)
+        nxt = (f'<template class="lf-next" data-frame="{view.next_id}" '
+               f'data-suggest="{_accepts(view.next_suggestion)}">{block}</template>')
+    block = _frame_block(view.frame_id, current, f"{view.remaining} left for {who} &middot; {order}",
+                         suggestion_html(view.suggestion, taxonomy, view.suggest_note), held_out)
+    return (f'<div class="lf-root" data-frame="{view.frame_id}" data-suggest="{_accepts(view.suggestion)}">'
+            f'{keymap}{message}<div class="lf-cur">{block}</div>{nxt}</div>')
 
 
-def progress_html(p: labels.Progress) -> str:
+def _accepts(suggestion) -> str:
+    """The class Enter accepts on a frame ('' when there is none to accept)."""
+    return html.escape(suggestion.shot) if suggestion is not None and suggestion.shown else ""
+
+
+def progress_html(p: labels.Progress, split: str = "train") -> str:
     rows = []
+    if split == "test":   # the held-out queue: its own counts first, plainly not quotas
+        rows.append('<div class="lp-row"><b>Held-out frames labeled</b> (no quota): ' + " &middot; ".join(
+            f"{html.escape(c.label)} {p.held_out.get(c.name, 0)}" for c in p.taxonomy.classes) + "</div>")
     for c in p.taxonomy.classes:
         n, q = p.counts.get(c.name, 0), p.quotas[c.name]
         extra = p.extras.get(c.name, 0)
@@ -164,7 +218,7 @@ def progress_html(p: labels.Progress) -> str:
             f'<div class="lp-row"><div><code>{html.escape(c.key)}</code> {html.escape(c.label)} '
             f'<span class="lp-n">{n}/{q}' + (f" +{extra} extra" if extra else "") + ("  &#10003;" if n >= q else "")
             + f'</span></div><div class="lp-bar"><div style="width:{pct:.1f}%"></div></div></div>')
-    if p.held_out:
+    if p.held_out and split != "test":
         rows.append('<div class="lp-foot">held-out (test, no quota): ' + " &middot; ".join(
             f"{html.escape(c.label)} {p.held_out.get(c.name, 0)}" for c in p.taxonomy.classes) + "</div>")
     rows.append(f'<div class="lp-foot">rejected {p.rejects} &middot; skipped {p.skips} &middot; '

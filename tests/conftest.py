@@ -51,8 +51,16 @@ def demo_model_dir(tmp_path_factory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "demo-sd")
 
 
+@pytest.fixture(scope="session")
+def demo_clip_dir(tmp_path_factory) -> Path:
+    """The ``demo`` CLIP (Evaluate, the Label tab's suggestions), built once per session."""
+    from dreamshot.evaluate.demo_models import ensure_demo
+
+    return ensure_demo(tmp_path_factory.mktemp("clip-models"), "CLIP")
+
+
 @pytest.fixture
-def make_studio(tmp_path, demo_model_dir):
+def make_studio(tmp_path, demo_model_dir, demo_clip_dir):
     from dreamshot.studio import Studio
 
     opened = []
@@ -62,6 +70,8 @@ def make_studio(tmp_path, demo_model_dir):
         (data / "models").mkdir(parents=True, exist_ok=True)
         if not (data / "models" / "demo-sd").exists():
             shutil.copytree(demo_model_dir, data / "models" / "demo-sd")
+        if not (data / "models" / demo_clip_dir.name).exists():   # read only: a link is enough
+            (data / "models" / demo_clip_dir.name).symlink_to(demo_clip_dir, target_is_directory=True)
         settings = Settings(**{"data_dir": data, "model": "demo", **overrides})
         studio = Studio.open(settings)
         opened.append(studio)

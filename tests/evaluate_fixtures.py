@@ -1,6 +1,7 @@
-"""Tiny CLIP and DINO models built from configs (random weights) and saved with save_pretrained, so
-the evaluation loads them through the same from_pretrained code as the real checkpoints; plus a
-studio with held-out frames, captions and shot LoRAs."""
+"""Tiny CLIP and DINO models built from configs (random weights; the builders of the studio's own
+``demo`` models) and saved with save_pretrained, so the evaluation loads them through the same
+from_pretrained code as the real checkpoints; plus a studio with held-out frames, captions and shot
+LoRAs."""
 
 from __future__ import annotations
 
@@ -18,36 +19,15 @@ SHOTS = ("close", "medium", "long")
 
 
 def build_tiny_clip(out: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from dreamshot.evaluate.demo_models import build_tiny_clip as build
 
-    from dreamshot.clip_tokenizer import write_clip_tokenizer
-
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=77, vocab_size=49408),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    CLIPModel(config).save_pretrained(out)
-    write_clip_tokenizer(out)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
-    return Path(out)
+    return build(out, seed)
 
 
 def build_tiny_dino(out: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import ViTConfig, ViTModel
-    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+    from dreamshot.evaluate.demo_models import build_tiny_dino as build
 
-    torch.manual_seed(seed)
-    config = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=32, patch_size=8)
-    ViTModel(config, add_pooling_layer=False).save_pretrained(out)
-    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(out)
-    return Path(out)
+    return build(out, seed)
 
 
 @pytest.fixture(scope="session")

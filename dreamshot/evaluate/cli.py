@@ -42,8 +42,13 @@ def register(sub, parents) -> None:
     p.add_argument("--b", default="lora", metavar="SPEC", help="generator of side B [lora: the shot's LoRA at --alpha]")
     p.add_argument("--alpha", type=float, default=1.0, metavar="A", help="α of LoRA parts written without @α [1]")
     p.add_argument("--seed", type=int, default=0, help="pair i uses seed + i [0]")
-    p.add_argument("--clip-model", default=embedders.DEFAULT_CLIP, metavar="ID|DIR", help=f"Hub id or folder [{embedders.DEFAULT_CLIP}]")
-    p.add_argument("--dino-model", default=embedders.DEFAULT_DINO, metavar="ID|DIR", help=f"Hub id or folder [{embedders.DEFAULT_DINO}]")
+    demo = "; 'demo' = tiny, random weights, built offline (measures nothing)"
+    p.add_argument("--clip-model", default="", metavar="ID|DIR|demo",
+                   help=f"Hub id, folder or demo [${embedders.CLIP_ENV}, else demo with the demo model, else "
+                        f"{embedders.DEFAULT_CLIP}{demo}]")
+    p.add_argument("--dino-model", default="", metavar="ID|DIR|demo",
+                   help=f"Hub id, folder or demo [${embedders.DINO_ENV}, else demo with the demo model, else "
+                        f"{embedders.DEFAULT_DINO}]")
     p.add_argument("--judge", default="auto", choices=JUDGES, help="shot-type judge [auto: probe if enough labels]")
     p.add_argument("--min-labels", type=int, default=8, help="labeled frames per shot the probe needs [8]")
     p.add_argument("--batch", type=int, default=4, metavar="N", help="images per generation batch [4]")

@@ -6,23 +6,51 @@
 - DINO (DINO score): ``ViTModel`` with ``add_pooling_layer=False`` - ``facebook/dino-vits16`` ships
   no pooler weights - and the CLS token of ``last_hidden_state``. Default ``facebook/dino-vits16``.
 
+``demo`` (either model): a tiny model with random weights built offline (``demo_models``), the
+default on the demo base model, so the tab can be tried without Hub access; its ``pin`` and
+``is_demo`` say so, and the results carry that label. Which model a studio uses by default:
+``default_clip`` / ``default_dino`` (``DREAMSHOT_CLIP_MODEL`` / ``DREAMSHOT_DINO_MODEL``, else
+``demo`` on the demo model, else the Hub default) - Evaluate's judge and the Label tab's
+suggestions read the same setting.
+
 Every embedding comes back L2-normalised (numpy float64 rows), so a cosine is a dot product.
 ``pin`` names exactly what was loaded (Hub id @ commit, or folder + weights hash) for the results.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dreamshot.errors import ModelLoadError
+from dreamshot.evaluate import demo_models
 from dreamshot.generate.loras import file_sha256
 from dreamshot.models import hub_unavailable
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_DINO = "facebook/dino-vits16"
+DEMO = demo_models.DEMO
+CLIP_ENV, DINO_ENV = "DREAMSHOT_CLIP_MODEL", "DREAMSHOT_DINO_MODEL"
+
+
+def _default(studio, env: str, hub_default: str) -> str:
+    chosen = os.environ.get(env, "").strip()
+    if chosen:
+        return chosen
+    return DEMO if studio.model_choice().is_demo else hub_default
+
+
+def default_clip(studio) -> str:
+    """The CLIP a studio uses unless told otherwise (Evaluate's CLIP-T and judge, the Label tab's
+    suggestions): ``DREAMSHOT_CLIP_MODEL``, else ``demo`` on the demo base model, else the Hub default."""
+    return _default(studio, CLIP_ENV, DEFAULT_CLIP)
+
+
+def default_dino(studio) -> str:
+    return _default(studio, DINO_ENV, DEFAULT_DINO)
 
 
 def _weights_hash(folder: Path) -> str:
@@ -33,17 +61,24 @@ def _weights_hash(folder: Path) -> str:
     return "no-weights"
 
 
-def resolve(spec: str, what: str) -> tuple[str, str]:
-    """(source for from_pretrained, pin). A local folder, or a Hub id found in the local cache (or
-    downloadable when the Hub is reachable); ModelLoadError with one clear line otherwise."""
+def resolve(spec: str, what: str, models_dir: Path | None = None) -> tuple[str, str]:
+    """(source for from_pretrained, pin). ``demo`` (built once under ``models_dir``), a local folder,
+    or a Hub id found in the local cache (or downloadable when the Hub is reachable); ModelLoadError
+    with one clear line otherwise."""
     spec = (spec or "").strip()
     if not spec:
         raise ModelLoadError(f"No {what} model given.")
+    if spec == DEMO:
+        if models_dir is None:
+            raise ModelLoadError(f"The demo {what} needs the studio's models folder.")
+        folder = demo_models.ensure_demo(models_dir, what)
+        return str(folder), f"demo {what} ({demo_models.NOTE}; weights sha256 {_weights_hash(folder)})"
     folder = Path(spec).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"The {what} folder {spec} has no config.json (save it with save_pretrained).")
-        return str(folder), f"{folder.resolve()} (weights sha256 {_weights_hash(folder)})"
+        demo = " - a demo model: " + demo_models.NOTE if demo_models.is_demo_folder(folder) else ""
+        return str(folder), f"{folder.resolve()} (weights sha256 {_weights_hash(folder)}){demo}"
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
         raise ModelLoadError(f"The {what} model folder {spec} does not exist.")
     from huggingface_hub import try_to_load_from_cache
@@ -57,7 +92,8 @@ def resolve(spec: str, what: str) -> tuple[str, str]:
         return str(snapshot), f"{spec}@{snapshot.name}"
     if why := hub_unavailable():
         raise ModelLoadError(f"The {what} model {spec!r} is not in the local Hugging Face cache and {why}: "
-                             "download it once, or give a local folder.")
+                             "download it once, give a local folder, or use 'demo' (tiny, random weights, "
+                             "to try the workflow).")
     return spec, spec
 
 
@@ -89,6 +125,10 @@ class ClipEmbedder:
     pin: str
     device: object = None
 
+    @property
+    def is_demo(self) -> bool:
+        return _is_demo_pin(self.pin)
+
     def image_features(self, images, batch: int = 32) -> np.ndarray:
         return _image_features(self, images, batch, lambda pixels: self.model.get_image_features(pixel_values=pixels))
 
@@ -114,10 +154,18 @@ class DinoEmbedder:
     pin: str
     device: object = None
 
+    @property
+    def is_demo(self) -> bool:
+        return _is_demo_pin(self.pin)
+
     def image_features(self, images, batch: int = 32) -> np.ndarray:
         # the CLS token of the last hidden state (DreamBooth's DINO score)
         return _image_features(self, images, batch,
                                lambda pixels: self.model(pixel_values=pixels).last_hidden_state[:, 0])
+
+
+def _is_demo_pin(pin: str) -> bool:
+    return demo_models.NOTE in (pin or "")
 
 
 def _tensor(t) -> np.ndarray:
@@ -132,11 +180,11 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms == 0, 1.0, norms)
 
 
-def load_clip(spec: str = DEFAULT_CLIP) -> ClipEmbedder:
+def load_clip(spec: str = DEFAULT_CLIP, models_dir: Path | None = None) -> ClipEmbedder:
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    source, pin = resolve(spec, "CLIP")
+    source, pin = resolve(spec, "CLIP", models_dir)
     local = Path(source).is_dir()
     try:
         model = CLIPModel.from_pretrained(source, local_files_only=local)
@@ -149,11 +197,11 @@ def load_clip(spec: str = DEFAULT_CLIP) -> ClipEmbedder:
     return ClipEmbedder(model.to(device).eval(), tokenizer, processor, spec, pin, device)
 
 
-def load_dino(spec: str = DEFAULT_DINO) -> DinoEmbedder:
+def load_dino(spec: str = DEFAULT_DINO, models_dir: Path | None = None) -> DinoEmbedder:
     from transformers import ViTModel
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-    source, pin = resolve(spec, "DINO")
+    source, pin = resolve(spec, "DINO", models_dir)
     local = Path(source).is_dir()
     try:
         model = ViTModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local)

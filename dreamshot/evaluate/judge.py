@@ -1,7 +1,8 @@
 """The shot-type judge: which shot type does a generated image show?
 
 - **Linear probe** (preferred): multinomial logistic regression (numpy, L2, full-batch gradient
-  descent) on CLIP image features of the studio's own labeled frames. A seeded, stratified quarter
+  descent) on CLIP image features of the studio's own labeled frames. (The Label tab's suggestions,
+  ``labeling.suggest``, fit the same ``LinearProbe`` on the same CLIP's features as labels arrive.) A seeded, stratified quarter
   of those frames is held out: the judge's accuracy there (with a Wilson interval) and its
   confusion matrix are reported with every result, so the judge is itself measured. It is then
   refit on all labeled frames before judging.
@@ -60,6 +61,11 @@ class LinearProbe:
     def predict(self, x: np.ndarray) -> list[str]:
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
         return [self.classes[i] for i in np.argmax(z @ self.w + self.b, axis=1)]
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, one row per feature row, columns in ``classes`` order."""
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        return self._softmax(z @ self.w + self.b)
 
 
 @dataclass

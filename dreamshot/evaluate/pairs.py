@@ -41,8 +41,8 @@ class EvalOptions:
     pairs: int = 1500
     alpha: float = 1.0
     seed: int = 0
-    clip_model: str = "openai/clip-vit-base-patch32"
-    dino_model: str = "facebook/dino-vits16"
+    clip_model: str = ""   # empty: the studio's default (embedders.default_clip: demo on the demo model)
+    dino_model: str = ""
     judge: str = "auto"
     batch: int = 4
     width: int = 512

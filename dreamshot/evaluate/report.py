@@ -95,8 +95,17 @@ def status_line(results: dict) -> str:
     return line
 
 
+def demo_note(results: dict) -> str:
+    """Results scored with the ``demo`` CLIP/DINO (tiny, random weights) say so wherever they are shown."""
+    demo = results.get("demo_models") or []
+    return f"demo {'/'.join(demo)}: random weights, not a measurement" if demo else ""
+
+
 def markdown(results: dict, *, status: bool = True) -> str:
     lines = [status_line(results), ""] if status else []
+    if note := demo_note(results):
+        lines += [f"**Scored with the {note}** - the tiny models built offline show the workflow; "
+                  "give real CLIP/DINO models (Hub ids or folders) for numbers that mean something.", ""]
     models = results.get("models", {})
     a, b = side_labels(results)
     lines.append(generators_line(results))
@@ -107,7 +116,8 @@ def markdown(results: dict, *, status: bool = True) -> str:
         t = results.get("tables", {}).get(name)
         if not t or not t.get("n_pairs"):
             continue
-        lines += ["", f"### {title} ({t['n_pairs']} pairs)", "",
+        demo = f" - {demo_note(results)}" if demo_note(results) else ""
+        lines += ["", f"### {title} ({t['n_pairs']} pairs){demo}", "",
                   f"| metric | shot | n | A: {a} | B: {b} | diff | 95% CI |", "|---|---|---|---|---|---|---|"]
         for metric, label in METRICS.items():
             for shot, row in [("all", t[metric]["overall"]), *t[metric]["per_shot"].items()]:
@@ -178,7 +188,8 @@ def plot(results: dict, width: int = 1000, height: int = 470) -> Image.Image:
     below zero), Tables 3 and 4 side by side; right: the α curve, one panel per metric."""
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
-    title = "DreamShot evaluation" + ("" if results.get("complete") else " (INCOMPLETE)")
+    title = ("DreamShot evaluation" + ("" if results.get("complete") else " (INCOMPLETE)")
+             + (f" - {demo_note(results).upper()}" if demo_note(results) else ""))
     d.text((16, 10), title, fill="black", font=_font(20))
     a, b = (_ascii(x) for x in side_labels(results))
     small = _font(14)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +46,23 @@ class EvaluateService:
         self._models.clear()
 
     # -- models ---------------------------------------------------------------------------------------
-    def clip(self, spec: str):
-        return self._model(("clip", spec), embedders.load_clip, spec)
+    def clip(self, spec: str | None = None):
+        """The CLIP of ``spec`` (a Hub id, a folder or ``demo``; empty: the studio's default), loaded once."""
+        return self._model(("clip", spec or embedders.default_clip(self.studio)), embedders.load_clip)
 
-    def dino(self, spec: str):
-        return self._model(("dino", spec), embedders.load_dino, spec)
+    def dino(self, spec: str | None = None):
+        return self._model(("dino", spec or embedders.default_dino(self.studio)), embedders.load_dino)
 
-    def _model(self, key, loader, spec):
+    def _model(self, key, loader):
         with self._lock:
             if key not in self._models:
-                self._models[key] = loader(spec)
+                self._models[key] = loader(key[1], self.studio.settings.models_dir)
             return self._models[key]
+
+    def with_models(self, options: EvalOptions) -> EvalOptions:
+        """``options`` with the CLIP and DINO named (left empty: the studio's defaults)."""
+        return replace(options, clip_model=(options.clip_model or "").strip() or embedders.default_clip(self.studio),
+                       dino_model=(options.dino_model or "").strip() or embedders.default_dino(self.studio))
 
     # -- the run --------------------------------------------------------------------------------------
     def generation(self):
@@ -114,6 +120,7 @@ class EvaluateService:
 
     def run(self, options: EvalOptions, *, progress=None, job=None, wait_for_shards: float = 3600) -> dict:
         """Generate what is missing, then score; returns the results (also in OUT/results.json)."""
+        options = self.with_models(options)
         out, sides, clip, dino, items, notes = self.prepare(options)
         rank, world = pairs.shard()
         done = {**pairs.finished(out, pairs.PAIRS), **pairs.finished(out, pairs.ALPHA)}
@@ -141,6 +148,7 @@ class EvaluateService:
 
     def merge_and_score(self, options: EvalOptions) -> dict:
         """Fold shard files into pairs.jsonl / alpha.jsonl and score (``--merge``)."""
+        options = self.with_models(options)
         out, sides, clip, dino, items, notes = self.prepare(options)
         pairs.merge(out)
         return self._finish(out, options, sides, clip, dino, items, notes, None)
@@ -252,6 +260,8 @@ class EvaluateService:
             "alpha_planned": len(planned_alpha), "alpha_done": len(got_alpha),
             "alpha": sides.b.alpha, "settings": asdict(options), "generators": sides.report(),
             "models": {"clip": clip.pin, "dino": dino.pin, "base": self.studio.models.status.source},
+            # tiny random models (``demo``): the numbers show the workflow, they measure nothing
+            "demo_models": [name for name, m in (("CLIP", clip), ("DINO", dino)) if m.is_demo],
             "loras": {s: {"name": r.lora.name, "sha256": r.lora.sha256}
                       for s, r in sides.resolved["b"].items() if r.lora is not None},
             "ablation_prompt": "the project template with {shot} removed: "

@@ -32,8 +32,8 @@ class EvalForm:
     shots: list | None = None
     pairs: int = 1500
     alpha: float = 1.0
-    clip_model: str = embedders.DEFAULT_CLIP
-    dino_model: str = embedders.DEFAULT_DINO
+    clip_model: str = ""          # empty: the studio's default (demo on the demo model)
+    dino_model: str = ""
     judge: str = "auto"
     batch: int = 4
     size: int = 512
@@ -64,7 +64,8 @@ class EvaluateHandlers:
                                "separated by commas.") from None
         return EvalOptions(out=str(self.folder(form.name)), frames=(form.frames or "test").strip(),
                            shots=list(form.shots or []) or None, pairs=numbers["pairs"], alpha=float(form.alpha),
-                           clip_model=form.clip_model.strip(), dino_model=form.dino_model.strip(), judge=form.judge,
+                           clip_model=(form.clip_model or "").strip(), dino_model=(form.dino_model or "").strip(),
+                           judge=form.judge,
                            batch=numbers["batch"], width=numbers["size"], height=numbers["size"],
                            steps=numbers["steps"], ablation=bool(form.ablation), alpha_values=values,
                            allow_contaminated=bool(form.allow_contaminated),
@@ -154,8 +155,11 @@ def build(studio, demo: gr.Blocks) -> None:
         judge = gr.Radio(list(JUDGES), value="auto", label="Shot-type judge", elem_id="eval-judge")
     with gr.Accordion("Models and generation", open=False):
         with gr.Row():
-            clip_model = gr.Textbox(embedders.DEFAULT_CLIP, label="CLIP model (Hub id or folder)", elem_id="eval-clip")
-            dino_model = gr.Textbox(embedders.DEFAULT_DINO, label="DINO model (Hub id or folder)", elem_id="eval-dino")
+            demo_info = "'demo' = tiny, random weights, built offline: shows the workflow, measures nothing"
+            clip_model = gr.Textbox(embedders.default_clip(studio), label="CLIP model (Hub id, folder or demo)",
+                                    info=demo_info, elem_id="eval-clip")
+            dino_model = gr.Textbox(embedders.default_dino(studio), label="DINO model (Hub id, folder or demo)",
+                                    info=demo_info, elem_id="eval-dino")
         with gr.Row():
             batch = gr.Number(4, label="Batch", precision=0, elem_id="eval-batch")
             size = gr.Number(512, label="Size (px)", precision=0, elem_id="eval-size")

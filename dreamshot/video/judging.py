@@ -21,9 +21,8 @@ def probabilities(judge, image_features: np.ndarray) -> np.ndarray:
     x = np.asarray(image_features, dtype=np.float64)
     probe = getattr(judge, "probe", None)
     if probe is not None:
-        logits = ((x - probe.mean) / probe.scale) @ probe.w + probe.b
-    else:
-        logits = CLIP_LOGIT_SCALE * x @ np.asarray(judge.text_features, dtype=np.float64).T
+        return probe.predict_proba(x)
+    logits = CLIP_LOGIT_SCALE * x @ np.asarray(judge.text_features, dtype=np.float64).T
     logits = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
@@ -34,11 +33,10 @@ def evaluate_judge(studio, shots: list[str], clip_spec: str | None = None):
     with its CLIP (a Hub id or a local folder, loaded once per studio) - the linear probe trained on the
     studio's labeled frames when every shot type has enough of them, else zero-shot. ``judge.kind``,
     ``judge.report`` and ``judge.description`` say which judge it is (and how well the probe did)."""
-    from dreamshot.evaluate import embedders
     from dreamshot.evaluate.service import service as evaluation
 
     evaluator = evaluation(studio)
-    clip = evaluator.clip(clip_spec or embedders.DEFAULT_CLIP)
+    clip = evaluator.clip(clip_spec or None)   # empty: the studio's default (embedders.default_clip)
     judge, _ = evaluator.shot_judge(clip, list(shots))
 
     def judge_frames(frames) -> list[dict]:
