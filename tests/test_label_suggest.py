@@ -256,13 +256,6 @@ def test_second_look_lists_confident_disagreements_with_settled_labels(studio):
     assert model_stats.model_stats(studio).second_look == []
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'old.db'}"
-    return request.getfixturevalue("pg_url")
-
-
 def test_the_suggestions_step_upgrades_a_database_in_place(db_url, tmp_path):
     from tests.test_survey_storage import _describe
 

@@ -83,13 +83,6 @@ def test_without_a_password_everyone_on_the_full_studio_is_a_member(studio):
     assert service(studio).view(service(studio).join("db", "", "198.51.100.9"))["preview"] is False  # scripts
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'old.db'}"
-    return request.getfixturevalue("pg_url")
-
-
 def test_the_preview_step_keeps_every_vote_and_marks_none(db_url, monkeypatch):
     """A database of the version before the flag, with a participant and their answer, upgrades
     in place: the rows are all there and none of them is a preview."""
