@@ -9,7 +9,6 @@ import json
 import threading
 import time
 
-import pytest
 import sqlalchemy as sa
 
 from dreamshot import schema, storage
@@ -17,7 +16,6 @@ from dreamshot.storage import open_database
 from labeling import annotate, export, labels, stats
 from labeling.sampler import QueueKey
 from labeling.suggest import model as suggest_model
-from labeling.suggest import service as suggest
 from labeling.tab_html import frame_html
 from tests.suggest_helpers import colored_frames, model_ready, wait_for
 

@@ -6,7 +6,6 @@ server is never a preview. Plus the schema step that adds the flag to a database
 
 from __future__ import annotations
 
-import pytest
 import sqlalchemy as sa
 
 from dreamshot import schema, storage
