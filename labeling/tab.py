@@ -265,8 +265,10 @@ def _build_label(h: LabelHandlers) -> dict:
 
     outs = [frame, quota_box, frame_id]
     fast = dict(show_progress="hidden", queue=False, api_visibility="private")
-    start.click(guarded(h.start), [name], [*outs, name, store, split, order], api_visibility="private")
-    name.submit(guarded(h.start), [name], [*outs, name, store, split, order], api_visibility="private")
+    # Progress, and the mark of a refusal (its message is a toast), on the frame only: the name box stays usable.
+    for trigger in (start.click, name.submit):
+        trigger(guarded(h.start), [name], [*outs, name, store, split, order], api_visibility="private",
+                show_progress_on=frame)
     for i, b in enumerate(slots):
         b.click(h.slot_event(i), [name, frame_id], outs, **fast)
     accept.click(h.action_event(annotate.ACCEPT), [name, frame_id], outs, **fast)
@@ -307,6 +309,6 @@ def build(studio, demo: gr.Blocks) -> None:
 
     save.click(guarded(save_settings), settings_fields, [*settings_fields, saved_note, *ui["slots"], ui["order"]],
                api_name="label_settings", **QUIET).success(**refresh)  # a refusal: one toast, the form stays usable
-    demo.load(guarded(label.on_load), [ui["store"]], ui["load_outputs"], api_visibility="private")
-    demo.load(admin.current_settings, None, settings_fields, api_visibility="private")
+    demo.load(guarded(label.on_load), [ui["store"]], ui["load_outputs"], api_visibility="private", **QUIET)
+    demo.load(admin.current_settings, None, settings_fields, api_visibility="private", **QUIET)
     demo.load(admin.import_open, None, import_panel, api_visibility="private")

@@ -35,6 +35,10 @@ def test_refused_form_events_cover_no_field_with_an_error(studio):
     assert set(FORM_EVENTS) <= set(by_name)
     covered = {name: _overlaid_fields(by_name[name]) for name in FORM_EVENTS}
     assert covered == {name: [] for name in FORM_EVENTS}
+    # Every other event too (page loads that fill a form, pickers, "reuse this seed", suggestion settings):
+    # none may put an overlay on a field people edit when it fails.
+    everywhere = {f"{fn.api_name or fn.name} #{i}": _overlaid_fields(fn) for i, fn in demo.fns.items()}
+    assert {name: fields for name, fields in everywhere.items() if fields} == {}
 
 
 def test_a_bad_quota_is_refused_and_changes_nothing(studio):

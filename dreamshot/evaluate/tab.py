@@ -20,7 +20,7 @@ from dreamshot.evaluate.judge import JUDGES
 from dreamshot.evaluate.pairs import EvalOptions
 from dreamshot.evaluate.service import service
 from dreamshot.generate import generators
-from dreamshot.ui import admin_name, generator_dropdowns, guarded
+from dreamshot.ui import QUIET, admin_name, generator_dropdowns, guarded
 
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
 
@@ -192,5 +192,5 @@ def build(studio, demo: gr.Blocks) -> None:
     show_btn.click(guarded(ui.show), name, outputs, api_visibility="private")
     results_api = gr.Button(visible=False)   # /evaluate_results: a missing run is an error for scripts
     results_api.click(guarded(ui.results), name, outputs, api_name="evaluate_results")
-    demo.load(guarded(ui.shot_choices), None, shots, api_visibility="private")
-    demo.load(guarded(ui.generator_choices), None, [gen_a, gen_b], api_visibility="private")
+    demo.load(guarded(ui.shot_choices), None, shots, api_visibility="private", **QUIET)
+    demo.load(guarded(ui.generator_choices), None, [gen_a, gen_b], api_visibility="private", **QUIET)

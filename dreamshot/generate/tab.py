@@ -322,8 +322,7 @@ def _wire_settings(studio, h, f, r, sweep, read, upload, demo) -> None:
         note = h.upload(getattr(file, "name", file), name, shot_type, token)
         return (note, *refresh_loras(request))
 
-    r.reuse.click(lambda s: s or "-1", r.used_seed, f.seed, api_visibility="private",
-                  queue=False)
+    r.reuse.click(lambda s: s or "-1", r.used_seed, f.seed, api_visibility="private", queue=False, **QUIET)
     # These fill form fields: a refusal (a PNG without settings, a bad upload) is one toast (QUIET).
     f.refresh.click(refresh_loras, None, [f.shot, sweep.shots], api_name="list_loras", concurrency_limit=None,
                     **QUIET)

@@ -18,7 +18,7 @@ from dreamshot.generate import generators
 from dreamshot.survey import results as survey_results
 from dreamshot.survey.build import DEFAULT_INTRO, SurveySpec, parse_prompt_lines
 from dreamshot.survey.service import QUESTIONS, service
-from dreamshot.ui import admin_name, generator_dropdowns, guarded
+from dreamshot.ui import QUIET, admin_name, generator_dropdowns, guarded
 
 SOURCES = ("held-out frames", "pasted prompts")
 
@@ -209,9 +209,9 @@ def build_admin(studio, demo: gr.Blocks) -> None:
 
     form = [name, shots, pairs, per, alpha, source, prompts, frames, intro, steps, size, gen_a, gen_b]
     build_btn.click(guarded(do_build), inputs=form, outputs=build_out, api_name="survey_build")
-    refresh.click(guarded(h.names), outputs=[chosen, listing], api_visibility="private")
-    demo.load(guarded(h.names_if_admin), outputs=[chosen, listing], api_visibility="private")
-    demo.load(guarded(h.generator_choices), outputs=[gen_a, gen_b], api_visibility="private")
+    refresh.click(guarded(h.names), outputs=[chosen, listing], api_visibility="private", **QUIET)
+    demo.load(guarded(h.names_if_admin), outputs=[chosen, listing], api_visibility="private", **QUIET)
+    demo.load(guarded(h.generator_choices), outputs=[gen_a, gen_b], api_visibility="private", **QUIET)
     for btn, state in ((open_btn, "open"), (close_btn, "closed")):
         def set_state(n, request: gr.Request, state=state):
             return h.set_state(n, state, request)

@@ -18,7 +18,7 @@ from dreamshot.video.base import SAMPLERS
 from dreamshot.video.clip import MAX_CLIP_FRAMES
 from dreamshot.video.handlers import NONE, ClipForm, RestyleForm, Shown, TransitionForm, VideoHandlers
 from dreamshot.video.service import MAX_FPS
-from dreamshot.ui import admin_name, gpu, guarded, job_owner
+from dreamshot.ui import QUIET, admin_name, gpu, guarded, job_owner
 
 
 
@@ -190,7 +190,7 @@ def build(studio, demo: gr.Blocks) -> None:
         return h.stop(job_owner(request))
 
     f.stop.click(stop, None, r.info, api_name="video_stop", concurrency_limit=None, cancels=clips)
-    f.reuse.click(guarded(h.seed_of), r.params, f.seed, api_visibility="private")
+    f.reuse.click(guarded(h.seed_of), r.params, f.seed, api_visibility="private", **QUIET)
     rs.stop.click(stop, None, rs.outputs[3], api_visibility="private", concurrency_limit=None)
 
     @guarded
@@ -206,4 +206,4 @@ def build(studio, demo: gr.Blocks) -> None:
         return [name for _, name in h.lora_choices()[1:]]
 
     gr.api(video_loras, api_name="video_loras")
-    demo.load(refresh, None, dropdowns, api_visibility="private")
+    demo.load(refresh, None, dropdowns, api_visibility="private", **QUIET)

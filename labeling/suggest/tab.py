@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from dreamshot.errors import AccessDenied, InvalidInput
-from dreamshot.ui import admin_name, guarded
+from dreamshot.ui import QUIET, admin_name, guarded
 
 from labeling import annotate, crop, labels
 from labeling.suggest import stats as model_stats
@@ -131,11 +131,11 @@ def build(studio, demo: gr.Blocks) -> None:
         return h.pick(evt.row_value, request)
 
     refresh.click(guarded(h.status), None, status, api_name="label_suggest_status")
-    save.click(guarded(h.save), fields, [*fields, status], api_name="label_suggest_settings")
+    save.click(guarded(h.save), fields, [*fields, status], api_name="label_suggest_settings", **QUIET)
     prelabel.click(guarded(h.prelabel), None, prelabel_note, api_name="label_prelabel")
     measure.click(guarded(h.measurements), None, [text, look], api_name="label_model_stats")
-    look.select(guarded(on_row), None, [fid, preview], api_visibility="private")
+    look.select(guarded(on_row), None, [fid, preview], api_visibility="private", **QUIET)
     resolve.click(guarded(h.resolve), [fid, final], [note, text, look], api_visibility="private")
-    demo.load(h.current, None, fields, api_visibility="private")
-    demo.load(h.classes, None, final, api_visibility="private")
+    demo.load(h.current, None, fields, api_visibility="private", **QUIET)
+    demo.load(h.classes, None, final, api_visibility="private", **QUIET)
     demo.load(guarded(h.status_on_load), None, status, api_visibility="private")
