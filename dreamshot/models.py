@@ -2,9 +2,11 @@
 
 ``--model`` may be a Hub id (default SD 1.5), a local diffusers folder, or ``demo``. The choice
 (``choose``) is cheap and made before the page is built: it decides the banner. The demo model is
-built when first needed (``resolve``) and the weights load lazily on first use, once per process:
-fp16 on CUDA when available, float32 on the CPU. When the configured model cannot be
-had (bad path, offline with no cache), the studio falls back to the built-in demo model and says why.
+built when first needed (``resolve``) and the weights load lazily on first use, once per process,
+in the precision of ``--dtype`` (``device_and_dtype``: ``auto`` = fp16 on CUDA, float32 elsewhere; every
+model of the studio takes its dtype from there). In fp16 the VAE stays in float32 (``upcast_vae``).
+When the configured model cannot be had (bad path, offline with no cache), the studio falls back to
+the built-in demo model and says why.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from dreamshot.demo_model import ensure_demo_model, is_demo_model
-from dreamshot.errors import ModelLoadError
-from dreamshot.settings import DEFAULT_MODEL, DEMO_MODEL, Settings
+from dreamshot.errors import ModelLoadError, SettingsError
+from dreamshot.settings import DEFAULT_MODEL, DEMO_MODEL, Settings, parse_dtype
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +95,81 @@ class ModelStatus:
         )
 
 
-def device_and_dtype():
-    """fp16 on CUDA, float32 elsewhere."""
+def device_and_dtype(setting: str = "auto"):
+    """(device, torch dtype) of the model weights for a ``--dtype`` setting: ``auto`` is float16 on a
+    CUDA GPU and float32 elsewhere; an explicit dtype is used as given (float16 and bfloat16 run on a
+    CPU too, slowly: the tests use them there to catch dtype mistakes before a GPU does). Every model
+    the studio loads (base pipeline, ControlNets, motion adapter, CLIP/DINO, captioner) asks here."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
+    setting = parse_dtype(setting)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if setting == "auto":
+        return device, torch.float16 if device.type == "cuda" else torch.float32
+    if setting == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SettingsError("This GPU has no bfloat16: use --dtype float16 (or auto).")
+    return device, getattr(torch, setting)
+
+
+def dtype_name(dtype) -> str:
+    """``float16`` for torch.float16 (what --dtype, the banner and /status call it)."""
+    return str(dtype).replace("torch.", "")
+
+
+def precision_text(setting: str, loaded=None) -> str:
+    """One line for the page and /status: the dtype in use once the model is loaded, else the setting."""
+    if loaded is not None:
+        device, dtype = loaded
+        auto = " (auto)" if parse_dtype(setting) == "auto" else ""
+        return f"{dtype_name(dtype)} on {getattr(device, 'type', device)}{auto}"
+    if parse_dtype(setting) == "auto":
+        return "auto: float16 on a CUDA GPU, float32 elsewhere"
+    return parse_dtype(setting)
+
+
+def upcast_vae(vae, compute_dtype) -> bool:
+    """Keep ``vae`` in float32 while the rest of the model runs in ``compute_dtype`` (float16), as
+    diffusers' SDXL pipelines do for a VAE whose config says ``force_upcast`` (SD 1.5's does: its
+    decoder overflows to NaN/black images in fp16 at large sizes) and AUTOMATIC1111's --no-half-vae.
+    Latents are cast to float32 on the way into the decoder (images come out in float32); images are
+    cast in on the way into the encoder and the latents back to ``compute_dtype`` on the way out, so
+    img2img and ControlNet pipelines see the dtype they expect. Returns whether it upcast."""
+    import torch
+
+    if compute_dtype != torch.float16:
+        return False
+    if not getattr(vae.config, "force_upcast", True):   # a VAE made for fp16 (e.g. an "fp16-fix" VAE)
+        if vae.dtype != torch.float16:
+            _quiet_cast(vae, torch.float16)
+        return False
+    if vae.dtype != torch.float32:
+        _quiet_cast(vae, torch.float32)
+
+    def to_fp32(module, args):
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def to_compute(module, args, output):
+        return output.to(compute_dtype)
+
+    for module in (vae.post_quant_conv, vae.decoder, vae.encoder):
+        if module is not None:
+            module.register_forward_pre_hook(to_fp32)
+    last = vae.quant_conv if vae.quant_conv is not None else vae.encoder
+    if last is not None:
+        last.register_forward_hook(to_compute)
+    return True
+
+
+def _quiet_cast(model, dtype) -> None:
+    """``model.to(dtype)`` without diffusers' notice about modules kept in float32 (none are here)."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        model.to(dtype=dtype)
+    finally:
+        dlogging.set_verbosity(level)
 
 
 def hub_offline() -> bool:
@@ -226,6 +296,15 @@ class ModelManager:
     def loaded(self) -> bool:
         return self._pipe is not None
 
+    def device_and_dtype(self):
+        """The device and dtype every model of this studio loads in (``--dtype``)."""
+        return device_and_dtype(self.settings.dtype)
+
+    def precision_text(self) -> str:
+        """The precision in use (the loaded UNet's dtype and device), or the setting before loading."""
+        unet = getattr(self._pipe, "unet", None)
+        return precision_text(self.settings.dtype, (unet.device, unet.dtype) if unet is not None else None)
+
     def pipeline(self):
         """The shared StableDiffusionPipeline (loaded on first call). Callers that change its
         adapters or scheduler must hold ``generation_lock`` of their own service."""
@@ -237,7 +316,7 @@ class ModelManager:
 
     def _load(self):
         try:
-            return load_pipeline(self.status.source)
+            return load_pipeline(self.status.source, self.settings.dtype)
         except ModelLoadError as exc:
             if self.status.is_demo:
                 raise
@@ -245,17 +324,20 @@ class ModelManager:
             self.status = ModelStatus(
                 self.status.requested, str(ensure_demo_model(self.settings.models_dir)), True, str(exc)
             )
-            return load_pipeline(self.status.source)
+            return load_pipeline(self.status.source, self.settings.dtype)
 
 
-def load_pipeline(source: str):
-    """StableDiffusionPipeline.from_pretrained for a Hub id or a local folder, on the best device."""
+def load_pipeline(source: str, dtype_setting: str = "auto"):
+    """StableDiffusionPipeline.from_pretrained for a Hub id or a local folder, on the best device, in
+    the ``--dtype`` precision (in fp16 the VAE in float32: ``upcast_vae``)."""
     import_libraries()
     import torch
     from diffusers import StableDiffusionPipeline
 
-    device, dtype = device_and_dtype()
-    kwargs = dict(dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    device, dtype = device_and_dtype(dtype_setting)
+    # fp16: the VAE is read in float32 straight from its file (see upcast_vae), the rest in fp16
+    weights = {"default": dtype, "vae": torch.float32} if dtype == torch.float16 else dtype
+    kwargs = dict(dtype=weights, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     local = Path(source).exists()
     try:
         if dtype == torch.float16 and not local:
@@ -268,4 +350,19 @@ def load_pipeline(source: str):
     except Exception as exc:  # network, missing files, wrong architecture: all mean "cannot load"
         raise ModelLoadError(f"Cannot load the base model {source!r}: {exc.__class__.__name__}") from exc
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if device.type == "cpu" and dtype != torch.float32:
+        log.warning("--dtype %s on the CPU: slow, for checking the GPU's code paths (auto uses float32 here)",
+                    dtype_name(dtype))
+        from diffusers.utils import logging as dlogging
+
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()   # diffusers' "cannot run on cpu": it can, in torch 2.13
+        try:
+            pipe = pipe.to(device)
+        finally:
+            dlogging.set_verbosity(level)
+    else:
+        pipe = pipe.to(device)
+    if upcast_vae(pipe.vae, dtype):
+        log.info("the VAE runs in float32 (fp16 overflows in SD 1.5's decoder); the rest in float16")
+    return pipe

@@ -11,6 +11,7 @@ Space is configured with variables and secrets and a laptop with flags::
     --share               DREAMSHOT_SHARE=1         off
     --admin-password PW   DREAMSHOT_ADMIN_PASSWORD  unset: no login
     --survey-only         DREAMSHOT_SURVEY_ONLY=1   off
+    --dtype D             DREAMSHOT_DTYPE           auto (float16 on a CUDA GPU, float32 elsewhere)
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from dreamshot.errors import SettingsError
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_DATA = "./studio-data"
 DEMO_MODEL = "demo"
+# The weights' precision for inference (models.device_and_dtype turns it into a device and a torch dtype).
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -54,6 +58,10 @@ class Settings:
     share: bool = False
     admin_password: str | None = field(default=None, repr=False)
     survey_only: bool = False
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", parse_dtype(self.dtype))
 
     # ---- derived paths: everything the studio writes lives under data_dir -------------------
     @property
@@ -142,6 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False,
     group.add_argument("--admin-password", metavar="PW", default=None,
                        help="when set, the studio asks for a login (any name + this password); "
                             "prefer the DREAMSHOT_ADMIN_PASSWORD variable or Space secret")
+    group.add_argument("--dtype", metavar="|".join(DTYPES), default=None,
+                       help="precision of the model weights: auto = float16 on a CUDA GPU, float32 elsewhere; "
+                            "bfloat16 for GPUs that have it [DREAMSHOT_DTYPE, default auto]")
     if server:
         group.add_argument("--host", default=None, help="interface to serve on [DREAMSHOT_HOST, default 127.0.0.1]")
         group.add_argument("--port", type=int, default=None, help="port [DREAMSHOT_PORT, default 7860]")
@@ -162,6 +173,7 @@ def from_args(ns: argparse.Namespace | None = None) -> Settings:
     if not 1 <= port <= 65535:
         raise SettingsError(f"--port must be between 1 and 65535, got {port}")
     return Settings(
+        dtype=parse_dtype(get("dtype") or _env("DREAMSHOT_DTYPE", default="auto")),
         data_dir=Path(get("data") or _env("DREAMSHOT_DATA", default=DEFAULT_DATA)).expanduser(),
         model=(get("model") or _env("DREAMSHOT_MODEL", default=DEFAULT_MODEL)).strip(),
         db_url=get("db") or _env("DREAMSHOT_DB"),
@@ -171,6 +183,15 @@ def from_args(ns: argparse.Namespace | None = None) -> Settings:
         admin_password=get("admin_password") or _env("DREAMSHOT_ADMIN_PASSWORD"),
         survey_only=bool(get("survey_only")) or _env_flag("DREAMSHOT_SURVEY_ONLY"),
     )
+
+
+def parse_dtype(text: str) -> str:
+    """One of DTYPES from a flag or variable (fp16, bf16, fp32 are accepted too); SettingsError otherwise."""
+    value = (text or "auto").strip().lower()
+    value = _DTYPE_ALIASES.get(value, value)
+    if value not in DTYPES:
+        raise SettingsError(f"--dtype (DREAMSHOT_DTYPE) must be one of {', '.join(DTYPES)}; got {text!r}.")
+    return value
 
 
 def parse(argv: list[str] | None = None, *, server: bool = False, description: str | None = None,

@@ -55,7 +55,7 @@ class EvaluateService:
     def _model(self, key, loader, spec):
         with self._lock:
             if key not in self._models:
-                self._models[key] = loader(spec)
+                self._models[key] = loader(spec, dtype=self.studio.settings.dtype)   # --dtype
             return self._models[key]
 
     # -- the run --------------------------------------------------------------------------------------
