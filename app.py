@@ -2,7 +2,7 @@
 survey and evaluate - one Gradio app.
 
     pip install -r requirements.txt
-    python app.py [--data DIR] [--model ID|DIR|demo] [--host H] [--port P] [--share] [--survey-only]
+    python app.py [--data DIR] [--model ID|DIR|demo] [--dtype auto|float16|bfloat16|float32] [--host H] [--port P] [--share] [--survey-only]
 
 Importing this module builds ``demo`` (settings from the environment) without launching it and
 without loading any model. Everything a setup can get wrong (flags, data folder, database, and the
@@ -103,7 +103,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         if participants:  # one short line: a phone held sideways has ~390 px for the pictures and questions
             gr.Markdown(f"**{TITLE}** · a short blind survey: compare two pictures, answer three questions.")
         else:
-            gr.Markdown(f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type.")
+            header_text = studio_header(studio)
+            header = gr.Markdown(header_text)
         # Known before the page is built (studio.model_choice), so it is part of the first paint and
         # never pushes the tabs down; participants generate nothing and get no banner.
         banner_text = None if participants else studio.model_choice().banner_markdown()
@@ -119,11 +120,11 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         def show_banner():
             # Only a change since the page was built reaches the page (a model that failed to load
-            # fell back to the demo model); an unchanged banner is not sent again.
-            text = studio.model_choice().banner_markdown()
-            if text == banner_text:
-                return gr.skip()
-            return gr.Markdown(value=text or "", visible=bool(text))
+            # fell back to the demo model; the precision in use once the model is loaded); an
+            # unchanged banner or header is not sent again.
+            text, head = studio.model_choice().banner_markdown(), studio_header(studio)
+            return (gr.skip() if text == banner_text else gr.Markdown(value=text or "", visible=bool(text)),
+                    gr.skip() if head == header_text else gr.Markdown(value=head))
 
         def status(request: gr.Request) -> dict:
             """Which base model the studio uses (demo or real) and the caller's role."""
@@ -133,6 +134,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 "model_requested": model.requested,
                 "model_source": model.source if not model.is_demo else "built-in demo model",
                 "is_demo_model": model.is_demo,
+                "dtype": studio.settings.dtype,                 # the --dtype setting
+                "precision": studio.precision_text(),           # e.g. "float16 on cuda (auto)" once loaded
                 "demo_reason": model.reason,
                 "model_loaded": studio.models.loaded,
                 "schema_version": studio.db.schema_version(),
@@ -141,9 +144,15 @@ def build_app(studio: Studio) -> gr.Blocks:
             }
 
         if not participants:   # a survey-only page never shows the banner: nothing to refresh
-            demo.load(show_banner, outputs=banner, api_visibility="private", show_progress="hidden")
+            demo.load(show_banner, outputs=[banner, header], api_visibility="private", show_progress="hidden")
         gr.api(status, api_name="status")
     return demo
+
+
+def studio_header(studio: Studio) -> str:
+    """The page's title and one line under it, with the model weights' precision (--dtype)."""
+    return (f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type. "
+            f"<small>Weights: {studio.precision_text()} (`--dtype`)</small>")
 
 
 def launch_kwargs(studio: Studio) -> dict:

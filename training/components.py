@@ -190,7 +190,7 @@ def after_caching(parts: Components, *, keep_text_encoder: bool, device) -> None
         parts.text_encoder = None
     if getattr(device, "type", "cpu") != "cpu":
         parts.vae.to("cpu")
-        _empty_cache()
+        empty_cache()
 
 
 @contextlib.contextmanager
@@ -203,10 +203,10 @@ def on_device(model, device):
     finally:
         if home != device:
             model.to(home)
-            _empty_cache()
+            empty_cache()
 
 
-def _empty_cache() -> None:
+def empty_cache() -> None:
     import torch
 
     if torch.cuda.is_available():
