@@ -166,7 +166,7 @@ def test_fp16_vae_decodes_in_float32_where_float16_overflows(demo_model_dir):
 
     from diffusers import AutoencoderKL
 
-    from dreamshot.models import upcast_vae
+    from dreamshot.precision import upcast_vae
 
     vae = AutoencoderKL.from_pretrained(demo_model_dir / "vae")
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 
 from dreamshot import settings as config
 from dreamshot.errors import SettingsError
-from dreamshot.models import device_and_dtype
+from dreamshot.precision import device_and_dtype
 
 
 def test_flag_variable_aliases_and_a_bad_value(monkeypatch):

@@ -19,7 +19,8 @@ import numpy as np
 
 from dreamshot.errors import ModelLoadError
 from dreamshot.generate.loras import file_sha256
-from dreamshot.models import device_and_dtype, hub_unavailable
+from dreamshot.models import hub_unavailable
+from dreamshot.precision import device_and_dtype
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_DINO = "facebook/dino-vits16"
@@ -68,7 +69,7 @@ def _image_features(embedder, images, batch: int, forward) -> np.ndarray:
     out = []
     for i in range(0, len(images), batch):
         pixels = embedder.processor(images=[im.convert("RGB") for im in images[i:i + batch]],
-                                    return_tensors="pt")["pixel_values"].to(embedder.device, embedder.model.dtype)
+                                    return_tensors="pt")["pixel_values"].to(embedder.device)
         with torch.no_grad():
             out.append(_tensor(forward(pixels)))
     return normalize(np.concatenate(out)) if out else np.zeros((0, 0))
