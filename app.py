@@ -20,6 +20,7 @@ import time
 
 from dreamshot import __version__, settings as config
 from dreamshot.errors import DreamShotError
+from dreamshot.precision import precision_setting
 from dreamshot.safety import configure_logging, redact_stderr
 from dreamshot.studio import Studio
 
@@ -103,8 +104,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         if participants:  # one short line: a phone held sideways has ~390 px for the pictures and questions
             gr.Markdown(f"**{TITLE}** · a short blind survey: compare two pictures, answer three questions.")
         else:
-            header_text = studio_header(studio)
-            header = gr.Markdown(header_text)
+            gr.Markdown(studio_header(studio))   # fixed at build time: it never moves the tabs
         # Known before the page is built (studio.model_choice), so it is part of the first paint and
         # never pushes the tabs down; participants generate nothing and get no banner.
         banner_text = None if participants else studio.model_choice().banner_markdown()
@@ -120,11 +120,11 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         def show_banner():
             # Only a change since the page was built reaches the page (a model that failed to load
-            # fell back to the demo model; the precision in use once the model is loaded); an
-            # unchanged banner or header is not sent again.
-            text, head = studio.model_choice().banner_markdown(), studio_header(studio)
-            return (gr.skip() if text == banner_text else gr.Markdown(value=text or "", visible=bool(text)),
-                    gr.skip() if head == header_text else gr.Markdown(value=head))
+            # fell back to the demo model); an unchanged banner is not sent again.
+            text = studio.model_choice().banner_markdown()
+            if text == banner_text:
+                return gr.skip()
+            return gr.Markdown(value=text or "", visible=bool(text))
 
         def status(request: gr.Request) -> dict:
             """Which base model the studio uses (demo or real) and the caller's role."""
@@ -144,15 +144,16 @@ def build_app(studio: Studio) -> gr.Blocks:
             }
 
         if not participants:   # a survey-only page never shows the banner: nothing to refresh
-            demo.load(show_banner, outputs=[banner, header], api_visibility="private", show_progress="hidden")
+            demo.load(show_banner, outputs=banner, api_visibility="private", show_progress="hidden")
         gr.api(status, api_name="status")
     return demo
 
 
 def studio_header(studio: Studio) -> str:
-    """The page's title and one line under it, with the model weights' precision (--dtype)."""
+    """The page's title and one line under it, with the weights' precision setting (--dtype; /status
+    says what is in use once the model is loaded)."""
     return (f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type. "
-            f"<small>Weights: {studio.precision_text()} (`--dtype`)</small>")
+            f"<small>Weights: {precision_setting(studio.settings.dtype)}</small>")
 
 
 def launch_kwargs(studio: Studio) -> dict:

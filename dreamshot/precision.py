@@ -43,6 +43,12 @@ def precision_text(setting: str, loaded=None) -> str:
     return parse_dtype(setting)
 
 
+def precision_setting(setting: str) -> str:
+    """The ``--dtype`` setting in a few words, for the page header (known before anything loads)."""
+    setting = parse_dtype(setting)
+    return "float16 on a GPU, float32 on a CPU (`--dtype auto`)" if setting == "auto" else f"{setting} (`--dtype`)"
+
+
 def upcast_vae(vae, compute_dtype) -> bool:
     """Keep ``vae`` in float32 while the rest of the model runs in ``compute_dtype`` (float16), as
     diffusers' SDXL pipelines do for a VAE whose config says ``force_upcast`` (SD 1.5's does: its

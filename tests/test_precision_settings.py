@@ -88,7 +88,7 @@ def test_header_and_status_show_the_precision(make_studio, serve, one_torch_thre
     studio = make_studio(dtype="bfloat16")
     url = serve(studio)
     with urllib.request.urlopen(url, timeout=30) as page:
-        assert "Weights: bfloat16 (`--dtype`)" in page.read().decode()      # before the model loads
+        assert "Weights: bfloat16 (`--dtype`)" in page.read().decode()
     client = Client(url, verbose=False)
     status = client.predict(api_name="/status")
     assert (status["dtype"], status["precision"]) == ("bfloat16", "bfloat16")
