@@ -172,7 +172,11 @@ def run_child(args, group: str) -> list[dict]:
 def format_row(r: dict) -> str:
     status = r.get("error") or ("ok" if r.get("finite") else "NOT FINITE / constant")
     gpu = f" | {r['gpu_peak_gib']}" if "gpu_peak_gib" in r else ""
-    return f"| {r['path']} | {r.get('seconds', '-')} | {r.get('peak_rss_gib', '-')}{gpu} | {status} |"
+    notes = r.get("notes") or {}
+    seconds = f"{r.get('seconds', '-')}" + (f" (training {notes['train_seconds']})" if "train_seconds" in notes else "")
+    peak = f"{r.get('peak_rss_gib', '-')}" + (f" (training {notes['train_peak_rss_gib']})"
+                                                if "train_peak_rss_gib" in notes else "")
+    return f"| {r['path']} | {seconds} | {peak}{gpu} | {status} |"
 
 
 def bench(args) -> int:
@@ -199,8 +203,10 @@ def bench(args) -> int:
         rows += run_child(args, group)
     full = next((r for r in rows if r["path"] == "train full + extraction" and "seconds" in r), None)
     if full is not None:
-        estimate["measured_peak_gib"] = round(full.get("gpu_peak_gib", full["peak_rss_gib"] - full["base_rss_gib"]), 2)
-        estimate["measured"] = "GPU max allocated" if "gpu_peak_gib" in full else "peak RSS above the imports"
+        cpu_peak = full.get("notes", {}).get("train_peak_rss_gib", full["peak_rss_gib"]) - full["base_rss_gib"]
+        estimate["measured_peak_gib"] = round(full.get("notes", {}).get("train_gpu_peak_gib", cpu_peak), 2)
+        estimate["measured"] = ("GPU max allocated" if "train_gpu_peak_gib" in full.get("notes", {})
+                                else "peak RSS above the imports, training only")
     print("\nfull fine-tune memory: " + json.dumps(estimate))
     report = {"size": args.size, "dtype": args.dtype, "px": args.px, "steps": args.steps, "device": args.device,
               "params": models["params"], "rows": rows, "full_fine_tune": estimate}

@@ -1,8 +1,8 @@
 """The precision of the studio's models (``--dtype``), in one place.
 
 ``device_and_dtype(setting)`` turns the setting into the device and torch dtype every model loads in
-(base pipeline, ControlNets, motion adapter, CLIP/DINO, captioner); ``precision_text`` words it for the
-page header and ``/status``; ``upcast_vae`` keeps SD 1.5's VAE in float32 when the rest runs in fp16.
+(base pipeline, ControlNets, motion adapter, CLIP/DINO, captioner); ``precision_setting`` words the
+setting for the page header, ``precision_text`` what is in use for ``/status``; ``upcast_vae`` keeps SD 1.5's VAE in float32 when the rest runs in fp16.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def dtype_name(dtype) -> str:
 
 
 def precision_text(setting: str, loaded=None) -> str:
-    """One line for the page and /status: the dtype in use once the model is loaded, else the setting."""
+    """One line for /status: the dtype in use once the model is loaded, else the setting."""
     if loaded is not None:
         device, dtype = loaded
         auto = " (auto)" if parse_dtype(setting) == "auto" else ""

@@ -8,6 +8,7 @@ A context ``Ctx`` holds the studio, the manifest of ``precision_models.build`` a
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -172,7 +173,14 @@ def train(ctx: Ctx, method: str) -> list:
                      if trainer.accelerator.scaler is not None else None,
                      scale=trainer.accelerator.scaler.get_scale() if trainer.accelerator.scaler is not None else None,
                      master=sorted({str(p.dtype).replace("torch.", "") for p in trainer.params}),
-                     optimizer_states=len(getattr(trainer.optimizer, "optimizer", trainer.optimizer).state))
+                     optimizer_states=len(getattr(trainer.optimizer, "optimizer", trainer.optimizer).state),
+                     train_peak_rss_gib=round(_peak_rss_gib(), 2))
+    import torch
+
+    if torch.cuda.is_available():
+        ctx.notes["train_gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / (1 << 30), 2)
+    del trainer, result       # in the studio the trainer is a process of its own: free it before generating
+    gc.collect()
     name = f"{method}-{ctx.studio.settings.dtype}"
     file = out / (f"{cfg.run_name}.safetensors" if method != "lora" else "pytorch_lora_weights.safetensors")
     lib = LoraLibrary(ctx.studio)      # (registering a name again replaces it)
@@ -184,6 +192,12 @@ def train(ctx: Ctx, method: str) -> list:
     if method == "motion":
         return _clip(ctx, shot=name, alpha=1.0)
     return _images(ctx, shot=name, alpha=1.0) + [im for im in _validation(out)]
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
 
 
 def _validation(out: Path) -> list:
