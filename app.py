@@ -2,7 +2,7 @@
 survey and evaluate - one Gradio app.
 
     pip install -r requirements.txt
-    python app.py [--data DIR] [--model ID|DIR|demo] [--host H] [--port P] [--share] [--survey-only]
+    python app.py [--data DIR] [--model ID|DIR|demo] [--dtype auto|float16|bfloat16|float32] [--host H] [--port P] [--share] [--survey-only]
 
 Importing this module builds ``demo`` (settings from the environment) without launching it and
 without loading any model. Everything a setup can get wrong (flags, data folder, database, and the
@@ -22,6 +22,7 @@ import time
 from dreamshot import __version__, settings as config
 from dreamshot.access import exposure_warning
 from dreamshot.errors import DreamShotError
+from dreamshot.precision import precision_setting
 from dreamshot.safety import configure_logging, redact_stderr
 from dreamshot.studio import Studio
 
@@ -129,7 +130,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         if participants:  # one short line: a phone held sideways has ~390 px for the pictures and questions
             gr.Markdown(f"**{TITLE}** · a short blind survey: compare two pictures, answer three questions.")
         else:
-            gr.Markdown(f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type.")
+            gr.Markdown(studio_header(studio))   # fixed at build time: it never moves the tabs
         # Known before the page is built (studio.model_choice), so it is part of the first paint and
         # never pushes the tabs down; participants generate nothing and get no banner.
         banner_text = None if participants else banner_markdown(studio)
@@ -159,6 +160,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 "model_requested": model.requested,
                 "model_source": model.source if not model.is_demo else "built-in demo model",
                 "is_demo_model": model.is_demo,
+                "dtype": studio.settings.dtype,                 # the --dtype setting
+                "precision": studio.precision_text(),           # e.g. "float16 on cuda (auto)" once loaded
                 "demo_reason": model.reason,
                 "model_loaded": studio.models.loaded,
                 "schema_version": studio.db.schema_version(),
@@ -170,6 +173,13 @@ def build_app(studio: Studio) -> gr.Blocks:
             demo.load(show_banner, outputs=banner, api_visibility="private", show_progress="hidden")
         gr.api(status, api_name="status")
     return demo
+
+
+def studio_header(studio: Studio) -> str:
+    """The page's title and one line under it, with the weights' precision setting (--dtype; /status
+    says what is in use once the model is loaded)."""
+    return (f"# {TITLE}\nTeach Stable Diffusion 1.5 cinema shot types, one LoRA per shot type. "
+            f"<small>Weights: {precision_setting(studio.settings.dtype)}</small>")
 
 
 def launch_kwargs(studio: Studio) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dreamshot.clip_tokenizer import write_clip_tokenizer
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2   # 2: the scheduler config says clip_sample false, as SD 1.5's does
 MARKER = "dreamshot-demo.json"
 SEED = 1234
 
@@ -74,6 +74,9 @@ def build_tiny_sd(out_dir: Path, seed: int = SEED) -> Path:
         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_act="quick_gelu",
     ))
     scheduler = PNDMScheduler(**SD15_SCHEDULER)
+    # SD 1.5's scheduler_config.json also carries "clip_sample": false (PNDM ignores it; a DDIM scheduler
+    # made from this config reads it: without it DDIM clamps every x0 prediction to [-1, 1]).
+    scheduler.register_to_config(clip_sample=False)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-sd-", dir=out_dir.parent))

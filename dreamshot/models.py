@@ -2,9 +2,12 @@
 
 ``--model`` may be a Hub id (default SD 1.5), a local diffusers folder, or ``demo``. The choice
 (``choose``) is cheap and made before the page is built: it decides the banner. The demo model is
-built when first needed (``resolve``) and the weights load lazily on first use, once per process:
-fp16 on CUDA when available, float32 on the CPU. When the configured model cannot be
-had (bad path, offline with no cache), the studio falls back to the built-in demo model and says why.
+built when first needed (``resolve``) and the weights load lazily on first use, once per process,
+in the precision of ``--dtype`` (``device_and_dtype``: ``auto`` = fp16 on CUDA, float32 elsewhere; every
+model of the studio takes its dtype from there: ``dreamshot.precision``). In fp16 the VAE stays in
+float32 (``precision.upcast_vae``).
+When the configured model cannot be had (bad path, offline with no cache), the studio falls back to
+the built-in demo model and says why.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from urllib.parse import urlparse
 
 from dreamshot.demo_model import ensure_demo_model, is_demo_model
 from dreamshot.errors import ModelLoadError
+from dreamshot.precision import device_and_dtype, dtype_name, precision_text, upcast_vae  # noqa: F401 (re-exported)
 from dreamshot.settings import DEFAULT_MODEL, DEMO_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -91,15 +95,6 @@ class ModelStatus:
             f"`--model {DEFAULT_MODEL}` (needs Hub access once, or a cached copy) or "
             f"`--model /path/to/a/diffusers/folder`, or set `DREAMSHOT_MODEL`."
         )
-
-
-def device_and_dtype():
-    """fp16 on CUDA, float32 elsewhere."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
 
 
 def hub_offline() -> bool:
@@ -226,6 +221,15 @@ class ModelManager:
     def loaded(self) -> bool:
         return self._pipe is not None
 
+    def device_and_dtype(self):
+        """The device and dtype every model of this studio loads in (``--dtype``)."""
+        return device_and_dtype(self.settings.dtype)
+
+    def precision_text(self) -> str:
+        """The precision in use (the loaded UNet's dtype and device), or the setting before loading."""
+        unet = getattr(self._pipe, "unet", None)
+        return precision_text(self.settings.dtype, (unet.device, unet.dtype) if unet is not None else None)
+
     def pipeline(self):
         """The shared StableDiffusionPipeline (loaded on first call). Callers that change its
         adapters or scheduler must hold ``generation_lock`` of their own service."""
@@ -237,7 +241,7 @@ class ModelManager:
 
     def _load(self):
         try:
-            return load_pipeline(self.status.source)
+            return load_pipeline(self.status.source, self.settings.dtype)
         except ModelLoadError as exc:
             if self.status.is_demo:
                 raise
@@ -245,17 +249,20 @@ class ModelManager:
             self.status = ModelStatus(
                 self.status.requested, str(ensure_demo_model(self.settings.models_dir)), True, str(exc)
             )
-            return load_pipeline(self.status.source)
+            return load_pipeline(self.status.source, self.settings.dtype)
 
 
-def load_pipeline(source: str):
-    """StableDiffusionPipeline.from_pretrained for a Hub id or a local folder, on the best device."""
+def load_pipeline(source: str, dtype_setting: str = "auto"):
+    """StableDiffusionPipeline.from_pretrained for a Hub id or a local folder, on the best device, in
+    the ``--dtype`` precision (in fp16 the VAE in float32: ``upcast_vae``)."""
     import_libraries()
     import torch
     from diffusers import StableDiffusionPipeline
 
-    device, dtype = device_and_dtype()
-    kwargs = dict(dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    device, dtype = device_and_dtype(dtype_setting)
+    # fp16: the VAE is read in float32 straight from its file (see upcast_vae), the rest in fp16
+    weights = {"default": dtype, "vae": torch.float32} if dtype == torch.float16 else dtype
+    kwargs = dict(dtype=weights, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     local = Path(source).exists()
     try:
         if dtype == torch.float16 and not local:
@@ -268,4 +275,19 @@ def load_pipeline(source: str):
     except Exception as exc:  # network, missing files, wrong architecture: all mean "cannot load"
         raise ModelLoadError(f"Cannot load the base model {source!r}: {exc.__class__.__name__}") from exc
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if device.type == "cpu" and dtype != torch.float32:
+        log.warning("--dtype %s on the CPU: slow, for checking the GPU's code paths (auto uses float32 here)",
+                    dtype_name(dtype))
+        from diffusers.utils import logging as dlogging
+
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()   # diffusers' "cannot run on cpu": it can, in torch 2.13
+        try:
+            pipe = pipe.to(device)
+        finally:
+            dlogging.set_verbosity(level)
+    else:
+        pipe = pipe.to(device)
+    if upcast_vae(pipe.vae, dtype):
+        log.info("the VAE runs in float32 (fp16 overflows in SD 1.5's decoder); the rest in float16")
+    return pipe

@@ -12,6 +12,7 @@ Space is configured with variables and secrets and a laptop with flags::
     --admin-password PW   DREAMSHOT_ADMIN_PASSWORD  unset: no login
     --survey-only         DREAMSHOT_SURVEY_ONLY=1   off
     --allow-dir DIR       DREAMSHOT_ALLOWED_DIRS    none: server paths typed in the page stay in the data folder
+    --dtype D             DREAMSHOT_DTYPE           auto (float16 on a CUDA GPU, float32 elsewhere)
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from dreamshot.errors import SettingsError
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_DATA = "./studio-data"
 DEMO_MODEL = "demo"
+# The weights' precision for inference (models.device_and_dtype turns it into a device and a torch dtype).
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -56,6 +60,10 @@ class Settings:
     admin_password: str | None = field(default=None, repr=False)
     survey_only: bool = False
     allowed_dirs: tuple[Path, ...] = ()   # server folders the page may export to / import from
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", parse_dtype(self.dtype))
 
     # ---- derived paths: everything the studio writes lives under data_dir -------------------
     @property
@@ -149,6 +157,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = False,
     group.add_argument("--admin-password", metavar="PW", default=None,
                        help="when set, the studio asks for a login (any name + this password); "
                             "prefer the DREAMSHOT_ADMIN_PASSWORD variable or Space secret")
+    group.add_argument("--dtype", metavar="|".join(DTYPES), default=None,
+                       help="precision of the model weights: auto = float16 on a CUDA GPU, float32 elsewhere; "
+                            "bfloat16 for GPUs that have it [DREAMSHOT_DTYPE, default auto]")
     if server:
         group.add_argument("--host", default=None, help="interface to serve on [DREAMSHOT_HOST, default 127.0.0.1]")
         group.add_argument("--port", type=int, default=None, help="port [DREAMSHOT_PORT, default 7860]")
@@ -173,6 +184,7 @@ def from_args(ns: argparse.Namespace | None = None) -> Settings:
     if not 1 <= port <= 65535:
         raise SettingsError(f"--port must be between 1 and 65535, got {port}")
     return Settings(
+        dtype=parse_dtype(get("dtype") or _env("DREAMSHOT_DTYPE", default="auto")),
         data_dir=Path(get("data") or _env("DREAMSHOT_DATA", default=DEFAULT_DATA)).expanduser(),
         model=(get("model") or _env("DREAMSHOT_MODEL", default=DEFAULT_MODEL)).strip(),
         db_url=get("db") or _env("DREAMSHOT_DB"),
@@ -189,6 +201,15 @@ def _allowed_dirs(flags: list[str] | None) -> tuple[Path, ...]:
     """--allow-dir values, else DREAMSHOT_ALLOWED_DIRS (os.pathsep-separated)."""
     given = flags if flags else (_env("DREAMSHOT_ALLOWED_DIRS") or "").split(os.pathsep)
     return tuple(Path(d.strip()).expanduser() for d in given if d and d.strip())
+
+
+def parse_dtype(text: str) -> str:
+    """One of DTYPES from a flag or variable (fp16, bf16, fp32 are accepted too); SettingsError otherwise."""
+    value = (text or "auto").strip().lower()
+    value = _DTYPE_ALIASES.get(value, value)
+    if value not in DTYPES:
+        raise SettingsError(f"--dtype (DREAMSHOT_DTYPE) must be one of {', '.join(DTYPES)}; got {text!r}.")
+    return value
 
 
 def parse(argv: list[str] | None = None, *, server: bool = False, description: str | None = None,

@@ -73,6 +73,13 @@ class Studio:
     def model_status(self) -> models.ModelStatus:
         return self.models.status
 
+    def precision_text(self) -> str:
+        """The model weights' precision (``--dtype``): what is in use once the base model is loaded,
+        else the setting; loads nothing."""
+        if self._models is not None:
+            return self._models.precision_text()
+        return models.precision_text(self.settings.dtype)
+
     @property
     def project(self) -> Project:
         """The project's shot taxonomy and prompt template (read fresh: an admin may change them)."""

@@ -69,16 +69,14 @@ def test_captioning_service_is_per_studio_and_closes_with_it(make_studio, tiny_b
     assert caption_jobs.service(first) is not worker  # a closed studio's services are gone
 
 
-def test_fp16_path_as_on_cuda(tiny_blip2, monkeypatch):
+def test_fp16_path_as_on_cuda(tiny_blip2):
     """The GPU code path (fp16 weights, fp16 pixels, BLIP-2's Q-Former kept in fp32), run on the CPU."""
     import torch
     from PIL import Image
 
-    from labeling.captions import captioner as captioner_module
     from labeling.captions.captioner import GenerationOptions
 
-    monkeypatch.setattr(captioner_module, "device_and_dtype", lambda: (torch.device("cpu"), torch.float16))
-    c = load_captioner(tiny_blip2)
+    c = load_captioner(tiny_blip2, dtype="float16")      # what --dtype float16 (and auto on CUDA) gives
     assert c.dtype == torch.float16
     assert c.model.language_model.get_input_embeddings().weight.dtype == torch.float16
     texts = c.caption([Image.new("RGB", (40, 30), "green")] * 2, GenerationOptions(max_new_tokens=4, min_new_tokens=4))

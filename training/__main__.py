@@ -105,6 +105,10 @@ def trainer_config(args) -> tconfig.TrainConfig:
         cfg = cfg.updated(base_model=resolve(studio_settings.from_args(args)).source)
     if not cfg.output_dir:
         cfg = cfg.updated(output_dir=str(studio_settings.from_args(args).runs_dir / cfg.run_name))
+    if cfg.mixed_precision == "auto":   # --dtype float16/bfloat16/float32 decides it (training.components)
+        from training.components import precision_for
+
+        cfg = cfg.updated(mixed_precision=precision_for("auto", studio_settings.from_args(args).dtype))
     return cfg.validate()
 
 

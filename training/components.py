@@ -26,14 +26,30 @@ def check_base_model(source: str) -> None:
         check_sd1_folder(Path(source))
 
 
+# --dtype (the studio's inference precision) -> the trainer's --mixed-precision when that is "auto"
+FROM_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "no", "auto": "auto"}
+
+
+def precision_for(mixed_precision: str, dtype_setting: str = "auto") -> str:
+    """``--mixed-precision`` with ``auto`` taken from the studio's ``--dtype`` when that is set:
+    float16 -> fp16, bfloat16 -> bf16, float32 -> no; ``auto`` stays ``auto`` (decided on the device)."""
+    from dreamshot.settings import parse_dtype
+
+    if mixed_precision != "auto":
+        return mixed_precision
+    return FROM_DTYPE[parse_dtype(dtype_setting)]
+
+
 def resolve_precision(mixed_precision: str) -> str:
+    """``auto``: fp16 on a CUDA GPU, none on a CPU. fp16 and bf16 run on a CPU too (slowly: autocast
+    and, for fp16, the loss scaler the GPU would use; the tests check the GPU's path there)."""
     import torch
 
     cuda = torch.cuda.is_available()
     if mixed_precision == "auto":
         return "fp16" if cuda else "no"
-    if mixed_precision == "fp16" and not cuda:
-        raise InvalidInput("--mixed-precision fp16 needs a CUDA GPU; use 'no' (or 'auto') on a CPU.")
+    if mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise InvalidInput("This GPU has no bfloat16: use --mixed-precision fp16 (or auto).")
     return mixed_precision
 
 
@@ -56,6 +72,14 @@ def make_accelerator(config, precision: str, out: Path):
         mixed_precision=precision, gradient_accumulation_steps=config.grad_accum, log_with=trackers,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+    if precision == "fp16" and accelerator.device.type == "cpu" and not accelerator.native_amp:
+        # accelerate leaves fp16 on a CPU without autocast or loss scaling (it expects a GPU); give it
+        # the GPU's: fp16 autocast around each prepared model's forward and torch's GradScaler (which
+        # has a CPU implementation), so the CPU runs the same path as CUDA.
+        import torch
+
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
     if trackers and accelerator.is_main_process:
         accelerator.init_trackers(config.run_name)
     return accelerator
@@ -166,7 +190,7 @@ def after_caching(parts: Components, *, keep_text_encoder: bool, device) -> None
         parts.text_encoder = None
     if getattr(device, "type", "cpu") != "cpu":
         parts.vae.to("cpu")
-        _empty_cache()
+        empty_cache()
 
 
 @contextlib.contextmanager
@@ -179,10 +203,10 @@ def on_device(model, device):
     finally:
         if home != device:
             model.to(home)
-            _empty_cache()
+            empty_cache()
 
 
-def _empty_cache() -> None:
+def empty_cache() -> None:
     import torch
 
     if torch.cuda.is_available():

@@ -96,7 +96,8 @@ class TrainConfig:
     lr_warmup_steps: int = _f(0, "warm-up steps", lo=0, hi=1_000_000)
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)", lo=0, hi=1000)
     weight_decay: float = _f(1e-2, "AdamW weight decay", lo=0, hi=1)
-    mixed_precision: str = _f("auto", "auto (fp16 on a CUDA GPU, none on CPU), no, fp16, bf16", choices=PRECISIONS)
+    mixed_precision: str = _f("auto", "auto (the studio's --dtype: float16 fp16, bfloat16 bf16, float32 no; with "
+                              "--dtype auto fp16 on a CUDA GPU, none on a CPU), no, fp16, bf16", choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the UNet")
     seed: int = _f(0, "seed for data order, noise, timesteps and flips", lo=0, hi=2**31 - 1)
     # ---- data ---------------------------------------------------------------------------------

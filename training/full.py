@@ -118,11 +118,20 @@ class FullTrainer(Trainer):
     def checkpoint_weights(self) -> Weights:
         return UnetWeights(self.accelerator, lambda: self.trainable)
 
+    def release_optimizer(self) -> None:
+        """Drop AdamW's states and the gradients: the run is over (its last checkpoint holds them)."""
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        optimizer.state.clear()
+        for param in self.params:
+            param.grad = None
+        components.empty_cache()
+
     def save_result(self, dataset_hash: str) -> tuple[dict[str, Path], dict]:
         import torch
         from diffusers import UNet2DConditionModel
 
         c = self.config
+        self.release_optimizer()   # 8 bytes a parameter, before a second UNet (the base) is loaded
         unet = self.accelerator.unwrap_model(self.unet)
         tuned = {k: v.detach().float() for k, v in unet.state_dict().items()}
         base_unet = UNet2DConditionModel.from_pretrained(c.base_model, subfolder="unet", dtype=torch.float32,

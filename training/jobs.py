@@ -36,6 +36,7 @@ from dreamshot.storage import now
 
 from training import process, runs
 from training.checkpoints import list_checkpoints
+from training.components import precision_for
 from training.config import TrainConfig, preset
 from training.dataset_check import refuse_uncaptioned
 from training.runs import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RESUMABLE, RUNNING, RunInfo  # noqa: F401
@@ -122,6 +123,8 @@ class TrainingRunner:
                              prompt_template=template, base_model=source, **overrides)
             except TypeError as exc:
                 raise InvalidInput(f"Unknown training setting: {exc}") from None
+            if cfg.mixed_precision == "auto":   # the studio's --dtype decides (training.components.precision_for)
+                cfg = cfg.updated(mixed_precision=precision_for("auto", self.studio.settings.dtype))
             configs.append(cfg.validate(request.names))
         if not request.dataset:  # the studio's labeled set: no frame may train without its caption
             refuse_uncaptioned(self.studio, request.shots, method=configs[0].method)

@@ -29,6 +29,7 @@ from dreamshot.errors import ModelLoadError
 from dreamshot.evaluate import demo_models
 from dreamshot.generate.loras import file_sha256
 from dreamshot.models import hub_unavailable
+from dreamshot.precision import device_and_dtype
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_DINO = "facebook/dino-vits16"
@@ -95,12 +96,6 @@ def resolve(spec: str, what: str, models_dir: Path | None = None) -> tuple[str, 
                              "download it once, give a local folder, or use 'demo' (tiny, random weights, "
                              "to try the workflow).")
     return spec, spec
-
-
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _image_features(embedder, images, batch: int, forward) -> np.ndarray:
@@ -180,35 +175,36 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms == 0, 1.0, norms)
 
 
-def load_clip(spec: str = DEFAULT_CLIP, models_dir: Path | None = None) -> ClipEmbedder:
+def load_clip(spec: str = DEFAULT_CLIP, models_dir: Path | None = None, dtype: str = "auto") -> ClipEmbedder:
+    """``dtype``: the studio's --dtype (features come back as float64 whatever it is)."""
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     source, pin = resolve(spec, "CLIP", models_dir)
     local = Path(source).is_dir()
+    device, torch_dtype = device_and_dtype(dtype)
     try:
-        model = CLIPModel.from_pretrained(source, local_files_only=local)
+        model = CLIPModel.from_pretrained(source, local_files_only=local, dtype=torch_dtype)
         tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local)
         processor = CLIPImageProcessorPil.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"The CLIP model {spec!r} cannot be loaded: {_first_line(exc)}") from None
     tokenizer.model_max_length = 77
-    device = _device()
     return ClipEmbedder(model.to(device).eval(), tokenizer, processor, spec, pin, device)
 
 
-def load_dino(spec: str = DEFAULT_DINO, models_dir: Path | None = None) -> DinoEmbedder:
+def load_dino(spec: str = DEFAULT_DINO, models_dir: Path | None = None, dtype: str = "auto") -> DinoEmbedder:
     from transformers import ViTModel
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
     source, pin = resolve(spec, "DINO", models_dir)
     local = Path(source).is_dir()
+    device, torch_dtype = device_and_dtype(dtype)
     try:
-        model = ViTModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local)
+        model = ViTModel.from_pretrained(source, add_pooling_layer=False, local_files_only=local, dtype=torch_dtype)
         processor = ViTImageProcessorPil.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"The DINO model {spec!r} cannot be loaded: {_first_line(exc)}") from None
-    device = _device()
     return DinoEmbedder(model.to(device).eval(), processor, spec, pin, device)
 
 

@@ -56,7 +56,7 @@ class EvaluateService:
     def _model(self, key, loader):
         with self._lock:
             if key not in self._models:
-                self._models[key] = loader(key[1], self.studio.settings.models_dir)
+                self._models[key] = loader(key[1], self.studio.settings.models_dir, dtype=self.studio.settings.dtype)
             return self._models[key]
 
     def with_models(self, options: EvalOptions) -> EvalOptions:

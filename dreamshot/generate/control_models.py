@@ -15,6 +15,8 @@ from dreamshot.generate.control import (
 from dreamshot.generate.request import ControlRequest
 from dreamshot.models import hub_unavailable, local_or_cached
 
+DEPTH_DTYPE = "float32"   # the depth estimator's precision (see _load_depth)
+
 
 def _missing(what: str, source: str, fix: str, why: str | None = None) -> ModelLoadError:
     where = "this folder does not hold one" if Path(source).expanduser().exists() else \
@@ -124,12 +126,16 @@ class ControlModels:
                "say), or run once with Hub access to cache it.")   # the message names the model once
         if folder is None and (why := hub_unavailable()):
             raise _missing("depth model", source, fix, why)
+        # float32 whatever --dtype says: its map is min-max normalised to 8 bits (half precision gains
+        # nothing there, and amplifies rounding of a flat depth), and transformers' depth pipeline
+        # fails on bfloat16 outputs ("unsupported ScalarType BFloat16" in its numpy post-processing).
+        device, _ = self.studio.models.device_and_dtype()
         try:
             processor = AutoImageProcessor.from_pretrained(folder or source, local_files_only=folder is not None)
-            model = AutoModelForDepthEstimation.from_pretrained(folder or source, local_files_only=folder is not None)
+            model = AutoModelForDepthEstimation.from_pretrained(folder or source, local_files_only=folder is not None,
+                                                                dtype=DEPTH_DTYPE)
         except Exception:
             raise _missing("depth model", source, fix) from None
-        device = self.studio.models.pipeline().unet.device
         return pipeline("depth-estimation", model=model.to(device).eval(), image_processor=processor, device=device)
 
     # -- control images -------------------------------------------------------------------------------

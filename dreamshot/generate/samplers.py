@@ -21,7 +21,7 @@ SAMPLERS = {
     "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "Euler": ("EulerDiscreteScheduler", {}),
-    "DDIM": ("DDIMScheduler", {}),
+    "DDIM": ("DDIMScheduler", {"clip_sample": False}),   # latents are not in [-1, 1]: never clamp x0 (A1111 doesn't)
     "UniPC": ("UniPCMultistepScheduler", {}),
 }
 _ALIASES = {"dpm++ sde": "DPM++ SDE Karras", "euler_a": "Euler a", "euler ancestral": "Euler a",

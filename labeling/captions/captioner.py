@@ -150,13 +150,14 @@ def clean_caption(text: str, prefix: str = "") -> str:
     return text
 
 
-def load_captioner(spec: str = DEFAULT_CAPTIONER, *, models_dir: Path | None = None) -> Captioner:
-    """Load the captioner for ``spec`` (ModelLoadError with a message when it cannot be had)."""
+def load_captioner(spec: str = DEFAULT_CAPTIONER, *, models_dir: Path | None = None, dtype: str = "auto") -> Captioner:
+    """Load the captioner for ``spec`` in the studio's ``--dtype`` (ModelLoadError with a message when
+    it cannot be had)."""
     source, local = resolve_source(spec, models_dir=models_dir)
-    return _load(spec, source, local)
+    return _load(spec, source, local, dtype)
 
 
-def _load(spec: str, source: str, local: bool) -> Captioner:
+def _load(spec: str, source: str, local: bool, dtype_setting: str = "auto") -> Captioner:
     import transformers
 
     model_type = _model_type(source, local)
@@ -166,7 +167,7 @@ def _load(spec: str, source: str, local: bool) -> Captioner:
             f"cannot load captioner {spec!r}: its model_type is {model_type or 'missing'!r}; "
             "expected a BLIP-2 or BLIP captioning checkpoint."
         )
-    device, dtype = device_and_dtype()
+    device, dtype = device_and_dtype(dtype_setting)
     transformers.utils.logging.disable_progress_bar()
     try:
         processor = transformers.AutoProcessor.from_pretrained(source, local_files_only=local)

@@ -227,7 +227,8 @@ class CaptionWorker:
         with self._load_lock:
             if self._captioner is None or self._captioner.source != source:
                 self._captioner = None
-                self._captioner = load_captioner(spec, models_dir=self.studio.settings.models_dir)
+                self._captioner = load_captioner(spec, models_dir=self.studio.settings.models_dir,
+                                                 dtype=self.studio.settings.dtype)
             return self._captioner
 
     @property
