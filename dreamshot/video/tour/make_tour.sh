@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's video tour, end to end on the offline demo model (random weights: the GIFs show the
+# The video tour of docs/video.md, end to end on the offline demo model (random weights: the GIFs show the
 # pipeline working, not what a trained SD 1.5 makes). Run from the repository root:
 #     bash dreamshot/video/tour/make_tour.sh            # about 3 minutes on 2 CPU cores
 # Writes dreamshot/video/tour/{shot-clip,camera-zoom-in,transition-long-close,restyle}.gif (128 px).
@@ -27,7 +27,7 @@ python -m dreamshot video transition --prompt "a woman on a bridge" --from long 
 python -m dreamshot video restyle "$VIDEOS/b.mp4" --shot close --control canny --seed-policy fixed --max-frames 16 \
        --width 128 --height 128 --steps 8 --seed 7 --out "$WORK/restyle"
 
-# The GIFs for the README: the CLI's clip.gif (and the restyled MP4) with one shared 32-colour palette,
+# The GIFs for docs/video.md: the CLI's clip.gif (and the restyled MP4) with one shared 32-colour palette,
 # so each stays under 200 KB (random-weight frames are noise and compress badly).
 python - "$WORK" "$TOUR" <<'PY'
 import sys
