@@ -78,29 +78,57 @@ def build_tiny_sd(out_dir: Path, seed: int = SEED) -> Path:
     # made from this config reads it: without it DDIM clamps every x0 prediction to [-1, 1]).
     scheduler.register_to_config(clip_sample=False)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-sd-", dir=out_dir.parent))
-    try:
-        tokenizer_dir = write_clip_tokenizer(tmp / "_tokenizer_src")
-        from transformers import CLIPTokenizer
+    def write(folder: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=".demo-sd-tokenizer-", dir=folder.parent) as tok:
+            from transformers import CLIPTokenizer
 
-        tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+            tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(Path(tok))), local_files_only=True)
         tokenizer.model_max_length = 77
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
-        pipe.save_pretrained(str(tmp / "model"), safe_serialization=True)
-        (tmp / "model" / MARKER).write_text(json.dumps({
+        pipe.save_pretrained(str(folder), safe_serialization=True)
+        (folder / MARKER).write_text(json.dumps({
             "version": DEMO_VERSION, "seed": seed,
             "note": "Untrained demo model with random weights: SD 1.5 architecture, tiny sizes.",
         }))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        (tmp / "model").rename(out_dir)
+
+    return replace_folder(out_dir, write)
+
+
+def replace_folder(path: Path, write) -> Path:
+    """``write(folder)`` fills a new folder beside ``path``, which then replaces ``path`` whole: nobody
+    ever sees a half-written model. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        write(tmp / "model")
+        if path.exists():
+            shutil.rmtree(path)
+        (tmp / "model").rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return path
+
+
+def built_once(path: Path, current, build) -> Path:
+    """``path`` as ``build(path)`` makes it, built only when ``current(path)`` is false. Threads and
+    processes sharing the data folder (the app's warm-up, a request, a CLI) take a file lock, so one
+    builds it and none ever loads a folder another is replacing (``build`` should write through
+    ``replace_folder``)."""
+    import fcntl
+
+    path = Path(path)
+    if current(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not current(path):
+            build(path)
+    return path
 
 
 def _is_current(path: Path) -> bool:
@@ -112,17 +140,5 @@ def _is_current(path: Path) -> bool:
 
 
 def ensure_demo_model(models_dir: Path) -> Path:
-    """The demo model folder under models_dir, built once and reused. Threads and processes sharing
-    the data folder (the app's warm-up, a request, a CLI) take a file lock, so one builds it and
-    none ever loads a folder another is replacing."""
-    import fcntl
-
-    path = Path(models_dir) / "demo-sd"
-    if _is_current(path):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / ".demo-sd.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not _is_current(path):
-            build_tiny_sd(path)
-    return path
+    """The demo model folder under models_dir, built once and reused (``built_once``)."""
+    return built_once(Path(models_dir) / "demo-sd", _is_current, lambda path: build_tiny_sd(path))

@@ -9,11 +9,10 @@ checkpoint. Their scores are not measurements: results made with them say so.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
-import tempfile
 from pathlib import Path
+
+from dreamshot.demo_model import built_once, replace_folder
 
 DEMO = "demo"
 MARKER = "dreamshot-demo.json"
@@ -72,26 +71,18 @@ def _current(path: Path) -> bool:
 
 
 def ensure_demo(models_dir: Path, what: str) -> Path:
-    """The demo ``what`` ("CLIP" or "DINO") under ``models_dir``, built once. Threads and processes
-    sharing the data folder take a file lock, so one builds it and none loads a half-written one."""
+    """The demo ``what`` ("CLIP" or "DINO") under ``models_dir``, built once (``demo_model.built_once``:
+    one thread or process builds it, none loads a half-written one)."""
     from dreamshot.models import import_libraries
 
     name, build = BUILDERS[what]
-    path = Path(models_dir) / name
-    if _current(path):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not _current(path):
-            import_libraries()
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
-            try:
-                build(tmp / "model")
-                (tmp / "model" / MARKER).write_text(json.dumps({"version": VERSION, "seed": SEED, "note": NOTE}))
-                if path.exists():
-                    shutil.rmtree(path)
-                (tmp / "model").rename(path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+    def write(folder: Path) -> None:
+        build(folder)
+        (folder / MARKER).write_text(json.dumps({"version": VERSION, "seed": SEED, "note": NOTE}))
+
+    def build_it(path: Path) -> None:
+        import_libraries()
+        replace_folder(path, write)
+
+    return built_once(Path(models_dir) / name, _current, build_it)

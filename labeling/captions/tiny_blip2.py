@@ -9,10 +9,9 @@ the same ``from_pretrained(folder)`` code path as a real checkpoint. Its caption
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
 from pathlib import Path
+
+from dreamshot.demo_model import built_once, replace_folder
 
 IMAGE_SIZE = 32
 NUM_QUERY_TOKENS = 4
@@ -54,16 +53,13 @@ def _train_tokenizer():
 
 
 DEMO_DIR = "demo-blip2"
-_ENSURE_LOCK = threading.Lock()
 
 
 def ensure_tiny_blip2(models_dir: Path) -> Path:
-    """The studio's demo captioner under ``<models_dir>/demo-blip2``, built on first use."""
-    path = Path(models_dir) / DEMO_DIR
-    with _ENSURE_LOCK:
-        if not (path / "config.json").is_file():
-            build_tiny_blip2(path)
-    return path
+    """The studio's demo captioner under ``<models_dir>/demo-blip2``, built on first use by one thread or
+    process (``demo_model.built_once``)."""
+    return built_once(Path(models_dir) / DEMO_DIR, lambda path: (path / "config.json").is_file(),
+                      lambda path: build_tiny_blip2(path))
 
 
 def _text_config(kind: str, tokenizer) -> dict:
@@ -134,18 +130,11 @@ def build_tiny_blip(out_dir: Path, seed: int = SEED) -> Path:
 
 
 def _save(out_dir: Path, model, processor) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-captioner-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    return replace_folder(out_dir, write)
 
 
 if __name__ == "__main__":  # python -m labeling.tiny_blip2 OUT_DIR
