@@ -196,3 +196,31 @@ def test_ddim_never_clamps_latent_x0_predictions(demo_model_dir):
     bare = dict(PNDMScheduler(**SD15_SCHEDULER).config)          # no clip_sample key, as some SD 1.x copies
     assert make_scheduler(bare, "DDIM").config.clip_sample is False
     assert PNDMScheduler.load_config(demo_model_dir / "scheduler")["clip_sample"] is False
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_a_seed_starts_from_the_same_noise_in_every_dtype(studios, refs, dtype):
+    """72 px: a latent of 4·9·9 numbers, not a multiple of 16, where torch's CPU sampler fills some
+    numbers differently in float16/bfloat16 than in float32: drawn in the pipeline's dtype (the starting
+    noise, DPM++ SDE's Brownian noise), the seed made another picture than in float32."""
+    for sampler in ("DPM++ SDE Karras", "Euler"):   # the paper's (its Brownian noise too), and a plain ODE one
+        kw = dict(width=72, height=72, sampler=sampler)
+        assert_close(image(studios[dtype], **kw), refs.get(f"72 px {sampler}", lambda s, kw=kw: image(s, **kw)),
+                     dtype, f"72 px, {sampler}")
+
+
+def test_the_float32_noise_is_diffusers_own_draw():
+    """Drawing the noise ourselves changes no float32 picture: it is what diffusers draws for the seeds."""
+    from types import SimpleNamespace
+
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from dreamshot.generate.batch import initial_noise
+
+    pipe = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(in_channels=4), dtype=torch.float32),
+                           vae_scale_factor=8, _execution_device=torch.device("cpu"))
+    seeds = (3, 11)
+    ours = initial_noise(pipe, [torch.Generator().manual_seed(s) for s in seeds], 72, 80)
+    theirs = randn_tensor((2, 4, 10, 9), generator=[torch.Generator().manual_seed(s) for s in seeds],
+                          dtype=torch.float32)
+    assert torch.equal(ours, theirs)

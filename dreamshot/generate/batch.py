@@ -91,6 +91,18 @@ def encode_prompts(pipe, pairs: list[tuple], do_cfg: bool):
     return positive, negative
 
 
+def initial_noise(pipe, generators: list, width: int, height: int):
+    """Each image's starting noise drawn in float32 from its seed's CPU generator, then cast to the
+    pipeline's dtype: what diffusers draws itself in float32 (bit for bit), and the same noise in
+    float16/bfloat16 (drawn in those dtypes, torch's CPU sampler fills some numbers differently), so a
+    seed means the same picture whatever ``--dtype``, as in AUTOMATIC1111."""
+    import torch
+
+    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+    return noise.to(pipe._execution_device, pipe.unet.dtype)
+
+
 def run_batch(pipe, scheduler, items: list[Item], job, on_step, control: dict | None = None) -> list | None:
     """Denoise and decode one batch; returns PIL images in ``items`` order, None when the job was
     cancelled. ``on_step(step, total)`` gets the pipeline's 0-based step (no tensor is read: no
@@ -109,12 +121,13 @@ def run_batch(pipe, scheduler, items: list[Item], job, on_step, control: dict | 
         return kwargs
 
     pipe.scheduler = scheduler
+    latents = initial_noise(pipe, generators, req.width, req.height)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ta>=t0.*")
         warnings.filterwarnings("ignore", message=".*Should have.*")
         out = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=req.steps,
                    guidance_scale=req.cfg, width=req.width, height=req.height,
-                   generator=generators if len(generators) > 1 else generators[0],
+                   generator=generators if len(generators) > 1 else generators[0], latents=latents,
                    callback_on_step_end=on_step_end, **(control or {}))
     if job.cancelled:
         return None

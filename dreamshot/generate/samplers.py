@@ -121,9 +121,30 @@ def make_scheduler(base_config: dict, sampler: str, seed: int | list | None = No
     class_name, extra = SAMPLERS[sampler_name(sampler)]
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
     config.update(extra)
-    scheduler = getattr(diffusers, class_name).from_config(config)
+    cls = _float32_brownian_sde() if class_name == "DPMSolverSDEScheduler" else getattr(diffusers, class_name)
+    scheduler = cls.from_config(config)
     seed_scheduler(scheduler, seed)
     return scheduler
+
+
+def _float32_brownian_sde():
+    """DPM++ SDE whose Brownian-tree noise is drawn in float32 and cast to the latents' dtype: drawn in
+    float16/bfloat16 (diffusers' own), torch's CPU sampler fills some numbers differently, so a seed
+    gave another picture in reduced precision at sizes whose latent is not a multiple of 16 numbers."""
+    import torch
+    from diffusers import DPMSolverSDEScheduler
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    class Float32BrownianSDEScheduler(DPMSolverSDEScheduler):
+        def step(self, model_output, timestep, sample, *args, **kwargs):
+            if self.noise_sampler is None and sample.dtype != torch.float32:
+                positive = self.sigmas[self.sigmas > 0]
+                tree = BrownianTreeNoiseSampler(sample.float(), positive.min().item(), self.sigmas.max().item(),
+                                                self.noise_sampler_seed)
+                self.noise_sampler = lambda sigma, sigma_next: tree(sigma, sigma_next).to(sample.dtype)
+            return super().step(model_output, timestep, sample, *args, **kwargs)
+
+    return Float32BrownianSDEScheduler
 
 
 def seed_scheduler(scheduler, seeds) -> None:
