@@ -83,7 +83,11 @@ def test_browser_keys_settings_and_clips_as_a_new_user_meets_them(studio, tmp_pa
     page.get_by_role("button", name="Start / resume").click()
     page.wait_for_selector("#label-frame img.lf-crop")
     page.get_by_text("Project settings: taxonomy").click()
-    page.get_by_label("Quotas (class=n, …)").fill("close=4, medium=4, long=4")
+    quotas = page.get_by_label("Quotas (class=n, …)")
+    # the page's own load fills the form (one of many load events: late on a loaded machine); typing before
+    # it lands would be overwritten by it
+    page.wait_for_function("el => el.value.includes('close=')", arg=quotas.element_handle())
+    quotas.fill("close=4, medium=4, long=4")
     page.get_by_role("button", name="Save settings").click()
     page.wait_for_function("document.querySelector('#label-progress').innerText.includes('0/4')")
 
