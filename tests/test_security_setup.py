@@ -122,3 +122,28 @@ def test_the_cli_names_image_bombs_and_non_images_in_one_line(studio, tmp_path, 
         assert main(["generate", *common, "--control-image", str(reference)]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_and_evaluate_folders_from_the_page_stay_inside_the_roots(studio, tmp_path):
+    """The other server folders the page takes: Train's imagefolder (read) and class-image folder
+    (prior preservation writes into it), Evaluate's held-out frames folder."""
+    from dreamshot.evaluate.tab import EvalForm, EvaluateHandlers
+    from training import config as tconfig
+    from training.tab import TrainHandlers
+    from training.views import FORM_NAMES, TrainForm
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    train = TrainHandlers(studio)
+    values = {name: getattr(tconfig.preset("smoke"), name) for name in FORM_NAMES}
+    with pytest.raises(InvalidInput, match="imagefolder .* is outside the folders the page may use"):
+        train.start(TrainForm.from_inputs(["close"], "smoke", str(outside), "", *[values[n] for n in FORM_NAMES]),
+                    request=None)
+    values.update(prior_preservation=True, class_dir=str(outside / "class"))
+    with pytest.raises(InvalidInput, match="Class-image folder .* is outside the folders the page may use"):
+        train.start(TrainForm.from_inputs(["close"], "smoke", "", "", *[values[n] for n in FORM_NAMES]), request=None)
+    assert not (outside / "class").exists() and train.runner.list_runs() == []
+    with pytest.raises(InvalidInput, match="held-out frames folder .* is outside the folders the page may use"):
+        EvaluateHandlers(studio).options(EvalForm(name="x", frames=str(outside)))
+    inside = studio.settings.data_dir / "held-out"
+    assert EvaluateHandlers(studio).options(EvalForm(name="x", frames=str(inside))).frames == str(inside.resolve())

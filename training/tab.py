@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from dreamshot.errors import InvalidInput
+from dreamshot.server_paths import confine
 from dreamshot.ui import QUIET, admin_name, guarded
 from training import config as tconfig
 from training import jobs, views
@@ -86,9 +87,15 @@ class TrainHandlers:
         """Queue one run per shot type; the view follows the queue from the first one. Messages name
         the settings by ``names`` (the form's labels; /train_start adds its parameter names)."""
         who = admin_name(self.studio, request)
-        created = self.runner.submit(jobs.TrainRequest(shots=form.shots, preset=form.preset,
-                                                       overrides=form.overrides(names), dataset=form.dataset,
-                                                       hub_token=form.hub_token, names=names))
+        # Server folders typed in the page stay inside the allowed roots (README, Access): the imagefolder
+        # read, and the class-image folder prior preservation writes into.
+        roots = self.studio.settings.allowed_roots
+        dataset = str(confine(form.dataset, roots, "imagefolder")) if (form.dataset or "").strip() else ""
+        overrides = form.overrides(names)
+        if overrides.get("class_dir"):
+            overrides["class_dir"] = str(confine(overrides["class_dir"], roots, names.get("class_dir", "class_dir")))
+        created = self.runner.submit(jobs.TrainRequest(shots=form.shots, preset=form.preset, overrides=overrides,
+                                                       dataset=dataset, hub_token=form.hub_token, names=names))
         self.runner.tick()  # start at once when the GPU is free
         runs = self.runner.list_runs()
         names = ", ".join(f"#{r.id} {r.shot}" for r in created)

@@ -20,6 +20,7 @@ from dreamshot.evaluate.judge import JUDGES
 from dreamshot.evaluate.pairs import EvalOptions
 from dreamshot.evaluate.service import service
 from dreamshot.generate import generators
+from dreamshot.server_paths import confine
 from dreamshot.ui import QUIET, admin_name, generator_dropdowns, guarded
 
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,63}$")
@@ -62,7 +63,10 @@ class EvaluateHandlers:
         except (TypeError, ValueError):
             raise InvalidInput("Pairs, batch, size and steps must be whole numbers; α values numbers "
                                "separated by commas.") from None
-        return EvalOptions(out=str(self.folder(form.name)), frames=(form.frames or "test").strip(),
+        frames = (form.frames or "test").strip()
+        if frames != "test":   # a server folder typed in the page: inside the allowed roots (README, Access)
+            frames = str(confine(frames, self.studio.settings.allowed_roots, "held-out frames folder"))
+        return EvalOptions(out=str(self.folder(form.name)), frames=frames,
                            shots=list(form.shots or []) or None, pairs=numbers["pairs"], alpha=float(form.alpha),
                            clip_model=(form.clip_model or "").strip(), dino_model=(form.dino_model or "").strip(),
                            judge=form.judge,
