@@ -182,7 +182,10 @@ def train(ctx: Ctx, method: str) -> list:
     del trainer, result       # in the studio the trainer is a process of its own: free it before generating
     gc.collect()
     name = f"{method}-{ctx.studio.settings.dtype}"
-    file = out / (f"{cfg.run_name}.safetensors" if method != "lora" else "pytorch_lora_weights.safetensors")
+    from training.ti import embedding_stem
+
+    stem = embedding_stem(cfg) if method == "ti" else cfg.run_name     # an embedding is named after its token
+    file = out / (f"{stem}.safetensors" if method != "lora" else "pytorch_lora_weights.safetensors")
     lib = LoraLibrary(ctx.studio)      # (registering a name again replaces it)
     if method == "ti":
         lib.register(file, name=name, shot="close", origin="trained", kind="embedding", method="ti",
