@@ -88,7 +88,7 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
     from gradio_client.exceptions import AppError
 
     client = Client(serve(studio), verbose=False)
-    dataset = str(make_imagefolder(tmp_path / "set", shots=SHOTS, per_shot=2))
+    dataset = str(make_imagefolder(studio.settings.data_dir / "set", shots=SHOTS, per_shot=2))
 
     with pytest.raises(AppError, match=r"LoRA rank \(rank\) must be between 1 and 256"):
         client.predict(SHOTS, "smoke", dataset, "", *form(client, rank=0), api_name="/train_start")
@@ -140,7 +140,7 @@ def test_three_shot_loras_with_live_progress_cancel_and_resume(studio, serve, tm
 
 @pytest.mark.browser
 def test_train_tab_in_the_browser(studio, serve, page, tmp_path, artifacts_dir):
-    dataset = make_imagefolder(tmp_path / "set", shots=SHOTS, per_shot=2)
+    dataset = make_imagefolder(studio.settings.data_dir / "set", shots=SHOTS, per_shot=2)
     page.goto(serve(studio))
     page.locator("#demo-banner").first.wait_for()  # the page has been drawn
     page.get_by_role("tab", name="Train").click()
