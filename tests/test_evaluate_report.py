@@ -47,3 +47,12 @@ def test_the_offline_depth_model_message_names_the_model_once(studio):
         controls(studio).depth()
     message = str(refused.value)
     assert message.count(DEFAULT_DEPTH_MODEL) == 1 and "DREAMSHOT_DEPTH_MODEL" in message
+
+
+@pytest.mark.parametrize("lo, hi", [(-0.4212, -0.4210), (0.95301, 0.95304), (0.2, 0.9)])
+def test_the_alpha_curve_labels_its_two_ends_apart(lo, hi):
+    """An α curve that moves by 0.0002 read -0.421 at both ends of its axis."""
+    from dreamshot.evaluate.report import _digits
+
+    digits = _digits(lo, hi)
+    assert f"{lo:.{digits}f}" != f"{hi:.{digits}f}" and digits <= 6

@@ -261,9 +261,19 @@ def _curve_panel(d, box, title: str, xs: list[float], ys: list[float], colour) -
     pts = [(x0 + (x - min(xs)) / span_x * (x1 - x0), y1 - (y - lo) / span_y * (y1 - y0)) for x, y in zip(xs, ys)]
     d.line((x0, y0, x0, y1), fill="black")
     d.line((x0, y1, x1, y1), fill="black")
+    digits = _digits(lo, hi)
     for v in (lo, hi):
-        d.text((x0 - 6, y1 - (v - lo) / span_y * (y1 - y0)), f"{v:.3f}", fill="black", font=small, anchor="rm")
+        d.text((x0 - 6, y1 - (v - lo) / span_y * (y1 - y0)), f"{v:.{digits}f}", fill="black", font=small, anchor="rm")
     d.line(pts, fill=colour, width=3)
     for (px, py), x in zip(pts, xs):
         d.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour)
         d.text((px, y1 + 6), f"{x:g}", fill="black", font=small, anchor="mt")
+
+
+def _digits(lo: float, hi: float) -> int:
+    """Decimals that tell ``lo`` and ``hi`` apart (3 at least, 6 at most): an α curve that moves by
+    0.0002 must not read -0.421 at both ends."""
+    import math
+
+    span = abs(hi - lo)
+    return 3 if span == 0 else max(3, min(6, 1 - math.floor(math.log10(span))))
