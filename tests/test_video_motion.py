@@ -12,6 +12,7 @@ import pytest
 
 from dreamshot.errors import InvalidInput
 from training import config as tconfig
+from tests.precision_models import clips   # clips of a texture sliding sideways (shared with the precision tests)
 from training.motion import MotionTrainer, spatial_targets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -19,29 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FAST = dict(resolution=64, max_steps=2, validation_steps=0, checkpoint_steps=0, validation_inference_steps=2)
 
 
-def make_clip_folder(folder, n=3, frames=6, size=64, seed=0):
-    """Clips of a texture sliding sideways, as ``labeling.clips.export_clips`` writes them."""
-    from PIL import Image
-
-    from labeling import clips
-
-    (folder / "clips").mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        base = rng.integers(0, 255, (size, size, 3))
-        images = [Image.fromarray(np.roll(base, 3 * k, axis=1).astype(np.uint8)) for k in range(frames)]
-        name = f"clips/{i:07d}_close.mp4"
-        (folder / name).write_bytes(clips.encode(images, 8))
-        rows.append({"file_name": name, "shot": "close", "text": f"a high-quality close shot picture of thing {i}",
-                     "caption": f"thing {i}", "frames": frames, "fps": 8})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    return make_clip_folder(tmp_path_factory.mktemp("clips") / "set")
+    return clips(tmp_path_factory.mktemp("clips") / "set", n=3)
 
 
 def motion_config(clip_folder, demo_model_dir, out, **changes):
