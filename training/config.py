@@ -52,6 +52,12 @@ def _f(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+def setting_name(field: str, names: dict | None = None) -> str:
+    """How a message names a setting: as the caller shows it (``names``: field -> label, e.g. the Train
+    tab's ``Steps``), else its command-line flag (``--max-steps``)."""
+    return (names or {}).get(field) or "--" + field.replace("_", "-")
+
+
 @dataclass
 class TrainConfig:
     # ---- what and where -----------------------------------------------------------------------
@@ -172,7 +178,7 @@ class TrainConfig:
         """Every out-of-range or inconsistent value, as sentences for the user. Each setting is
         named as the caller shows it: ``names`` (field -> label, e.g. the Train tab's ``Steps``),
         else its command-line flag (``--max-steps``)."""
-        n = (lambda name: (names or {}).get(name) or "--" + name.replace("_", "-"))
+        n = (lambda name: setting_name(name, names))
         out = []
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata

@@ -11,14 +11,16 @@ from dreamshot.errors import InvalidInput
 SHOWN = 8   # frame ids named per shot type
 
 
-def uncaptioned(studio, shot: str, *, method: str = "lora") -> list[int]:
-    """The frames a studio run of ``shot`` would export (final labels of the train split, no extras;
-    for a motion run only those with a clip) that have no caption."""
+def uncaptioned(studio, shots: list[str], *, method: str = "lora") -> dict[str, list[int]]:
+    """Per shot type, the frames a studio run would export (final labels of the train split, no
+    extras; for a motion run only those with a clip) that have no caption; shots without any left out.
+    The final labels are read once for all the shots."""
     from dreamshot import schema
     from labeling import labels
     from labeling.captions.service import frames_without_caption
 
-    ids = [fid for fid, s in labels.final_labels(studio, include_extra=False, split="train").items() if s == shot]
+    final = labels.final_labels(studio, include_extra=False, split="train")
+    ids = [fid for fid, s in final.items() if s in shots]
     if method == "motion" and ids:
         import sqlalchemy as sa
 
@@ -26,12 +28,15 @@ def uncaptioned(studio, shot: str, *, method: str = "lora") -> list[int]:
         with studio.db.read() as conn:
             metas = dict(conn.execute(sa.select(f.c.id, f.c.meta).where(f.c.id.in_(ids))).all())
         ids = [fid for fid in ids if (metas.get(fid) or {}).get("clip")]
-    return frames_without_caption(studio, ids)
+    missing: dict[str, list[int]] = {}
+    for fid in frames_without_caption(studio, ids):
+        missing.setdefault(final[fid], []).append(fid)
+    return {shot: missing[shot] for shot in shots if shot in missing}
 
 
 def refuse_uncaptioned(studio, shots: list[str], *, method: str = "lora") -> None:
     """InvalidInput naming, per shot type, the frames without a caption; nothing when all have one."""
-    missing = {shot: ids for shot in shots if (ids := uncaptioned(studio, shot, method=method))}
+    missing = uncaptioned(studio, shots, method=method)
     if not missing:
         return
     total = sum(len(ids) for ids in missing.values())

@@ -32,14 +32,8 @@ def lora_state(unet, text_encoder=None) -> dict:
     """The LoRA weights in diffusers' key format (``unet.*.lora.down.weight`` / ``.lora.up.weight``),
     unscaled (the effective update is alpha / rank * up @ down)."""
     from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
 
-    out = {}
-    for prefix, model in (("unet", unet), ("text_encoder", text_encoder)):
-        if model is not None:
-            part = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
-            out.update({f"{prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in part.items()})
-    return out
+    return convert_state_dict_to_diffusers(peft_state(unet, text_encoder))
 
 
 def peft_state(unet, text_encoder=None) -> dict:
@@ -105,15 +99,12 @@ def kohya_key(component: str, module: str) -> str:
     return "lora_te_" + module.replace(".", "_")
 
 
-_PEFT_ROLES = ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"),
-               (".lora.down.weight", "lora_down.weight"), (".lora.up.weight", "lora_up.weight"),
-               (".lora_linear_layer.down.weight", "lora_down.weight"),
-               (".lora_linear_layer.up.weight", "lora_up.weight"))
+_PEFT_ROLES = ((".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"))
 
 
-def diffusers_to_kohya(state_dict: dict, alpha: float, te_alpha: float | None = None) -> dict:
-    """A LoRA state dict with ``unet.`` / ``text_encoder.`` prefixes (PEFT ``lora_A``/``lora_B`` or
-    diffusers ``lora.down``/``lora_linear_layer.down`` names, unscaled) -> kohya keys:
+def peft_to_kohya(state_dict: dict, alpha: float, te_alpha: float | None = None) -> dict:
+    """A LoRA state dict with ``unet.`` / ``text_encoder.`` prefixes (PEFT ``lora_A``/``lora_B`` names,
+    unscaled: ``peft_state``) -> kohya keys:
     ``<kohya_key>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` (the real LoRA alpha, so the
     scale is alpha / rank as trained; diffusers' own converter writes alpha = rank)."""
     import torch
@@ -189,7 +180,7 @@ def save_kohya(out_path: Path, unet, text_encoder=None, *, metadata: dict[str, s
 
     alpha = _scale(unet)[1]
     te_alpha = _scale(text_encoder)[1] if text_encoder is not None else None
-    kohya = diffusers_to_kohya(peft_state(unet, text_encoder), alpha, te_alpha)
+    kohya = peft_to_kohya(peft_state(unet, text_encoder), alpha, te_alpha)
     out_path = Path(out_path)
     tmp = _atomic_target(out_path)
     save_file(kohya, str(tmp), metadata={"format": "pt", **(metadata or {})})

@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.export import kohya_key
+
 BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
 
 
@@ -61,7 +63,7 @@ def lora_weight_names(unet) -> set[str]:
 
 
 def kohya_name(module: str) -> str:
-    return "lora_unet_" + module.replace(".", "_")
+    return kohya_key("unet", module)
 
 
 def svd_factors(delta, rank: int):

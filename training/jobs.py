@@ -37,7 +37,7 @@ from dreamshot.storage import now
 from training import process, runs
 from training.checkpoints import list_checkpoints
 from training.components import precision_for
-from training.config import TrainConfig, preset
+from training.config import TrainConfig, preset, setting_name
 from training.dataset_check import refuse_uncaptioned
 from training.runs import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RESUMABLE, RUNNING, RunInfo  # noqa: F401
 from training.status import StatusLog, StatusReader, classify_error, last_ending
@@ -110,7 +110,7 @@ class TrainingRunner:
             check_sd1_folder(Path(source))
         overrides = {k: v for k, v in (request.overrides or {}).items() if v is not None and k not in FIXED_FIELDS}
         if overrides.get("token") and len(request.shots) > 1:
-            token = (request.names or {}).get("token") or "--token"
+            token = setting_name("token", request.names)
             raise InvalidInput(f"A {token} names one shot type's token: train one shot type at a time, or leave "
                                "the token empty (each shot gets its own, SHOT-shot).")
         if request.dataset and not Path(request.dataset).is_dir():
