@@ -63,7 +63,8 @@ except DreamShotError as exc:
 # Gradio's cache (uploads, pictures shown on pages) of this process alone: it is swept (DELETE_CACHE) and
 # emptied when the server stops, which must not take the files of another server on this machine (a
 # survey-only server beside the studio) whose pictures have the same content and so the same names.
-os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="dreamshot-gradio-"))
+if "GRADIO_TEMP_DIR" not in os.environ:   # (a folder is made only when none is set)
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="dreamshot-gradio-")
 
 # The UI only now: gradio and the tab modules take seconds to import, and a wrong setup was refused above.
 import gradio as gr  # noqa: E402
@@ -184,7 +185,7 @@ def studio_header(studio: Studio) -> str:
 
 def launch_kwargs(studio: Studio) -> dict:
     # Uvicorn (under Gradio) believes X-Forwarded-For from loopback peers by default, which would let
-    # a local client pick any address; only DREAMSHOT_TRUSTED_PROXIES decides (dreamshot/survey/limits.py).
+    # a local client pick any address; only DREAMSHOT_TRUSTED_PROXIES decides (dreamshot/client_address.py).
     # Uvicorn reads this when the server starts; an explicit FORWARDED_ALLOW_IPS is kept.
     os.environ.setdefault("FORWARDED_ALLOW_IPS", "")
     s = studio.settings

@@ -57,9 +57,10 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None, *, interrupted:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if input_message(exc) is None:   # an internal error: the traceback helps
+        message = input_message(exc)
+        if message is None:   # an internal error: the traceback helps
             raise
-        print(f"error: {input_message(exc)}", file=sys.stderr)   # e.g. an image bomb, a file that is not an image
+        print(f"error: {message}", file=sys.stderr)   # e.g. an image bomb, a file that is not an image
         return 2
     except KeyboardInterrupt:
         print(f"interrupted; {interrupted}", file=sys.stderr)

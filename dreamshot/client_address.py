@@ -12,6 +12,7 @@ another): they are one list, joined in order (RFC 7230 §3.2.2) before the right
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 
@@ -19,7 +20,8 @@ TRUSTED_PROXIES_ENV = "DREAMSHOT_TRUSTED_PROXIES"
 HEADER = "x-forwarded-for"
 
 
-def _networks(text: str | None) -> list:
+@functools.lru_cache(maxsize=8)   # read on every survey request: parsed once per setting
+def _networks(text: str | None) -> tuple:
     out = []
     for part in (text or "").split(","):
         part = part.strip()
@@ -28,7 +30,7 @@ def _networks(text: str | None) -> list:
                 out.append(ipaddress.ip_network(part, strict=False))
             except ValueError:
                 raise ValueError(f"{TRUSTED_PROXIES_ENV}: {part!r} is not an address or network") from None
-    return out
+    return tuple(out)
 
 
 def _in(address: str, networks: list) -> bool:

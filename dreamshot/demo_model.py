@@ -141,4 +141,4 @@ def _is_current(path: Path) -> bool:
 
 def ensure_demo_model(models_dir: Path) -> Path:
     """The demo model folder under models_dir, built once and reused (``built_once``)."""
-    return built_once(Path(models_dir) / "demo-sd", _is_current, lambda path: build_tiny_sd(path))
+    return built_once(Path(models_dir) / "demo-sd", _is_current, build_tiny_sd)

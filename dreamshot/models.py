@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from dreamshot.demo_model import ensure_demo_model, is_demo_model
 from dreamshot.errors import ModelLoadError
 from dreamshot.precision import device_and_dtype, dtype_name, precision_text, upcast_vae  # noqa: F401 (re-exported)
+from dreamshot.safety import quiet_libraries
 from dreamshot.settings import DEFAULT_MODEL, DEMO_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -278,14 +279,8 @@ def load_pipeline(source: str, dtype_setting: str = "auto"):
     if device.type == "cpu" and dtype != torch.float32:
         log.warning("--dtype %s on the CPU: slow, for checking the GPU's code paths (auto uses float32 here)",
                     dtype_name(dtype))
-        from diffusers.utils import logging as dlogging
-
-        level = dlogging.get_verbosity()
-        dlogging.set_verbosity_error()   # diffusers' "cannot run on cpu": it can, in torch 2.13
-        try:
+        with quiet_libraries():   # diffusers' "cannot run on cpu": it can, in torch 2.13
             pipe = pipe.to(device)
-        finally:
-            dlogging.set_verbosity(level)
     else:
         pipe = pipe.to(device)
     if upcast_vae(pipe.vae, dtype):

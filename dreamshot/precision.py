@@ -34,13 +34,12 @@ def dtype_name(dtype) -> str:
 
 def precision_text(setting: str, loaded=None) -> str:
     """One line for /status: the dtype in use once the model is loaded, else the setting."""
+    setting = parse_dtype(setting)
     if loaded is not None:
         device, dtype = loaded
-        auto = " (auto)" if parse_dtype(setting) == "auto" else ""
+        auto = " (auto)" if setting == "auto" else ""
         return f"{dtype_name(dtype)} on {getattr(device, 'type', device)}{auto}"
-    if parse_dtype(setting) == "auto":
-        return "auto: float16 on a CUDA GPU, float32 elsewhere"
-    return parse_dtype(setting)
+    return "auto: float16 on a CUDA GPU, float32 elsewhere" if setting == "auto" else setting
 
 
 def precision_setting(setting: str) -> str:
@@ -84,11 +83,7 @@ def upcast_vae(vae, compute_dtype) -> bool:
 
 def _quiet_cast(model, dtype) -> None:
     """``model.to(dtype)`` without diffusers' notice about modules kept in float32 (none are here)."""
-    from diffusers.utils import logging as dlogging
+    from dreamshot.safety import quiet_libraries
 
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
+    with quiet_libraries():
         model.to(dtype=dtype)
-    finally:
-        dlogging.set_verbosity(level)

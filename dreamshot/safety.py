@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -34,8 +35,6 @@ NOT_AN_IMAGE = "The file is not an image that can be read (PNG, JPEG or WebP)."
 def input_message(exc: BaseException) -> str | None:
     """The one-line message for an exception that a bad input file causes inside a library (an
     image bomb, a file that is not an image), or None when ``exc`` is not one of those."""
-    import sys
-
     pil = sys.modules.get("PIL.Image")
     if pil is None:
         return None
@@ -123,6 +122,28 @@ class KnownNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "requires torchvision (not installed)" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_libraries(*warning_patterns: str, transformers: bool = False):
+    """diffusers' (and with ``transformers``, transformers') notices silenced for a block, and Python
+    warnings matching ``warning_patterns`` ignored: for notices that are expected where they are used
+    (a dtype cast, UNet-only LoRAs as named adapters, new embedding rows) and noise in a log."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    levels = dlogging.get_verbosity(), tlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    if transformers:
+        tlogging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            for pattern in warning_patterns:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        dlogging.set_verbosity(levels[0])
+        tlogging.set_verbosity(levels[1])
 
 
 def configure_logging(secrets: list[str] | None = None, level: int = logging.INFO) -> None:

@@ -184,7 +184,7 @@ def from_args(ns: argparse.Namespace | None = None) -> Settings:
     if not 1 <= port <= 65535:
         raise SettingsError(f"--port must be between 1 and 65535, got {port}")
     return Settings(
-        dtype=parse_dtype(get("dtype") or _env("DREAMSHOT_DTYPE", default="auto")),
+        dtype=get("dtype") or _env("DREAMSHOT_DTYPE", default="auto"),   # checked by Settings itself
         data_dir=Path(get("data") or _env("DREAMSHOT_DATA", default=DEFAULT_DATA)).expanduser(),
         model=(get("model") or _env("DREAMSHOT_MODEL", default=DEFAULT_MODEL)).strip(),
         db_url=get("db") or _env("DREAMSHOT_DB"),

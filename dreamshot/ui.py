@@ -40,8 +40,9 @@ def _to_gr_error(exc: BaseException, handler: str) -> gr.Error:
         exc.message = redact(str(exc.message))
         exc.print_exception = False
         return exc
-    if isinstance(exc, DreamShotError) or input_message(exc):
-        message = redact(str(exc)) if isinstance(exc, DreamShotError) else input_message(exc)
+    bad_file = None if isinstance(exc, DreamShotError) else input_message(exc)
+    if isinstance(exc, DreamShotError) or bad_file:
+        message = bad_file or redact(str(exc))
         log.info("refused in %s: %s: %s", handler, type(exc).__name__, message)  # one line, no traceback
         return gr.Error(message, print_exception=False)
     ref = uuid.uuid4().hex[:8]

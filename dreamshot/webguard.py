@@ -33,6 +33,7 @@ log = logging.getLogger("dreamshot.web")
 
 API_PREFIX = "/gradio_api"
 FILE_ROUTES = (f"{API_PREFIX}/upload", f"{API_PREFIX}/process_recording")
+LOGIN_ROUTE = "/login"
 MAX_REQUEST_BYTES = 2 * 1024 ** 3      # everything one upload request carries (files: 1 GB each)
 MIN_FREE_BYTES = 1024 ** 3             # disk left beside the upload folder after an upload
 
@@ -59,9 +60,11 @@ class StudioGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = LOGIN_ADDRESS.set(scope_ip(scope))
+        path = get_route_path(scope).rstrip("/")
+        # gradio calls the auth= check only from its /login route: the address is worked out for that one
+        token = LOGIN_ADDRESS.set(scope_ip(scope)) if path == LOGIN_ROUTE else None
         try:
-            if get_route_path(scope).rstrip("/") in FILE_ROUTES:
+            if path in FILE_ROUTES:
                 refusal = self._upload_refusal(scope)
                 if refusal is not None:
                     await self._send(send, *refusal)
@@ -69,7 +72,8 @@ class StudioGuard:
                 receive = self._bounded(receive)
             await self._guarded(scope, receive, send)
         finally:
-            LOGIN_ADDRESS.reset(token)
+            if token is not None:
+                LOGIN_ADDRESS.reset(token)
 
     # ---- uploads -------------------------------------------------------------------------------------
     def _upload_refusal(self, scope) -> tuple[int, str] | None:

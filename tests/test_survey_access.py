@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dreamshot.access import LOGIN_ADDRESS, Access, LoginThrottle
-from dreamshot.survey.limits import RateLimiter, client_ip, forwarded_for
+from dreamshot.client_address import client_ip, forwarded_for
+from dreamshot.survey.limits import RateLimiter
 
 
 class Clock:

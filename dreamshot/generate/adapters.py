@@ -23,11 +23,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dreamshot.errors import DreamShotError, ModelLoadError
+from dreamshot.safety import quiet_libraries
 from dreamshot.generate.loras import LoraInfo, ModelShapes, inspect_lora_file, store_upload
 
 log = logging.getLogger(__name__)
@@ -246,17 +245,7 @@ class AdapterSet:
         return info
 
 
-@contextmanager
 def quiet_diffusers():
     """Silence diffusers' 'no text-encoder keys' notice and peft's multiple-adapters warning: both
     are expected when several UNet-only LoRAs are loaded as named adapters."""
-    from diffusers.utils import logging as dlogging
-
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
-            yield
-    finally:
-        dlogging.set_verbosity(level)
+    return quiet_libraries(".*multiple adapters.*")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dreamshot.errors import DreamShotError, InvalidInput, ModelLoadError
+from dreamshot.safety import quiet_libraries
 from dreamshot.generate.loras import (
     _FAMILIES, FLOAT_DTYPES, PICKLE_SUFFIXES, LoraInfo, _split_key, clean_lora_name, file_sha256,
 )
@@ -216,23 +217,16 @@ class EmbeddingSet:
             self._load(info, vectors)
 
     def _load(self, info: LoraInfo, vectors) -> None:
-        from diffusers.utils import logging as dlogging
-        from transformers.utils import logging as tlogging
-
         tokenizer = self.pipe.tokenizer
         clean_token(info.token, tokenizer)
-        level, t_level = dlogging.get_verbosity(), tlogging.get_verbosity()
-        dlogging.set_verbosity_error()
-        tlogging.set_verbosity_error()   # the new rows' initialisation notice: they are overwritten at once
+        # transformers' notice on the new rows' initialisation: they are overwritten at once
         try:
-            vectors = vectors.to(dtype=self.pipe.text_encoder.dtype)
-            self.pipe.load_textual_inversion(vectors, token=info.token)
+            with quiet_libraries(transformers=True):
+                vectors = vectors.to(dtype=self.pipe.text_encoder.dtype)
+                self.pipe.load_textual_inversion(vectors, token=info.token)
         except Exception as exc:
             log.warning("embedding %s refused by diffusers: %s: %.500s", info.name, exc.__class__.__name__, exc)
             raise ModelLoadError(f"The embedding {info.name!r} cannot be loaded into this base model.") from None
-        finally:
-            dlogging.set_verbosity(level)
-            tlogging.set_verbosity(t_level)
         tokens = [info.token, *(f"{info.token}_{i}" for i in range(1, len(vectors)))]
         self.loaded[info.token] = (info.sha256, tokens)
         self.active = {n: i for n, i in self.active.items() if i.token != info.token}

@@ -1,6 +1,6 @@
 """How often one client may act: per-address caps of the survey. Who the client is (the address
 behind a trusted proxy, ``DREAMSHOT_TRUSTED_PROXIES``) is ``dreamshot.client_address``'s rule,
-shared with the login throttle and re-exported here.
+shared with the login throttle.
 
     DREAMSHOT_SURVEY_MAX_NEW_PER_HOUR     new participants per address per hour   [default 30]
                                           counted in the database (``ip_hash``): every server on
@@ -15,8 +15,6 @@ import os
 import threading
 import time
 from collections import defaultdict, deque
-
-from dreamshot.client_address import TRUSTED_PROXIES_ENV, client_ip, forwarded_for, request_ip  # noqa: F401 (re-exported)
 
 MAX_NEW_ENV = "DREAMSHOT_SURVEY_MAX_NEW_PER_HOUR"
 MAX_ANSWERS_ENV = "DREAMSHOT_SURVEY_MAX_ANSWERS_PER_MIN"

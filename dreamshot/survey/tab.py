@@ -21,9 +21,9 @@ import logging
 import gradio as gr
 
 from dreamshot.access import ADMIN
+from dreamshot.client_address import request_ip
 from dreamshot.errors import DreamShotError
 from dreamshot.safety import redact
-from dreamshot.survey.limits import request_ip
 from dreamshot.survey.service import QUESTIONS, service
 from dreamshot.ui import guarded
 
@@ -87,10 +87,6 @@ HEAD = """
 """
 
 
-def _ip(request: gr.Request | None) -> str:
-    return request_ip(request)   # every X-Forwarded-For line, behind DREAMSHOT_TRUSTED_PROXIES only
-
-
 class SurveyHandlers:
     """Participant actions. ``join``/``view``/``answer`` are the JSON API; ``ui_*`` return the
     component updates of the page (``len(self.view_outputs)`` values)."""
@@ -107,7 +103,7 @@ class SurveyHandlers:
         """Join an open survey ('' = the only open one); keeps `token` if it is already yours. A
         studio member (the full studio, not a survey-only server) joins as a preview: not counted."""
         member = self.studio.access.role(getattr(request, "username", None)) == ADMIN
-        return self.service.view(self.service.join(survey, token, _ip(request), preview=member))
+        return self.service.view(self.service.join(survey, token, request_ip(request), preview=member))
 
     def view(self, token: str) -> dict:
         """Progress and the current pair (slot, pair_id, shot, prompt, answered) of a participant."""
@@ -115,7 +111,7 @@ class SurveyHandlers:
 
     def answer(self, token: str, slot: int, pair_id: int, question: str, answer: str, request: gr.Request) -> dict:
         """Store one answer: question like|shot|prompt, answer A|B|N. Committed before it returns."""
-        return self.service.answer(token, slot, pair_id, question, answer, _ip(request))
+        return self.service.answer(token, slot, pair_id, question, answer, request_ip(request))
 
     def images(self, token: str, slot):
         return self.service.images(token, slot)

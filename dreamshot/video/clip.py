@@ -15,12 +15,11 @@ loaded base pipeline's components, and camera moves (AnimateDiff motion LoRAs).
 from __future__ import annotations
 
 import logging
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 from dreamshot.errors import InvalidInput, ModelLoadError
 from dreamshot.models import HUB_ID, hub_unavailable, local_or_cached
+from dreamshot.safety import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +140,7 @@ def demo_camera_lora(motion_unet, move: str, rank: int = 4) -> dict:
     return state
 
 
-@contextmanager
 def quiet():
     """Silence the notices every tiny or fp32 build prints (diffusers' 'modules kept in float32',
     peft's 'multiple adapters'): expected here, and noise on the CLI."""
-    from diffusers.utils import logging as dlogging
-
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(multiple adapters|peft_config).*")
-            yield
-    finally:
-        dlogging.set_verbosity(level)
+    return quiet_libraries(".*(multiple adapters|peft_config).*")
