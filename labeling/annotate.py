@@ -23,7 +23,7 @@ from labeling import crop, labels
 from labeling.sampler import SPLITS, TRAIN, QueueKey, QueueSettings, Sampler, fraction
 from labeling.suggest import orders
 from labeling.suggest.model import Suggestion
-from labeling.suggest.service import SuggestSettings, service as suggest_service
+from labeling.suggest.service import PREFIX, SuggestSettings, service as suggest_service
 
 PREFETCH = 4
 ALL_MET = "Every quota is met. Further labels are kept as extras (not used for training by default)."
@@ -145,7 +145,7 @@ class Annotation:
         found = self.suggest.suggestion(frame_id, key.order)
         if found is None:
             return None
-        share = float(labels.setting(self.studio, "suggest_blind_share", SuggestSettings.blind_share))
+        share = float(labels.setting(self.studio, PREFIX + "blind_share", SuggestSettings.blind_share))
         if not key.order.startswith(orders.REVIEW) and is_blind(QueueSettings.of(self.studio).seed, annotator,
                                                                  frame_id, share):
             found = replace(found, shown=False)

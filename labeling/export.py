@@ -48,14 +48,20 @@ def studio_made(out: Path, data_dir: Path | None = None) -> bool:
     return exports is not None and exports in out.resolve().parents and (out / "metadata.jsonl").is_file()
 
 
+def refuse_foreign(out: Path, data_dir: Path | None) -> None:
+    """InvalidInput when ``out`` exists and the studio did not make it (checked before an export does
+    any work, and again by ``replaced_folder`` just before it writes)."""
+    if out.exists() and not studio_made(out, data_dir):
+        raise InvalidInput(f"{out} exists and was not made by a studio export (it has no {MARKER} file): "
+                           "choose a new or empty folder. The studio never replaces a folder it did not create.")
+
+
 @contextlib.contextmanager
 def replaced_folder(out: Path, data_dir: Path | None = None) -> Iterator[Path]:
     """A temporary folder beside ``out`` to write an export into; when the block ends without an
     error it replaces ``out`` whole (readers never see half an export), otherwise it is removed.
     The new folder carries the marker; an existing ``out`` the studio did not make is refused."""
-    if out.exists() and not studio_made(out, data_dir):
-        raise InvalidInput(f"{out} exists and was not made by a studio export (it has no {MARKER} file): "
-                           "choose a new or empty folder. The studio never replaces a folder it did not create.")
+    refuse_foreign(out, data_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -134,9 +140,7 @@ def _check_out_dir(out: Path, data_dir: Path, roots=None) -> Path:
     protected = [data_r] + [data_r / name for name in ("frames", "models", "loras", "runs", "outputs")]
     if any(out_r == p or (p != data_r and p in out_r.parents) for p in protected):
         raise InvalidInput(f"{out} is a studio folder; export somewhere else (e.g. {data_dir / 'exports' / 'set'}).")
-    if out.exists() and not studio_made(out, data_dir):
-        raise InvalidInput(f"{out} exists and was not made by a studio export (it has no {MARKER} file): "
-                           "choose a new or empty folder. The studio never replaces a folder it did not create.")
+    refuse_foreign(out, data_dir)
     return out
 
 

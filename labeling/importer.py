@@ -116,9 +116,10 @@ class Importer:
         twin = self.known.get(digest) or (earlier.source if earlier is not None and earlier.status == "ok" else None)
         if twin:
             dup = {"duplicate": True, "filter_reason": f"same content as {twin}"}
-            if digest not in self.known and (label := lookup(self.labels, item).get("shot")):
+            given = lookup(self.labels, item)
+            if digest not in self.known and (label := given.get("shot")):
                 # a frame already in the pool: the labels file still applies to it (a re-import)
-                dup.update(_existing=earlier.id, _label=label, _annotator=lookup(self.labels, item).get("annotator"))
+                dup.update(_existing=earlier.id, _label=label, _annotator=given.get("annotator"))
             return dup
         self.known[digest] = item.key
         row["content_hash"] = digest

@@ -295,6 +295,12 @@ def _listed(counts: dict, kind: str, key: str, reason: str, message: str) -> Non
         listed.append({"item": key, "reason": reason, "message": message})
 
 
+def _label_refused(counts: dict, key: str, exc: InvalidInput) -> None:
+    counts["labels_rejected"] += 1
+    if len(counts["problems"]) < MAX_PROBLEMS:
+        counts["problems"].append({"item": key, "reason": "label", "message": str(exc)})
+
+
 def _import_label(importer: Importer, conn, counts: dict, frame_id: int, shot: str, annotator: str, key: str) -> None:
     try:
         importer.taxonomy.get(str(shot).strip())
@@ -303,9 +309,7 @@ def _import_label(importer: Importer, conn, counts: dict, frame_id: int, shot: s
                                           provenance=importer.labels_mod.IMPORTED)
         counts["labels_imported"] += 1
     except InvalidInput as exc:
-        counts["labels_rejected"] += 1
-        if len(counts["problems"]) < MAX_PROBLEMS:
-            counts["problems"].append({"item": key, "reason": "label", "message": str(exc)})
+        _label_refused(counts, key, exc)
 
 
 def _label_existing(importer: Importer, conn, counts: dict, row: dict, key: str, opts: ImportOptions) -> bool:
@@ -315,9 +319,7 @@ def _label_existing(importer: Importer, conn, counts: dict, row: dict, key: str,
         outcome = importer.labels_mod.apply_label(conn, importer.studio, frame_id=row["_existing"],
                                                   annotator=row.get("_annotator") or opts.annotator, shot=row["_label"])
     except InvalidInput as exc:
-        counts["labels_rejected"] += 1
-        if len(counts["problems"]) < MAX_PROBLEMS:
-            counts["problems"].append({"item": key, "reason": "label", "message": str(exc)})
+        _label_refused(counts, key, exc)
         return False
     counts["seen"] += 1
     existing = counts.setdefault("existing_labeled", {})

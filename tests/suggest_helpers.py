@@ -48,3 +48,15 @@ def model_ready(svc, frames: int, labels: int = 24):
     """The suggestion service's snapshot once it is fit on ``labels`` labels and predicts ``frames`` frames."""
     return lambda: (svc.snapshot is not None and len(svc.snapshot.ids) >= frames
                     and svc.snapshot.n_labels >= labels and svc.snapshot)
+
+
+def seed_labels(studio, truth: dict[int, str], per_class: int, who: str = "seed") -> list[int]:
+    """The first ``per_class`` frames of each shot type labeled right by ``who``; their ids."""
+    from labeling import labels
+
+    done = []
+    for shot in ("close", "medium", "long"):
+        for fid in [f for f, s in truth.items() if s == shot][:per_class]:
+            labels.record(studio, who, fid, shot)
+            done.append(fid)
+    return done

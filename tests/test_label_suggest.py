@@ -9,15 +9,17 @@ import json
 import threading
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from dreamshot import schema, storage
+from dreamshot.errors import InvalidInput
 from dreamshot.storage import open_database
 from labeling import annotate, export, labels, stats
 from labeling.sampler import QueueKey
 from labeling.suggest import model as suggest_model
 from labeling.tab_html import frame_html
-from tests.suggest_helpers import colored_frames, model_ready, wait_for
+from tests.suggest_helpers import colored_frames, model_ready, seed_labels, wait_for
 
 L = schema.labels
 
@@ -27,15 +29,6 @@ def _rows(studio, who):
         return conn.execute(sa.select(L.c.frame_id, L.c.shot, L.c.source, L.c.queue_order, L.c.predicted,
                                       L.c.confidence, L.c.suggestion_shown)
                             .where(L.c.annotator == who, L.c.undone_at.is_(None)).order_by(L.c.id)).all()
-
-
-def _seed_labels(studio, truth: dict[int, str], per_class: int, who: str = "seed") -> list[int]:
-    done = []
-    for shot in ("close", "medium", "long"):
-        for fid in [f for f, s in truth.items() if s == shot][:per_class]:
-            labels.record(studio, who, fid, shot)
-            done.append(fid)
-    return done
 
 
 def test_suggestions_are_right_on_separable_frames_accept_marks_them_and_stats_are_honest(studio, tmp_path):
@@ -89,7 +82,7 @@ def test_suggestions_are_right_on_separable_frames_accept_marks_them_and_stats_a
 def test_uncertain_first_is_deterministic_and_resumes_after_a_restart(make_studio, tmp_path):
     a = make_studio(data_dir=tmp_path / "data")
     truth = colored_frames(a, 14)
-    _seed_labels(a, truth, 8)
+    seed_labels(a, truth, 8)
     ann = annotate.service(a)
     ann.view("bob")
     wait_for(model_ready(ann.suggest, len(truth)), what="the model")
@@ -122,7 +115,7 @@ def test_uncertain_first_is_deterministic_and_resumes_after_a_restart(make_studi
 def test_the_key_path_never_waits_for_a_refit(studio, monkeypatch):
     truth = colored_frames(studio, 10)
     ann = annotate.service(studio)
-    seeded = _seed_labels(studio, truth, 8)
+    seeded = seed_labels(studio, truth, 8)
     ann.view("carol")
     wait_for(model_ready(ann.suggest, len(truth)), what="the model")
     started, release = threading.Event(), threading.Event()
@@ -154,7 +147,7 @@ def test_prelabels_are_reviewed_by_class_and_confirmed_with_one_key(studio):
     from labeling.__main__ import main
 
     truth = colored_frames(studio, 10)
-    seeded = set(_seed_labels(studio, truth, 8))
+    seeded = set(seed_labels(studio, truth, 8))
     code = main(["suggest", "--data", str(studio.settings.data_dir), "--model", "demo"])   # the CLI, in-process
     assert code == 0
     with studio.db.read() as conn:
@@ -202,7 +195,7 @@ def test_held_out_frames_have_their_own_queue_outside_the_quotas(studio):
 def test_without_a_clip_the_tab_says_so_and_labeling_works(studio, monkeypatch):
     monkeypatch.setenv("DREAMSHOT_CLIP_MODEL", "someone/uncached-clip")
     truth = colored_frames(studio, 9)
-    _seed_labels(studio, truth, 8)
+    seed_labels(studio, truth, 8)
     ann = annotate.service(studio)
     ann.suggest.start()                                               # what the tab's first view does
     wait_for(lambda: ann.suggest.state == "unavailable", what="the CLIP to be refused")
@@ -250,6 +243,11 @@ def test_second_look_lists_confident_disagreements_with_settled_labels(studio):
     ms = model_stats.model_stats(studio)
     assert [(d["frame"], d["label"], d["model"]) for d in ms.second_look] == [(a, "close", "long")]
     assert ms.blind == [(30, True)] and (ms.shown, ms.accepted, ms.overridden) == (2, 0, 2)
+    from labeling.suggest.tab import SuggestHandlers
+
+    for bad in ("inf", "2.5"):                                       # a frame id typed by hand: one message
+        with pytest.raises(InvalidInput, match="The frame id must be a whole number"):
+            SuggestHandlers(studio).resolve(bad, "long", None)
     labels.resolve(studio, a, "long", "admin")                       # resolved the model's way: off the list
     assert model_stats.model_stats(studio).second_look == []
 

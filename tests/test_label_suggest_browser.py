@@ -7,17 +7,15 @@ import pytest
 import sqlalchemy as sa
 
 from dreamshot import schema
-from labeling import annotate, labels
-from tests.suggest_helpers import colored_frames, model_ready, wait_for
+from labeling import annotate
+from tests.suggest_helpers import colored_frames, model_ready, seed_labels, wait_for
 
 
 @pytest.mark.browser
 def test_accept_a_suggestion_with_enter_see_its_confidence_and_change_the_order(studio, serve, page, artifacts_dir):
     truth = colored_frames(studio, 10)
     studio.db.set_setting("suggest_blind_share", 0.0)
-    for shot in ("close", "medium", "long"):
-        for fid in [f for f, s in truth.items() if s == shot][:8]:
-            labels.record(studio, "seed", fid, shot)
+    seed_labels(studio, truth, 8)
     ann = annotate.service(studio)
     ann.view("seed")
     wait_for(model_ready(ann.suggest, len(truth)), what="the model")

@@ -103,7 +103,8 @@ def demo_note(results: dict) -> str:
 
 def markdown(results: dict, *, status: bool = True) -> str:
     lines = [status_line(results), ""] if status else []
-    if note := demo_note(results):
+    note = demo_note(results)
+    if note:
         lines += [f"**Scored with the {note}** - the tiny models built offline show the workflow; "
                   "give real CLIP/DINO models (Hub ids or folders) for numbers that mean something.", ""]
     models = results.get("models", {})
@@ -116,7 +117,7 @@ def markdown(results: dict, *, status: bool = True) -> str:
         t = results.get("tables", {}).get(name)
         if not t or not t.get("n_pairs"):
             continue
-        demo = f" - {demo_note(results)}" if demo_note(results) else ""
+        demo = f" - {note}" if note else ""
         lines += ["", f"### {title} ({t['n_pairs']} pairs){demo}", "",
                   f"| metric | shot | n | A: {a} | B: {b} | diff | 95% CI |", "|---|---|---|---|---|---|---|"]
         for metric, label in METRICS.items():
@@ -188,8 +189,9 @@ def plot(results: dict, width: int = 1000, height: int = 470) -> Image.Image:
     below zero), Tables 3 and 4 side by side; right: the α curve, one panel per metric."""
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
+    note = demo_note(results)
     title = ("DreamShot evaluation" + ("" if results.get("complete") else " (INCOMPLETE)")
-             + (f" - {demo_note(results).upper()}" if demo_note(results) else ""))
+             + (f" - {note.upper()}" if note else ""))
     d.text((16, 10), title, fill="black", font=_font(20))
     a, b = (_ascii(x) for x in side_labels(results))
     small = _font(14)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import sys
 import time
 
+from dreamshot.evaluate import embedders
+
 
 def register(subparsers, parents) -> None:
     p = subparsers.add_parser("suggest", parents=parents, help="pre-label unlabeled frames with the shot-type model",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--clip-model", default="", metavar="ID|DIR|demo",
-                   help="CLIP for the features [DREAMSHOT_CLIP_MODEL, else demo with the demo model, else "
-                        "openai/clip-vit-base-patch32: Evaluate's setting]")
+                   help=f"CLIP for the features [${embedders.CLIP_ENV}, else demo with the demo model, else "
+                        f"{embedders.DEFAULT_CLIP}: Evaluate's setting]")
     p.set_defaults(run=run)
 
 

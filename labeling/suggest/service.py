@@ -98,6 +98,7 @@ class SuggestService:
         self._unfeatured = self._fit_features = 0   # labels without features at the last fit; features then
         self._fitted_at = self._predicted_at = 0.0
         self._pre: tuple = (None, {})
+        self._pre_version: tuple | None = None    # (version, when read): re-read at most every POOL_CHECK_S
         self._last_key = -ACTIVE_S
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -145,9 +146,20 @@ class SuggestService:
         return snap.suggest(frame_id)
 
     def prelabels_version(self):
+        """Changes when pre-labels are written. Asked on every key in a review order, so read from the
+        database at most every ``POOL_CHECK_S`` seconds, as the sampler reads the pool (pre-labels
+        written in this process are seen at once; by a CLI, within that time)."""
         from labeling.labels import current_taxonomy
+        from labeling.sampler import POOL_CHECK_S
 
-        taxonomy = current_taxonomy(self.studio).name
+        cached = self._pre_version
+        if cached is not None and time.monotonic() - cached[1] < POOL_CHECK_S:
+            return cached[0]
+        version = self._read_prelabels_version(current_taxonomy(self.studio).name)
+        self._pre_version = (version, time.monotonic())
+        return version
+
+    def _read_prelabels_version(self, taxonomy: str):
         with self.studio.db.read() as conn:
             n, last = conn.execute(sa.select(sa.func.count(), sa.func.max(S.c.created_at))
                                    .where(S.c.taxonomy == taxonomy)).one()
@@ -337,6 +349,7 @@ class SuggestService:
             conn.execute(S.delete().where(S.c.taxonomy == taxonomy))
             for i in range(0, len(rows), 1000):
                 conn.execute(S.insert(), rows[i:i + 1000])
+        self._pre_version = None   # the review orders see the new pre-labels at once
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["shot"]] = counts.get(r["shot"], 0) + 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 import gradio as gr
 
 from dreamshot.errors import AccessDenied, InvalidInput
+from dreamshot.evaluate import embedders
+from dreamshot.inputs import whole_number
 from dreamshot.ui import QUIET, admin_name, guarded
 
 from labeling import annotate, crop, labels
@@ -28,8 +30,9 @@ class SuggestHandlers:
         admin_name(self.studio, request)
         svc = service(self.studio)
         s = SuggestSettings.of(self.studio)
-        clip = svc.spec or _default_clip(self.studio)
-        demo = " - tiny, random weights: its suggestions show the workflow, not shot types" if clip == "demo" else ""
+        clip = svc.spec or embedders.default_clip(self.studio)
+        demo = (" - tiny, random weights: its suggestions show the workflow, not shot types"
+                if clip == embedders.DEMO else "")
         return (f"**{svc.state.capitalize()}** - {svc.message}\n\nCLIP: `{clip}` (Evaluate's setting{demo}) · first "
                 f"suggestions after {s.min_per_class} labels per shot type · refit every {s.refit_labels} labels or "
                 f"{s.refit_seconds:g} s · blind checks on {s.blind_share:.0%} of frames")
@@ -67,15 +70,16 @@ class SuggestHandlers:
         admin_name(self.studio, request)
         if not row or row[0] in (None, ""):
             return gr.update(), gr.update()
-        fid = int(float(row[0]))
+        fid = whole_number(row[0], "The frame id")
         return fid, crop.cropped_image(self.studio, fid, 256)
 
     def resolve(self, frame, final, request: gr.Request):
         who = admin_name(self.studio, request)
         if frame in (None, "") or not final:
             raise InvalidInput("Pick a row of the second-look list and a final class.")
-        labels.resolve(self.studio, int(float(frame)), final, who)
-        return f"Frame {int(float(frame))} resolved as **{final}**.", *self.measurements(request)
+        fid = whole_number(frame, "The frame id")
+        labels.resolve(self.studio, fid, final, who)
+        return f"Frame {fid} resolved as **{final}**.", *self.measurements(request)
 
     def status_on_load(self, request: gr.Request):
         try:
@@ -85,12 +89,6 @@ class SuggestHandlers:
 
     def classes(self) -> dict:
         return gr.update(choices=labels.current_taxonomy(self.studio).names + [labels.REJECT])
-
-
-def _default_clip(studio) -> str:
-    from dreamshot.evaluate import embedders
-
-    return embedders.default_clip(studio)
 
 
 def build(studio, demo: gr.Blocks) -> None:
