@@ -102,8 +102,20 @@ def depth_model(size: str, out: Path) -> int:
     return _params(model)
 
 
+def _saved_params(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+
+
 def clip_model(size: str, out: Path) -> int:
-    """demo: tiny; sd15: CLIPConfig's defaults, openai/clip-vit-base-patch32's architecture."""
+    """demo: the studio's demo CLIP (``dreamshot.evaluate.demo_models``); sd15: CLIPConfig's defaults,
+    openai/clip-vit-base-patch32's architecture."""
+    if size == "demo":
+        from dreamshot.evaluate.demo_models import build_tiny_clip
+
+        return _saved_params(build_tiny_clip(out))
     import torch
     from transformers import CLIPConfig, CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -111,37 +123,28 @@ def clip_model(size: str, out: Path) -> int:
     from dreamshot.clip_tokenizer import write_clip_tokenizer
 
     torch.manual_seed(0)
-    if size == "demo":
-        config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=2, max_position_embeddings=77, vocab_size=49408),
-                            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                               num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16)
-        side = 32
-    else:
-        config, side = CLIPConfig(), 224
-    model = CLIPModel(config)
+    model = CLIPModel(CLIPConfig())
     model.save_pretrained(out)
     write_clip_tokenizer(out)
-    CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(out)
+    CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(out)
     return _params(model)
 
 
 def dino_model(size: str, out: Path) -> int:
-    """demo: tiny; sd15: facebook/dino-vits16's architecture (ViT-S/16, no pooler)."""
+    """demo: the studio's demo DINO; sd15: facebook/dino-vits16's architecture (ViT-S/16, no pooler)."""
+    if size == "demo":
+        from dreamshot.evaluate.demo_models import build_tiny_dino
+
+        return _saved_params(build_tiny_dino(out))
     import torch
     from transformers import ViTConfig, ViTModel
     from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
     torch.manual_seed(0)
-    if size == "demo":
-        config, side = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                 image_size=32, patch_size=8), 32
-    else:
-        config, side = ViTConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
-                                 image_size=224, patch_size=16), 224
-    model = ViTModel(config, add_pooling_layer=False)
+    model = ViTModel(ViTConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
+                               image_size=224, patch_size=16), add_pooling_layer=False)
     model.save_pretrained(out)
-    ViTImageProcessorPil(size={"height": side, "width": side}).save_pretrained(out)
+    ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(out)
     return _params(model)
 
 
