@@ -330,3 +330,26 @@ def test_api_generate_with_a_control_image_and_preview(cstudio, control_models, 
     assert np.array_equal(np.asarray(Image.open(preview).convert("RGB")), np.asarray(ctl.canny(reference(4))))
     plain, *_ = client.predict(*head, api_name="/generate")                  # the 13-value call still works
     assert len(plain) == 1
+
+
+def test_settings_read_back_at_once_find_the_control_image_still_being_written(cstudio, control_models, monkeypatch,
+                                                                                tmp_path):
+    """PNGs and control images are written in the background: reading the settings back before the
+    write ended found no control image ('not stored here'; seen in a loaded CI run)."""
+    import time
+
+    from dreamshot.generate import batch
+    from dreamshot.generate.handlers import GenerateForm, GenerateHandlers
+
+    slow_save = batch.save_outputs
+    monkeypatch.setattr(batch, "save_outputs", lambda *a: (time.sleep(0.8), slow_save(*a))[1])
+    monkeypatch.setenv(ctl.env_name("scribble"), control_models["controlnet"])
+    reference = tmp_path / "sketch.png"
+    Image.new("RGB", (64, 64), "white").save(reference)
+    ImageDraw.Draw(img := Image.open(reference)).line((5, 60, 60, 5), fill="black", width=4)
+    img.save(reference)
+    h = GenerateHandlers(cstudio)
+    shown = h.generate(GenerateForm(prompt="a road", steps=2, width=64, height=64, seed="3", control="scribble",
+                                    control_image=str(reference)))
+    restored, note = h.read_text(shown.parameters)
+    assert (restored.control, restored.control_map) == ("scribble", True) and "not stored here" not in note

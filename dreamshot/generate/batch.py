@@ -205,7 +205,7 @@ class BatchRun:
         result.seconds += seconds
         if self.save:
             control = (result.control_image, control_path) if result.request.control is not None else None
-            generated.saved = self.svc.saver().submit(save_outputs, generated, path, control)
+            generated.saved = self.svc.save_later(save_outputs, generated, path, control)
 
     def _group_label(self, result) -> str:
         names = ", ".join(f"{info.name} α={format_number(w)}" for info, w in result.loras)

@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -87,6 +87,7 @@ class GenerationService:
         self._model_hash: str | None = None
         self._lora_hashes: dict = {}         # (path, mtime, size) -> A1111 short hash
         self._saver: ThreadPoolExecutor | None = None
+        self._writing: set = set()           # PNG writes not finished yet (see save_later)
 
     def close(self) -> None:
         if self._saver is not None:
@@ -364,10 +365,18 @@ class GenerationService:
         tail = f"-{index}" if index else ""
         return folder / f"{now.strftime('%H%M%S-%f')}-{seed}{tail}.png"
 
-    def saver(self) -> ThreadPoolExecutor:
+    def save_later(self, fn, *args):
+        """``fn(*args)`` on the PNG writer threads (off the denoising path); its Future."""
         if self._saver is None:
             self._saver = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dreamshot-png")
-        return self._saver
+        future = self._saver.submit(fn, *args)
+        self._writing.add(future)
+        future.add_done_callback(self._writing.discard)
+        return future
+
+    def wait_for_saves(self) -> None:
+        """Until every PNG (and control image) handed to the writers so far is on disk."""
+        wait(list(self._writing))
 
     def request_from_parameters(self, text: str, beside=None) -> tuple[GenerationRequest, list[str]]:
         """A request restoring an image's settings from A1111 text, and notes on what could not be
@@ -375,6 +384,7 @@ class GenerationService:
         A ControlNet's saved control image is looked up under outputs/ (and in folder ``beside``)."""
         from dreamshot.generate import control, pngmeta
 
+        self.wait_for_saves()   # a control image written in the background may be the one asked for
         req, notes = request_from_parameters(text, self.loras(), self.taxonomy(), self.embeddings_list(),
                                              lora_hashes=self.lora_hashes)
         restored, more = control.restore(pngmeta.parse_parameters(text).settings,
